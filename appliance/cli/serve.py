@@ -1,0 +1,15 @@
+"""``appliance serve``: run the listener, scheduler, worker and outbox until stopped."""
+
+from __future__ import annotations
+
+from appliance.cli.common import ConfigOption, load
+
+
+def serve(config: ConfigOption = None) -> None:
+    """Run the appliance until SIGTERM/SIGINT (config from --config or $APPLIANCE_CONFIG)."""
+    cfg = load(config)
+    from appliance.logs import configure_logging
+    from appliance.service import Service
+
+    configure_logging(cfg.logging.level)
+    Service(cfg).run_forever()

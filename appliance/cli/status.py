@@ -1,0 +1,58 @@
+"""``appliance status [--json]``: instances, series states, queues, recent rejections."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from appliance.cli.common import ConfigOption, load, open_store
+
+
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    limit: Annotated[int, typer.Option(help="Most recent series to list.")] = 50,
+) -> None:
+    """Show what the appliance holds and what it is doing."""
+    cfg = load(config)
+    from appliance.status_report import build_status
+
+    store = open_store(cfg)
+    try:
+        report = build_status(store, series_limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_text(report)
+
+
+def _print_text(report: dict[str, Any]) -> None:
+    q = report["queues"]
+    typer.echo(f"instances: {report['instances']}")
+    states = ", ".join(f"{k} {v}" for k, v in report["series_states"].items() if v)
+    typer.echo(f"series: {len(report['series'])} listed ({states or 'none'})")
+    typer.echo(f"queues: {q['series_waiting']} series waiting, {q['series_processing']} processing, "
+               f"{q['outbox_pending']} to send, {q['outbox_dead']} dead letters")
+    if report["series"]:
+        typer.echo("")
+        typer.echo(f"{'SERIES UID':<64}  {'MOD':<4} {'STATE':<11} {'INST':>5}  RESULT / REASON")
+        for s in report["series"]:
+            if s["reason"]:
+                note = f"{s['reason']}: {s['detail'] or ''}"
+            elif s["result"]:
+                note = "volume " + "x".join(str(v) for v in s["result"].get("shape", []))
+            else:
+                note = ""
+            typer.echo(f"{s['series_uid']:<64}  {s['modality']:<4} {s['state']:<11} "
+                       f"{s['instances']:>5}  {note}")
+    if report["rejections"]:
+        typer.echo("")
+        typer.echo("recent rejections:")
+        for r in report["rejections"]:
+            status = f" [{r['status']}]" if r["status"] else ""
+            typer.echo(f"  {r['at']} {r['scope']}{status} from {r['calling_ae'] or '?'}: "
+                       f"{r['reason']}")

@@ -1,0 +1,413 @@
+"""The appliance's configuration: one validated, frozen object from TOML plus environment.
+
+Every problem is collected (not just the first) and reported with its dotted key and
+what is allowed. Environment variables override the file:
+``APPLIANCE__<SECTION>__<KEY>=value`` (double underscores), e.g.
+``APPLIANCE__DICOM__PORT=11113``; values are read as TOML values, falling back to a
+plain string.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ConfigError, ConfigIssue
+
+ENV_PREFIX = "APPLIANCE__"
+CONFIG_ENV = "APPLIANCE_CONFIG"
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII except backslash
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallerConfig:
+    ae_title: str
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DicomConfig:
+    ae_title: str = "SEGAPPLIANCE"
+    port: int = 11112
+    bind: str = "0.0.0.0"
+    max_associations: int = 10
+    max_pdu_size: int = 131072
+    allowed_callers: tuple[CallerConfig, ...] = ()
+    series_quiet_seconds: float = 30.0
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    root: Path = Path("/var/lib/appliance")
+    fsync: bool = True
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "appliance.sqlite3"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.root / "volumes"
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationConfig:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae: str | None = None  # default: dicom.ae_title
+    timeout_seconds: float = 30.0
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    max_attempts: int = 8
+    backoff_initial_seconds: float = 5.0
+    backoff_max_seconds: float = 600.0
+    poll_seconds: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    destinations: tuple[DestinationConfig, ...] = ()
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def destination(self, name: str) -> DestinationConfig:
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        known = ", ".join(d.name for d in self.destinations) or "none configured"
+        from appliance.errors import NotFoundError
+
+        raise NotFoundError(f"no destination named {name!r} (known: {known})")
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None = None) -> AppConfig:
+    """Read ``path`` (or ``$APPLIANCE_CONFIG``), apply environment overrides, validate."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        env_path = env.get(CONFIG_ENV)
+        if not env_path:
+            raise ConfigError([ConfigIssue("config", f"no config file given and ${CONFIG_ENV} is unset")])
+        path = Path(env_path)
+    source = str(path)
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError([ConfigIssue("config", f"file not found: {path}")], source) from exc
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("config", f"cannot read {path}: {exc.strerror}")], source) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigIssue("config", f"not valid TOML: {exc}")], source) from exc
+    return parse_config(raw, environ=env, source=source, base_dir=Path(path).parent)
+
+
+def parse_config(
+    raw: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    source: str = "config",
+    base_dir: Path | None = None,
+) -> AppConfig:
+    data = _apply_env(dict(raw), environ or {})
+    reader = _Reader(base_dir or Path.cwd())
+    config = reader.app(data)
+    if reader.issues:
+        raise ConfigError(reader.issues, source)
+    return config
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = _env_value(value)
+    return data
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+class _Reader:
+    """Pulls typed values out of nested dicts, recording every problem with its key."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.issues: list[ConfigIssue] = []
+
+    def err(self, key: str, message: str) -> None:
+        self.issues.append(ConfigIssue(key, message))
+
+    # -- sections ---------------------------------------------------------------------
+    def app(self, data: dict[str, Any]) -> AppConfig:
+        self.unknown("", data, {"dicom", "storage", "destinations", "outbox", "logging"})
+        dicom = self.dicom(self.table(data, "dicom"))
+        storage = self.storage(self.table(data, "storage"))
+        dests_raw = data.get("destinations", [])
+        destinations: list[DestinationConfig] = []
+        if not isinstance(dests_raw, list):
+            self.err("destinations", "must be an array of tables ([[destinations]])")
+        else:
+            for i, item in enumerate(dests_raw):
+                key = f"destinations[{i}]"
+                if not isinstance(item, dict):
+                    self.err(key, "must be a table")
+                    continue
+                dest = self.destination(key, item)
+                if dest is not None:
+                    destinations.append(dest)
+            names = [d.name for d in destinations]
+            for name in sorted({n for n in names if names.count(n) > 1}):
+                self.err("destinations", f"destination name {name!r} is used more than once")
+        outbox = self.outbox(self.table(data, "outbox"))
+        logging_cfg = self.logging(self.table(data, "logging"))
+        return AppConfig(dicom, storage, tuple(destinations), outbox, logging_cfg)
+
+    def dicom(self, d: dict[str, Any]) -> DicomConfig:
+        p = "dicom"
+        self.unknown(p, d, {"ae_title", "port", "bind", "max_associations", "max_pdu_size",
+                            "allowed_callers", "series_quiet_seconds", "tls"})
+        defaults = DicomConfig()
+        callers: list[CallerConfig] = []
+        raw_callers = d.get("allowed_callers", [])
+        if not isinstance(raw_callers, list):
+            self.err(f"{p}.allowed_callers", "must be a list of AE titles or {ae_title, host} tables")
+        else:
+            for i, item in enumerate(raw_callers):
+                key = f"{p}.allowed_callers[{i}]"
+                if isinstance(item, str):
+                    if self.check_ae(key, item):
+                        callers.append(CallerConfig(item.strip()))
+                elif isinstance(item, dict):
+                    self.unknown(key, item, {"ae_title", "host"})
+                    title = self.string(item, "ae_title", key, required=True)
+                    host = self.host(item, "host", key, required=False)
+                    if title is not None and self.check_ae(f"{key}.ae_title", title):
+                        callers.append(CallerConfig(title.strip(), host))
+                else:
+                    self.err(key, "must be an AE title string or a table {ae_title, host}")
+        tls_raw = d.get("tls")
+        tls = self.tls(f"{p}.tls", tls_raw) if tls_raw is not None else None
+        return DicomConfig(
+            ae_title=self.ae(d, "ae_title", p, defaults.ae_title),
+            port=self.integer(d, "port", p, defaults.port, 1, 65535),
+            bind=self.host(d, "bind", p, required=False) or defaults.bind,
+            max_associations=self.integer(d, "max_associations", p, defaults.max_associations, 1, 1000),
+            max_pdu_size=self.integer(d, "max_pdu_size", p, defaults.max_pdu_size, 4096, 2**24),
+            allowed_callers=tuple(callers),
+            series_quiet_seconds=self.number(d, "series_quiet_seconds", p,
+                                             defaults.series_quiet_seconds, 0.1, 86400.0),
+            tls=tls,
+        )
+
+    def storage(self, d: dict[str, Any]) -> StorageConfig:
+        p = "storage"
+        self.unknown(p, d, {"root", "fsync"})
+        defaults = StorageConfig()
+        root = self.path(d, "root", p) or defaults.root
+        return StorageConfig(root=root, fsync=self.boolean(d, "fsync", p, defaults.fsync))
+
+    def destination(self, p: str, d: dict[str, Any]) -> DestinationConfig | None:
+        self.unknown(p, d, {"name", "ae_title", "host", "port", "calling_ae", "timeout_seconds", "tls"})
+        before = len(self.issues)
+        name = self.string(d, "name", p, required=True)
+        if name is not None and not _NAME_RE.match(name):
+            self.err(f"{p}.name", "must be 1-64 letters, digits, '.', '_' or '-'")
+        ae_title = self.string(d, "ae_title", p, required=True)
+        if ae_title is not None:
+            self.check_ae(f"{p}.ae_title", ae_title)
+        host = self.host(d, "host", p, required=True)
+        port = self.integer(d, "port", p, None, 1, 65535)
+        calling = d.get("calling_ae")
+        if calling is not None:
+            if not isinstance(calling, str):
+                self.err(f"{p}.calling_ae", "must be a string")
+                calling = None
+            else:
+                self.check_ae(f"{p}.calling_ae", calling)
+        timeout = self.number(d, "timeout_seconds", p, 30.0, 0.5, 3600.0)
+        tls_raw = d.get("tls")
+        tls = self.tls(f"{p}.tls", tls_raw) if tls_raw is not None else None
+        if len(self.issues) > before or name is None or ae_title is None or host is None:
+            return None
+        return DestinationConfig(name, ae_title.strip(), host, port, calling, timeout, tls)
+
+    def outbox(self, d: dict[str, Any]) -> OutboxConfig:
+        p = "outbox"
+        self.unknown(p, d, {"max_attempts", "backoff_initial_seconds", "backoff_max_seconds",
+                            "poll_seconds"})
+        df = OutboxConfig()
+        initial = self.number(d, "backoff_initial_seconds", p, df.backoff_initial_seconds, 0.01, 86400.0)
+        maximum = self.number(d, "backoff_max_seconds", p, df.backoff_max_seconds, 0.01, 7 * 86400.0)
+        if maximum < initial:
+            self.err(f"{p}.backoff_max_seconds", "must be at least backoff_initial_seconds")
+        return OutboxConfig(
+            max_attempts=self.integer(d, "max_attempts", p, df.max_attempts, 1, 1000),
+            backoff_initial_seconds=initial,
+            backoff_max_seconds=maximum,
+            poll_seconds=self.number(d, "poll_seconds", p, df.poll_seconds, 0.05, 60.0),
+        )
+
+    def logging(self, d: dict[str, Any]) -> LoggingConfig:
+        p = "logging"
+        self.unknown(p, d, {"level"})
+        level = self.string(d, "level", p, required=False) or "INFO"
+        if level.upper() not in LOG_LEVELS:
+            self.err(f"{p}.level", f"must be one of {', '.join(LOG_LEVELS)}; got {level!r}")
+            level = "INFO"
+        return LoggingConfig(level.upper())
+
+    def tls(self, p: str, d: Any) -> TlsConfig | None:
+        if not isinstance(d, dict):
+            self.err(p, "must be a table with cert_file, key_file and optional ca_file")
+            return None
+        self.unknown(p, d, {"cert_file", "key_file", "ca_file", "require_client_cert"})
+        cert = self.path(d, "cert_file", p, required=True, must_exist=True)
+        key = self.path(d, "key_file", p, required=True, must_exist=True)
+        ca = self.path(d, "ca_file", p, must_exist=True)
+        require = self.boolean(d, "require_client_cert", p, False)
+        if require and ca is None:
+            self.err(f"{p}.ca_file", "is required when require_client_cert is true")
+        if cert is None or key is None:
+            return None
+        return TlsConfig(cert, key, ca, require)
+
+    # -- values -------------------------------------------------------------------------
+    def unknown(self, prefix: str, d: dict[str, Any], allowed: set[str]) -> None:
+        for key in d:
+            if key not in allowed:
+                where = f"{prefix}.{key}" if prefix else key
+                self.err(where, f"unknown key; allowed here: {', '.join(sorted(allowed))}")
+
+    def table(self, d: dict[str, Any], key: str) -> dict[str, Any]:
+        value = d.get(key, {})
+        if not isinstance(value, dict):
+            self.err(key, "must be a table")
+            return {}
+        return value
+
+    def string(self, d: dict[str, Any], key: str, p: str, *, required: bool) -> str | None:
+        if key not in d:
+            if required:
+                self.err(f"{p}.{key}", "is required")
+            return None
+        value = d[key]
+        if not isinstance(value, str) or not value.strip():
+            self.err(f"{p}.{key}", "must be a non-empty string")
+            return None
+        return value
+
+    def check_ae(self, key: str, value: str) -> bool:
+        if not _AE_RE.match(value) or not value.strip():
+            self.err(key, "must be an AE title: 1-16 printable ASCII characters, no backslash")
+            return False
+        return True
+
+    def ae(self, d: dict[str, Any], key: str, p: str, default: str) -> str:
+        value = d.get(key, default)
+        if not isinstance(value, str) or not self.check_ae(f"{p}.{key}", value):
+            if not isinstance(value, str):
+                self.err(f"{p}.{key}", "must be an AE title string")
+            return default
+        return value.strip()
+
+    def host(self, d: dict[str, Any], key: str, p: str, *, required: bool) -> str | None:
+        value = self.string(d, key, p, required=required)
+        if value is None:
+            return None
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$", value):
+                self.err(f"{p}.{key}", f"must be an IP address or host name; got {value!r}")
+                return None
+        return value
+
+    def integer(self, d: dict[str, Any], key: str, p: str, default: int | None,
+                lo: int, hi: int) -> int:
+        if key not in d:
+            if default is None:
+                self.err(f"{p}.{key}", f"is required (an integer from {lo} to {hi})")
+                return lo
+            return default
+        value = d[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            self.err(f"{p}.{key}", f"must be an integer from {lo} to {hi}; got {value!r}")
+            return default if default is not None else lo
+        return value
+
+    def number(self, d: dict[str, Any], key: str, p: str, default: float, lo: float,
+               hi: float) -> float:
+        value = d.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            self.err(f"{p}.{key}", f"must be a number from {lo:g} to {hi:g}; got {value!r}")
+            return default
+        return float(value)
+
+    def boolean(self, d: dict[str, Any], key: str, p: str, default: bool) -> bool:
+        value = d.get(key, default)
+        if not isinstance(value, bool):
+            self.err(f"{p}.{key}", f"must be true or false; got {value!r}")
+            return default
+        return value
+
+    def path(self, d: dict[str, Any], key: str, p: str, *, required: bool = False,
+             must_exist: bool = False) -> Path | None:
+        value = self.string(d, key, p, required=required)
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = self.base_dir / path
+        if must_exist and not path.is_file():
+            self.err(f"{p}.{key}", f"file does not exist: {path}")
+        return path

@@ -1,0 +1,37 @@
+"""The one exception base of the ``appliance`` package and its subclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ApplianceError(Exception):
+    """Base of every error raised by ``appliance``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    key: str  # dotted path, e.g. "dicom.port" or "destinations[0].host"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+class ConfigError(ApplianceError):
+    """The configuration is invalid; ``issues`` names every bad key and what is allowed."""
+
+    def __init__(self, issues: Sequence[ConfigIssue], source: str = "config") -> None:
+        self.issues = tuple(issues)
+        self.source = source
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"{source} is invalid:\n{lines}")
+
+
+class StoreError(ApplianceError):
+    """The SQLite store failed or holds something unexpected."""
+
+
+class NotFoundError(ApplianceError):
+    """A named thing (destination, outbox item, series) does not exist."""

@@ -1,0 +1,117 @@
+"""Starts and stops the whole appliance: store, listener, scheduler, worker, outbox."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+from appliance.config import AppConfig
+from appliance.ingest import Ingest, to_new_instance
+from appliance.outbox import OutboxLoop, OutboxSender
+from appliance.store import Store
+from appliance.worker import Scheduler, Worker
+from dicom_bridge.errors import DicomBridgeError
+from dicom_bridge.instance import describe_spooled_file
+from dicom_bridge.listener import AllowedCaller, Listener, ListenerSettings, TlsServerSettings
+from dicom_bridge.spool import Spool
+
+LOG = logging.getLogger(__name__)
+
+
+def listener_settings(config: AppConfig) -> ListenerSettings:
+    d = config.dicom
+    tls = None
+    if d.tls is not None:
+        tls = TlsServerSettings(d.tls.cert_file, d.tls.key_file, d.tls.ca_file,
+                                d.tls.require_client_cert)
+    return ListenerSettings(
+        ae_title=d.ae_title,
+        bind=d.bind,
+        port=d.port,
+        max_associations=d.max_associations,
+        allowed_callers=tuple(AllowedCaller(c.ae_title, c.host) for c in d.allowed_callers),
+        tls=tls,
+        max_pdu_size=d.max_pdu_size,
+    )
+
+
+def reconcile_spool(store: Store, spool: Spool) -> int:
+    """Index spool files that have no row (possible only after a power loss)."""
+    removed = spool.remove_partials()
+    if removed:
+        LOG.info("removed %d partial spool files from an interrupted write", removed)
+    known = store.instance_uids()
+    added = 0
+    for path in spool.iter_files():
+        if path.stem in known:
+            continue
+        try:
+            received = describe_spooled_file(path)
+        except DicomBridgeError as exc:
+            LOG.warning("spool file without a record could not be re-indexed: %s", exc)
+            continue
+        store.record_instance(to_new_instance(received))
+        added += 1
+    if added:
+        LOG.warning("re-indexed %d spool files that had no database row", added)
+    return added
+
+
+class Service:
+    """The running appliance. ``start()`` returns once the listener is bound."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        self.stop_event = threading.Event()
+        storage = config.storage
+        storage.root.mkdir(parents=True, exist_ok=True)
+        self.store = Store(storage.database)
+        self.spool = Spool(storage.spool_dir, fsync=storage.fsync)
+        self.ingest = Ingest(self.store)
+        self.listener = Listener(listener_settings(config), self.spool,
+                                 self.ingest.on_instance, self.ingest.on_rejection)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        requeued = self.store.requeue_interrupted()
+        resent = self.store.requeue_sending()
+        if requeued or resent:
+            LOG.info("resuming: %d series and %d outbox items were interrupted", requeued, resent)
+        reconcile_spool(self.store, self.spool)
+        self._threads = [
+            Scheduler(self.store, self.config.dicom.series_quiet_seconds, self.stop_event),
+            Worker(self.store, self.stop_event),
+            OutboxLoop(OutboxSender(self.store, self.config), self.config.outbox.poll_seconds,
+                       self.stop_event),
+        ]
+        for thread in self._threads:
+            thread.start()
+        self.listener.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        LOG.info("stopping: no new associations; finishing current work")
+        self.listener.stop()
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.store.close()
+        LOG.info("stopped")
+
+    def run_forever(self) -> None:
+        """Start, then block until SIGTERM/SIGINT; shut down gracefully."""
+
+        def _signal(signum: int, frame: FrameType | None) -> None:
+            LOG.info("received %s", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _signal)
+        signal.signal(signal.SIGINT, _signal)
+        self.start()
+        LOG.info("appliance ready: AE %s on %s:%d", self.config.dicom.ae_title,
+                 self.config.dicom.bind, self.listener.port)
+        self.stop_event.wait()
+        self.stop()

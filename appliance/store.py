@@ -1,0 +1,567 @@
+"""The SQLite store: the only module with SQL in it.
+
+One database file in WAL mode. Every write is its own short transaction; the listener
+calls :meth:`Store.record_instance` before it acknowledges a C-STORE, so an acknowledged
+instance is always both in the spool and in this table. ``synchronous=NORMAL`` is enough
+for process crashes (WAL frames reach the OS before commit returns); after a power loss,
+:meth:`Store.reconcile_spool` re-indexes any fsync'd spool file whose row was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import NotFoundError, StoreError
+from appliance.states import OutboxState, SeriesState
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL,
+    instance_number INTEGER,
+    number_of_frames INTEGER NOT NULL DEFAULT 1,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    series_description TEXT NOT NULL DEFAULT '',
+    body_part_examined TEXT NOT NULL DEFAULT '',
+    image_type TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 1,
+    instances INTEGER NOT NULL DEFAULT 0,
+    first_instance_at REAL NOT NULL,
+    last_instance_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    reason TEXT,
+    detail TEXT,
+    result_generation INTEGER,
+    result_json TEXT
+);
+CREATE INDEX IF NOT EXISTS series_state ON series(state, last_instance_at);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    scope TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    status INTEGER,
+    calling_ae TEXT NOT NULL DEFAULT '',
+    peer_host TEXT NOT NULL DEFAULT '',
+    ref TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    series_uid TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    last_status INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_at);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+    calling_ae: str
+    instance_number: int | None
+    number_of_frames: int
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewInstance:
+    """What the listener hands over for one durable instance."""
+
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+    calling_ae: str
+    modality: str = ""
+    series_description: str = ""
+    body_part_examined: str = ""
+    image_type: tuple[str, ...] = ()
+    instance_number: int | None = None
+    number_of_frames: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRecord:
+    series_uid: str
+    study_uid: str
+    modality: str
+    sop_class_uid: str
+    series_description: str
+    body_part_examined: str
+    image_type: tuple[str, ...]
+    state: SeriesState
+    generation: int
+    instances: int
+    first_instance_at: float
+    last_instance_at: float
+    updated_at: float
+    reason: str | None
+    detail: str | None
+    result_generation: int | None
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionRecord:
+    id: int
+    at: float
+    scope: str
+    reason: str
+    status: int | None
+    calling_ae: str
+    peer_host: str
+    ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    destination: str
+    path: Path
+    sop_uid: str
+    series_uid: str | None
+    state: OutboxState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    last_status: int | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A series taken by the worker: process this generation of it."""
+
+    series_uid: str
+    generation: int
+
+
+class Store:
+    """Thread-safe access to the appliance database (one connection, one lock)."""
+
+    def __init__(self, path: Path, *, clock: Any = time.time) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+
+    def now(self) -> float:
+        return float(self._clock())
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error: {exc}") from exc
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, tuple(params)).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error: {exc}") from exc
+
+    # -- instances and series -------------------------------------------------------------
+    def record_instance(self, item: NewInstance) -> bool:
+        """Record a durable instance; return True when it is new (a repeat is idempotent).
+
+        A new instance for a series that is complete, processing or processed re-opens it
+        (state RECEIVING, generation + 1): it will be processed again and the new result
+        supersedes the old one.
+        """
+        now = self._clock()
+        with self._tx() as db:
+            existing = db.execute(
+                "SELECT series_uid, path FROM instances WHERE sop_uid = ?", (item.sop_uid,)
+            ).fetchone()
+            db.execute(
+                """INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid,
+                       transfer_syntax_uid, path, size, calling_ae, instance_number,
+                       number_of_frames, received_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT(sop_uid) DO UPDATE SET series_uid=excluded.series_uid,
+                       study_uid=excluded.study_uid, sop_class_uid=excluded.sop_class_uid,
+                       transfer_syntax_uid=excluded.transfer_syntax_uid, path=excluded.path,
+                       size=excluded.size, calling_ae=excluded.calling_ae,
+                       instance_number=excluded.instance_number,
+                       number_of_frames=excluded.number_of_frames""",
+                (item.sop_uid, item.series_uid, item.study_uid, item.sop_class_uid,
+                 item.transfer_syntax_uid, str(item.path), item.size, item.calling_ae,
+                 item.instance_number, item.number_of_frames, now),
+            )
+            is_new = existing is None
+            if existing is not None and existing["series_uid"] != item.series_uid:
+                self._recount(db, existing["series_uid"], now)
+                is_new = True
+            row = db.execute(
+                "SELECT state, generation FROM series WHERE series_uid = ?", (item.series_uid,)
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    """INSERT INTO series (series_uid, study_uid, modality, sop_class_uid,
+                           series_description, body_part_examined, image_type, state,
+                           generation, instances, first_instance_at, last_instance_at,
+                           updated_at)
+                       VALUES (?,?,?,?,?,?,?,?,1,1,?,?,?)""",
+                    (item.series_uid, item.study_uid, item.modality, item.sop_class_uid,
+                     item.series_description, item.body_part_examined,
+                     "\\".join(item.image_type), SeriesState.RECEIVING, now, now, now),
+                )
+            elif is_new:
+                reopen = row["state"] != SeriesState.RECEIVING
+                db.execute(
+                    """UPDATE series SET instances = instances + 1, last_instance_at = ?,
+                           updated_at = ?, state = ?, generation = generation + ?,
+                           reason = CASE WHEN ? THEN NULL ELSE reason END,
+                           detail = CASE WHEN ? THEN NULL ELSE detail END
+                       WHERE series_uid = ?""",
+                    (now, now, SeriesState.RECEIVING, int(reopen), reopen, reopen,
+                     item.series_uid),
+                )
+            else:
+                db.execute(
+                    "UPDATE series SET updated_at = ? WHERE series_uid = ?", (now, item.series_uid)
+                )
+        return is_new
+
+    def _recount(self, db: sqlite3.Connection, series_uid: str, now: float) -> None:
+        db.execute(
+            """UPDATE series SET instances = (SELECT count(*) FROM instances
+                   WHERE series_uid = ?), updated_at = ? WHERE series_uid = ?""",
+            (series_uid, now, series_uid),
+        )
+
+    def has_instance(self, sop_uid: str) -> bool:
+        return bool(self._query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
+
+    def instance_count(self) -> int:
+        return int(self._query("SELECT count(*) FROM instances")[0][0])
+
+    def instance_uids(self) -> set[str]:
+        return {r[0] for r in self._query("SELECT sop_uid FROM instances")}
+
+    def series_instances(self, series_uid: str) -> list[InstanceRecord]:
+        rows = self._query(
+            "SELECT * FROM instances WHERE series_uid = ? ORDER BY instance_number, sop_uid",
+            (series_uid,),
+        )
+        return [_instance(r) for r in rows]
+
+    def get_series(self, series_uid: str) -> SeriesRecord:
+        rows = self._query("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
+        if not rows:
+            raise NotFoundError(f"no series {series_uid}")
+        return _series(rows[0])
+
+    def list_series(self, *, limit: int = 1000) -> list[SeriesRecord]:
+        rows = self._query(
+            "SELECT * FROM series ORDER BY last_instance_at DESC LIMIT ?", (limit,)
+        )
+        return [_series(r) for r in rows]
+
+    def complete_quiet_series(self, quiet_seconds: float) -> list[str]:
+        """Mark RECEIVING series with no instance for ``quiet_seconds`` as COMPLETE."""
+        cutoff = self._clock() - quiet_seconds
+        with self._tx() as db:
+            rows = db.execute(
+                """UPDATE series SET state = ?, updated_at = ?
+                   WHERE state = ? AND last_instance_at <= ? RETURNING series_uid""",
+                (SeriesState.COMPLETE, self._clock(), SeriesState.RECEIVING, cutoff),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def claim_complete_series(self) -> Claim | None:
+        """Take the oldest COMPLETE series for processing (state PROCESSING)."""
+        with self._tx() as db:
+            row = db.execute(
+                """UPDATE series SET state = ?, updated_at = ?
+                   WHERE series_uid = (SELECT series_uid FROM series WHERE state = ?
+                                       ORDER BY last_instance_at LIMIT 1)
+                   RETURNING series_uid, generation""",
+                (SeriesState.PROCESSING, self._clock(), SeriesState.COMPLETE),
+            ).fetchone()
+        return Claim(row[0], int(row[1])) if row else None
+
+    def finish_series(
+        self,
+        claim: Claim,
+        state: SeriesState,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> bool:
+        """Record the outcome of a claim. False when the series was re-opened meanwhile
+        (its result is then stale and must be discarded)."""
+        if state not in (SeriesState.DONE, SeriesState.REJECTED, SeriesState.FAILED,
+                         SeriesState.SKIPPED):
+            raise ValueError(f"a finished series cannot be {state}")
+        with self._tx() as db:
+            cur = db.execute(
+                """UPDATE series SET state = ?, reason = ?, detail = ?, updated_at = ?,
+                       result_generation = CASE WHEN ? IS NULL THEN result_generation
+                                                ELSE generation END,
+                       result_json = COALESCE(?, result_json)
+                   WHERE series_uid = ? AND generation = ? AND state = ?""",
+                (state, reason, detail, self._clock(), None if result is None else 1,
+                 None if result is None else json.dumps(result), claim.series_uid,
+                 claim.generation, SeriesState.PROCESSING),
+            )
+            return cur.rowcount == 1
+
+    def requeue_interrupted(self) -> int:
+        """After a restart: series left PROCESSING go back to COMPLETE."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE series SET state = ?, updated_at = ? WHERE state = ?",
+                (SeriesState.COMPLETE, self._clock(), SeriesState.PROCESSING),
+            )
+            return cur.rowcount
+
+    def series_counts(self) -> dict[str, int]:
+        rows = self._query("SELECT state, count(*) FROM series GROUP BY state")
+        counts = {state.value: 0 for state in SeriesState}
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+    # -- rejections ---------------------------------------------------------------------
+    def record_rejection(
+        self,
+        scope: str,
+        reason: str,
+        *,
+        status: int | None = None,
+        calling_ae: str = "",
+        peer_host: str = "",
+        ref: str | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                """INSERT INTO rejections (at, scope, reason, status, calling_ae, peer_host, ref)
+                   VALUES (?,?,?,?,?,?,?)""",
+                (self._clock(), scope, reason, status, calling_ae, peer_host, ref),
+            )
+
+    def recent_rejections(self, limit: int = 20) -> list[RejectionRecord]:
+        rows = self._query("SELECT * FROM rejections ORDER BY id DESC LIMIT ?", (limit,))
+        return [
+            RejectionRecord(r["id"], r["at"], r["scope"], r["reason"], r["status"],
+                            r["calling_ae"], r["peer_host"], r["ref"])
+            for r in rows
+        ]
+
+    # -- outbox -------------------------------------------------------------------------
+    def enqueue(self, destination: str, path: Path, sop_uid: str,
+                series_uid: str | None = None) -> int:
+        now = self._clock()
+        with self._tx() as db:
+            cur = db.execute(
+                """INSERT INTO outbox (destination, path, sop_uid, series_uid, state, attempts,
+                       next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,0,?,?,?)""",
+                (destination, str(path), sop_uid, series_uid, OutboxState.PENDING, now, now, now),
+            )
+            return int(cur.lastrowid or 0)
+
+    def claim_due(self, limit: int = 100) -> list[OutboxItem]:
+        """Take due PENDING items (state SENDING), oldest first."""
+        now = self._clock()
+        with self._tx() as db:
+            rows = db.execute(
+                """UPDATE outbox SET state = ?, updated_at = ?
+                   WHERE id IN (SELECT id FROM outbox WHERE state = ? AND next_attempt_at <= ?
+                                ORDER BY next_attempt_at, id LIMIT ?)
+                   RETURNING *""",
+                (OutboxState.SENDING, now, OutboxState.PENDING, now, limit),
+            ).fetchall()
+        return sorted((_outbox(r) for r in rows), key=lambda item: item.id)
+
+    def mark_sent(self, item_id: int, status: int | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                """UPDATE outbox SET state = ?, attempts = attempts + 1, last_status = ?,
+                       last_error = NULL, updated_at = ? WHERE id = ?""",
+                (OutboxState.SENT, status, self._clock(), item_id),
+            )
+
+    def mark_send_failed(self, item_id: int, error: str, status: int | None, *,
+                         retry_at: float | None) -> OutboxState:
+        """Record a failed attempt: PENDING until ``retry_at``, or DEAD when it is None."""
+        state = OutboxState.DEAD if retry_at is None else OutboxState.PENDING
+        with self._tx() as db:
+            db.execute(
+                """UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?,
+                       last_status = ?, next_attempt_at = COALESCE(?, next_attempt_at),
+                       updated_at = ? WHERE id = ?""",
+                (state, error, status, retry_at, self._clock(), item_id),
+            )
+        return state
+
+    def retry_outbox(self, item_id: int) -> OutboxItem:
+        """Make an item due now with a fresh attempt budget (for DEAD or waiting items)."""
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute(
+                """UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?,
+                       updated_at = ? WHERE id = ? AND state IN (?, ?) RETURNING *""",
+                (OutboxState.PENDING, now, now, item_id, OutboxState.DEAD, OutboxState.PENDING),
+            ).fetchone()
+            if row is None:
+                exists = db.execute("SELECT state FROM outbox WHERE id = ?", (item_id,)).fetchone()
+                if exists is None:
+                    raise NotFoundError(f"no outbox item {item_id}")
+                raise StoreError(
+                    f"outbox item {item_id} is {exists[0]}; only pending or dead items can be retried"
+                )
+        return _outbox(row)
+
+    def get_outbox(self, item_id: int) -> OutboxItem:
+        rows = self._query("SELECT * FROM outbox WHERE id = ?", (item_id,))
+        if not rows:
+            raise NotFoundError(f"no outbox item {item_id}")
+        return _outbox(rows[0])
+
+    def list_outbox(self, *, states: Iterable[OutboxState] | None = None,
+                    limit: int = 200) -> list[OutboxItem]:
+        if states is None:
+            rows = self._query("SELECT * FROM outbox ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            wanted = [s.value for s in states]
+            marks = ",".join("?" * len(wanted))
+            rows = self._query(
+                f"SELECT * FROM outbox WHERE state IN ({marks}) ORDER BY id DESC LIMIT ?",
+                (*wanted, limit),
+            )
+        return [_outbox(r) for r in rows]
+
+    def outbox_counts(self) -> dict[str, int]:
+        rows = self._query("SELECT state, count(*) FROM outbox GROUP BY state")
+        counts = {state.value: 0 for state in OutboxState}
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+    def requeue_sending(self) -> int:
+        """After a restart: items left SENDING are due again (C-STORE is idempotent)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE outbox SET state = ?, updated_at = ? WHERE state = ?",
+                (OutboxState.PENDING, self._clock(), OutboxState.SENDING),
+            )
+            return cur.rowcount
+
+
+def _instance(r: sqlite3.Row) -> InstanceRecord:
+    return InstanceRecord(
+        r["sop_uid"], r["series_uid"], r["study_uid"], r["sop_class_uid"],
+        r["transfer_syntax_uid"], Path(r["path"]), int(r["size"]), r["calling_ae"],
+        r["instance_number"], int(r["number_of_frames"]), float(r["received_at"]),
+    )
+
+
+def _series(r: sqlite3.Row) -> SeriesRecord:
+    return SeriesRecord(
+        series_uid=r["series_uid"],
+        study_uid=r["study_uid"],
+        modality=r["modality"],
+        sop_class_uid=r["sop_class_uid"],
+        series_description=r["series_description"],
+        body_part_examined=r["body_part_examined"],
+        image_type=tuple(v for v in r["image_type"].split("\\") if v),
+        state=SeriesState(r["state"]),
+        generation=int(r["generation"]),
+        instances=int(r["instances"]),
+        first_instance_at=float(r["first_instance_at"]),
+        last_instance_at=float(r["last_instance_at"]),
+        updated_at=float(r["updated_at"]),
+        reason=r["reason"],
+        detail=r["detail"],
+        result_generation=r["result_generation"],
+        result=json.loads(r["result_json"]) if r["result_json"] else None,
+    )
+
+
+def _outbox(r: sqlite3.Row) -> OutboxItem:
+    return OutboxItem(
+        id=int(r["id"]),
+        destination=r["destination"],
+        path=Path(r["path"]),
+        sop_uid=r["sop_uid"],
+        series_uid=r["series_uid"],
+        state=OutboxState(r["state"]),
+        attempts=int(r["attempts"]),
+        next_attempt_at=float(r["next_attempt_at"]),
+        last_error=r["last_error"],
+        last_status=r["last_status"],
+        created_at=float(r["created_at"]),
+        updated_at=float(r["updated_at"]),
+    )

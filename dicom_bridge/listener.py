@@ -1,0 +1,318 @@
+"""The DICOM listener: a pynetdicom C-ECHO / C-STORE SCP writing to the spool.
+
+A C-STORE is acknowledged with success only after the instance is durable: written
+atomically to the spool by :class:`~dicom_bridge.spool.Spool` and handed to the
+``on_instance`` callback (which records it in the appliance's store). Any failure on the
+way gives the peer a DICOM failure status and a logged reason; the association and the
+service carry on. Handlers never raise and never log patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicom_bridge.errors import DicomBridgeError, InstanceRejectedError, InvalidUIDError
+from dicom_bridge.instance import ReceivedInstance, describe
+from dicom_bridge.netutil import quiet_identifiers, set_tcp_nodelay
+from dicom_bridge.sop_classes import (
+    ACCEPTED_STORAGE_CLASSES,
+    ACCEPTED_TRANSFER_SYNTAXES,
+    UNCOMPRESSED_SYNTAXES,
+)
+from dicom_bridge.spool import Spool, SpoolKey
+from dicom_bridge.uids import short_ref, validate_uid
+
+LOG = logging.getLogger(__name__)
+
+
+class StoreStatus(IntEnum):
+    """C-STORE response statuses this listener sends."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_MISMATCH = 0xA900  # dataset does not match the SOP class / instance in the request
+    CANNOT_UNDERSTAND = 0xC000  # the dataset cannot be parsed
+    INVALID_UID = 0xC001  # a UID is missing or unsafe
+    INVALID_PIXEL_DATA = 0xC002  # uncompressed pixel data shorter than its header says
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedCaller:
+    """A calling AE title allowed to associate, optionally pinned to one peer host."""
+
+    ae_title: str
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsServerSettings:
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(certfile=str(self.cert_file), keyfile=str(self.key_file))
+        if self.ca_file is not None:
+            ctx.load_verify_locations(cafile=str(self.ca_file))
+        ctx.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_NONE
+        return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    ae_title: str
+    bind: str = "0.0.0.0"
+    port: int = 11112
+    max_associations: int = 10
+    allowed_callers: tuple[AllowedCaller, ...] = ()  # empty: any caller
+    tls: TlsServerSettings | None = None
+    max_pdu_size: int = 131072
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A refused association or C-STORE, for the record (no patient data)."""
+
+    scope: str  # "association" or "instance"
+    reason: str
+    status: int | None
+    calling_ae: str
+    peer_host: str
+    sop_ref: str | None = None  # short hash of the SOP Instance UID, when known
+
+
+InstanceCallback = Callable[[ReceivedInstance], None]
+RejectionCallback = Callable[[Rejection], None]
+
+
+class Listener:
+    """C-ECHO/C-STORE SCP. ``start()`` returns once the port is bound."""
+
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        spool: Spool,
+        on_instance: InstanceCallback,
+        on_rejection: RejectionCallback | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self._on_instance = on_instance
+        self._on_rejection = on_rejection
+        self._server: Any = None
+        self._lock = threading.Lock()
+        quiet_identifiers()
+
+    # -- life cycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.maximum_associations = self.settings.max_associations
+        ae.maximum_pdu_size = self.settings.max_pdu_size
+        ae.network_timeout = 60
+        ae.dimse_timeout = 60
+        ae.acse_timeout = 30
+        ae.add_supported_context(Verification)
+        for sop_class in ACCEPTED_STORAGE_CLASSES:
+            ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
+        handlers = [
+            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_REQUESTED, self._handle_requested),
+            (evt.EVT_C_ECHO, _handle_echo),
+            (evt.EVT_C_STORE, self._handle_store),
+        ]
+        ssl_context = self.settings.tls.context() if self.settings.tls else None
+        self._server = ae.start_server(
+            (self.settings.bind, self.settings.port),
+            block=False,
+            evt_handlers=handlers,  # type: ignore[arg-type]
+            ssl_context=ssl_context,
+        )
+        LOG.info(
+            "listener %s on %s:%d (tls=%s, max associations %d)",
+            self.settings.ae_title,
+            self.settings.bind,
+            self.port,
+            ssl_context is not None,
+            self.settings.max_associations,
+        )
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.settings.port
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- association control ------------------------------------------------------------
+    def caller_allowed(self, ae_title: str, host: str) -> bool:
+        allowed = self.settings.allowed_callers
+        if not allowed:
+            return True
+        title = ae_title.strip()
+        return any(c.ae_title == title and (c.host is None or c.host == host) for c in allowed)
+
+    def _handle_requested(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        title = str(requestor.primitive.calling_ae_title).strip()
+        host = str(requestor.address)
+        if self.caller_allowed(title, host):
+            return
+        LOG.warning("association refused: calling AE %r from %s is not allowed", title, host)
+        # 0x01 rejected-permanent, 0x01 service user, 0x03 calling AE title not recognised
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        event.assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
+        self._record(Rejection("association", "calling AE title not allowed", None, title, host))
+
+    # -- C-STORE ------------------------------------------------------------------------
+    def _handle_store(self, event: evt.Event) -> int:
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        peer_host = str(event.assoc.requestor.address)
+        request = event.request
+        sop_ref = _safe_ref(request.AffectedSOPInstanceUID)
+        try:
+            received = self._accept(event, calling_ae, peer_host)
+        except InstanceRejectedError as exc:
+            status = exc.status
+            LOG.warning("C-STORE %s from %s refused (0x%04X): %s", sop_ref, calling_ae, status,
+                        exc.reason)
+            self._record(Rejection("instance", exc.reason, int(status), calling_ae, peer_host,
+                                   sop_ref))
+            return int(status)
+        except Exception as exc:  # a handler must never raise: report and carry on
+            reason = f"could not store instance: {type(exc).__name__}: {_safe_text(exc)}"
+            LOG.error("C-STORE %s from %s failed (0xA700): %s", sop_ref, calling_ae, reason)
+            self._record(Rejection("instance", reason, int(StoreStatus.OUT_OF_RESOURCES),
+                                   calling_ae, peer_host, sop_ref))
+            return int(StoreStatus.OUT_OF_RESOURCES)
+        LOG.debug("stored %s (%d bytes) from %s", sop_ref, received.size, calling_ae)
+        return int(StoreStatus.SUCCESS)
+
+    def _accept(self, event: evt.Event, calling_ae: str, peer_host: str) -> ReceivedInstance:
+        encoded = event.encoded_dataset(include_meta=True)
+        transfer_syntax = str(event.context.transfer_syntax)
+        ds = _parse(encoded)
+        requested_class = str(event.request.AffectedSOPClassUID)
+        requested_uid = str(event.request.AffectedSOPInstanceUID)
+        try:
+            key = SpoolKey(
+                study_uid=validate_uid(ds.get("StudyInstanceUID"), what="StudyInstanceUID"),
+                series_uid=validate_uid(ds.get("SeriesInstanceUID"), what="SeriesInstanceUID"),
+                sop_uid=validate_uid(ds.get("SOPInstanceUID"), what="SOPInstanceUID"),
+            )
+        except InvalidUIDError as exc:
+            raise _rejected(str(exc), StoreStatus.INVALID_UID) from exc
+        if key.sop_uid != requested_uid.strip():
+            raise _rejected(
+                "SOPInstanceUID in the dataset differs from the C-STORE request",
+                StoreStatus.DATASET_MISMATCH,
+            )
+        sop_class = str(ds.get("SOPClassUID", "")).strip()
+        if sop_class != requested_class.strip():
+            raise _rejected(
+                "SOPClassUID in the dataset differs from the C-STORE request",
+                StoreStatus.DATASET_MISMATCH,
+            )
+        if transfer_syntax in UNCOMPRESSED_SYNTAXES:
+            _check_native_pixel_length(ds)
+        path = self.spool.write(key, (encoded,))
+        received = describe(
+            ds,
+            key=key,
+            transfer_syntax_uid=transfer_syntax,
+            path=path,
+            size=len(encoded),
+            calling_ae=calling_ae,
+            peer_host=peer_host,
+        )
+        self._on_instance(received)
+        return received
+
+    def _record(self, rejection: Rejection) -> None:
+        if self._on_rejection is None:
+            return
+        try:
+            self._on_rejection(rejection)
+        except Exception:  # recording a rejection must not break the association
+            LOG.exception("could not record a rejection")
+
+
+def _handle_echo(event: evt.Event) -> int:
+    return 0x0000
+
+
+def _rejected(reason: str, status: StoreStatus) -> InstanceRejectedError:
+    return InstanceRejectedError(reason, int(status))
+
+
+def _parse(encoded: bytes) -> Dataset:
+    try:
+        ds = dcmread(BytesIO(encoded))
+        # Touch the elements we rely on so that a truncated/garbled stream fails here.
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            ds.get(keyword)
+        # Force the whole dataset to be parsed (pydicom reads lazily past deferred tags).
+        _ = len(ds)
+        for _element in ds.iterall():
+            pass
+    except Exception as exc:  # pydicom raises many types for corrupt input
+        raise _rejected(
+            f"dataset cannot be parsed: {type(exc).__name__}: {_safe_text(exc)}",
+            StoreStatus.CANNOT_UNDERSTAND,
+        ) from exc
+    return ds
+
+
+def _check_native_pixel_length(ds: Dataset) -> None:
+    if "PixelData" not in ds:
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        bits = int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise _rejected(
+            "pixel data present but Rows/Columns/BitsAllocated are missing or invalid",
+            StoreStatus.INVALID_PIXEL_DATA,
+        ) from exc
+    pixels = rows * cols * samples * frames
+    expected = (pixels + 7) // 8 if bits == 1 else pixels * ((bits + 7) // 8)
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise _rejected(
+            f"pixel data is truncated: {actual} bytes, header needs {expected}",
+            StoreStatus.INVALID_PIXEL_DATA,
+        )
+
+
+def _safe_ref(uid: object) -> str:
+    try:
+        return short_ref(validate_uid(uid))
+    except DicomBridgeError:
+        return "invalid-uid"
+
+
+def _safe_text(exc: BaseException) -> str:
+    """An exception message cut short; pydicom messages name tags, not values."""
+    text = str(exc).replace("\n", " ")
+    return text[:200]
+

@@ -1,0 +1,107 @@
+"""The spool: received instances written atomically to disk, named by validated UIDs.
+
+Layout: ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
+A write goes to ``<root>/.tmp/`` first, is fsync'd, then renamed into place, and the
+directory entry is fsync'd, so a file that exists under its final name is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_bridge.errors import SpoolError
+from dicom_bridge.uids import validate_uid
+
+SUFFIX = ".dcm"
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolKey:
+    """The three UIDs that place an instance in the spool (validated on construction)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+
+    def __post_init__(self) -> None:
+        validate_uid(self.study_uid, what="StudyInstanceUID")
+        validate_uid(self.series_uid, what="SeriesInstanceUID")
+        validate_uid(self.sop_uid, what="SOPInstanceUID")
+
+
+class Spool:
+    """Atomic, durable file storage for received instances."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+        self._tmp = self.root / ".tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._known_dirs: set[Path] = set()
+
+    def path_for(self, key: SpoolKey) -> Path:
+        return self.root / key.study_uid / key.series_uid / f"{key.sop_uid}{SUFFIX}"
+
+    def write(self, key: SpoolKey, chunks: tuple[bytes | memoryview, ...]) -> Path:
+        """Write ``chunks`` as one file for ``key``; return its final path.
+
+        Raises :class:`SpoolError` when the bytes cannot be made durable; then no file
+        exists under the final name (an earlier copy, if any, is left untouched).
+        """
+        final = self.path_for(key)
+        tmp = self._tmp / f"{key.sop_uid}.{uuid.uuid4().hex}.part"
+        try:
+            directory = final.parent
+            if directory not in self._known_dirs:
+                directory.mkdir(parents=True, exist_ok=True)
+                if self.fsync:
+                    _fsync_dir(directory.parent)
+                    _fsync_dir(directory.parent.parent)
+                self._known_dirs.add(directory)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            if self.fsync:
+                _fsync_dir(directory)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise SpoolError(f"could not write instance to spool: {exc.strerror or exc}") from exc
+        return final
+
+    def remove_partials(self) -> int:
+        """Delete temporary files left by a crash (never acknowledged). Return how many."""
+        count = 0
+        for item in self._tmp.iterdir():
+            item.unlink(missing_ok=True)
+            count += 1
+        return count
+
+    def iter_files(self) -> Iterator[Path]:
+        """Every complete instance file in the spool."""
+        for study in self.root.iterdir():
+            if study.name.startswith(".") or not study.is_dir():
+                continue
+            for series in study.iterdir():
+                if series.is_dir():
+                    yield from series.glob(f"*{SUFFIX}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
