@@ -16,7 +16,9 @@ def configure_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # pynetdicom logs PDUs and, at DEBUG, whole datasets: keep it to warnings.
-    for name in ("pynetdicom", "pydicom", "highdicom"):
+    for name in ("pynetdicom", "highdicom"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # pydicom's warnings quote element values, which may be patient data.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     # pydicom warns about odd values by quoting them; values may be patient data.
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
