@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from appliance.cli import config_cmd, echo, outbox, send, serve, status
+from appliance.cli import config_cmd, demo, echo, outbox, send, serve, status
 
 app = typer.Typer(
     name="appliance",
@@ -16,6 +16,7 @@ app.command("serve")(serve.serve)
 app.command("status")(status.status)
 app.command("echo")(echo.echo)
 app.command("send")(send.send)
+app.command("demo")(demo.demo)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(outbox.app, name="outbox")
 
