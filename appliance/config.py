@@ -123,7 +123,9 @@ def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None =
     if path is None:
         env_path = env.get(CONFIG_ENV)
         if not env_path:
-            raise ConfigError([ConfigIssue("config", f"no config file given and ${CONFIG_ENV} is unset")])
+            raise ConfigError(
+                [ConfigIssue("config", f"no config file given and ${CONFIG_ENV} is unset")]
+            )
         path = Path(env_path)
     source = str(path)
     try:
@@ -131,7 +133,9 @@ def load_config(path: Path | None = None, *, environ: Mapping[str, str] | None =
     except FileNotFoundError as exc:
         raise ConfigError([ConfigIssue("config", f"file not found: {path}")], source) from exc
     except OSError as exc:
-        raise ConfigError([ConfigIssue("config", f"cannot read {path}: {exc.strerror}")], source) from exc
+        raise ConfigError(
+            [ConfigIssue("config", f"cannot read {path}: {exc.strerror}")], source
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigIssue("config", f"not valid TOML: {exc}")], source) from exc
     return parse_config(raw, environ=env, source=source, base_dir=Path(path).parent)
@@ -156,7 +160,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, An
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         if not parts:
             continue
         node = data
@@ -214,13 +218,27 @@ class _Reader:
 
     def dicom(self, d: dict[str, Any]) -> DicomConfig:
         p = "dicom"
-        self.unknown(p, d, {"ae_title", "port", "bind", "max_associations", "max_pdu_size",
-                            "allowed_callers", "series_quiet_seconds", "tls"})
+        self.unknown(
+            p,
+            d,
+            {
+                "ae_title",
+                "port",
+                "bind",
+                "max_associations",
+                "max_pdu_size",
+                "allowed_callers",
+                "series_quiet_seconds",
+                "tls",
+            },
+        )
         defaults = DicomConfig()
         callers: list[CallerConfig] = []
         raw_callers = d.get("allowed_callers", [])
         if not isinstance(raw_callers, list):
-            self.err(f"{p}.allowed_callers", "must be a list of AE titles or {ae_title, host} tables")
+            self.err(
+                f"{p}.allowed_callers", "must be a list of AE titles or {ae_title, host} tables"
+            )
         else:
             for i, item in enumerate(raw_callers):
                 key = f"{p}.allowed_callers[{i}]"
@@ -241,11 +259,14 @@ class _Reader:
             ae_title=self.ae(d, "ae_title", p, defaults.ae_title),
             port=self.integer(d, "port", p, defaults.port, 1, 65535),
             bind=self.host(d, "bind", p, required=False) or defaults.bind,
-            max_associations=self.integer(d, "max_associations", p, defaults.max_associations, 1, 1000),
+            max_associations=self.integer(
+                d, "max_associations", p, defaults.max_associations, 1, 1000
+            ),
             max_pdu_size=self.integer(d, "max_pdu_size", p, defaults.max_pdu_size, 4096, 2**24),
             allowed_callers=tuple(callers),
-            series_quiet_seconds=self.number(d, "series_quiet_seconds", p,
-                                             defaults.series_quiet_seconds, 0.1, 86400.0),
+            series_quiet_seconds=self.number(
+                d, "series_quiet_seconds", p, defaults.series_quiet_seconds, 0.1, 86400.0
+            ),
             tls=tls,
         )
 
@@ -257,7 +278,9 @@ class _Reader:
         return StorageConfig(root=root, fsync=self.boolean(d, "fsync", p, defaults.fsync))
 
     def destination(self, p: str, d: dict[str, Any]) -> DestinationConfig | None:
-        self.unknown(p, d, {"name", "ae_title", "host", "port", "calling_ae", "timeout_seconds", "tls"})
+        self.unknown(
+            p, d, {"name", "ae_title", "host", "port", "calling_ae", "timeout_seconds", "tls"}
+        )
         before = len(self.issues)
         name = self.string(d, "name", p, required=True)
         if name is not None and not _NAME_RE.match(name):
@@ -283,11 +306,16 @@ class _Reader:
 
     def outbox(self, d: dict[str, Any]) -> OutboxConfig:
         p = "outbox"
-        self.unknown(p, d, {"max_attempts", "backoff_initial_seconds", "backoff_max_seconds",
-                            "poll_seconds"})
+        self.unknown(
+            p, d, {"max_attempts", "backoff_initial_seconds", "backoff_max_seconds", "poll_seconds"}
+        )
         df = OutboxConfig()
-        initial = self.number(d, "backoff_initial_seconds", p, df.backoff_initial_seconds, 0.01, 86400.0)
-        maximum = self.number(d, "backoff_max_seconds", p, df.backoff_max_seconds, 0.01, 7 * 86400.0)
+        initial = self.number(
+            d, "backoff_initial_seconds", p, df.backoff_initial_seconds, 0.01, 86400.0
+        )
+        maximum = self.number(
+            d, "backoff_max_seconds", p, df.backoff_max_seconds, 0.01, 7 * 86400.0
+        )
         if maximum < initial:
             self.err(f"{p}.backoff_max_seconds", "must be at least backoff_initial_seconds")
         return OutboxConfig(
@@ -372,8 +400,9 @@ class _Reader:
                 return None
         return value
 
-    def integer(self, d: dict[str, Any], key: str, p: str, default: int | None,
-                lo: int, hi: int) -> int:
+    def integer(
+        self, d: dict[str, Any], key: str, p: str, default: int | None, lo: int, hi: int
+    ) -> int:
         if key not in d:
             if default is None:
                 self.err(f"{p}.{key}", f"is required (an integer from {lo} to {hi})")
@@ -385,8 +414,9 @@ class _Reader:
             return default if default is not None else lo
         return value
 
-    def number(self, d: dict[str, Any], key: str, p: str, default: float, lo: float,
-               hi: float) -> float:
+    def number(
+        self, d: dict[str, Any], key: str, p: str, default: float, lo: float, hi: float
+    ) -> float:
         value = d.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
             self.err(f"{p}.{key}", f"must be a number from {lo:g} to {hi:g}; got {value!r}")
@@ -400,8 +430,15 @@ class _Reader:
             return default
         return value
 
-    def path(self, d: dict[str, Any], key: str, p: str, *, required: bool = False,
-             must_exist: bool = False) -> Path | None:
+    def path(
+        self,
+        d: dict[str, Any],
+        key: str,
+        p: str,
+        *,
+        required: bool = False,
+        must_exist: bool = False,
+    ) -> Path | None:
         value = self.string(d, key, p, required=required)
         if value is None:
             return None

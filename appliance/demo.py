@@ -62,12 +62,17 @@ def run_demo(workdir: Path | None = None, *, slices: int = 60, echo: Echo = prin
     work.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
 
-    geometry = SeriesGeometry(slices=slices, rows=256, columns=256, pixel_spacing=(1.2, 1.2),
-                              slice_spacing=2.5, origin=(-153.0, -180.0, -60.0))
+    geometry = SeriesGeometry(
+        slices=slices,
+        rows=256,
+        columns=256,
+        pixel_spacing=(1.2, 1.2),
+        slice_spacing=2.5,
+        origin=(-153.0, -180.0, -60.0),
+    )
     identity = SeriesIdentity()
     files = write_series(run_dir / "study", geometry, identity=identity)
-    echo(f"1. generated a synthetic CT series: {slices} slices of 256x256 "
-         f"({run_dir / 'study'})")
+    echo(f"1. generated a synthetic CT series: {slices} slices of 256x256 ({run_dir / 'study'})")
 
     pacs_port, app_port = _free_port(), _free_port()
     received: list[str] = []
@@ -79,14 +84,22 @@ def run_demo(workdir: Path | None = None, *, slices: int = 60, echo: Echo = prin
     pacs.start()
     echo(f"2. PACS: built-in receiver DEMOPACS on 127.0.0.1:{pacs_port}")
 
-    config = parse_config({
-        "dicom": {"ae_title": "SEGAPPLIANCE", "port": app_port, "bind": "127.0.0.1",
-                  "allowed_callers": ["DEMOPACS"], "series_quiet_seconds": 2.0},
-        "storage": {"root": str(run_dir / "appliance")},
-        "outbox": {"backoff_initial_seconds": 1.0, "poll_seconds": 0.2},
-        "destinations": [{"name": "pacs", "ae_title": "DEMOPACS", "host": "127.0.0.1",
-                          "port": pacs_port}],
-    })
+    config = parse_config(
+        {
+            "dicom": {
+                "ae_title": "SEGAPPLIANCE",
+                "port": app_port,
+                "bind": "127.0.0.1",
+                "allowed_callers": ["DEMOPACS"],
+                "series_quiet_seconds": 2.0,
+            },
+            "storage": {"root": str(run_dir / "appliance")},
+            "outbox": {"backoff_initial_seconds": 1.0, "poll_seconds": 0.2},
+            "destinations": [
+                {"name": "pacs", "ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port}
+            ],
+        }
+    )
     service = Service(config)
     service.start()
     echo(f"   appliance SEGAPPLIANCE on 127.0.0.1:{app_port}, storage {config.storage.root}")
@@ -97,46 +110,67 @@ def run_demo(workdir: Path | None = None, *, slices: int = 60, echo: Echo = prin
         push_s = time.monotonic() - start
         ok = sum(r.ok for r in results)
         last_ack = time.monotonic()
-        echo(f"3. PACS pushed {ok}/{len(files)} instances over one association in "
-             f"{push_s:.2f} s ({ok / push_s:.0f} images/s)")
+        echo(
+            f"3. PACS pushed {ok}/{len(files)} instances over one association in "
+            f"{push_s:.2f} s ({ok / push_s:.0f} images/s)"
+        )
         if ok != len(files):
             raise RuntimeError("demo: the appliance did not acknowledge every instance")
 
         store = service.store
         ready_s = _wait(
-            lambda: store.get_series(identity.series_uid).state
-            in (SeriesState.DONE, SeriesState.REJECTED, SeriesState.FAILED),
-            60, "series processing",
+            lambda: (
+                store.get_series(identity.series_uid).state
+                in (SeriesState.DONE, SeriesState.REJECTED, SeriesState.FAILED)
+            ),
+            60,
+            "series processing",
         )
         series = store.get_series(identity.series_uid)
         if series.state is not SeriesState.DONE or series.result is None:
-            raise RuntimeError(f"demo: series ended {series.state}: {series.reason} "
-                               f"{series.detail}")
+            raise RuntimeError(
+                f"demo: series ended {series.state}: {series.reason} {series.detail}"
+            )
         affine = np.asarray(series.result["affine_lps"])
         error = float(np.abs(affine - geometry.affine()).max())
-        echo(f"4. series complete after {config.dicom.series_quiet_seconds:.0f} s quiet; volume "
-             f"{'x'.join(str(v) for v in series.result['shape'])}, spacing "
-             f"{series.result['spacing_mm']} mm; affine vs truth: max error {error:.2e} mm "
-             f"({ready_s:.1f} s after the last image)")
+        echo(
+            f"4. series complete after {config.dicom.series_quiet_seconds:.0f} s quiet; volume "
+            f"{'x'.join(str(v) for v in series.result['shape'])}, spacing "
+            f"{series.result['spacing_mm']} mm; affine vs truth: max error {error:.2e} mm "
+            f"({ready_s:.1f} s after the last image)"
+        )
 
-        echo("5. send-back: until segmentation lands, the received series is forwarded to "
-             "the PACS through the durable outbox")
+        echo(
+            "5. send-back: until segmentation lands, the received series is forwarded to "
+            "the PACS through the durable outbox"
+        )
         start = time.monotonic()
         for inst in store.series_instances(identity.series_uid):
             store.enqueue("pacs", inst.path, inst.sop_uid, inst.series_uid)
         sent_s = _wait(
             lambda: store.outbox_counts()[OutboxState.SENT] == len(files), 60, "send-back"
         )
-        back = len(set(received) & {inst.sop_uid for inst in store.series_instances(
-            identity.series_uid)})
-        echo(f"   {back}/{len(files)} instances arrived at the PACS in {sent_s:.2f} s "
-             f"({time.monotonic() - last_ack:.1f} s from last image acknowledged)")
+        back = len(
+            set(received) & {inst.sop_uid for inst in store.series_instances(identity.series_uid)}
+        )
+        echo(
+            f"   {back}/{len(files)} instances arrived at the PACS in {sent_s:.2f} s "
+            f"({time.monotonic() - last_ack:.1f} s from last image acknowledged)"
+        )
     finally:
         service.stop()
         pacs.stop()
 
-    result = DemoResult(len(files), series.state.value, tuple(series.result["shape"]), error,
-                        push_s, ready_s, sent_s, back)
+    result = DemoResult(
+        len(files),
+        series.state.value,
+        tuple(series.result["shape"]),
+        error,
+        push_s,
+        ready_s,
+        sent_s,
+        back,
+    )
     echo("")
     echo(f"{'step':<28}{'result':>30}")
     echo(f"{'ingest (images/s)':<28}{len(files) / push_s:>30.0f}")

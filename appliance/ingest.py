@@ -21,8 +21,11 @@ class Ingest:
     def on_instance(self, received: ReceivedInstance) -> None:
         is_new = self.store.record_instance(to_new_instance(received))
         if not is_new:
-            LOG.info("repeated instance %s in series %s (idempotent)",
-                     short_ref(received.key.sop_uid), short_ref(received.key.series_uid))
+            LOG.info(
+                "repeated instance %s in series %s (idempotent)",
+                short_ref(received.key.sop_uid),
+                short_ref(received.key.series_uid),
+            )
 
     def on_rejection(self, rejection: Rejection) -> None:
         self.store.record_rejection(

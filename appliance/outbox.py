@@ -8,8 +8,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from appliance.errors import NotFoundError
 from appliance.config import AppConfig, DestinationConfig, OutboxConfig
+from appliance.errors import NotFoundError
 from appliance.states import OutboxState
 from appliance.store import OutboxItem, Store
 from dicom_bridge.errors import SendError
@@ -24,7 +24,10 @@ SendFn = Callable[[RemoteNode, Sequence[Path]], list[SendResult]]
 def backoff_seconds(attempts: int, settings: OutboxConfig) -> float:
     """Delay before the next try after ``attempts`` failed tries (exponential, capped)."""
     return float(
-        min(settings.backoff_max_seconds, settings.backoff_initial_seconds * 2 ** max(0, attempts - 1))
+        min(
+            settings.backoff_max_seconds,
+            settings.backoff_initial_seconds * 2 ** max(0, attempts - 1),
+        )
     )
 
 
@@ -85,13 +88,19 @@ class OutboxSender:
         for item, result in zip(present, results, strict=True):
             if result.ok:
                 self.store.mark_sent(item.id, result.status)
-                LOG.info("outbox %d: %s sent to %s (status 0x%04X)", item.id,
-                         short_ref(item.sop_uid), name, result.status or 0)
+                LOG.info(
+                    "outbox %d: %s sent to %s (status 0x%04X)",
+                    item.id,
+                    short_ref(item.sop_uid),
+                    name,
+                    result.status or 0,
+                )
             else:
                 self._failed(item, result.error or "failed", result.status)
 
-    def _failed(self, item: OutboxItem, error: str, status: int | None, *,
-                final: bool = False) -> None:
+    def _failed(
+        self, item: OutboxItem, error: str, status: int | None, *, final: bool = False
+    ) -> None:
         settings = self.config.outbox
         attempts = item.attempts + 1
         retry_at: float | None = None
@@ -99,12 +108,23 @@ class OutboxSender:
             retry_at = _now(self.store) + backoff_seconds(attempts, settings)
         state = self.store.mark_send_failed(item.id, error, status, retry_at=retry_at)
         if state is OutboxState.DEAD:
-            LOG.error("outbox %d to %s dead after %d attempts: %s", item.id, item.destination,
-                      attempts, error)
+            LOG.error(
+                "outbox %d to %s dead after %d attempts: %s",
+                item.id,
+                item.destination,
+                attempts,
+                error,
+            )
         else:
-            LOG.warning("outbox %d to %s failed (attempt %d/%d), retry in %.0f s: %s", item.id,
-                        item.destination, attempts, settings.max_attempts,
-                        (retry_at or 0) - _now(self.store), error)
+            LOG.warning(
+                "outbox %d to %s failed (attempt %d/%d), retry in %.0f s: %s",
+                item.id,
+                item.destination,
+                attempts,
+                settings.max_attempts,
+                (retry_at or 0) - _now(self.store),
+                error,
+            )
 
 
 def _now(store: Store) -> float:

@@ -49,8 +49,11 @@ def process_series(store: Store, claim: Claim) -> Outcome:
     image_paths = [i.path for i in instances if i.sop_class_uid in VOLUME_CLASSES]
     if not image_paths:
         classes = sorted({i.sop_class_uid for i in instances})
-        return Outcome(SeriesState.SKIPPED, "not_an_image_series",
-                       f"no CT/MR image instances (SOP classes: {', '.join(classes)})")
+        return Outcome(
+            SeriesState.SKIPPED,
+            "not_an_image_series",
+            f"no CT/MR image instances (SOP classes: {', '.join(classes)})",
+        )
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
@@ -60,7 +63,12 @@ def process_series(store: Store, claim: Claim) -> Outcome:
     timings["volume_s"] = round(time.perf_counter() - start, 4)
     result = volume_summary(volume)
     result["timings"] = timings
-    LOG.info("series %s (%s, %d instances): volume %s in %.2f s",
-             short_ref(series.series_uid), series.modality, len(image_paths),
-             "x".join(str(v) for v in result["shape"]), timings["volume_s"])
+    LOG.info(
+        "series %s (%s, %d instances): volume %s in %.2f s",
+        short_ref(series.series_uid),
+        series.modality,
+        len(image_paths),
+        "x".join(str(v) for v in result["shape"]),
+        timings["volume_s"],
+    )
     return Outcome(SeriesState.DONE, result=result, timings=timings)

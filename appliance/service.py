@@ -25,8 +25,9 @@ def listener_settings(config: AppConfig) -> ListenerSettings:
     d = config.dicom
     tls = None
     if d.tls is not None:
-        tls = TlsServerSettings(d.tls.cert_file, d.tls.key_file, d.tls.ca_file,
-                                d.tls.require_client_cert)
+        tls = TlsServerSettings(
+            d.tls.cert_file, d.tls.key_file, d.tls.ca_file, d.tls.require_client_cert
+        )
     return ListenerSettings(
         ae_title=d.ae_title,
         bind=d.bind,
@@ -71,8 +72,9 @@ class Service:
         self.store = Store(storage.database)
         self.spool = Spool(storage.spool_dir, fsync=storage.fsync)
         self.ingest = Ingest(self.store)
-        self.listener = Listener(listener_settings(config), self.spool,
-                                 self.ingest.on_instance, self.ingest.on_rejection)
+        self.listener = Listener(
+            listener_settings(config), self.spool, self.ingest.on_instance, self.ingest.on_rejection
+        )
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -84,8 +86,11 @@ class Service:
         self._threads = [
             Scheduler(self.store, self.config.dicom.series_quiet_seconds, self.stop_event),
             Worker(self.store, self.stop_event),
-            OutboxLoop(OutboxSender(self.store, self.config), self.config.outbox.poll_seconds,
-                       self.stop_event),
+            OutboxLoop(
+                OutboxSender(self.store, self.config),
+                self.config.outbox.poll_seconds,
+                self.stop_event,
+            ),
         ]
         for thread in self._threads:
             thread.start()
@@ -111,7 +116,11 @@ class Service:
         signal.signal(signal.SIGTERM, _signal)
         signal.signal(signal.SIGINT, _signal)
         self.start()
-        LOG.info("appliance ready: AE %s on %s:%d", self.config.dicom.ae_title,
-                 self.config.dicom.bind, self.listener.port)
+        LOG.info(
+            "appliance ready: AE %s on %s:%d",
+            self.config.dicom.ae_title,
+            self.config.dicom.bind,
+            self.listener.port,
+        )
         self.stop_event.wait()
         self.stop()

@@ -17,7 +17,9 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat(timespec="seconds")
 
 
-def build_status(store: Store, *, series_limit: int = 200, rejection_limit: int = 20) -> dict[str, Any]:
+def build_status(
+    store: Store, *, series_limit: int = 200, rejection_limit: int = 20
+) -> dict[str, Any]:
     series_counts = store.series_counts()
     outbox_counts = store.outbox_counts()
     return {
@@ -28,7 +30,8 @@ def build_status(store: Store, *, series_limit: int = 200, rejection_limit: int 
         "queues": {
             "series_waiting": series_counts[SeriesState.COMPLETE],
             "series_processing": series_counts[SeriesState.PROCESSING],
-            "outbox_pending": outbox_counts[OutboxState.PENDING] + outbox_counts[OutboxState.SENDING],
+            "outbox_pending": outbox_counts[OutboxState.PENDING]
+            + outbox_counts[OutboxState.SENDING],
             "outbox_dead": outbox_counts[OutboxState.DEAD],
         },
         "outbox": outbox_counts,

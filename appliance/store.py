@@ -256,9 +256,19 @@ class Store:
                        size=excluded.size, calling_ae=excluded.calling_ae,
                        instance_number=excluded.instance_number,
                        number_of_frames=excluded.number_of_frames""",
-                (item.sop_uid, item.series_uid, item.study_uid, item.sop_class_uid,
-                 item.transfer_syntax_uid, str(item.path), item.size, item.calling_ae,
-                 item.instance_number, item.number_of_frames, now),
+                (
+                    item.sop_uid,
+                    item.series_uid,
+                    item.study_uid,
+                    item.sop_class_uid,
+                    item.transfer_syntax_uid,
+                    str(item.path),
+                    item.size,
+                    item.calling_ae,
+                    item.instance_number,
+                    item.number_of_frames,
+                    now,
+                ),
             )
             is_new = existing is None
             if existing is not None and existing["series_uid"] != item.series_uid:
@@ -274,9 +284,19 @@ class Store:
                            generation, instances, first_instance_at, last_instance_at,
                            updated_at)
                        VALUES (?,?,?,?,?,?,?,?,1,1,?,?,?)""",
-                    (item.series_uid, item.study_uid, item.modality, item.sop_class_uid,
-                     item.series_description, item.body_part_examined,
-                     "\\".join(item.image_type), SeriesState.RECEIVING, now, now, now),
+                    (
+                        item.series_uid,
+                        item.study_uid,
+                        item.modality,
+                        item.sop_class_uid,
+                        item.series_description,
+                        item.body_part_examined,
+                        "\\".join(item.image_type),
+                        SeriesState.RECEIVING,
+                        now,
+                        now,
+                        now,
+                    ),
                 )
             elif is_new:
                 reopen = row["state"] != SeriesState.RECEIVING
@@ -286,8 +306,7 @@ class Store:
                            reason = CASE WHEN ? THEN NULL ELSE reason END,
                            detail = CASE WHEN ? THEN NULL ELSE detail END
                        WHERE series_uid = ?""",
-                    (now, now, SeriesState.RECEIVING, int(reopen), reopen, reopen,
-                     item.series_uid),
+                    (now, now, SeriesState.RECEIVING, int(reopen), reopen, reopen, item.series_uid),
                 )
             else:
                 db.execute(
@@ -325,9 +344,7 @@ class Store:
         return _series(rows[0])
 
     def list_series(self, *, limit: int = 1000) -> list[SeriesRecord]:
-        rows = self._query(
-            "SELECT * FROM series ORDER BY last_instance_at DESC LIMIT ?", (limit,)
-        )
+        rows = self._query("SELECT * FROM series ORDER BY last_instance_at DESC LIMIT ?", (limit,))
         return [_series(r) for r in rows]
 
     def complete_quiet_series(self, quiet_seconds: float) -> list[str]:
@@ -364,8 +381,12 @@ class Store:
     ) -> bool:
         """Record the outcome of a claim. False when the series was re-opened meanwhile
         (its result is then stale and must be discarded)."""
-        if state not in (SeriesState.DONE, SeriesState.REJECTED, SeriesState.FAILED,
-                         SeriesState.SKIPPED):
+        if state not in (
+            SeriesState.DONE,
+            SeriesState.REJECTED,
+            SeriesState.FAILED,
+            SeriesState.SKIPPED,
+        ):
             raise ValueError(f"a finished series cannot be {state}")
         with self._tx() as db:
             cur = db.execute(
@@ -374,9 +395,17 @@ class Store:
                                                 ELSE generation END,
                        result_json = COALESCE(?, result_json)
                    WHERE series_uid = ? AND generation = ? AND state = ?""",
-                (state, reason, detail, self._clock(), None if result is None else 1,
-                 None if result is None else json.dumps(result), claim.series_uid,
-                 claim.generation, SeriesState.PROCESSING),
+                (
+                    state,
+                    reason,
+                    detail,
+                    self._clock(),
+                    None if result is None else 1,
+                    None if result is None else json.dumps(result),
+                    claim.series_uid,
+                    claim.generation,
+                    SeriesState.PROCESSING,
+                ),
             )
             return cur.rowcount == 1
 
@@ -416,14 +445,23 @@ class Store:
     def recent_rejections(self, limit: int = 20) -> list[RejectionRecord]:
         rows = self._query("SELECT * FROM rejections ORDER BY id DESC LIMIT ?", (limit,))
         return [
-            RejectionRecord(r["id"], r["at"], r["scope"], r["reason"], r["status"],
-                            r["calling_ae"], r["peer_host"], r["ref"])
+            RejectionRecord(
+                r["id"],
+                r["at"],
+                r["scope"],
+                r["reason"],
+                r["status"],
+                r["calling_ae"],
+                r["peer_host"],
+                r["ref"],
+            )
             for r in rows
         ]
 
     # -- outbox -------------------------------------------------------------------------
-    def enqueue(self, destination: str, path: Path, sop_uid: str,
-                series_uid: str | None = None) -> int:
+    def enqueue(
+        self, destination: str, path: Path, sop_uid: str, series_uid: str | None = None
+    ) -> int:
         now = self._clock()
         with self._tx() as db:
             cur = db.execute(
@@ -454,8 +492,9 @@ class Store:
                 (OutboxState.SENT, status, self._clock(), item_id),
             )
 
-    def mark_send_failed(self, item_id: int, error: str, status: int | None, *,
-                         retry_at: float | None) -> OutboxState:
+    def mark_send_failed(
+        self, item_id: int, error: str, status: int | None, *, retry_at: float | None
+    ) -> OutboxState:
         """Record a failed attempt: PENDING until ``retry_at``, or DEAD when it is None."""
         state = OutboxState.DEAD if retry_at is None else OutboxState.PENDING
         with self._tx() as db:
@@ -481,7 +520,8 @@ class Store:
                 if exists is None:
                     raise NotFoundError(f"no outbox item {item_id}")
                 raise StoreError(
-                    f"outbox item {item_id} is {exists[0]}; only pending or dead items can be retried"
+                    f"outbox item {item_id} is {exists[0]}; "
+                    "only pending or dead items can be retried"
                 )
         return _outbox(row)
 
@@ -491,8 +531,9 @@ class Store:
             raise NotFoundError(f"no outbox item {item_id}")
         return _outbox(rows[0])
 
-    def list_outbox(self, *, states: Iterable[OutboxState] | None = None,
-                    limit: int = 200) -> list[OutboxItem]:
+    def list_outbox(
+        self, *, states: Iterable[OutboxState] | None = None, limit: int = 200
+    ) -> list[OutboxItem]:
         if states is None:
             rows = self._query("SELECT * FROM outbox ORDER BY id DESC LIMIT ?", (limit,))
         else:
@@ -522,9 +563,17 @@ class Store:
 
 def _instance(r: sqlite3.Row) -> InstanceRecord:
     return InstanceRecord(
-        r["sop_uid"], r["series_uid"], r["study_uid"], r["sop_class_uid"],
-        r["transfer_syntax_uid"], Path(r["path"]), int(r["size"]), r["calling_ae"],
-        r["instance_number"], int(r["number_of_frames"]), float(r["received_at"]),
+        r["sop_uid"],
+        r["series_uid"],
+        r["study_uid"],
+        r["sop_class_uid"],
+        r["transfer_syntax_uid"],
+        Path(r["path"]),
+        int(r["size"]),
+        r["calling_ae"],
+        r["instance_number"],
+        int(r["number_of_frames"]),
+        float(r["received_at"]),
     )
 
 

@@ -28,8 +28,9 @@ class Scheduler(threading.Thread):
         while not self.stop_event.wait(self.interval):
             try:
                 for uid in self.store.complete_quiet_series(self.quiet_seconds):
-                    LOG.info("series %s complete (quiet for %.1f s)", short_ref(uid),
-                             self.quiet_seconds)
+                    LOG.info(
+                        "series %s complete (quiet for %.1f s)", short_ref(uid), self.quiet_seconds
+                    )
             except Exception:
                 LOG.exception("scheduler pass failed; retrying")
 
@@ -62,17 +63,34 @@ class Worker(threading.Thread):
             outcome = process_series(self.store, claim)
         except Exception as exc:
             LOG.exception("series %s failed", short_ref(claim.series_uid))
-            self.store.finish_series(claim, SeriesState.FAILED, reason="internal_error",
-                                     detail=f"{type(exc).__name__}: {exc}"[:500])
+            self.store.finish_series(
+                claim,
+                SeriesState.FAILED,
+                reason="internal_error",
+                detail=f"{type(exc).__name__}: {exc}"[:500],
+            )
             return True
-        current = self.store.finish_series(claim, outcome.state, reason=outcome.reason,
-                                           detail=outcome.detail, result=outcome.result)
+        current = self.store.finish_series(
+            claim,
+            outcome.state,
+            reason=outcome.reason,
+            detail=outcome.detail,
+            result=outcome.result,
+        )
         elapsed = time.perf_counter() - start
         if not current:
-            LOG.info("series %s re-opened while processing; result of generation %d discarded",
-                     short_ref(claim.series_uid), claim.generation)
+            LOG.info(
+                "series %s re-opened while processing; result of generation %d discarded",
+                short_ref(claim.series_uid),
+                claim.generation,
+            )
         else:
-            LOG.info("series %s generation %d -> %s%s in %.2f s", short_ref(claim.series_uid),
-                     claim.generation, outcome.state.value,
-                     f" ({outcome.reason})" if outcome.reason else "", elapsed)
+            LOG.info(
+                "series %s generation %d -> %s%s in %.2f s",
+                short_ref(claim.series_uid),
+                claim.generation,
+                outcome.state.value,
+                f" ({outcome.reason})" if outcome.reason else "",
+                elapsed,
+            )
         return True

@@ -71,7 +71,9 @@ def describe_spooled_file(path: Path) -> ReceivedInstance:
     except DicomBridgeError:
         raise
     except Exception as exc:
-        raise DicomBridgeError(f"cannot read spooled file {path.name}: {type(exc).__name__}") from exc
+        raise DicomBridgeError(
+            f"cannot read spooled file {path.name}: {type(exc).__name__}"
+        ) from exc
     return describe(
         ds,
         key=key,

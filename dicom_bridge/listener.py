@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from enum import IntEnum
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_bridge.errors import DicomBridgeError, InstanceRejectedError, InvalidUIDError
@@ -172,7 +174,8 @@ class Listener:
 
     def _handle_requested(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
-        title = str(requestor.primitive.calling_ae_title).strip()
+        primitive = cast(A_ASSOCIATE, requestor.primitive)
+        title = str(primitive.calling_ae_title).strip()
         host = str(requestor.address)
         if self.caller_allowed(title, host):
             return
@@ -186,22 +189,32 @@ class Listener:
     def _handle_store(self, event: evt.Event) -> int:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         peer_host = str(event.assoc.requestor.address)
-        request = event.request
+        request = cast(C_STORE, event.request)
         sop_ref = _safe_ref(request.AffectedSOPInstanceUID)
         try:
             received = self._accept(event, calling_ae, peer_host)
         except InstanceRejectedError as exc:
             status = exc.status
-            LOG.warning("C-STORE %s from %s refused (0x%04X): %s", sop_ref, calling_ae, status,
-                        exc.reason)
-            self._record(Rejection("instance", exc.reason, int(status), calling_ae, peer_host,
-                                   sop_ref))
+            LOG.warning(
+                "C-STORE %s from %s refused (0x%04X): %s", sop_ref, calling_ae, status, exc.reason
+            )
+            self._record(
+                Rejection("instance", exc.reason, int(status), calling_ae, peer_host, sop_ref)
+            )
             return int(status)
         except Exception as exc:  # a handler must never raise: report and carry on
             reason = f"could not store instance: {type(exc).__name__}: {_safe_text(exc)}"
             LOG.error("C-STORE %s from %s failed (0xA700): %s", sop_ref, calling_ae, reason)
-            self._record(Rejection("instance", reason, int(StoreStatus.OUT_OF_RESOURCES),
-                                   calling_ae, peer_host, sop_ref))
+            self._record(
+                Rejection(
+                    "instance",
+                    reason,
+                    int(StoreStatus.OUT_OF_RESOURCES),
+                    calling_ae,
+                    peer_host,
+                    sop_ref,
+                )
+            )
             return int(StoreStatus.OUT_OF_RESOURCES)
         LOG.debug("stored %s (%d bytes) from %s", sop_ref, received.size, calling_ae)
         return int(StoreStatus.SUCCESS)
@@ -210,8 +223,9 @@ class Listener:
         encoded = event.encoded_dataset(include_meta=True)
         transfer_syntax = str(event.context.transfer_syntax)
         ds = _parse(encoded)
-        requested_class = str(event.request.AffectedSOPClassUID)
-        requested_uid = str(event.request.AffectedSOPInstanceUID)
+        request = cast(C_STORE, event.request)
+        requested_class = str(request.AffectedSOPClassUID)
+        requested_uid = str(request.AffectedSOPInstanceUID)
         try:
             key = SpoolKey(
                 study_uid=validate_uid(ds.get("StudyInstanceUID"), what="StudyInstanceUID"),
@@ -315,4 +329,3 @@ def _safe_text(exc: BaseException) -> str:
     """An exception message cut short; pydicom messages name tags, not values."""
     text = str(exc).replace("\n", " ")
     return text[:200]
-

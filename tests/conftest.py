@@ -14,15 +14,27 @@ def appliance_factory(tmp_path: Path) -> Iterator[Callable[..., ApplianceProcess
     """Start real ``appliance serve`` processes; all are stopped by PID at teardown."""
     started: list[ApplianceProcess] = []
 
-    def make(*, quiet: float = 1.0, allowed_callers: tuple[Any, ...] = (),
-             destinations: tuple[dict[str, Any], ...] = (), name: str = "app",
-             start: bool = True, extra: str = "") -> ApplianceProcess:
+    def make(
+        *,
+        quiet: float = 1.0,
+        allowed_callers: tuple[Any, ...] = (),
+        destinations: tuple[dict[str, Any], ...] = (),
+        name: str = "app",
+        start: bool = True,
+        extra: str = "",
+    ) -> ApplianceProcess:
         port = free_port()
         root = tmp_path / name
         root.mkdir(parents=True, exist_ok=True)
-        config = write_config(root / "appliance.toml", port=port, root=root / "data",
-                              quiet=quiet, allowed_callers=allowed_callers,
-                              destinations=destinations, extra=extra)
+        config = write_config(
+            root / "appliance.toml",
+            port=port,
+            root=root / "data",
+            quiet=quiet,
+            allowed_callers=allowed_callers,
+            destinations=destinations,
+            extra=extra,
+        )
         app = ApplianceProcess(config, port, root / "data", root / "appliance.log")
         started.append(app)
         return app.start() if start else app

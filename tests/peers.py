@@ -61,14 +61,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, *, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None,
-              log: Path | None = None) -> None:
+def wait_port(
+    port: int,
+    *,
+    timeout: float = 20.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             text = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened"
-                               f"\n{text}")
+            raise RuntimeError(
+                f"process exited with {proc.returncode} before port {port} opened\n{text}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -87,14 +93,25 @@ def nodelay_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 class Process:
     """A child process with its log file; ``stop()`` terminates it by PID."""
 
-    def __init__(self, args: Sequence[str], log: Path, *, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        log: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.args = list(args)
         self.log = log
         self._log_handle = log.open("ab")
-        self.proc = subprocess.Popen(self.args, stdout=self._log_handle,
-                                     stderr=subprocess.STDOUT, env=dict(env or os.environ),
-                                     cwd=cwd, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+            env=dict(env or os.environ),
+            cwd=cwd,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -123,9 +140,17 @@ class Process:
 
 # --- the appliance as a real process -------------------------------------------------------
 
-def write_config(path: Path, *, port: int, root: Path, quiet: float = 1.0,
-                 allowed_callers: Sequence[str | dict[str, str]] = (),
-                 destinations: Sequence[dict[str, Any]] = (), extra: str = "") -> Path:
+
+def write_config(
+    path: Path,
+    *,
+    port: int,
+    root: Path,
+    quiet: float = 1.0,
+    allowed_callers: Sequence[str | dict[str, str]] = (),
+    destinations: Sequence[dict[str, Any]] = (),
+    extra: str = "",
+) -> Path:
     def toml_value(v: Any) -> str:
         if isinstance(v, str):
             return json.dumps(v)
@@ -167,8 +192,9 @@ class ApplianceProcess:
     process: Process | None = None
 
     def start(self) -> ApplianceProcess:
-        self.process = Process([sys.executable, "-m", "appliance", "serve", "--config",
-                                str(self.config)], self.log)
+        self.process = Process(
+            [sys.executable, "-m", "appliance", "serve", "--config", str(self.config)], self.log
+        )
         wait_port(self.port, proc=self.process.proc, log=self.log)
         return self
 
@@ -181,8 +207,12 @@ class ApplianceProcess:
             self.process.kill()
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "appliance", *args, "--config",
-                                 str(self.config)], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "appliance", *args, "--config", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"appliance {' '.join(args)} failed: {result.stderr}")
         return result
@@ -203,16 +233,36 @@ class ApplianceProcess:
 
 # --- dcmtk ---------------------------------------------------------------------------------
 
-def storescu(port: int, files: Sequence[Path | str], *, calling: str = "STORESCU",
-             called: str = "SEGAPPLIANCE", extra: Sequence[str] = (),
-             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+
+def storescu(
+    port: int,
+    files: Sequence[Path | str],
+    *,
+    calling: str = "STORESCU",
+    called: str = "SEGAPPLIANCE",
+    extra: Sequence[str] = (),
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
     """Push with dcmtk storescu, proposing every transfer syntax (profile AllTS)."""
     exe = require_program("storescu")
     cfg = storescu_profile()
-    args = [exe, "-v", "-aet", calling, "-aec", called, "-xf", str(cfg), "AllTS", "-nh",
-            *extra, "127.0.0.1", str(port), *map(str, files)]
-    return subprocess.run(args, capture_output=True, text=True, env=nodelay_env(),
-                          timeout=timeout)
+    args = [
+        exe,
+        "-v",
+        "-aet",
+        calling,
+        "-aec",
+        called,
+        "-xf",
+        str(cfg),
+        "AllTS",
+        "-nh",
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
+    return subprocess.run(args, capture_output=True, text=True, env=nodelay_env(), timeout=timeout)
 
 
 _TS_GROUPS = {
@@ -229,8 +279,12 @@ _TS_GROUPS = {
     "RLE": ["1.2.840.10008.1.2.5"],
 }
 _PROFILE_CLASSES = [
-    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.4",
-    "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.66.4",
+    "1.2.840.10008.5.1.4.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.2.1",
+    "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.4.1",
+    "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.66.4",
 ]
 _PROFILE_EXTRA = [  # label-map SEG and SR: fewer syntaxes, to stay under 128 contexts
     ("1.2.840.10008.5.1.4.1.1.66.7", ("Uncompressed", "Deflated", "RLE", "J2KLossless")),
@@ -250,11 +304,9 @@ def storescu_profile() -> Path:
         lines.append(f"[{name}]")
         lines += [f"TransferSyntax{i + 1} = {u}" for i, u in enumerate(uids)]
     lines += ["", "[[PresentationContexts]]", "[AllPCs]"]
-    n = 0
     pairs = [(s, g) for s in _PROFILE_CLASSES for g in _TS_GROUPS]
     pairs += [(s, g) for s, groups in _PROFILE_EXTRA for g in groups]
-    for sop, group in pairs:
-        n += 1
+    for n, (sop, group) in enumerate(pairs, start=1):
         lines.append(f"PresentationContext{n} = {sop}\\{group}")
     lines += ["", "[[Profiles]]", "[AllTS]", "PresentationContexts = AllPCs", ""]
     path.write_text("\n".join(lines))
@@ -267,8 +319,11 @@ def storescp(workdir: Path, *, ae_title: str = "TESTPACS") -> Iterator[tuple[int
     port = free_port()
     out = workdir / "storescp-in"
     out.mkdir(parents=True, exist_ok=True)
-    proc = Process([exe, "-aet", ae_title, "+xa", "-pm", "+uf", "-od", str(out), str(port)],
-                   workdir / "storescp.log", env=nodelay_env())
+    proc = Process(
+        [exe, "-aet", ae_title, "+xa", "-pm", "+uf", "-od", str(out), str(port)],
+        workdir / "storescp.log",
+        env=nodelay_env(),
+    )
     try:
         wait_port(port, proc=proc.proc, log=proc.log)
         yield port, out
@@ -277,6 +332,7 @@ def storescp(workdir: Path, *, ae_title: str = "TESTPACS") -> Iterator[tuple[int
 
 
 # --- Orthanc -------------------------------------------------------------------------------
+
 
 @dataclass
 class Orthanc:
@@ -289,16 +345,22 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def request(self, method: str, path: str, body: bytes | dict[str, Any] | None = None,
-                timeout: float = 120) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | dict[str, Any] | None = None,
+        timeout: float = 120,
+    ) -> Any:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         req = urllib.request.Request(self.url + path, data=data, method=method)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
-            raise AssertionError(f"Orthanc {method} {path}: HTTP {exc.code} "
-                                 f"{exc.read()[:500]!r}") from exc
+            raise AssertionError(
+                f"Orthanc {method} {path}: HTTP {exc.code} {exc.read()[:500]!r}"
+            ) from exc
         return json.loads(payload) if payload else None
 
     def upload(self, path: Path) -> dict[str, Any]:
@@ -309,8 +371,9 @@ class Orthanc:
 
 
 @contextmanager
-def orthanc(workdir: Path, *, modalities: Mapping[str, tuple[str, int]] | None = None,
-            aet: str = "TESTPACS") -> Iterator[Orthanc]:
+def orthanc(
+    workdir: Path, *, modalities: Mapping[str, tuple[str, int]] | None = None, aet: str = "TESTPACS"
+) -> Iterator[Orthanc]:
     exe = require_program("Orthanc")
     http_port, dicom_port = free_port(), free_port()
     db = workdir / "orthanc-db"
@@ -338,8 +401,11 @@ def orthanc(workdir: Path, *, modalities: Mapping[str, tuple[str, int]] | None =
     }
     cfg_path = workdir / "orthanc.json"
     cfg_path.write_text(json.dumps(config))
-    proc = Process([exe, f"--logfile={workdir / 'orthanc.log'}", str(cfg_path)],
-                   workdir / "orthanc.stdout", env=nodelay_env())
+    proc = Process(
+        [exe, f"--logfile={workdir / 'orthanc.log'}", str(cfg_path)],
+        workdir / "orthanc.stdout",
+        env=nodelay_env(),
+    )
     handle = Orthanc(http_port, dicom_port, aet, proc)
     try:
         deadline = time.monotonic() + 30
@@ -349,9 +415,11 @@ def orthanc(workdir: Path, *, modalities: Mapping[str, tuple[str, int]] | None =
                 break
             except (AssertionError, OSError):
                 if proc.proc.poll() is not None or time.monotonic() > deadline:
-                    log = (workdir / "orthanc.log")
-                    raise RuntimeError("Orthanc did not start: " + (
-                        log.read_text(errors="replace")[-2000:] if log.exists() else "")) from None
+                    log = workdir / "orthanc.log"
+                    raise RuntimeError(
+                        "Orthanc did not start: "
+                        + (log.read_text(errors="replace")[-2000:] if log.exists() else "")
+                    ) from None
                 time.sleep(0.2)
         yield handle
     finally:

@@ -23,5 +23,7 @@ def check(file: Annotated[Path, typer.Argument(help="Config TOML file to validat
             typer.echo(f"{issue.key}: {issue.message}", err=True)
         typer.echo(f"{file}: {len(exc.issues)} error(s)", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"{file}: ok (AE {cfg.dicom.ae_title} on {cfg.dicom.bind}:{cfg.dicom.port}, "
-               f"{len(cfg.destinations)} destination(s), storage {cfg.storage.root})")
+    typer.echo(
+        f"{file}: ok (AE {cfg.dicom.ae_title} on {cfg.dicom.bind}:{cfg.dicom.port}, "
+        f"{len(cfg.destinations)} destination(s), storage {cfg.storage.root})"
+    )

@@ -30,7 +30,10 @@ def echo(
     try:
         c_echo(node)
     except SendError as exc:
-        raise fail(f"C-ECHO to {destination} ({dest.ae_title}@{dest.host}:{dest.port}) "
-                   f"failed: {exc}") from exc
-    typer.echo(f"C-ECHO to {destination} ({dest.ae_title}@{dest.host}:{dest.port}) ok "
-               f"in {1000 * (time.perf_counter() - start):.0f} ms")
+        raise fail(
+            f"C-ECHO to {destination} ({dest.ae_title}@{dest.host}:{dest.port}) failed: {exc}"
+        ) from exc
+    typer.echo(
+        f"C-ECHO to {destination} ({dest.ae_title}@{dest.host}:{dest.port}) ok "
+        f"in {1000 * (time.perf_counter() - start):.0f} ms"
+    )

@@ -16,7 +16,9 @@ app = typer.Typer(help="The durable outbox of sends to destinations.", no_args_i
 @app.command("list")
 def list_items(
     config: ConfigOption = None,
-    state: Annotated[str | None, typer.Option(help="Only this state: pending, sending, sent, dead.")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="Only this state: pending, sending, sent, dead.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     limit: Annotated[int, typer.Option(help="Most recent items to list.")] = 100,
 ) -> None:
@@ -37,22 +39,39 @@ def list_items(
     finally:
         store.close()
     if as_json:
-        typer.echo(json.dumps([
-            {"id": i.id, "destination": i.destination, "state": i.state.value,
-             "attempts": i.attempts, "sop_uid": i.sop_uid, "series_uid": i.series_uid,
-             "path": str(i.path), "next_attempt_at": i.next_attempt_at,
-             "last_error": i.last_error, "last_status": i.last_status}
-            for i in items
-        ], indent=2))
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "id": i.id,
+                        "destination": i.destination,
+                        "state": i.state.value,
+                        "attempts": i.attempts,
+                        "sop_uid": i.sop_uid,
+                        "series_uid": i.series_uid,
+                        "path": str(i.path),
+                        "next_attempt_at": i.next_attempt_at,
+                        "last_error": i.last_error,
+                        "last_status": i.last_status,
+                    }
+                    for i in items
+                ],
+                indent=2,
+            )
+        )
         return
     if not items:
         typer.echo("outbox is empty")
         return
-    typer.echo(f"{'ID':>6}  {'DESTINATION':<14} {'STATE':<8} {'TRIES':>5}  {'NEXT TRY':<19}  LAST ERROR")
+    typer.echo(
+        f"{'ID':>6}  {'DESTINATION':<14} {'STATE':<8} {'TRIES':>5}  {'NEXT TRY':<19}  LAST ERROR"
+    )
     for i in items:
         nxt = dt.datetime.fromtimestamp(i.next_attempt_at).strftime("%Y-%m-%d %H:%M:%S")
-        typer.echo(f"{i.id:>6}  {i.destination:<14} {i.state.value:<8} {i.attempts:>5}  "
-                   f"{nxt:<19}  {i.last_error or ''}")
+        typer.echo(
+            f"{i.id:>6}  {i.destination:<14} {i.state.value:<8} {i.attempts:>5}  "
+            f"{nxt:<19}  {i.last_error or ''}"
+        )
 
 
 @app.command("retry")

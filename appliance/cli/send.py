@@ -12,8 +12,10 @@ from appliance.cli.common import ConfigOption, fail, load, open_store
 
 def send(
     destination: Annotated[str, typer.Argument(help="Name of a [[destinations]] entry.")],
-    files: Annotated[list[Path], typer.Argument(help="DICOM files to send.", exists=True,
-                                                 dir_okay=False, readable=True)],
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="DICOM files to send.", exists=True, dir_okay=False, readable=True),
+    ],
     config: ConfigOption = None,
 ) -> None:
     """Queue files in the durable outbox; the running service sends them with retries."""
@@ -37,7 +39,10 @@ def send(
             series = ds.get("SeriesInstanceUID")
         except (InvalidUIDError, Exception) as exc:
             raise fail(f"{path}: not a sendable DICOM file ({exc})") from exc
-        queued.append(store.enqueue(destination, path.resolve(), sop_uid,
-                                    str(series) if series else None))
-    typer.echo(f"queued {len(queued)} file(s) for {destination}: outbox ids "
-               f"{', '.join(str(i) for i in queued)}")
+        queued.append(
+            store.enqueue(destination, path.resolve(), sop_uid, str(series) if series else None)
+        )
+    typer.echo(
+        f"queued {len(queued)} file(s) for {destination}: outbox ids "
+        f"{', '.join(str(i) for i in queued)}"
+    )

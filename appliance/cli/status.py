@@ -35,8 +35,10 @@ def _print_text(report: dict[str, Any]) -> None:
     typer.echo(f"instances: {report['instances']}")
     states = ", ".join(f"{k} {v}" for k, v in report["series_states"].items() if v)
     typer.echo(f"series: {len(report['series'])} listed ({states or 'none'})")
-    typer.echo(f"queues: {q['series_waiting']} series waiting, {q['series_processing']} processing, "
-               f"{q['outbox_pending']} to send, {q['outbox_dead']} dead letters")
+    typer.echo(
+        f"queues: {q['series_waiting']} series waiting, {q['series_processing']} processing, "
+        f"{q['outbox_pending']} to send, {q['outbox_dead']} dead letters"
+    )
     if report["series"]:
         typer.echo("")
         typer.echo(f"{'SERIES UID':<64}  {'MOD':<4} {'STATE':<11} {'INST':>5}  RESULT / REASON")
@@ -47,12 +49,15 @@ def _print_text(report: dict[str, Any]) -> None:
                 note = "volume " + "x".join(str(v) for v in s["result"].get("shape", []))
             else:
                 note = ""
-            typer.echo(f"{s['series_uid']:<64}  {s['modality']:<4} {s['state']:<11} "
-                       f"{s['instances']:>5}  {note}")
+            typer.echo(
+                f"{s['series_uid']:<64}  {s['modality']:<4} {s['state']:<11} "
+                f"{s['instances']:>5}  {note}"
+            )
     if report["rejections"]:
         typer.echo("")
         typer.echo("recent rejections:")
         for r in report["rejections"]:
             status = f" [{r['status']}]" if r["status"] else ""
-            typer.echo(f"  {r['at']} {r['scope']}{status} from {r['calling_ae'] or '?'}: "
-                       f"{r['reason']}")
+            typer.echo(
+                f"  {r['at']} {r['scope']}{status} from {r['calling_ae'] or '?'}: {r['reason']}"
+            )

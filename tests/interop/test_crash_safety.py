@@ -48,17 +48,37 @@ def test_sigkill_during_push_loses_nothing_acknowledged(
     kills = 0
     interrupted = 0
     for round_no in range(ROUNDS):
-        identity = SeriesIdentity(study_uid=study.study_uid, series_number=round_no + 1,
-                                  frame_of_reference_uid=study.frame_of_reference_uid)
-        files = write_series(tmp_path / f"series{round_no}",
-                             SeriesGeometry(slices=SLICES, rows=128, columns=128),
-                             identity=identity)
+        identity = SeriesIdentity(
+            study_uid=study.study_uid,
+            series_number=round_no + 1,
+            frame_of_reference_uid=study.frame_of_reference_uid,
+        )
+        files = write_series(
+            tmp_path / f"series{round_no}",
+            SeriesGeometry(slices=SLICES, rows=128, columns=128),
+            identity=identity,
+        )
         for f in files:
             sent_uids[f] = str(dcmread(f, stop_before_pixels=True).SOPInstanceUID)
         push = subprocess.Popen(
-            [exe, "-v", "-aet", "STORESCU", "-aec", "SEGAPPLIANCE", "-xf",
-             str(storescu_profile()), "AllTS", "127.0.0.1", str(app.port), *map(str, files)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=nodelay_env(),
+            [
+                exe,
+                "-v",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "SEGAPPLIANCE",
+                "-xf",
+                str(storescu_profile()),
+                "AllTS",
+                "127.0.0.1",
+                str(app.port),
+                *map(str, files),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=nodelay_env(),
         )
         time.sleep(rng.uniform(0.05, 0.5))
         app.kill()
@@ -71,9 +91,24 @@ def test_sigkill_during_push_loses_nothing_acknowledged(
         # A store still accepted after the restart: finish the round so series are whole.
         rest = [f for f in files if f not in round_acked]
         done = subprocess.run(
-            [exe, "-v", "-aet", "STORESCU", "-aec", "SEGAPPLIANCE", "-xf",
-             str(storescu_profile()), "AllTS", "127.0.0.1", str(app.port), *map(str, rest)],
-            capture_output=True, text=True, env=nodelay_env(), timeout=120,
+            [
+                exe,
+                "-v",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "SEGAPPLIANCE",
+                "-xf",
+                str(storescu_profile()),
+                "AllTS",
+                "127.0.0.1",
+                str(app.port),
+                *map(str, rest),
+            ],
+            capture_output=True,
+            text=True,
+            env=nodelay_env(),
+            timeout=120,
         )
         acked.extend(acknowledged_files(done.stdout + done.stderr))
 

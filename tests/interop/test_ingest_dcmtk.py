@@ -25,8 +25,12 @@ def series_entry(report: dict[str, Any], series_uid: str) -> dict[str, Any] | No
 def finished(series_uid: str, generation: int = 1) -> Callable[[dict[str, Any]], bool]:
     def check(report: dict[str, Any]) -> bool:
         entry = series_entry(report, series_uid)
-        return (entry is not None and entry["generation"] == generation
-                and entry["state"] in ("done", "rejected", "failed", "skipped"))
+        return (
+            entry is not None
+            and entry["generation"] == generation
+            and entry["state"] in ("done", "rejected", "failed", "skipped")
+        )
+
     return check
 
 
@@ -36,17 +40,27 @@ def test_synthetic_ct_becomes_volume_with_known_geometry(
     app = appliance_factory(quiet=1.0, allowed_callers=("STORESCU",))
     # Oblique orientation and shuffled file order: the geometry must still come out exact.
     c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
-    geometry = SeriesGeometry(slices=24, rows=96, columns=80, pixel_spacing=(0.7, 0.9),
-                              slice_spacing=2.5, origin=(-40.0, -60.0, 100.0),
-                              row_direction=(c, s, 0.0), column_direction=(0.0, 0.0, -1.0))
+    geometry = SeriesGeometry(
+        slices=24,
+        rows=96,
+        columns=80,
+        pixel_spacing=(0.7, 0.9),
+        slice_spacing=2.5,
+        origin=(-40.0, -60.0, 100.0),
+        row_direction=(c, s, 0.0),
+        column_direction=(0.0, 0.0, -1.0),
+    )
     identity = SeriesIdentity()
     order = list(np.random.default_rng(1).permutation(geometry.slices))
     files = write_series(tmp_path / "ct", geometry, identity=identity, slice_order=order)
 
     result = storescu(app.port, files)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("Received Store Response (Success)") + result.stderr.count(
-        "Received Store Response (Success)") == geometry.slices
+    assert (
+        result.stdout.count("Received Store Response (Success)")
+        + result.stderr.count("Received Store Response (Success)")
+        == geometry.slices
+    )
 
     report = app.wait_series(finished(identity.series_uid))
     entry = series_entry(report, identity.series_uid)
@@ -69,7 +83,7 @@ def test_synthetic_ct_becomes_volume_with_known_geometry(
 
 
 def test_real_jpeg2000_ct_is_received_and_decoded(
-    appliance_factory: Callable[..., ApplianceProcess]
+    appliance_factory: Callable[..., ApplianceProcess],
 ) -> None:
     folder = require_data(J2K_CT)
     files = sorted(folder.glob("*"))
@@ -84,15 +98,18 @@ def test_real_jpeg2000_ct_is_received_and_decoded(
     assert entry["result"]["shape"] == [20, 512, 512]
     # Kept in its own transfer syntax (JPEG 2000 lossless), not transcoded.
     spooled = next((app.root / "spool").rglob("*.dcm"))
-    assert str(dcmread(spooled, stop_before_pixels=True).file_meta.TransferSyntaxUID) == \
-        "1.2.840.10008.1.2.4.90"
+    assert (
+        str(dcmread(spooled, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        == "1.2.840.10008.1.2.4.90"
+    )
 
 
 def test_unknown_calling_ae_is_refused(
     tmp_path: Path, appliance_factory: Callable[..., ApplianceProcess]
 ) -> None:
-    app = appliance_factory(allowed_callers=("STORESCU", {"ae_title": "PINNED",
-                                                          "host": "10.9.9.9"}))
+    app = appliance_factory(
+        allowed_callers=("STORESCU", {"ae_title": "PINNED", "host": "10.9.9.9"})
+    )
     files = write_series(tmp_path / "ct", SeriesGeometry(slices=2, rows=16, columns=16))
     for caller in ("INTRUDER", "PINNED"):  # unknown title; known title from the wrong host
         result = storescu(app.port, files, calling=caller)

@@ -48,8 +48,9 @@ def with_usable_meta(source: Path, out_dir: Path) -> tuple[Path, str]:
     try:
         ds = dcmread(BytesIO(raw), force=True, stop_before_pixels=True)
         sop_class = str(ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID") or CT_IMAGE)
-        sop_uid = str(ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or
-                      generate_uid())
+        sop_uid = str(
+            ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or generate_uid()
+        )
     except Exception:
         sop_class, sop_uid = str(CT_IMAGE), str(generate_uid())
     ts = str(meta.get("TransferSyntaxUID") or ImplicitVRLittleEndian)
@@ -68,16 +69,16 @@ def with_usable_meta(source: Path, out_dir: Path) -> tuple[Path, str]:
 def _dataset_offset(raw: bytes) -> int:
     """Where the dataset starts: after preamble + group 0002, or 0 when there is no meta."""
     pos = 132 if raw[128:132] == b"DICM" else 0
-    while len(raw) >= pos + 8 and raw[pos:pos + 2] == b"\x02\x00":
-        vr = raw[pos + 4:pos + 6]
+    while len(raw) >= pos + 8 and raw[pos : pos + 2] == b"\x02\x00":
+        vr = raw[pos + 4 : pos + 6]
         if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-            length = int.from_bytes(raw[pos + 8:pos + 12], "little")
+            length = int.from_bytes(raw[pos + 8 : pos + 12], "little")
             pos += 12 + length
         elif vr.isalpha() and vr.isupper():
-            length = int.from_bytes(raw[pos + 6:pos + 8], "little")
+            length = int.from_bytes(raw[pos + 6 : pos + 8], "little")
             pos += 8 + length
         else:  # implicit VR meta (non-conformant but seen)
-            length = int.from_bytes(raw[pos + 4:pos + 8], "little")
+            length = int.from_bytes(raw[pos + 4 : pos + 8], "little")
             pos += 8 + length
     return pos
 
@@ -116,8 +117,10 @@ def test_every_malformed_file_is_refused_or_rejected_and_service_carries_on(
 
     # Stored ones are processed and rejected (or skipped) with a reason.
     def settled(report: dict[str, Any]) -> bool:
-        return all(s["state"] not in ("receiving", "complete", "processing")
-                   for s in report["series"])
+        return all(
+            s["state"] not in ("receiving", "complete", "processing") for s in report["series"]
+        )
+
     report = app.wait_series(settled)
     refused = {name for name, (o, _, _) in outcomes.items() if o != "success"}
     stored = {name for name, (o, _, _) in outcomes.items() if o == "success"}
@@ -136,9 +139,13 @@ def test_every_malformed_file_is_refused_or_rejected_and_service_carries_on(
 
     # The service is still up and takes the next good series.
     identity = SeriesIdentity()
-    files = write_series(tmp_path / "good", SeriesGeometry(slices=5, rows=32, columns=32),
-                         identity=identity)
+    files = write_series(
+        tmp_path / "good", SeriesGeometry(slices=5, rows=32, columns=32), identity=identity
+    )
     result = storescu(app.port, files)
     assert result.returncode == 0, result.stdout + result.stderr
-    report = app.wait_series(lambda r: any(s["series_uid"] == identity.series_uid and
-                                           s["state"] == "done" for s in r["series"]))
+    report = app.wait_series(
+        lambda r: any(
+            s["series_uid"] == identity.series_uid and s["state"] == "done" for s in r["series"]
+        )
+    )
