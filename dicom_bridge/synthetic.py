@@ -2,8 +2,10 @@
 
 Used by tests, the demo and the benchmarks: the geometry that produced a series is the
 truth the series -> volume conversion is checked against. Array axes are
-``(slice, row, column)``; the affine maps those indices to DICOM patient coordinates
-(LPS, millimetres), the same convention as :class:`highdicom.Volume`.
+``(slice, row, column)`` as in :class:`highdicom.Volume`; the affine maps those indices to
+DICOM patient coordinates (LPS, millimetres), with the slice index increasing along the
+image-plane normal (row direction x column direction), as ``dicom_bridge.volume`` returns
+it.
 """
 
 from __future__ import annotations

@@ -20,9 +20,11 @@ Conventions of the result (:class:`SeriesVolume`):
 
 Checks and their reason codes (:class:`VolumeRejection`), in the order they run. Each
 failure raises :class:`dicom_bridge.errors.VolumeError` whose ``detail`` explains it
-without patient data; files are named by their position in ``paths``.
+without patient data; files are named by their position in ``paths`` (``paths[3]``),
+never by file name. ``frame_of_reference_uid`` is in practice always set: highdicom places
+no image without one, so a series lacking it is rejected as ``missing_geometry``.
 
-1. ``unreadable`` - a file cannot be parsed, or an image has no or undecodable pixel data.
+1. ``unreadable`` - a file cannot be parsed, or an image has no pixel data element.
 2. ``no_images`` - no file of a CT/MR image SOP class; other files (SEG, SR, SC) are ignored.
 3. ``mixed_instances`` - more than one multi-frame instance, or multi- and single-frame.
 4. ``localizer`` - an instance's ImageType contains LOCALIZER (a scout is never a volume).
@@ -35,7 +37,9 @@ without patient data; files are named by their position in ``paths``.
    :data:`PIXEL_SPACING_TOLERANCE_MM`).
 9. ``unreadable`` - the pixel data of each single-frame file is decoded here (once: pydicom
    caches the array and highdicom reuses it), so a truncated file is reported as such
-   even when it is the only one.
+   even when it is the only one. A multi-frame instance is decoded by highdicom while it
+   builds the volume; if that fails and the frames do not decode either, the failure is
+   reported as ``unreadable`` too.
 10. ``single_slice`` - one slice is a 2D image, not a volume.
 11. ``gantry_tilt`` - slice positions move within the image plane in proportion to their
     distance along the normal: a sheared stack from a tilted gantry. DECISION: such
@@ -48,7 +52,8 @@ without patient data; files are named by their position in ``paths``.
 12. ``duplicate_positions`` - two slices at the same position along the normal.
 13. ``missing_slices`` - a gap larger than :data:`GAP_FACTOR` times the median spacing.
 14. ``uneven_spacing`` - a spacing differs from the median by more than
-    ``max(SPACING_RTOL * median, SPACING_ATOL_MM)``.
+    ``max(SPACING_RTOL * median, SPACING_ATOL_MM)``, or the small differences add up so
+    that a slice lies more than :data:`GRID_TOLERANCE_FRACTION` of a spacing off the grid.
 15. ``not_a_volume`` - highdicom refused the series for a reason not caught above (its
     message is kept in the detail).
 
@@ -62,11 +67,11 @@ highdicom compares those attributes exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import highdicom as hd
 import numpy as np
@@ -85,6 +90,7 @@ from dicom_bridge.sop_classes import (
 
 __all__ = [
     "GAP_FACTOR",
+    "GRID_TOLERANCE_FRACTION",
     "ORIENTATION_TOLERANCE",
     "PIXEL_SPACING_TOLERANCE_MM",
     "SPACING_ATOL_MM",
@@ -129,6 +135,8 @@ GAP_FACTOR: Final = 1.5
 #: A step may differ from the median spacing by max(SPACING_RTOL * median, SPACING_ATOL_MM).
 SPACING_RTOL: Final = 0.01
 SPACING_ATOL_MM: Final = 0.01
+#: Largest distance of a slice from the regular grid, as a fraction of the spacing.
+GRID_TOLERANCE_FRACTION: Final = 0.1
 
 _MULTIFRAME_CLASSES: Final = frozenset(
     {ENHANCED_CT, ENHANCED_MR, LEGACY_ENHANCED_CT, LEGACY_ENHANCED_MR}
@@ -164,8 +172,7 @@ class SeriesVolume:
             raise ValueError("a volume needs at least one source instance")
         if len(self.sop_instance_uids) not in (1, self.array.shape[0]):
             raise ValueError(
-                f"{len(self.sop_instance_uids)} source instances for "
-                f"{self.array.shape[0]} slices"
+                f"{len(self.sop_instance_uids)} source instances for {self.array.shape[0]} slices"
             )
 
     @property
@@ -209,7 +216,7 @@ def load_series_volume(paths: Sequence[Path]) -> SeriesVolume:
         volume, uids = _single_frame_volume(instances, stack, tolerances)
     return SeriesVolume(
         array=np.ascontiguousarray(volume.array, dtype=np.float32),
-        affine=np.array(volume.affine, dtype=np.float64),
+        affine=np.array(volume.affine, dtype=np.float64) + 0.0,  # no -0.0 entries
         modality=instances[0].modality,
         sop_instance_uids=uids,
         frame_of_reference_uid=(
@@ -301,20 +308,20 @@ def _instance(index: int, ds: Dataset, sop_class: UID) -> _Instance:
     )
 
 
-def _as_list(value: object) -> list[object]:
+def _as_list(value: Any) -> list[Any]:
+    """A DICOM value as a list: empty for no value, one item for a single value."""
     if value is None or value == "":
         return []
-    if isinstance(value, str | bytes):
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         return [value]
-    try:
-        return list(value)  # type: ignore[call-overload]
-    except TypeError:
-        return [value]
+    return list(value)
 
 
 def _describe(exc: BaseException, path: Path, index: int) -> str:
     """The exception as text without the file path (paths may name patients)."""
-    text = str(exc).replace(str(path), f"paths[{index}]").replace(path.name, f"paths[{index}]")
+    text = str(exc).replace(str(path), f"paths[{index}]")
+    if len(path.name) >= 5:  # a short name such as "1" would garble the message
+        text = text.replace(path.name, f"paths[{index}]")
     text = " ".join(text.split())
     if len(text) > _MAX_EXC_TEXT:
         text = text[: _MAX_EXC_TEXT - 3] + "..."
@@ -410,13 +417,10 @@ def _single_frame_geometry(instances: list[_Instance]) -> _Stack:
         if missing:
             raise VolumeError(
                 VolumeRejection.MISSING_GEOMETRY,
-                f"{inst.name} has no {', '.join(missing)}: it cannot be placed in patient "
-                "space",
+                f"{inst.name} has no {', '.join(missing)}: it cannot be placed in patient space",
             )
         positions.append(_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", inst))
-        orientations.append(
-            _floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", inst)
-        )
+        orientations.append(_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", inst))
         spacings.append(_floats(ds.PixelSpacing, 2, "PixelSpacing", inst))
         dims.append((int(ds.Rows), int(ds.Columns)))
     return _Stack(
@@ -458,9 +462,7 @@ def _multiframe_geometry(inst: _Instance) -> _Stack:
                 "functional groups: the frames cannot be placed in patient space",
             )
         assert position is not None and orientation is not None and measures is not None
-        positions.append(
-            _floats(position.ImagePositionPatient, 3, "ImagePositionPatient", inst)
-        )
+        positions.append(_floats(position.ImagePositionPatient, 3, "ImagePositionPatient", inst))
         orientations.append(
             _floats(orientation.ImageOrientationPatient, 6, "ImageOrientationPatient", inst)
         )
@@ -556,8 +558,7 @@ def _decode(inst: _Instance) -> None:
         path = Path(str(getattr(inst.dataset, "filename", "") or "?"))
         raise VolumeError(
             VolumeRejection.UNREADABLE,
-            f"the pixel data of {inst.name} cannot be decoded: "
-            f"{_describe(exc, path, inst.index)}",
+            f"the pixel data of {inst.name} cannot be decoded: {_describe(exc, path, inst.index)}",
         ) from exc
 
 
@@ -620,6 +621,17 @@ def _check_positions(stack: _Stack, tilt_attribute: float | None) -> _Tolerances
             VolumeRejection.UNEVEN_SPACING,
             f"slice spacing varies from {steps.min():.4g} to {steps.max():.4g} mm around a "
             f"median of {median:.4g} mm, more than the {spacing_tol:.3g} mm tolerance",
+        )
+    # Steps that are each within tolerance can still add up to a drift off the grid.
+    sorted_along = along[order]
+    mean_step = (float(sorted_along[-1]) - float(sorted_along[0])) / (len(steps))
+    drift = np.abs(sorted_along - (sorted_along[0] + mean_step * np.arange(len(along))))
+    if drift.max() > GRID_TOLERANCE_FRACTION * mean_step:
+        worst = int(drift.argmax())
+        raise VolumeError(
+            VolumeRejection.UNEVEN_SPACING,
+            f"{stack.names[order[worst]]} lies {drift[worst]:.3g} mm off the regular "
+            f"{mean_step:.4g} mm grid: small spacing differences add up along the stack",
         )
     # highdicom compares each step with the mean step (within 2x our tolerance of the
     # median) and each first-to-slice direction with the normal (within 2x shear_tol).
@@ -726,7 +738,7 @@ def _single_frame_volume(
     slice_index = (homogeneous @ volume.inverse_affine.T)[:, 0]
     order = np.rint(slice_index).astype(int)
     if sorted(order.tolist()) != list(range(len(instances))) or not np.allclose(
-        slice_index, order, atol=0.1
+        slice_index, order, atol=0.25
     ):
         raise VolumeError(
             VolumeRejection.NOT_A_VOLUME,
@@ -751,8 +763,7 @@ def _multiframe_volume(inst: _Instance, tolerances: _Tolerances) -> hd.Volume:
     except Exception as exc:
         raise VolumeError(
             VolumeRejection.UNREADABLE,
-            f"the pixel data of {inst.name} cannot be decoded: "
-            f"{_describe(exc, path, inst.index)}",
+            f"the pixel data of {inst.name} cannot be decoded: {_describe(exc, path, inst.index)}",
         ) from exc
     try:
         image = hd.Image.from_dataset(ds, copy=False)
