@@ -81,9 +81,16 @@ class OutboxSender:
             return
         try:
             results = self._send(node, [item.path for item in present])
+            if len(results) != len(present):
+                raise SendError(f"sender returned {len(results)} results for {len(present)} files")
         except SendError as exc:
             for item in present:
                 self._failed(item, str(exc), None)
+            return
+        except Exception as exc:  # never leave claimed items stuck in SENDING
+            LOG.exception("outbox: unexpected error sending to %s", name)
+            for item in present:
+                self._failed(item, f"internal error: {type(exc).__name__}", None)
             return
         for item, result in zip(present, results, strict=True):
             if result.ok:

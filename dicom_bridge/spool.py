@@ -28,9 +28,13 @@ class SpoolKey:
     sop_uid: str
 
     def __post_init__(self) -> None:
-        validate_uid(self.study_uid, what="StudyInstanceUID")
-        validate_uid(self.series_uid, what="SeriesInstanceUID")
-        validate_uid(self.sop_uid, what="SOPInstanceUID")
+        # Keep the validated (trimmed) values: once a key exists, it is safe to name files.
+        for name, what in (
+            ("study_uid", "StudyInstanceUID"),
+            ("series_uid", "SeriesInstanceUID"),
+            ("sop_uid", "SOPInstanceUID"),
+        ):
+            object.__setattr__(self, name, validate_uid(getattr(self, name), what=what))
 
 
 class Spool:
@@ -76,9 +80,10 @@ class Spool:
             os.replace(tmp, final)
             if self.fsync:
                 _fsync_dir(directory)
-        except OSError as exc:
+        except (OSError, TypeError, ValueError) as exc:
             tmp.unlink(missing_ok=True)
-            raise SpoolError(f"could not write instance to spool: {exc.strerror or exc}") from exc
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SpoolError(f"could not write instance to spool: {detail}") from exc
         return final
 
     def remove_partials(self) -> int:

@@ -24,14 +24,19 @@ def validate_uid(value: object, *, what: str = "UID") -> str:
         raise InvalidUIDError(f"{what} is missing")
     if len(text) > MAX_UID_LENGTH:
         raise InvalidUIDError(f"{what} is longer than {MAX_UID_LENGTH} characters")
-    if not _LOOSE_UID_RE.match(text) or text.startswith(".") or text.endswith(".") or ".." in text:
+    if (
+        not _LOOSE_UID_RE.fullmatch(text)
+        or text.startswith(".")
+        or text.endswith(".")
+        or ".." in text
+    ):
         raise InvalidUIDError(f"{what} has characters other than digits and single dots")
     return text
 
 
 def is_strict_uid(text: str) -> bool:
     """True when ``text`` also follows the no-leading-zero rule of PS3.5 9.1."""
-    return bool(_UID_RE.match(text)) and len(text) <= MAX_UID_LENGTH
+    return bool(_UID_RE.fullmatch(text)) and len(text) <= MAX_UID_LENGTH
 
 
 def short_ref(uid: str) -> str:
