@@ -1,0 +1,130 @@
+"""DICOM TLS between our listener and our sender, with certificates made in the test."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dicom_bridge.errors import SendError
+from dicom_bridge.instance import ReceivedInstance
+from dicom_bridge.listener import Listener, ListenerSettings, TlsServerSettings
+from dicom_bridge.sender import RemoteNode, TlsClientSettings, echo, send_files
+from dicom_bridge.spool import Spool
+from dicom_bridge.synthetic import SeriesGeometry, write_series
+from tests.peers import free_port, require_program
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(
+        [require_program("openssl"), *args], cwd=cwd, check=True, capture_output=True, timeout=60
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=d,
+    )
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            f"{name}.pem",
+            cwd=d,
+        )
+    return d
+
+
+@pytest.fixture
+def tls_listener(tmp_path: Path, pki: Path) -> Iterator[tuple[Listener, list[str]]]:
+    received: list[str] = []
+
+    def on_instance(inst: ReceivedInstance) -> None:
+        received.append(inst.key.sop_uid)
+
+    tls = TlsServerSettings(
+        pki / "server.pem", pki / "server.key", pki / "ca.pem", require_client_cert=True
+    )
+    listener = Listener(
+        ListenerSettings("SEGAPPLIANCE", "127.0.0.1", free_port(), tls=tls),
+        Spool(tmp_path / "spool"),
+        on_instance,
+    )
+    listener.start()
+    yield listener, received
+    listener.stop()
+
+
+def test_tls_echo_and_store_with_client_certificate(
+    tmp_path: Path, pki: Path, tls_listener: tuple[Listener, list[str]]
+) -> None:
+    listener, received = tls_listener
+    tls = TlsClientSettings(pki / "ca.pem", pki / "client.pem", pki / "client.key")
+    node = RemoteNode("SEGAPPLIANCE", "127.0.0.1", listener.port, tls=tls, timeout_s=10)
+    echo(node)
+    files = write_series(tmp_path / "ct", SeriesGeometry(slices=3, rows=16, columns=16))
+    results = send_files(node, files)
+    assert [r.ok for r in results] == [True, True, True]
+    assert sorted(received) == sorted(r.sop_instance_uid for r in results)
+
+
+def test_tls_port_refuses_plaintext_and_clients_without_certificate(
+    pki: Path, tls_listener: tuple[Listener, list[str]]
+) -> None:
+    listener, received = tls_listener
+    plain = RemoteNode("SEGAPPLIANCE", "127.0.0.1", listener.port, timeout_s=5)
+    with pytest.raises(SendError):
+        echo(plain)
+    no_cert = RemoteNode(
+        "SEGAPPLIANCE",
+        "127.0.0.1",
+        listener.port,
+        timeout_s=5,
+        tls=TlsClientSettings(pki / "ca.pem"),
+    )
+    with pytest.raises(SendError):
+        echo(no_cert)
+    assert received == []
