@@ -11,8 +11,9 @@ from types import FrameType
 from appliance.config import AppConfig
 from appliance.ingest import Ingest, to_new_instance
 from appliance.outbox import OutboxLoop, OutboxSender
+from appliance.scheduler import Scheduler
 from appliance.store import Store
-from appliance.worker import Scheduler, Worker
+from appliance.worker import Worker
 from dicom_bridge.errors import DicomBridgeError
 from dicom_bridge.instance import describe_spooled_file
 from dicom_bridge.listener import AllowedCaller, Listener, ListenerSettings, TlsServerSettings

@@ -1,4 +1,4 @@
-"""Background loops: the scheduler (quiet series -> complete) and the series worker."""
+"""The series worker: processes COMPLETE series one at a time, oldest first."""
 
 from __future__ import annotations
 
@@ -12,27 +12,6 @@ from appliance.store import Store
 from dicom_bridge.uids import short_ref
 
 LOG = logging.getLogger(__name__)
-
-
-class Scheduler(threading.Thread):
-    """Marks a series COMPLETE once no instance has arrived for ``quiet_seconds``."""
-
-    def __init__(self, store: Store, quiet_seconds: float, stop: threading.Event) -> None:
-        super().__init__(name="scheduler", daemon=True)
-        self.store = store
-        self.quiet_seconds = quiet_seconds
-        self.stop_event = stop
-        self.interval = min(1.0, max(0.05, quiet_seconds / 4))
-
-    def run(self) -> None:
-        while not self.stop_event.wait(self.interval):
-            try:
-                for uid in self.store.complete_quiet_series(self.quiet_seconds):
-                    LOG.info(
-                        "series %s complete (quiet for %.1f s)", short_ref(uid), self.quiet_seconds
-                    )
-            except Exception:
-                LOG.exception("scheduler pass failed; retrying")
 
 
 class Worker(threading.Thread):
