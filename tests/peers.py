@@ -6,6 +6,7 @@ Where a program is missing the test skips naming it, unless APPLIANCE_REQUIRE_IN
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -33,11 +34,37 @@ def interop_required() -> bool:
     return os.environ.get("APPLIANCE_REQUIRE_INTEROP", "") == "1"
 
 
+DCMTK_PROGRAMS = frozenset({"storescu", "storescp", "echoscu", "findscu", "movescu"})
+
+
+@functools.cache
+def find_program(name: str) -> str | None:
+    """The first ``name`` on PATH (then /usr/bin, /usr/sbin) that is the real program.
+
+    pynetdicom installs its own ``storescp``/``echoscp`` into the venv, so for dcmtk names
+    the candidate must say "dcmtk" in its ``--version``.
+    """
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    for directory in [*dirs, "/usr/bin", "/usr/sbin"]:
+        candidate = shutil.which(name, path=directory)
+        if candidate is None:
+            continue
+        if name not in DCMTK_PROGRAMS:
+            return candidate
+        try:
+            done = subprocess.run(
+                [candidate, "--version"], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if "dcmtk" in (done.stdout + done.stderr).lower():
+            return candidate
+    return None
+
+
 def require_program(name: str) -> str:
     """Path of ``name``; skip (or fail, when interop is required) if it is missing."""
-    path = shutil.which(name) or next(
-        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
-    )
+    path = find_program(name)
     if path is None:
         message = f"{name} is not installed (apt-get install dcmtk orthanc dicom3tools)"
         if interop_required():

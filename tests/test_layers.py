@@ -109,7 +109,8 @@ def test_flwr_only_in_federation(path: Path) -> None:
     if _flwr_allowed(rel):
         return
     assert "flwr" not in _roots(imports_of(path)), (
-        f"{rel} imports flwr; only appliance/federation* may")
+        f"{rel} imports flwr; only appliance/federation* may"
+    )
 
 
 @pytest.mark.parametrize("path", FILES, ids=IDS)
@@ -126,13 +127,15 @@ def test_sql_only_in_store(path: Path) -> None:
     if rel == "appliance/store.py":
         return
     assert "sqlite3" not in _roots(imports_of(path)), (
-        f"{rel} imports sqlite3; the store (appliance/store.py) is the only place with SQL")
+        f"{rel} imports sqlite3; the store (appliance/store.py) is the only place with SQL"
+    )
 
 
 def _modules_after(code: str) -> set[str]:
     script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return set(json.loads(proc.stdout.strip().splitlines()[-1]))
 
@@ -148,8 +151,5 @@ def test_dicom_bridge_imports_alone() -> None:
     names = sorted(_module_name(p) for p in (REPO / "dicom_bridge").rglob("*.py"))
     loaded = _modules_after("\n".join(f"import {name}" for name in names))
     assert "dicom_bridge.sender" in loaded and "pydicom" in loaded
-    leaked = sorted(
-        name for name in loaded
-        if name.split(".")[0] in FORBIDDEN["dicom_bridge"]
-    )
+    leaked = sorted(name for name in loaded if name.split(".")[0] in FORBIDDEN["dicom_bridge"])
     assert not leaked, f"importing dicom_bridge loads {leaked[:10]}"

@@ -71,9 +71,15 @@ def invoke(runner: CliRunner, args: list[str], **kwargs: Any) -> Any:
 
 def inst(n: int, series: str = SERIES) -> NewInstance:
     return NewInstance(
-        sop_uid=f"{series}.{n}", series_uid=series, study_uid=STUDY,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-        path=Path(f"/spool/{n}.dcm"), size=100, calling_ae="PACS", modality="CT",
+        sop_uid=f"{series}.{n}",
+        series_uid=series,
+        study_uid=STUDY,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=Path(f"/spool/{n}.dcm"),
+        size=100,
+        calling_ae="PACS",
+        modality="CT",
         instance_number=n,
     )
 
@@ -132,8 +138,12 @@ def test_status_json_empty(runner: CliRunner, config_file: Path) -> None:
     assert report["instances"] == 0
     assert report["series"] == []
     assert report["rejections"] == []
-    assert report["queues"] == {"series_waiting": 0, "series_processing": 0,
-                                "outbox_pending": 0, "outbox_dead": 0}
+    assert report["queues"] == {
+        "series_waiting": 0,
+        "series_processing": 0,
+        "outbox_pending": 0,
+        "outbox_dead": 0,
+    }
     assert all(v == 0 for v in report["series_states"].values())
 
 
@@ -215,11 +225,13 @@ def test_outbox_list_and_retry(runner: CliRunner, config_file: Path) -> None:
     assert listed[0]["destination"] == "pacs"
     assert listed[0]["last_error"] == "association rejected"
 
-    only_sent = json.loads(invoke(runner, ["outbox", "list", "--json", "--state", "sent"],
-                                  env=env).stdout)
+    only_sent = json.loads(
+        invoke(runner, ["outbox", "list", "--json", "--state", "sent"], env=env).stdout
+    )
     assert only_sent == []
-    only_dead = json.loads(invoke(runner, ["outbox", "list", "--json", "--state", "DEAD"],
-                                  env=env).stdout)
+    only_dead = json.loads(
+        invoke(runner, ["outbox", "list", "--json", "--state", "DEAD"], env=env).stdout
+    )
     assert [i["id"] for i in only_dead] == [item_id]
 
     retried = invoke(runner, ["outbox", "retry", str(item_id)], env=env)
@@ -278,8 +290,9 @@ def test_send_unknown_destination(runner: CliRunner, config_file: Path, tmp_path
 def test_send_queues_files(runner: CliRunner, config_file: Path, tmp_path: Path) -> None:
     identity = SeriesIdentity(series_uid=SERIES, study_uid=STUDY)
     paths = write_series(tmp_path / "ct", SeriesGeometry(2, 4, 4), identity=identity)
-    result = invoke(runner, ["send", "pacs", *map(str, paths)],
-                    env={"APPLIANCE_CONFIG": str(config_file)})
+    result = invoke(
+        runner, ["send", "pacs", *map(str, paths)], env={"APPLIANCE_CONFIG": str(config_file)}
+    )
     assert result.exit_code == 0, result.output
     assert "queued 2 file(s) for pacs" in result.stdout
     store = store_for(config_file)

@@ -109,11 +109,21 @@ def test_unknown_destination_lookup() -> None:
 
 
 def test_allowed_callers_strings_and_tables() -> None:
-    cfg = parse_config({"dicom": {"allowed_callers": [
-        "A", {"ae_title": "B"}, {"ae_title": "C", "host": "pacs.example.org"},
-    ]}})
+    cfg = parse_config(
+        {
+            "dicom": {
+                "allowed_callers": [
+                    "A",
+                    {"ae_title": "B"},
+                    {"ae_title": "C", "host": "pacs.example.org"},
+                ]
+            }
+        }
+    )
     assert cfg.dicom.allowed_callers == (
-        CallerConfig("A", None), CallerConfig("B", None), CallerConfig("C", "pacs.example.org"),
+        CallerConfig("A", None),
+        CallerConfig("B", None),
+        CallerConfig("C", "pacs.example.org"),
     )
 
 
@@ -155,17 +165,27 @@ def test_ae_title_not_a_string() -> None:
 
 
 def test_bad_allowed_callers() -> None:
-    found = issues_of({"dicom": {"allowed_callers": [
-        "WAY_TOO_LONG_AE_TITLE", {"host": "1.2.3.4"}, {"ae_title": "OK", "host": "bad host!"},
-        {"ae_title": "OK", "hots": "x"}, 42,
-    ]}})
+    found = issues_of(
+        {
+            "dicom": {
+                "allowed_callers": [
+                    "WAY_TOO_LONG_AE_TITLE",
+                    {"host": "1.2.3.4"},
+                    {"ae_title": "OK", "host": "bad host!"},
+                    {"ae_title": "OK", "hots": "x"},
+                    42,
+                ]
+            }
+        }
+    )
     assert "dicom.allowed_callers[0]" in found
     assert found["dicom.allowed_callers[1].ae_title"] == "is required"
     assert "dicom.allowed_callers[2].host" in found
     assert "unknown key" in found["dicom.allowed_callers[3].hots"]
     assert "dicom.allowed_callers[4]" in found
     assert "must be a list" in one_issue(
-        {"dicom": {"allowed_callers": "PACS"}}, "dicom.allowed_callers")
+        {"dicom": {"allowed_callers": "PACS"}}, "dicom.allowed_callers"
+    )
 
 
 @pytest.mark.parametrize("section", ["dicom", "storage", "outbox", "logging"])
@@ -176,10 +196,12 @@ def test_unknown_key_in_each_section(section: str) -> None:
 
 def test_unknown_key_in_destination_and_tls(tmp_path: Path) -> None:
     cert = write(tmp_path, "x", "cert.pem")
-    found = issues_of({
-        "destinations": [{"name": "p", "ae_title": "P", "host": "h", "port": 104, "prot": 1}],
-        "dicom": {"tls": {"cert_file": str(cert), "key_file": str(cert), "cipher": "x"}},
-    })
+    found = issues_of(
+        {
+            "destinations": [{"name": "p", "ae_title": "P", "host": "h", "port": 104, "prot": 1}],
+            "dicom": {"tls": {"cert_file": str(cert), "key_file": str(cert), "cipher": "x"}},
+        }
+    )
     assert "unknown key" in found["destinations[0].prot"]
     assert "unknown key" in found["dicom.tls.cipher"]
 
@@ -223,8 +245,19 @@ def test_destination_good_host(host: str) -> None:
 
 
 def test_destination_bad_fields() -> None:
-    found = issues_of({"destinations": [dest(name="has space", ae_title="X\\Y", port=0,
-                                             calling_ae="C" * 17, timeout_seconds=0)]})
+    found = issues_of(
+        {
+            "destinations": [
+                dest(
+                    name="has space",
+                    ae_title="X\\Y",
+                    port=0,
+                    calling_ae="C" * 17,
+                    timeout_seconds=0,
+                )
+            ]
+        }
+    )
     for key in ("name", "ae_title", "port", "calling_ae", "timeout_seconds"):
         assert f"destinations[0].{key}" in found, key
 
@@ -234,11 +267,17 @@ def test_destination_not_a_table() -> None:
 
 
 def test_tls_files_must_exist(tmp_path: Path) -> None:
-    found = issues_of({"dicom": {"tls": {
-        "cert_file": str(tmp_path / "no-cert.pem"),
-        "key_file": str(tmp_path / "no-key.pem"),
-        "ca_file": str(tmp_path / "no-ca.pem"),
-    }}})
+    found = issues_of(
+        {
+            "dicom": {
+                "tls": {
+                    "cert_file": str(tmp_path / "no-cert.pem"),
+                    "key_file": str(tmp_path / "no-key.pem"),
+                    "ca_file": str(tmp_path / "no-ca.pem"),
+                }
+            }
+        }
+    )
     for key in ("cert_file", "key_file", "ca_file"):
         assert "does not exist" in found[f"dicom.tls.{key}"]
 
@@ -246,17 +285,29 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
 def test_tls_require_client_cert_needs_ca_file(tmp_path: Path) -> None:
     cert = write(tmp_path, "x", "cert.pem")
     key = write(tmp_path, "x", "key.pem")
-    message = one_issue({"dicom": {"tls": {
-        "cert_file": str(cert), "key_file": str(key), "require_client_cert": True,
-    }}}, "dicom.tls.ca_file")
+    message = one_issue(
+        {
+            "dicom": {
+                "tls": {
+                    "cert_file": str(cert),
+                    "key_file": str(key),
+                    "require_client_cert": True,
+                }
+            }
+        },
+        "dicom.tls.ca_file",
+    )
     assert "require_client_cert" in message
 
 
 def test_tls_good_relative_to_config_file(tmp_path: Path) -> None:
     for name in ("cert.pem", "key.pem", "ca.pem"):
         write(tmp_path, "x", name)
-    path = write(tmp_path, '[dicom.tls]\ncert_file = "cert.pem"\nkey_file = "key.pem"\n'
-                           'ca_file = "ca.pem"\nrequire_client_cert = true\n')
+    path = write(
+        tmp_path,
+        '[dicom.tls]\ncert_file = "cert.pem"\nkey_file = "key.pem"\n'
+        'ca_file = "ca.pem"\nrequire_client_cert = true\n',
+    )
     tls = load_config(path, environ={}).dicom.tls
     assert tls is not None
     assert tls.cert_file == tmp_path / "cert.pem"
@@ -265,8 +316,13 @@ def test_tls_good_relative_to_config_file(tmp_path: Path) -> None:
 
 
 def test_tls_on_destination_files_must_exist(tmp_path: Path) -> None:
-    found = issues_of({"destinations": [dest(tls={"cert_file": str(tmp_path / "c"),
-                                                  "key_file": str(tmp_path / "k")})]})
+    found = issues_of(
+        {
+            "destinations": [
+                dest(tls={"cert_file": str(tmp_path / "c"), "key_file": str(tmp_path / "k")})
+            ]
+        }
+    )
     assert "destinations[0].tls.cert_file" in found
     assert "destinations[0].tls.key_file" in found
 
@@ -277,14 +333,22 @@ def test_bad_logging_level() -> None:
 
 
 def test_backoff_max_below_initial() -> None:
-    message = one_issue({"outbox": {"backoff_initial_seconds": 60, "backoff_max_seconds": 5}},
-                        "outbox.backoff_max_seconds")
+    message = one_issue(
+        {"outbox": {"backoff_initial_seconds": 60, "backoff_max_seconds": 5}},
+        "outbox.backoff_max_seconds",
+    )
     assert "backoff_initial_seconds" in message
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("max_attempts", 0), ("max_attempts", "3"), ("poll_seconds", 0), ("poll_seconds", "fast"),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_attempts", 0),
+        ("max_attempts", "3"),
+        ("poll_seconds", 0),
+        ("poll_seconds", "fast"),
+    ],
+)
 def test_bad_outbox_values(key: str, value: Any) -> None:
     assert f"outbox.{key}" in issues_of({"outbox": {key: value}})
 
@@ -296,8 +360,16 @@ def test_bad_storage_values() -> None:
 
 
 def test_bad_dicom_numbers_and_bind() -> None:
-    found = issues_of({"dicom": {"series_quiet_seconds": 0, "max_associations": 0,
-                                 "max_pdu_size": 10, "bind": "not a host"}})
+    found = issues_of(
+        {
+            "dicom": {
+                "series_quiet_seconds": 0,
+                "max_associations": 0,
+                "max_pdu_size": 10,
+                "bind": "not a host",
+            }
+        }
+    )
     for key in ("series_quiet_seconds", "max_associations", "max_pdu_size", "bind"):
         assert f"dicom.{key}" in found, key
 
@@ -316,8 +388,15 @@ def test_all_problems_are_collected_in_one_error(tmp_path: Path) -> None:
     err = info.value
     keys = {issue.key for issue in err.issues}
     assert keys >= {
-        "dicom.port", "dicom.ae_title", "dicom.colour", "storage.rooot", "destinations",
-        "destinations[2].host", "logging.level", "outbox.backoff_max_seconds", "dicomm",
+        "dicom.port",
+        "dicom.ae_title",
+        "dicom.colour",
+        "storage.rooot",
+        "destinations",
+        "destinations[2].host",
+        "logging.level",
+        "outbox.backoff_max_seconds",
+        "dicomm",
     }
     text = str(err)
     assert text.startswith("site.toml is invalid")
@@ -331,8 +410,11 @@ def test_all_problems_are_collected_in_one_error(tmp_path: Path) -> None:
 
 def test_env_overrides_port_and_root(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL_TOML)
-    env = {"APPLIANCE__DICOM__PORT": "11113", "APPLIANCE__STORAGE__ROOT": str(tmp_path / "d"),
-           "UNRELATED": "1"}
+    env = {
+        "APPLIANCE__DICOM__PORT": "11113",
+        "APPLIANCE__STORAGE__ROOT": str(tmp_path / "d"),
+        "UNRELATED": "1",
+    }
     cfg = load_config(path, environ=env)
     assert cfg.dicom.port == 11113
     assert cfg.storage.root == tmp_path / "d"
@@ -340,8 +422,9 @@ def test_env_overrides_port_and_root(tmp_path: Path) -> None:
 
 
 def test_env_override_creates_missing_section() -> None:
-    cfg = parse_config({}, environ={"APPLIANCE__OUTBOX__MAX_ATTEMPTS": "3",
-                                    "APPLIANCE__STORAGE__FSYNC": "false"})
+    cfg = parse_config(
+        {}, environ={"APPLIANCE__OUTBOX__MAX_ATTEMPTS": "3", "APPLIANCE__STORAGE__FSYNC": "false"}
+    )
     assert cfg.outbox.max_attempts == 3
     assert cfg.storage.fsync is False
 
@@ -352,15 +435,17 @@ def test_env_override_is_validated() -> None:
     assert "dicom.port" in issues_of({}, environ={"APPLIANCE__DICOM__PORT": "abc"})
 
 
-def test_load_config_uses_process_environment(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_config_uses_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write(tmp_path, MINIMAL_TOML)
     monkeypatch.setenv("APPLIANCE__DICOM__PORT", "11113")
     assert load_config(path).dicom.port == 11113
 
 
-def test_load_config_without_path_uses_appliance_config(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_config_without_path_uses_appliance_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write(tmp_path, MINIMAL_TOML)
     assert load_config(environ={CONFIG_ENV: str(path)}).destinations[0].name == "pacs"
     monkeypatch.setenv(CONFIG_ENV, str(path))

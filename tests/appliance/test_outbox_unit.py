@@ -44,18 +44,28 @@ def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
 
 def config(**outbox: object) -> AppConfig:
     settings: dict[str, object] = {
-        "max_attempts": 3, "backoff_initial_seconds": 10, "backoff_max_seconds": 25,
+        "max_attempts": 3,
+        "backoff_initial_seconds": 10,
+        "backoff_max_seconds": 25,
     }
     settings.update(outbox)
-    return parse_config({
-        "dicom": {"ae_title": "SEGAPP"},
-        "destinations": [
-            {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104},
-            {"name": "viewer", "ae_title": "VIEW", "host": "127.0.0.1", "port": 105,
-             "calling_ae": "SEGOUT", "timeout_seconds": 5},
-        ],
-        "outbox": settings,
-    })
+    return parse_config(
+        {
+            "dicom": {"ae_title": "SEGAPP"},
+            "destinations": [
+                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104},
+                {
+                    "name": "viewer",
+                    "ae_title": "VIEW",
+                    "host": "127.0.0.1",
+                    "port": 105,
+                    "calling_ae": "SEGOUT",
+                    "timeout_seconds": 5,
+                },
+            ],
+            "outbox": settings,
+        }
+    )
 
 
 def dicom_file(tmp_path: Path, n: int) -> Path:
@@ -95,7 +105,11 @@ def test_enqueue_claim_mark_sent(store: Store, clock: Clock) -> None:
     item = store.get_outbox(a)
     assert item.state is OutboxState.PENDING
     assert (item.destination, item.path, item.sop_uid, item.series_uid) == (
-        "pacs", Path("/a.dcm"), "1.2.1", "1.2")
+        "pacs",
+        Path("/a.dcm"),
+        "1.2.1",
+        "1.2",
+    )
     assert item.attempts == 0
     assert item.next_attempt_at == clock()
 
@@ -196,7 +210,9 @@ def test_list_outbox(store: Store) -> None:
     assert [i.id for i in store.list_outbox()] == [b, a]  # newest first
     assert [i.id for i in store.list_outbox(states=[OutboxState.DEAD])] == [a]
     assert [i.id for i in store.list_outbox(states=[OutboxState.DEAD, OutboxState.PENDING])] == [
-        b, a]
+        b,
+        a,
+    ]
     assert store.list_outbox(states=[OutboxState.SENT]) == []
     assert len(store.list_outbox(limit=1)) == 1
 
@@ -218,7 +234,11 @@ def test_remote_node_from_destination() -> None:
     cfg = config()
     pacs = remote_node(cfg.destination("pacs"), cfg.dicom.ae_title)
     assert (pacs.ae_title, pacs.host, pacs.port, pacs.calling_ae) == (
-        "PACS", "127.0.0.1", 104, "SEGAPP")
+        "PACS",
+        "127.0.0.1",
+        104,
+        "SEGAPP",
+    )
     assert pacs.tls is None
     viewer = remote_node(cfg.destination("viewer"), cfg.dicom.ae_title)
     assert viewer.calling_ae == "SEGOUT"
@@ -318,8 +338,10 @@ def test_mixed_results_per_file(store: Store, tmp_path: Path) -> None:
     b = store.enqueue("pacs", dicom_file(tmp_path, 2), "1.2")
 
     def send(node: RemoteNode, paths: Sequence[Path]) -> list[SendResult]:
-        return [SendResult(paths[0], "1.1", 0xB000, True, None),
-                SendResult(paths[1], "1.2", 0xC000, False, "cannot understand")]
+        return [
+            SendResult(paths[0], "1.1", 0xB000, True, None),
+            SendResult(paths[1], "1.2", 0xC000, False, "cannot understand"),
+        ]
 
     OutboxSender(store, config(), send=send).run_once()
     assert store.get_outbox(a).state is OutboxState.SENT

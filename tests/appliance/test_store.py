@@ -46,10 +46,18 @@ def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
 def inst(n: int, series: str = SERIES, *, modality: str = "CT") -> NewInstance:
     sop = f"{series}.{n}"
     return NewInstance(
-        sop_uid=sop, series_uid=series, study_uid=STUDY, sop_class_uid=CT,
-        transfer_syntax_uid=EXPLICIT_LE, path=Path(f"/spool/{sop}.dcm"), size=1000 + n,
-        calling_ae="PACS", modality=modality, series_description="abdomen",
-        body_part_examined="ABDOMEN", image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
+        sop_uid=sop,
+        series_uid=series,
+        study_uid=STUDY,
+        sop_class_uid=CT,
+        transfer_syntax_uid=EXPLICIT_LE,
+        path=Path(f"/spool/{sop}.dcm"),
+        size=1000 + n,
+        calling_ae="PACS",
+        modality=modality,
+        series_description="abdomen",
+        body_part_examined="ABDOMEN",
+        image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
         instance_number=n,
     )
 
@@ -259,22 +267,21 @@ def test_series_counts_and_list(store: Store, clock: Clock) -> None:
 
 def test_rejections_recorded_newest_first(store: Store, clock: Clock) -> None:
     assert store.recent_rejections() == []
-    store.record_rejection("association", "calling AE not allowed", calling_ae="EVIL",
-                           peer_host="10.0.0.9")
+    store.record_rejection(
+        "association", "calling AE not allowed", calling_ae="EVIL", peer_host="10.0.0.9"
+    )
     clock.advance(1)
     store.record_rejection("instance", "invalid UID", status=0xC000, ref="abc123")
     clock.advance(1)
     store.record_rejection("series", "missing slices")
     recent = store.recent_rejections()
-    assert [r.reason for r in recent] == ["missing slices", "invalid UID",
-                                          "calling AE not allowed"]
+    assert [r.reason for r in recent] == ["missing slices", "invalid UID", "calling AE not allowed"]
     assert recent[1].status == 0xC000
     assert recent[1].ref == "abc123"
     assert recent[2].calling_ae == "EVIL"
     assert recent[2].peer_host == "10.0.0.9"
     assert recent[0].at == clock()
-    assert [r.reason for r in store.recent_rejections(limit=2)] == ["missing slices",
-                                                                    "invalid UID"]
+    assert [r.reason for r in store.recent_rejections(limit=2)] == ["missing slices", "invalid UID"]
 
 
 # -- durability and concurrency ----------------------------------------------------------------

@@ -1,15 +1,17 @@
 """The C-STORE/C-ECHO SCU against real dcmtk ``storescp`` processes (and pynetdicom SCPs).
 
 dcmtk tests are marked ``interop``. Without ``storescp`` on PATH they are skipped, or
-fail when ``APPLIANCE_REQUIRE_INTEROP=1``. Shared data under /work/shared/data is only read.
+fail when ``APPLIANCE_REQUIRE_INTEROP=1``. Shared data under ../shared/data is only read.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from dicom_bridge.sender import (
 )
 from dicom_bridge.sop_classes import (
     CT_IMAGE,
+    DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     JPEG_2000_LOSSLESS,
@@ -42,31 +45,17 @@ from dicom_bridge.sop_classes import (
     SEGMENTATION,
 )
 from dicom_bridge.synthetic import SeriesGeometry, write_series
+from tests.peers import SHARED_DATA, free_port, require_program
 
-SHARED = Path("/work/shared/data")
+SHARED = SHARED_DATA
 J2K_DIR = SHARED / "ct_abdomen_totalseg_j2k" / "dicom_uids_repaired"
 SEG_FILE = SHARED / "seg_examples" / "dcmqi_iowa2dicom_tumor_seg.dcm"
+LABEL_MAP_SEG_FILE = SHARED / "seg_examples" / "dcmqi_labelmap_seg_ppv5.dcm"
 SEG_RLE_FILE = SHARED / "seg_examples" / "pydicom_data_dcmqi_liver" / "liver_rle.dcm"
 TIMEOUT_S = 5.0
 
 
 # --- fixtures ---------------------------------------------------------------------------
-
-
-def _require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"dcmtk {name} not installed"
-        if os.environ.get("APPLIANCE_REQUIRE_INTEROP") == "1":
-            pytest.fail(f"{message} (APPLIANCE_REQUIRE_INTEROP=1)")
-        pytest.skip(message)
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -113,7 +102,7 @@ StartStorescp = Callable[..., Storescp]
 @pytest.fixture
 def start_storescp(tmp_path: Path) -> Iterator[StartStorescp]:
     """Start ``storescp -aet TESTPACS <options> -od <dir> <port>`` on 127.0.0.1."""
-    binary = _require_tool("storescp")
+    binary = require_program("storescp")
     started: list[subprocess.Popen[bytes]] = []
 
     def start(*options: str, name: str = "pacs") -> Storescp:
@@ -121,7 +110,7 @@ def start_storescp(tmp_path: Path) -> Iterator[StartStorescp]:
         out_dir.mkdir()
         log = tmp_path / f"{name}.log"
         for _attempt in range(3):  # the free port can be taken between bind and use
-            port = _free_port()
+            port = free_port()
             with log.open("ab") as log_file:
                 proc = subprocess.Popen(
                     [binary, "-aet", "TESTPACS", *options, "-od", str(out_dir), str(port)],
@@ -172,7 +161,7 @@ def test_echo_succeeds(pacs: Storescp) -> None:
 
 
 def test_echo_to_closed_port_says_refused() -> None:
-    node = RemoteNode("TESTPACS", "127.0.0.1", _free_port(), timeout_s=TIMEOUT_S)
+    node = RemoteNode("TESTPACS", "127.0.0.1", free_port(), timeout_s=TIMEOUT_S)
     with pytest.raises(SendError, match="refused") as info:
         echo(node)
     assert isinstance(info.value, DicomBridgeError)
@@ -180,14 +169,14 @@ def test_echo_to_closed_port_says_refused() -> None:
 
 
 @pytest.mark.interop
-def test_rejected_association_is_explained(start_storescp: StartStorescp) -> None:
+def test_rejected_association_is_explained(start_storescp: StartStorescp, tmp_path: Path) -> None:
     # dcmtk 3.6.7 storescp has no option to check the called AE title; --refuse rejects all.
     refusing = start_storescp("--refuse")
     for _ in range(3):  # the rejection used to race with pynetdicom's connection check
         with pytest.raises(SendError, match="rejected the association"):
             echo(refusing.node())
     with pytest.raises(SendError, match="rejected the association"):
-        send_files(refusing.node(), [_j2k_file()])
+        send_files(refusing.node(), write_series(tmp_path, SeriesGeometry(1, 8, 8)))
 
 
 @pytest.fixture
@@ -197,8 +186,9 @@ def picky_scp() -> Iterator[int]:
     ae.require_called_aet = True
     ae.require_calling_aet = ["SEGAPPLIANCE"]
     ae.add_supported_context(Verification)
-    port = _free_port()
+    port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False)
+    assert server is not None
     try:
         yield port
     finally:
@@ -265,6 +255,21 @@ def test_segmentation_files_are_sent(pacs: Storescp) -> None:
 
 
 @pytest.mark.interop
+def test_sop_class_unknown_to_the_peer_fails_per_file(pacs: Storescp, tmp_path: Path) -> None:
+    # dcmtk 3.6.7 does not know Label Map Segmentation Storage (and pacs runs without -pm).
+    label_map = _shared(LABEL_MAP_SEG_FILE)
+    (ct,) = write_series(tmp_path / "series", SeriesGeometry(slices=1, rows=8, columns=8))
+    alone = send_files(pacs.node(), [label_map])  # no context accepted at all
+    mixed = send_files(pacs.node(), [label_map, ct])
+
+    name = UID("1.2.840.10008.5.1.4.1.1.66.7").name  # the bare UID while pydicom lacks a name
+    expected = f"no accepted presentation context for {name} in Explicit VR Little Endian"
+    assert [(r.ok, r.status, r.error) for r in alone] == [(False, None, expected)]
+    assert [(r.ok, r.error) for r in mixed] == [(False, expected), (True, None)]
+    assert len(pacs.received()) == 1
+
+
+@pytest.mark.interop
 def test_implicit_only_peer_gets_reencoded_files(
     start_storescp: StartStorescp, tmp_path: Path
 ) -> None:
@@ -318,13 +323,13 @@ def test_unreadable_files_are_reported_not_raised(pacs: Storescp, tmp_path: Path
 
 
 def test_send_nothing_does_not_connect() -> None:
-    node = RemoteNode("TESTPACS", "127.0.0.1", _free_port(), timeout_s=TIMEOUT_S)
+    node = RemoteNode("TESTPACS", "127.0.0.1", free_port(), timeout_s=TIMEOUT_S)
     assert send_files(node, []) == []
 
 
 def test_send_to_closed_port_raises(tmp_path: Path) -> None:
     sent = write_series(tmp_path / "series", SeriesGeometry(slices=1, rows=8, columns=8))
-    node = RemoteNode("TESTPACS", "127.0.0.1", _free_port(), timeout_s=TIMEOUT_S)
+    node = RemoteNode("TESTPACS", "127.0.0.1", free_port(), timeout_s=TIMEOUT_S)
     with pytest.raises(SendError, match=r"connection refused by 127\.0\.0\.1:"):
         send_files(node, sent)
 
@@ -342,7 +347,8 @@ def _make_tls_files(directory: Path) -> dict[str, Path]:
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     ca, ca_key, csr = files["ca"], files["ca_key"], directory / "srv.csr"
     commands = [
-        [openssl, "req", "-x509", *ec, "-days", "2", "-keyout", ca_key, "-out", ca, "-subj", "/CN=CA"],
+        [openssl, "req", "-x509", *ec, "-days", "2", "-keyout", ca_key, "-out", ca,
+         "-subj", "/CN=Test CA"],
         [openssl, "req", *ec, "-keyout", files["srv_key"], "-out", csr, "-subj", "/CN=127.0.0.1"],
         [openssl, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
          "-out", files["srv"], "-days", "2", "-extfile", ext],
@@ -439,6 +445,8 @@ def test_contexts_follow_the_files() -> None:
         header(Path("b"), ct, "1.2", EXPLICIT_VR_LE),
         header(Path("c"), ct, "1.3", JPEG_2000_LOSSLESS),
         header(Path("d"), seg, "1.4", RLE_LOSSLESS),
+        header(Path("e"), seg, "1.5", UID("1.2.826.0.1.3680043.99.1")),  # private syntax
+        header(Path("f"), seg, "1.6", DEFLATED_EXPLICIT_VR_LE),
     ]
     contexts, dropped = sender_module._build_contexts(headers)
     assert dropped == 0
@@ -446,7 +454,38 @@ def test_contexts_follow_the_files() -> None:
         (ct, [IMPLICIT_VR_LE, EXPLICIT_VR_LE]),
         (ct, [JPEG_2000_LOSSLESS]),
         (seg, [RLE_LOSSLESS]),
+        (seg, [UID("1.2.826.0.1.3680043.99.1")]),
+        (seg, [EXPLICIT_VR_LE, IMPLICIT_VR_LE]),  # needed: lets the deflated file be re-encoded
+        (seg, [DEFLATED_EXPLICIT_VR_LE]),  # nice to have: sends it as it is
     ]
+
+
+class _FakeReactor(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(target=self.poll)
+        self.messages: queue.Queue[tuple[int, str]] = queue.Queue()
+        self.dimse = SimpleNamespace(get_msg=self.get_msg)
+        self.polled: list[object] = []
+
+    def get_msg(self, block: bool = False) -> tuple[int | None, str | None]:
+        try:
+            return self.messages.get(block=block, timeout=1)
+        except queue.Empty:
+            return None, None
+
+    def poll(self) -> None:
+        self.polled.append(self.dimse.get_msg(block=False))
+
+
+def test_reactor_thread_cannot_take_the_senders_response() -> None:
+    """pynetdicom's reactor can steal a C-STORE-RSP (a race); the guard stops that."""
+    reactor = _FakeReactor()
+    reactor.messages.put((1, "C-STORE-RSP"))
+    sender_module._keep_reactor_off_responses(reactor)  # type: ignore[arg-type]
+    reactor.start()
+    reactor.join()
+    assert reactor.polled == [(None, None)]
+    assert reactor.dimse.get_msg(block=True) == (1, "C-STORE-RSP")  # the sender gets it
 
 
 # --- netutil ----------------------------------------------------------------------------
@@ -471,7 +510,9 @@ def test_nodelay_is_set_on_real_associations(picky_scp: int) -> None:
     seen: list[int] = []
 
     def spy(event: evt.Event) -> None:
+        assert event.assoc.dul.socket is not None
         sock = event.assoc.dul.socket.socket
+        assert sock is not None
         seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     original = sender_module._AssociationTracker.handlers

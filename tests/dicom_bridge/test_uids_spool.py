@@ -23,23 +23,29 @@ SOP = "1.2.826.0.1.3680043.8.498.3"
 # -- validate_uid ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("uid", [
-    "1.2.840.10008.5.1.4.1.1.2",
-    "2.25.329800735698586629295641978511506172918",
-    "0",
-    "1.2.0.3",
-    "1." + "2" * (MAX_UID_LENGTH - 2),  # exactly 64 characters
-    "1.02.3",  # leading zero inside a component is tolerated (cannot escape a directory)
-])
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "1.2.840.10008.5.1.4.1.1.2",
+        "2.25.329800735698586629295641978511506172918",
+        "0",
+        "1.2.0.3",
+        "1." + "2" * (MAX_UID_LENGTH - 2),  # exactly 64 characters
+        "1.02.3",  # leading zero inside a component is tolerated (cannot escape a directory)
+    ],
+)
 def test_validate_uid_accepts(uid: str) -> None:
     assert validate_uid(uid) == uid
 
 
-@pytest.mark.parametrize(("raw", "clean"), [
-    ("1.2.3\x00", "1.2.3"),  # DICOM UI values are padded with NUL to an even length
-    (" 1.2.3 ", "1.2.3"),
-    ("1.2.3\n", "1.2.3"),
-])
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("1.2.3\x00", "1.2.3"),  # DICOM UI values are padded with NUL to an even length
+        (" 1.2.3 ", "1.2.3"),
+        ("1.2.3\n", "1.2.3"),
+    ],
+)
 def test_validate_uid_trims_padding(raw: str, clean: str) -> None:
     assert validate_uid(raw) == clean
 
@@ -48,14 +54,38 @@ def test_validate_uid_accepts_non_strings() -> None:
     assert validate_uid(123) == "123"
 
 
-@pytest.mark.parametrize("uid", [
-    None, "", "   ", "\x00", "../x", "..", ".", "1.2/3", "1.2\\3", "/1.2", "1..2", ".1", "1.",
-    "1." + "2" * (MAX_UID_LENGTH - 1),  # 65 characters
-    "1.2 3", "1.2\x003", "1.2.3a", "1.2.-3", "1.2.+3", "1,2", "\u0661.2",  # Arabic-Indic one
-    "\uff11.2",  # fullwidth one
-    "1.2\n\x00",  # newline hidden behind NUL padding
-    "1.2\r\n\x00", "1.2 \x00", "1.2.\x00", "\x001.2",
-])
+@pytest.mark.parametrize(
+    "uid",
+    [
+        None,
+        "",
+        "   ",
+        "\x00",
+        "../x",
+        "..",
+        ".",
+        "1.2/3",
+        "1.2\\3",
+        "/1.2",
+        "1..2",
+        ".1",
+        "1.",
+        "1." + "2" * (MAX_UID_LENGTH - 1),  # 65 characters
+        "1.2 3",
+        "1.2\x003",
+        "1.2.3a",
+        "1.2.-3",
+        "1.2.+3",
+        "1,2",
+        "\u0661.2",  # Arabic-Indic one
+        "\uff11.2",  # fullwidth one
+        "1.2\n\x00",  # newline hidden behind NUL padding
+        "1.2\r\n\x00",
+        "1.2 \x00",
+        "1.2.\x00",
+        "\x001.2",
+    ],
+)
 def test_validate_uid_rejects(uid: object) -> None:
     with pytest.raises(InvalidUIDError):
         validate_uid(uid, what="SOPInstanceUID")
@@ -69,10 +99,24 @@ def test_invalid_uid_error_is_a_value_error_and_bridge_error() -> None:
     assert "../etc" not in str(info.value)  # the bad value is not echoed
 
 
-@pytest.mark.parametrize("value", [
-    "1.2", "1.2\x00", " 1.2", "1.2\n\x00", "1.2\x00\n", "\t1.2\x00", "1.2\x00\x00",
-    "1.2\x0b\x00", "1.2\x0c", "1.2\u2028\x00", "1.2\u00a0\x00", "../1.2", "1.2/..",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1.2",
+        "1.2\x00",
+        " 1.2",
+        "1.2\n\x00",
+        "1.2\x00\n",
+        "\t1.2\x00",
+        "1.2\x00\x00",
+        "1.2\x0b\x00",
+        "1.2\x0c",
+        "1.2\u2028\x00",
+        "1.2\u00a0\x00",
+        "../1.2",
+        "1.2/..",
+    ],
+)
 def test_anything_accepted_is_only_digits_and_dots(value: str) -> None:
     """Whatever validate_uid returns is fit to name a file: digits and single dots only."""
     try:

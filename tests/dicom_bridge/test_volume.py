@@ -17,9 +17,9 @@ from dicom_bridge.errors import VolumeError
 from dicom_bridge.sop_classes import COMPREHENSIVE_SR
 from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
 from dicom_bridge.volume import SeriesVolume, VolumeRejection, load_series_volume
-from tests.peers import interop_required
+from tests.peers import SHARED_DATA, interop_required
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 TOTALSEG = DATA / "ct_abdomen_totalseg_j2k" / "dicom_uids_repaired"
 DCMQI_3SLICE = DATA / "ct_abdomen_dcmqi_3slice"
 GANTRY_TILT = DATA / "ct_head_ge_gantry_tilt_varspacing"

@@ -49,6 +49,7 @@ ORTHANC_AET = "TESTPACS"
 
 # --- helpers -------------------------------------------------------------------------------
 
+
 def series_entry(report: dict[str, Any], series_uid: str) -> dict[str, Any] | None:
     return next((s for s in report["series"] if s["series_uid"] == series_uid), None)
 
@@ -57,6 +58,7 @@ def finished(series_uid: str) -> Callable[[dict[str, Any]], bool]:
     def check(report: dict[str, Any]) -> bool:
         entry = series_entry(report, series_uid)
         return entry is not None and entry["state"] in ("done", "rejected", "failed", "skipped")
+
     return check
 
 
@@ -73,8 +75,9 @@ def upload_series(pacs: Orthanc, files: Sequence[Path]) -> str:
 
 def orthanc_push(pacs: Orthanc, modality: str, series_id: str) -> dict[str, Any]:
     """Orthanc C-STOREs a whole series to ``modality``, synchronously."""
-    answer = pacs.request("POST", f"/modalities/{modality}/store",
-                          {"Resources": [series_id], "Synchronous": True})
+    answer = pacs.request(
+        "POST", f"/modalities/{modality}/store", {"Resources": [series_id], "Synchronous": True}
+    )
     return dict(answer)
 
 
@@ -88,8 +91,12 @@ def outbox(app: ApplianceProcess) -> list[dict[str, Any]]:
     return list(json.loads(app.cli("outbox", "list", "--json", "--limit", "1000").stdout))
 
 
-def wait_outbox(app: ApplianceProcess, predicate: Callable[[list[dict[str, Any]]], bool], *,
-                timeout: float = 20.0) -> list[dict[str, Any]]:
+def wait_outbox(
+    app: ApplianceProcess,
+    predicate: Callable[[list[dict[str, Any]]], bool],
+    *,
+    timeout: float = 20.0,
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     items: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -97,8 +104,10 @@ def wait_outbox(app: ApplianceProcess, predicate: Callable[[list[dict[str, Any]]
         if predicate(items):
             return items
         time.sleep(0.2)
-    raise TimeoutError(f"outbox condition not reached; last: {json.dumps(items)[:3000]}\n"
-                       f"appliance log tail:\n{app.log.read_text(errors='replace')[-3000:]}")
+    raise TimeoutError(
+        f"outbox condition not reached; last: {json.dumps(items)[:3000]}\n"
+        f"appliance log tail:\n{app.log.read_text(errors='replace')[-3000:]}"
+    )
 
 
 def all_in(state: str, count: int) -> Callable[[list[dict[str, Any]]], bool]:
@@ -111,8 +120,11 @@ def storescp_on(workdir: Path, port: int, *, ae_title: str = ORTHANC_AET) -> Ite
     exe = require_program("storescp")
     out = workdir / "storescp-in"
     out.mkdir(parents=True, exist_ok=True)
-    proc = Process([exe, "-aet", ae_title, "+xa", "-pm", "+uf", "-od", str(out), str(port)],
-                   workdir / "storescp.log", env=nodelay_env())
+    proc = Process(
+        [exe, "-aet", ae_title, "+xa", "-pm", "+uf", "-od", str(out), str(port)],
+        workdir / "storescp.log",
+        env=nodelay_env(),
+    )
     try:
         wait_port(port, proc=proc.proc, log=proc.log)
         yield out
@@ -135,6 +147,7 @@ def pixels_by_uid(files: Sequence[Path]) -> dict[str, bytes]:
 
 
 # --- Orthanc -> appliance -------------------------------------------------------------------
+
 
 def test_orthanc_pushes_synthetic_ct_series_to_appliance(
     tmp_path: Path, appliance_factory: Callable[..., ApplianceProcess]
@@ -166,12 +179,12 @@ def test_orthanc_pushes_synthetic_ct_series_to_appliance(
     assert entry["state"] == "done", entry
     assert entry["instances"] == 10
     assert entry["result"]["shape"] == [10, 64, 64]
-    np.testing.assert_allclose(np.array(entry["result"]["affine_lps"]), geometry.affine(),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        np.array(entry["result"]["affine_lps"]), geometry.affine(), atol=1e-3
+    )
     assert not [r for r in report["rejections"] if r["calling_ae"] == ORTHANC_AET]
 
-    spooled = sorted((app.root / "spool" / identity.study_uid / identity.series_uid)
-                     .glob("*.dcm"))
+    spooled = sorted((app.root / "spool" / identity.study_uid / identity.series_uid).glob("*.dcm"))
     assert len(spooled) == 10
     assert pixels_by_uid(spooled) == pixels_by_uid(files)
 
@@ -187,8 +200,9 @@ def test_orthanc_pushes_real_jpeg2000_ct_to_appliance(
 
     with orthanc(tmp_path / "orthanc") as pacs:
         # Registered at runtime this time, rather than in Orthanc's configuration.
-        pacs.request("PUT", "/modalities/seg",
-                     {"AET": "SEGAPPLIANCE", "Host": "127.0.0.1", "Port": app.port})
+        pacs.request(
+            "PUT", "/modalities/seg", {"AET": "SEGAPPLIANCE", "Host": "127.0.0.1", "Port": app.port}
+        )
         series_id = upload_series(pacs, files)
         first = pacs.request("GET", f"/series/{series_id}")["Instances"][0]
         ts = orthanc_raw(pacs, f"/instances/{first}/metadata/TransferSyntax").decode()
@@ -213,6 +227,7 @@ def test_orthanc_pushes_real_jpeg2000_ct_to_appliance(
 
 # --- appliance -> Orthanc -------------------------------------------------------------------
 
+
 def test_appliance_sends_series_and_seg_to_orthanc(
     tmp_path: Path, appliance_factory: Callable[..., ApplianceProcess]
 ) -> None:
@@ -220,8 +235,11 @@ def test_appliance_sends_series_and_seg_to_orthanc(
     files = write_series(tmp_path / "ct", SeriesGeometry(slices=3, rows=32, columns=32))
     to_send = [*files, seg]
     with orthanc(tmp_path / "orthanc") as pacs:
-        app = appliance_factory(destinations=(dict(name="pacs", ae_title=ORTHANC_AET,
-                                                   host="127.0.0.1", port=pacs.dicom_port),))
+        app = appliance_factory(
+            destinations=(
+                dict(name="pacs", ae_title=ORTHANC_AET, host="127.0.0.1", port=pacs.dicom_port),
+            )
+        )
         echo = app.cli("echo", "pacs")
         assert "ok" in echo.stdout, echo.stdout
 
@@ -247,8 +265,10 @@ def test_appliance_sends_series_and_seg_to_orthanc(
 
 # --- outbox: dead letter, retry, restart ----------------------------------------------------
 
+
 def test_dead_letter_then_retry_reaches_a_late_receiver(
-    tmp_path: Path, appliance_factory: Callable[..., ApplianceProcess],
+    tmp_path: Path,
+    appliance_factory: Callable[..., ApplianceProcess],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     require_program("storescp")
@@ -256,9 +276,13 @@ def test_dead_letter_then_retry_reaches_a_late_receiver(
     # attempt budget for the service and the CLI alike.
     monkeypatch.setenv("APPLIANCE__OUTBOX__MAX_ATTEMPTS", "3")
     port = free_port()  # nothing listens here yet
-    app = appliance_factory(destinations=(dict(name="late", ae_title=ORTHANC_AET,
-                                               host="127.0.0.1", port=port,
-                                               timeout_seconds=5.0),))
+    app = appliance_factory(
+        destinations=(
+            dict(
+                name="late", ae_title=ORTHANC_AET, host="127.0.0.1", port=port, timeout_seconds=5.0
+            ),
+        )
+    )
     files = write_series(tmp_path / "ct", SeriesGeometry(slices=1, rows=16, columns=16))
     app.cli("send", "late", str(files[0]))
 
@@ -286,14 +310,23 @@ def test_restart_after_sigkill_resumes_pending_sends(
 ) -> None:
     require_program("storescp")
     port = free_port()  # nothing listens here until the appliance has been killed
-    app = appliance_factory(destinations=(dict(name="later", ae_title=ORTHANC_AET,
-                                                host="127.0.0.1", port=port,
-                                                timeout_seconds=5.0),))
+    app = appliance_factory(
+        destinations=(
+            dict(
+                name="later", ae_title=ORTHANC_AET, host="127.0.0.1", port=port, timeout_seconds=5.0
+            ),
+        )
+    )
     files = write_series(tmp_path / "ct", SeriesGeometry(slices=3, rows=16, columns=16))
     app.cli("send", "later", *map(str, files))
     # Every item has failed at least once and waits for its next try.
-    wait_outbox(app, lambda items: len(items) == 3 and all(
-        i["attempts"] >= 1 and i["state"] in ("pending", "sending") for i in items))
+    wait_outbox(
+        app,
+        lambda items: (
+            len(items) == 3
+            and all(i["attempts"] >= 1 and i["state"] in ("pending", "sending") for i in items)
+        ),
+    )
     app.kill()
     before = outbox(app)
     assert all(i["state"] in ("pending", "sending") for i in before), before
