@@ -50,7 +50,7 @@ def test_synthetic_ct_becomes_volume_with_known_geometry(
         row_direction=(c, s, 0.0),
         column_direction=(0.0, 0.0, -1.0),
     )
-    identity = SeriesIdentity()
+    identity = SeriesIdentity(patient_name="DOE^JANE^Q", patient_id="MRN-44718")
     order = list(np.random.default_rng(1).permutation(geometry.slices))
     files = write_series(tmp_path / "ct", geometry, identity=identity, slice_order=order)
 
@@ -80,6 +80,19 @@ def test_synthetic_ct_becomes_volume_with_known_geometry(
     for path in spooled:
         ds = dcmread(path)
         assert ds.PixelData == sent[ds.SOPInstanceUID]
+    assert_no_patient_data(app, "DOE", "JANE", "MRN-44718")
+
+
+def assert_no_patient_data(app: ApplianceProcess, *values: str) -> None:
+    """Neither the service log nor the status output names the patient."""
+    texts = [
+        app.log.read_text(errors="replace"),
+        app.cli("status").stdout,
+        app.cli("status", "--json").stdout,
+    ]
+    for value in values:
+        for text in texts:
+            assert value not in text
 
 
 def test_real_jpeg2000_ct_is_received_and_decoded(
@@ -97,6 +110,7 @@ def test_real_jpeg2000_ct_is_received_and_decoded(
     assert entry["instances"] == 20
     assert entry["result"]["shape"] == [20, 512, 512]
     # Kept in its own transfer syntax (JPEG 2000 lossless), not transcoded.
+    assert_no_patient_data(app, "TOTALSEG", "TSEX001")
     spooled = next((app.root / "spool").rglob("*.dcm"))
     assert (
         str(dcmread(spooled, stop_before_pixels=True).file_meta.TransferSyntaxUID)
