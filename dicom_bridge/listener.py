@@ -20,9 +20,13 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -180,10 +184,10 @@ class Listener:
         if self.caller_allowed(title, host):
             return
         LOG.warning("association refused: calling AE %r from %s is not allowed", title, host)
+        self._record(Rejection("association", "calling AE title not allowed", None, title, host))
         # 0x01 rejected-permanent, 0x01 service user, 0x03 calling AE title not recognised
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
-        self._record(Rejection("association", "calling AE title not allowed", None, title, host))
 
     # -- C-STORE ------------------------------------------------------------------------
     def _handle_store(self, event: evt.Event) -> int:
@@ -220,12 +224,36 @@ class Listener:
         return int(StoreStatus.SUCCESS)
 
     def _accept(self, event: evt.Event, calling_ae: str, peer_host: str) -> ReceivedInstance:
-        encoded = event.encoded_dataset(include_meta=True)
-        transfer_syntax = str(event.context.transfer_syntax)
-        ds = _parse(encoded)
         request = cast(C_STORE, event.request)
-        requested_class = str(request.AffectedSOPClassUID)
-        requested_uid = str(request.AffectedSOPInstanceUID)
+        transfer_syntax = UID(str(event.context.transfer_syntax))
+        stream = cast(BytesIO, request.DataSet)
+        header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+        if transfer_syntax.is_deflated:
+            # Rare: inflate through pydicom's file reader, store the bytes as received.
+            encoded = header + stream.getvalue()
+            ds = _parse_file(encoded)
+            return self._store(
+                ds, request, transfer_syntax, (encoded,), None, calling_ae, peer_host
+            )
+        # Fast path: parse the header only (large values deferred), write the received
+        # bytes behind the file meta without copying or re-encoding them.
+        ds = _parse_dataset(stream, transfer_syntax)
+        with stream.getbuffer() as view:
+            available = len(view)
+            return self._store(
+                ds, request, transfer_syntax, (header, view), available, calling_ae, peer_host
+            )
+
+    def _store(
+        self,
+        ds: Dataset,
+        request: C_STORE,
+        transfer_syntax: UID,
+        chunks: tuple[bytes | memoryview, ...],
+        available: int | None,
+        calling_ae: str,
+        peer_host: str,
+    ) -> ReceivedInstance:
         try:
             key = SpoolKey(
                 study_uid=validate_uid(ds.get("StudyInstanceUID"), what="StudyInstanceUID"),
@@ -234,26 +262,26 @@ class Listener:
             )
         except InvalidUIDError as exc:
             raise _rejected(str(exc), StoreStatus.INVALID_UID) from exc
-        if key.sop_uid != requested_uid.strip():
+        if key.sop_uid != str(request.AffectedSOPInstanceUID).strip():
             raise _rejected(
                 "SOPInstanceUID in the dataset differs from the C-STORE request",
                 StoreStatus.DATASET_MISMATCH,
             )
         sop_class = str(ds.get("SOPClassUID", "")).strip()
-        if sop_class != requested_class.strip():
+        if sop_class != str(request.AffectedSOPClassUID).strip():
             raise _rejected(
                 "SOPClassUID in the dataset differs from the C-STORE request",
                 StoreStatus.DATASET_MISMATCH,
             )
         if transfer_syntax in UNCOMPRESSED_SYNTAXES:
-            _check_native_pixel_length(ds)
-        path = self.spool.write(key, (encoded,))
+            _check_native_pixel_length(ds, available)
+        path = self.spool.write(key, chunks)
         received = describe(
             ds,
             key=key,
-            transfer_syntax_uid=transfer_syntax,
+            transfer_syntax_uid=str(transfer_syntax),
             path=path,
-            size=len(encoded),
+            size=sum(len(c) for c in chunks),
             calling_ae=calling_ae,
             peer_host=peer_host,
         )
@@ -277,26 +305,53 @@ def _rejected(reason: str, status: StoreStatus) -> InstanceRejectedError:
     return InstanceRejectedError(reason, int(status))
 
 
-def _parse(encoded: bytes) -> Dataset:
+# Values longer than this are not read while parsing the header (pixel data, overlays...).
+_DEFER_BYTES = 4096
+_PIXEL_DATA = 0x7FE00010
+
+
+def _parse_dataset(stream: BytesIO, transfer_syntax: UID) -> Dataset:
+    """Parse the received dataset without reading large values (they stay in the buffer)."""
     try:
-        ds = dcmread(BytesIO(encoded))
-        # Touch the elements we rely on so that a truncated/garbled stream fails here.
-        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-            ds.get(keyword)
-        # Force the whole dataset to be parsed (pydicom reads lazily past deferred tags).
-        _ = len(ds)
-        for _element in ds.iterall():
-            pass
+        stream.seek(0)
+        ds = read_dataset(
+            stream,
+            is_implicit_VR=transfer_syntax.is_implicit_VR,
+            is_little_endian=transfer_syntax.is_little_endian,
+            defer_size=_DEFER_BYTES,
+        )
+        _touch(ds)
     except Exception as exc:  # pydicom raises many types for corrupt input
-        raise _rejected(
-            f"dataset cannot be parsed: {type(exc).__name__}: {_safe_text(exc)}",
-            StoreStatus.CANNOT_UNDERSTAND,
-        ) from exc
+        raise _cannot_parse(exc) from exc
     return ds
 
 
-def _check_native_pixel_length(ds: Dataset) -> None:
-    if "PixelData" not in ds:
+def _parse_file(encoded: bytes) -> Dataset:
+    try:
+        ds = dcmread(BytesIO(encoded), defer_size=_DEFER_BYTES)
+        _touch(ds)
+    except Exception as exc:
+        raise _cannot_parse(exc) from exc
+    return ds
+
+
+def _touch(ds: Dataset) -> None:
+    """Convert the elements the listener relies on, so a garbled header fails here."""
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        ds.get(keyword)
+
+
+def _cannot_parse(exc: BaseException) -> InstanceRejectedError:
+    return _rejected(
+        f"dataset cannot be parsed: {type(exc).__name__}: {_safe_text(exc)}",
+        StoreStatus.CANNOT_UNDERSTAND,
+    )
+
+
+def _check_native_pixel_length(ds: Dataset, available: int | None) -> None:
+    """Reject uncompressed pixel data shorter than its header says, or cut off in transit."""
+    raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    if raw is None:
         return
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -310,12 +365,24 @@ def _check_native_pixel_length(ds: Dataset) -> None:
         ) from exc
     pixels = rows * cols * samples * frames
     expected = (pixels + 7) // 8 if bits == 1 else pixels * ((bits + 7) // 8)
-    actual = len(ds.PixelData)
-    if actual < expected:
+    length = _element_length(raw)
+    if available is not None and isinstance(raw, RawDataElement) and raw.value is None:
+        # Deferred: the element's declared length must fit in what actually arrived.
+        length = min(length, max(0, available - raw.value_tell))
+    if length < expected:
         raise _rejected(
-            f"pixel data is truncated: {actual} bytes, header needs {expected}",
+            f"pixel data is truncated: {length} bytes, header needs {expected}",
             StoreStatus.INVALID_PIXEL_DATA,
         )
+
+
+def _element_length(element: object) -> int:
+    if isinstance(element, RawDataElement):
+        if element.value is not None:
+            return len(element.value)
+        return 0 if element.length == 0xFFFFFFFF else int(element.length)
+    value = getattr(element, "value", None)
+    return len(value) if isinstance(value, bytes | bytearray) else 0
 
 
 def _safe_ref(uid: object) -> str:
