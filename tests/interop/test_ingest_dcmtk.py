@@ -135,6 +135,9 @@ def test_unknown_calling_ae_is_refused(
     assert {r["calling_ae"] for r in reasons} == {"INTRUDER", "PINNED"}
     ok = storescu(app.port, files, calling="STORESCU")
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    # SIGTERM is a graceful stop: exit code 0, logged.
+    assert app.process is not None and app.process.stop() == 0
+    assert "received SIGTERM" in app.log.read_text() and "stopped" in app.log.read_text()
 
 
 def test_late_instance_reopens_series_and_result_supersedes(
