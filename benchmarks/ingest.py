@@ -14,8 +14,12 @@ Targets, each started fresh for every push and stopped by PID afterwards:
 * ``storescp``: dcmtk ``storescp`` writing files, a real receiver written in C++.
 
 Pushes are interleaved across targets; each is timed from ``storescu`` start to exit.
-``--profile`` then runs the appliance's listener, spool and store in this process with
-timers around each stage of the C-STORE handler and prints milliseconds per image.
+``--profile`` first runs the appliance's listener, spool and store in this process with
+timers around each stage of the current C-STORE handler (``_parse_dataset``,
+``_check_native_pixel_length``, ``Spool.write`` system call by system call,
+``encode_file_meta``, ``describe``, the store callback with its SQLite transaction) and
+prints milliseconds per image, then times the header-only parse against a full
+``dcmread`` offline on the same bytes.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import pstats
 import shutil
 import signal
 import socket
-import stat
 import statistics
 import subprocess
 import sys
@@ -306,32 +309,56 @@ class StageTimer:
     def total_ms(self, stage: str) -> float:
         return sum(self.samples.get(stage, ())) * 1e3
 
+    def clear(self) -> None:
+        for samples in self.samples.values():
+            samples.clear()
+
 
 def _timed_os(timer: StageTimer) -> types.SimpleNamespace:
-    """A stand-in for ``os`` in dicom_bridge.spool: file vs directory fsync, and rename."""
-    proxy = types.SimpleNamespace(**vars(os))
-    real_fsync, real_replace = os.fsync, os.replace
+    """A stand-in for ``os`` in dicom_bridge.spool: each system call of a write, timed.
 
-    def fsync(fd: int) -> None:
-        start = time.perf_counter()
-        real_fsync(fd)
-        elapsed = time.perf_counter() - start
-        kind = "dir fsync" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file fsync"
-        timer.samples[kind].append(elapsed)
+    Files and directories are told apart by the ``O_DIRECTORY`` flag of the ``open`` that
+    returned the descriptor (``Spool.write`` opens directories only to fsync them).
+    """
+    proxy = types.SimpleNamespace(**vars(os))
+    real_open, real_fsync, real_close = os.open, os.fsync, os.close
+    dir_fds: set[int] = set()
+
+    def kind(fd: int) -> str:
+        return "dir" if fd in dir_fds else "file"
 
     def open_(path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
         start = time.perf_counter()
-        try:
-            return real_open(path, flags, mode, **kwargs)
-        finally:
-            kind = "dir open" if flags & os.O_DIRECTORY else "file open"
-            timer.samples[kind].append(time.perf_counter() - start)
+        fd = real_open(path, flags, mode, **kwargs)
+        elapsed = time.perf_counter() - start
+        if flags & os.O_DIRECTORY:
+            dir_fds.add(fd)
+            timer.samples["dir open"].append(elapsed)
+        else:
+            timer.samples["file open"].append(elapsed)
+        return fd
 
-    real_open = os.open
-    proxy.fsync = fsync
+    def fsync(fd: int) -> None:
+        start = time.perf_counter()
+        try:
+            real_fsync(fd)
+        finally:
+            timer.samples[f"{kind(fd)} fsync"].append(time.perf_counter() - start)
+
+    def close(fd: int) -> None:
+        label = f"{kind(fd)} close"
+        dir_fds.discard(fd)
+        start = time.perf_counter()
+        try:
+            real_close(fd)
+        finally:
+            timer.samples[label].append(time.perf_counter() - start)
+
     proxy.open = open_
-    proxy.replace = timer.wrap("rename", real_replace)
+    proxy.fsync = fsync
+    proxy.close = close
     proxy.write = timer.wrap("write", os.write)
+    proxy.replace = timer.wrap("rename", os.replace)
     return proxy
 
 
@@ -355,7 +382,15 @@ class ProfileRun:
 
 def profile_once(files: Sequence[Path], warmup: Sequence[Path], workdir: Path, *, fsync: bool,
                  use_cprofile: bool) -> ProfileRun:
-    """Listener + spool + store in this process, pushed by storescu, each stage timed."""
+    """Listener + spool + store in this process, pushed by storescu, each stage timed.
+
+    The stages are the current handler's: ``Listener._handle_store`` → ``_accept``
+    (``event.file_meta``, ``encode_file_meta``, ``_parse_dataset``) → ``_store``
+    (``validate_uid``, ``_check_native_pixel_length``, ``Spool.write``, ``describe``, the
+    ``on_instance`` callback with its SQLite transaction).
+    """
+    import uuid
+
     from pynetdicom import events
 
     import dicom_bridge.listener as listener_mod
@@ -376,7 +411,8 @@ def profile_once(files: Sequence[Path], warmup: Sequence[Path], workdir: Path, *
     spool.write = timer.wrap("spool write (total)", spool.write)  # type: ignore[method-assign]
     port = free_port()
     listener = Listener(ListenerSettings(ae_title=APPLIANCE_AE, bind="127.0.0.1", port=port),
-                        spool, ingest.on_instance, ingest.on_rejection)
+                        spool, timer.wrap("store callback", ingest.on_instance),
+                        ingest.on_rejection)
     profiler = cProfile.Profile() if use_cprofile else None
     profiling = threading.Event()  # set after the warm-up push
     handler = timer.wrap("handler (total)", listener._handle_store)
@@ -393,15 +429,26 @@ def profile_once(files: Sequence[Path], warmup: Sequence[Path], workdir: Path, *
                 profiler.disable()
 
     listener._handle_store = handler  # type: ignore[method-assign]
+    timed_validate_uid = timer.wrap("validate_uid", listener_mod.validate_uid)
+    file_meta = events.Event.file_meta
+    assert isinstance(file_meta, property) and file_meta.fget is not None
     patches = [
-        patched(events.Event, "encoded_dataset",
-                timer.wrap("encoded_dataset copy", events.Event.encoded_dataset)),
-        patched(listener_mod, "_parse", timer.wrap("parse (total)", listener_mod._parse)),
-        patched(listener_mod, "dcmread", timer.wrap("dcmread", listener_mod.dcmread)),
+        patched(events.Event, "file_meta",
+                property(timer.wrap("event.file_meta", file_meta.fget))),
+        patched(listener_mod, "encode_file_meta",
+                timer.wrap("encode_file_meta", listener_mod.encode_file_meta)),
+        patched(listener_mod, "_parse_dataset",
+                timer.wrap("_parse_dataset", listener_mod._parse_dataset)),
+        patched(listener_mod, "_parse_file", timer.wrap("_parse_file", listener_mod._parse_file)),
+        patched(listener_mod, "read_dataset",
+                timer.wrap("read_dataset", listener_mod.read_dataset)),
+        patched(listener_mod, "validate_uid", timed_validate_uid),
+        patched(spool_mod, "validate_uid", timed_validate_uid),
         patched(listener_mod, "_check_native_pixel_length",
                 timer.wrap("pixel length check", listener_mod._check_native_pixel_length)),
         patched(listener_mod, "describe", timer.wrap("describe", listener_mod.describe)),
         patched(spool_mod, "os", _timed_os(timer)),
+        patched(spool_mod, "uuid", types.SimpleNamespace(uuid4=timer.wrap("uuid4", uuid.uuid4))),
     ]
     for p in patches:
         p.__enter__()
@@ -411,8 +458,7 @@ def profile_once(files: Sequence[Path], warmup: Sequence[Path], workdir: Path, *
             if warmup:
                 push(port, APPLIANCE_AE, warmup)
             settle()
-            for samples in timer.samples.values():
-                samples.clear()
+            timer.clear()
             profiling.set()
             result = push(port, APPLIANCE_AE, files)
         finally:
@@ -425,6 +471,8 @@ def profile_once(files: Sequence[Path], warmup: Sequence[Path], workdir: Path, *
         raise RuntimeError(f"profile push: storescu rc {result.returncode}, "
                            f"{result.acknowledged} of {len(files)} acknowledged\n"
                            + result.output[-2000:])
+    if timer.samples["_parse_file"]:
+        raise RuntimeError("profile push went through the deflated path; expected explicit LE")
     text = None
     if profiler is not None:
         buffer = io.StringIO()
@@ -438,98 +486,83 @@ def print_profile(runs: Sequence[ProfileRun], slices: int) -> None:
     per = float(slices)
 
     def row(label: str, values: Sequence[float]) -> None:
-        print(f"  {label:<44}" + "".join(f"{v:>12.3f}" for v in values))
+        print(f"  {label:<48}" + "".join(f"{v:>12.3f}" for v in values))
 
     def ms(run: ProfileRun, stage: str) -> float:
         return run.timer.total_ms(stage) / per
 
+    def stage(label: str, name: str) -> list[float]:
+        values = [ms(r, name) for r in runs]
+        row(label, values)
+        return values
+
+    def minus(total: Sequence[float], *parts: Sequence[float]) -> list[float]:
+        return [t - sum(p) for t, *p in zip(total, *parts, strict=True)]
+
     print(f"\nC-STORE handler, in process (listener + spool + SQLite store), ms per image, "
           f"mean over {slices} images")
-    print(f"  {'stage':<44}" + "".join(f"{'fsync ' + ('on' if r.fsync else 'off'):>12}"
+    print(f"  {'stage':<48}" + "".join(f"{'fsync ' + ('on' if r.fsync else 'off'):>12}"
                                        for r in runs))
     wall = [r.seconds * 1e3 / per for r in runs]
     handler = [ms(r, "handler (total)") for r in runs]
     row("wall clock per image (storescu start..exit)", wall)
-    row("  outside the handler (network, PDUs, DIMSE)", [w - h for w, h in zip(wall, handler,
-                                                                              strict=True)])
+    row("  outside the handler (network, PDUs, DIMSE)", minus(wall, handler))
     row("  handler (total)", handler)
-    row("    encoded_dataset(include_meta=True) copy",
-        [ms(r, "encoded_dataset copy") for r in runs])
-    row("    _parse: dcmread(BytesIO)", [ms(r, "dcmread") for r in runs])
-    row("    _parse: len(ds) + iterall + gets",
-        [ms(r, "parse (total)") - ms(r, "dcmread") for r in runs])
-    row("    pixel length check", [ms(r, "pixel length check") for r in runs])
+    meta = stage("    event.file_meta (pynetdicom)", "event.file_meta")
+    encode = stage("    encode_file_meta", "encode_file_meta")
+    parse = [ms(r, "_parse_dataset") for r in runs]
+    read = [ms(r, "read_dataset") for r in runs]
+    row("    _parse_dataset (total)", parse)
+    row("      read_dataset(defer_size=4096)", read)
+    row("      _touch (4 UIDs converted)", minus(parse, read))
+    uids = stage("    validate_uid (x7: request ref, _store, key)", "validate_uid")
+    pixel = stage("    _check_native_pixel_length", "pixel length check")
     spool_total = [ms(r, "spool write (total)") for r in runs]
-    fsync_file = [ms(r, "file fsync") for r in runs]
-    fsync_dir = [ms(r, "dir fsync") for r in runs]
-    rename = [ms(r, "rename") for r in runs]
-    file_open = [ms(r, "file open") for r in runs]
-    write = [ms(r, "write") for r in runs]
-    dir_open = [ms(r, "dir open") for r in runs]
-    parts = (file_open, write, fsync_file, rename, dir_open, fsync_dir)
-    row("    spool write (total)", spool_total)
-    row("      open(tmp, O_CREAT | O_EXCL)", file_open)
-    row("      write", write)
-    row("      fsync(file)", fsync_file)
-    row("      rename into place", rename)
-    row("      open(directory)", dir_open)
-    row("      fsync(directory)", fsync_dir)
-    row("      rest (uuid4 name, close x2, mkdir once)",
-        [total - sum(values) for total, *values in zip(spool_total, *parts, strict=True)])
-    row("    describe()", [ms(r, "describe") for r in runs])
+    row("    Spool.write (total)", spool_total)
+    spool_parts = [
+        stage("      uuid4() temp name", "uuid4"),
+        stage("      open(tmp, O_CREAT | O_EXCL)", "file open"),
+        stage("      write (2 chunks)", "write"),
+        stage("      fsync(file)", "file fsync"),
+        stage("      close(file)", "file close"),
+        stage("      rename into place", "rename"),
+        stage("      open(directory)", "dir open"),
+        stage("      fsync(directory)", "dir fsync"),
+        stage("      close(directory)", "dir close"),
+    ]
+    row("      rest (paths, mkdir once per series)", minus(spool_total, *spool_parts))
+    describe = stage("    describe()", "describe")
+    callback = [ms(r, "store callback") for r in runs]
     sqlite = [ms(r, "sqlite record_instance") for r in runs]
-    row("    SQLite record_instance (BEGIN..COMMIT)", sqlite)
-    known = ("encoded_dataset copy", "parse (total)", "pixel length check",
-             "spool write (total)", "describe", "sqlite record_instance")
-    row("    rest of the handler", [ms(r, "handler (total)") - sum(ms(r, k) for k in known)
-                                    for r in runs])
+    row("    store callback (Ingest.on_instance)", callback)
+    row("      SQLite record_instance (BEGIN..COMMIT)", sqlite)
+    row("      rest (NewInstance)", minus(callback, sqlite))
+    row("    rest of the handler", minus(handler, meta, encode, parse, uids, pixel,
+                                          spool_total, describe, callback))
     row("images/s in this run", [per / r.seconds for r in runs])
 
 
-# --- cheaper parsing, measured on the same bytes ---------------------------------------------
+# --- the header-only parse against a full read, offline on the same bytes --------------------
 
-HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                   "Modality", "SeriesDescription", "BodyPartExamined", "ImageType",
-                   "InstanceNumber", "NumberOfFrames", "Rows", "Columns", "BitsAllocated",
-                   "SamplesPerPixel")
-PIXEL_DATA = 0x7FE00010
-
-
-def header_parse(stream: io.BytesIO) -> int:
-    """The candidate: parse the dataset where pynetdicom left it, pixel data deferred.
-
-    Reads every element header (so a structurally broken stream still fails), converts
-    only the elements the listener uses, and checks the pixel data length against the
-    bytes actually present. Returns the pixel data length.
-    """
-    from pydicom.filereader import read_dataset
-
-    stream.seek(0)
-    ds = read_dataset(stream, is_implicit_VR=False, is_little_endian=True, defer_size=8192)
-    for keyword in HEADER_KEYWORDS:
-        ds.get(keyword)
-    raw: Any = ds.get_item(PIXEL_DATA, keep_deferred=True)  # a RawDataElement: not converted
-    available = len(stream.getbuffer()) - raw.value_tell
-    if raw.length > available:
-        raise ValueError("pixel data is truncated")
-    return int(raw.length)
-
-
-def print_alternatives(files: Sequence[Path]) -> None:
-    """Per image: today's copy + full parse, against a header-only parse without copies."""
+def print_offline_parse(files: Sequence[Path]) -> None:
+    """Per image: the listener's parse stages, and a full ``dcmread`` for reference."""
     from pydicom import dcmread
+    from pydicom.uid import UID
 
     import dicom_bridge.listener as listener_mod
 
-    heads: list[bytes] = []  # preamble + "DICM" + file meta
+    metas: list[Any] = []  # the file meta dataset, as event.file_meta gives it
+    syntaxes: list[UID] = []
     streams: list[io.BytesIO] = []  # the dataset as pynetdicom holds it (request.DataSet)
+    encoded: list[bytes] = []  # the whole file, as written to the spool
     for path in files:
         data = path.read_bytes()
         meta = dcmread(path, stop_before_pixels=True).file_meta
         offset = 132 + 12 + int(meta.FileMetaInformationGroupLength)
-        heads.append(data[:offset])
+        metas.append(meta)
+        syntaxes.append(UID(str(meta.TransferSyntaxUID)))
         streams.append(io.BytesIO(data[offset:]))
-    encoded = [head + stream.getvalue() for head, stream in zip(heads, streams, strict=True)]
+        encoded.append(data)
 
     def median_ms(func: Callable[[int], object]) -> float:
         samples = []
@@ -539,24 +572,42 @@ def print_alternatives(files: Sequence[Path]) -> None:
             samples.append(time.perf_counter() - start)
         return statistics.median(samples) * 1e3
 
-    def copies(i: int) -> bytes:  # what encoded_dataset(include_meta=True) does
-        return b"".join((heads[i], streams[i].getvalue()))
+    def header(i: int) -> bytes:
+        return b"\x00" * 128 + b"DICM" + listener_mod.encode_file_meta(metas[i])
 
-    def today(i: int) -> None:
-        ds = listener_mod._parse(copies(i))
-        listener_mod._check_native_pixel_length(ds)
+    def parse(i: int) -> Any:
+        return listener_mod._parse_dataset(streams[i], syntaxes[i])
+
+    parsed = [parse(i) for i in range(len(files))]
+
+    def check(i: int) -> None:
+        with streams[i].getbuffer() as view:
+            listener_mod._check_native_pixel_length(parsed[i], len(view))
+
+    def listener_total(i: int) -> None:
+        header(i)
+        ds = parse(i)
+        with streams[i].getbuffer() as view:
+            listener_mod._check_native_pixel_length(ds, len(view))
+
+    def full_walk(i: int) -> None:
+        ds = dcmread(io.BytesIO(encoded[i]))
+        len(ds)
+        for _ in ds.iterall():
+            pass
 
     rows = [
-        ("copies in encoded_dataset(include_meta=True)", median_ms(copies)),
-        ("dcmread(BytesIO(encoded))", median_ms(lambda i: dcmread(io.BytesIO(encoded[i])))),
-        ("_parse (dcmread + len + iterall)", median_ms(lambda i: listener_mod._parse(encoded[i]))),
-        ("today: copies + _parse + pixel length check", median_ms(today)),
-        ("candidate: header_parse(request.DataSet), no copy", median_ms(
-            lambda i: header_parse(streams[i]))),
+        ("listener: preamble + encode_file_meta", median_ms(header)),
+        ("listener: _parse_dataset(request.DataSet, ts)", median_ms(parse)),
+        ("listener: _check_native_pixel_length", median_ms(check)),
+        ("listener: all three (what _accept does before Spool.write)", median_ms(listener_total)),
+        ("reference: dcmread(BytesIO(file)), pixel data read", median_ms(
+            lambda i: dcmread(io.BytesIO(encoded[i])))),
+        ("reference: dcmread + every element converted", median_ms(full_walk)),
     ]
     print(f"\nParsing one image, offline on the same {len(files)} datasets (median ms per image)")
     for label, value in rows:
-        print(f"  {label:<56}{value:>8.3f}")
+        print(f"  {label:<60}{value:>8.3f}")
 
 
 def run_profile(files: Sequence[Path], warmup: Sequence[Path], base: Path, *,
@@ -567,7 +618,7 @@ def run_profile(files: Sequence[Path], warmup: Sequence[Path], base: Path, *,
         workdir.mkdir()
         runs.append(profile_once(files, warmup, workdir, fsync=fsync, use_cprofile=False))
     print_profile(runs, len(files))
-    print_alternatives(files)
+    print_offline_parse(files)
     if use_cprofile:
         workdir = base / "cprofile"
         workdir.mkdir()
@@ -575,7 +626,6 @@ def run_profile(files: Sequence[Path], warmup: Sequence[Path], base: Path, *,
         print("\ncProfile of the C-STORE handler (fsync on), top functions by own "
               f"time ({len(files) / run.seconds:.0f} images/s with the profiler on):")
         print(run.cprofile, flush=True)
-
 
 # --- main ------------------------------------------------------------------------------------
 
