@@ -5,7 +5,7 @@ The real network path (send_files against dcmtk/Orthanc) is covered by interop t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,29 +17,7 @@ from appliance.states import OutboxState
 from appliance.store import Store
 from dicom_bridge.errors import SendError
 from dicom_bridge.sender import RemoteNode, SendResult
-
-
-class Clock:
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.t = [start]
-
-    def __call__(self) -> float:
-        return self.t[0]
-
-    def advance(self, seconds: float) -> None:
-        self.t[0] += seconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
-    s = Store(tmp_path / "appliance.sqlite3", clock=clock)
-    yield s
-    s.close()
+from tests.appliance.conftest import Clock
 
 
 def config(**outbox: object) -> AppConfig:

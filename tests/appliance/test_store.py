@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,34 +12,12 @@ import pytest
 from appliance.errors import NotFoundError
 from appliance.states import SeriesState
 from appliance.store import Claim, NewInstance, Store
+from tests.appliance.conftest import Clock
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = "1.2.826.0.1.3680043.8.498.2"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
-
-
-class Clock:
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.t = [start]
-
-    def __call__(self) -> float:
-        return self.t[0]
-
-    def advance(self, seconds: float) -> None:
-        self.t[0] += seconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
-    s = Store(tmp_path / "db" / "appliance.sqlite3", clock=clock)
-    yield s
-    s.close()
 
 
 def inst(n: int, series: str = SERIES, *, modality: str = "CT") -> NewInstance:

@@ -22,6 +22,24 @@ ROUNDS = 10
 SLICES = 80
 
 
+def storescu_args(exe: str, port: int, files: list[Path]) -> list[str]:
+    profile = str(storescu_profile())
+    return [
+        exe,
+        "-v",
+        "-aet",
+        "STORESCU",
+        "-aec",
+        "SEGAPPLIANCE",
+        "-xf",
+        profile,
+        "AllTS",
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
+
+
 def acknowledged_files(storescu_output: str) -> list[Path]:
     """Files for which storescu printed 'Received Store Response (Success)'."""
     acked: list[Path] = []
@@ -61,20 +79,7 @@ def test_sigkill_during_push_loses_nothing_acknowledged(
         for f in files:
             sent_uids[f] = str(dcmread(f, stop_before_pixels=True).SOPInstanceUID)
         push = subprocess.Popen(
-            [
-                exe,
-                "-v",
-                "-aet",
-                "STORESCU",
-                "-aec",
-                "SEGAPPLIANCE",
-                "-xf",
-                str(storescu_profile()),
-                "AllTS",
-                "127.0.0.1",
-                str(app.port),
-                *map(str, files),
-            ],
+            storescu_args(exe, app.port, files),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -91,20 +96,7 @@ def test_sigkill_during_push_loses_nothing_acknowledged(
         # A store still accepted after the restart: finish the round so series are whole.
         rest = [f for f in files if f not in round_acked]
         done = subprocess.run(
-            [
-                exe,
-                "-v",
-                "-aet",
-                "STORESCU",
-                "-aec",
-                "SEGAPPLIANCE",
-                "-xf",
-                str(storescu_profile()),
-                "AllTS",
-                "127.0.0.1",
-                str(app.port),
-                *map(str, rest),
-            ],
+            storescu_args(exe, app.port, rest),
             capture_output=True,
             text=True,
             env=nodelay_env(),
