@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ConfigError, ConfigIssue
+from appliance.routing import DEFAULT_RULES, RoutingRule
 
 ENV_PREFIX = "APPLIANCE__"
 CONFIG_ENV = "APPLIANCE_CONFIG"
@@ -102,6 +103,7 @@ class AppConfig:
     destinations: tuple[DestinationConfig, ...] = ()
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    routing: tuple[RoutingRule, ...] = DEFAULT_RULES
 
     def destination(self, name: str) -> DestinationConfig:
         for dest in self.destinations:
@@ -193,7 +195,7 @@ class _Reader:
 
     # -- sections ---------------------------------------------------------------------
     def app(self, data: dict[str, Any]) -> AppConfig:
-        self.unknown("", data, {"dicom", "storage", "destinations", "outbox", "logging"})
+        self.unknown("", data, {"dicom", "storage", "destinations", "outbox", "logging", "routing"})
         dicom = self.dicom(self.table(data, "dicom"))
         storage = self.storage(self.table(data, "storage"))
         dests_raw = data.get("destinations", [])
@@ -214,7 +216,8 @@ class _Reader:
                 self.err("destinations", f"destination name {name!r} is used more than once")
         outbox = self.outbox(self.table(data, "outbox"))
         logging_cfg = self.logging(self.table(data, "logging"))
-        return AppConfig(dicom, storage, tuple(destinations), outbox, logging_cfg)
+        routing = self.routing(self.table(data, "routing"))
+        return AppConfig(dicom, storage, tuple(destinations), outbox, logging_cfg, routing)
 
     def dicom(self, d: dict[str, Any]) -> DicomConfig:
         p = "dicom"
@@ -333,6 +336,90 @@ class _Reader:
             self.err(f"{p}.level", f"must be one of {', '.join(LOG_LEVELS)}; got {level!r}")
             level = "INFO"
         return LoggingConfig(level.upper())
+
+    def routing(self, d: dict[str, Any]) -> tuple[RoutingRule, ...]:
+        p = "routing"
+        self.unknown(p, d, {"rules"})
+        if "rules" not in d:
+            return DEFAULT_RULES
+        raw = d["rules"]
+        if not isinstance(raw, list):
+            self.err(f"{p}.rules", "must be an array of tables ([[routing.rules]])")
+            return DEFAULT_RULES
+        rules: list[RoutingRule] = []
+        for i, item in enumerate(raw):
+            key = f"{p}.rules[{i}]"
+            if not isinstance(item, dict):
+                self.err(key, "must be a table")
+                continue
+            rule = self.routing_rule(key, item)
+            if rule is not None:
+                rules.append(rule)
+        return tuple(rules)
+
+    def routing_rule(self, p: str, d: dict[str, Any]) -> RoutingRule | None:
+        self.unknown(
+            p,
+            d,
+            {
+                "task",
+                "name",
+                "modality",
+                "body_parts",
+                "series_description",
+                "image_type_includes",
+                "image_type_excludes",
+                "min_slices",
+            },
+        )
+        before = len(self.issues)
+        task = self.string(d, "task", p, required=True)
+        if task is not None and not _NAME_RE.match(task):
+            self.err(f"{p}.task", "must be a task name such as liver_ct or glioma_mr")
+        modality = self.string(d, "modality", p, required=True)
+        if modality is not None and modality.upper() not in ("CT", "MR"):
+            self.err(f"{p}.modality", f"must be CT or MR; got {modality!r}")
+        pattern = d.get("series_description")
+        if pattern is not None:
+            if not isinstance(pattern, str):
+                self.err(f"{p}.series_description", "must be a regular expression string")
+            else:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    self.err(f"{p}.series_description", f"is not a valid regular expression: {exc}")
+        lists = {
+            k: self.string_list(d, k, p)
+            for k in ("body_parts", "image_type_includes", "image_type_excludes")
+        }
+        min_slices = self.integer(d, "min_slices", p, 1, 1, 100000)
+        name = d.get("name", "")
+        if not isinstance(name, str):
+            self.err(f"{p}.name", "must be a string")
+            name = ""
+        if len(self.issues) > before or task is None or modality is None:
+            return None
+        return RoutingRule(
+            task=task,
+            modality=modality.upper(),
+            body_parts=lists["body_parts"] or (),
+            series_description=pattern,
+            image_type_includes=lists["image_type_includes"] or (),
+            image_type_excludes=(
+                lists["image_type_excludes"] or () if "image_type_excludes" in d else ("LOCALIZER",)
+            ),
+            min_slices=min_slices,
+            name=name,
+        )
+
+    def string_list(self, d: dict[str, Any], key: str, p: str) -> tuple[str, ...] | None:
+        value = d.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.err(f"{p}.{key}", "must be a list of non-empty strings")
+            return None
+        return tuple(value)
 
     def tls(self, p: str, d: Any) -> TlsConfig | None:
         if not isinstance(d, dict):

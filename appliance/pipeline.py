@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.routing import DEFAULT_RULES, RoutingRule, SeriesFacts, route
 from appliance.states import SeriesState
 from appliance.store import Claim, Store
 from dicom_bridge.errors import VolumeError
@@ -42,7 +44,9 @@ def volume_summary(volume: SeriesVolume) -> dict[str, Any]:
     }
 
 
-def process_series(store: Store, claim: Claim) -> Outcome:
+def process_series(
+    store: Store, claim: Claim, rules: Sequence[RoutingRule] = DEFAULT_RULES
+) -> Outcome:
     """Take one complete series as far as the pipeline goes; never raises for bad input."""
     series = store.get_series(claim.series_uid)
     instances = store.series_instances(claim.series_uid)
@@ -54,6 +58,16 @@ def process_series(store: Store, claim: Claim) -> Outcome:
             "not_an_image_series",
             f"no CT/MR image instances (SOP classes: {', '.join(classes)})",
         )
+    facts = SeriesFacts(
+        modality=series.modality,
+        body_part_examined=series.body_part_examined,
+        series_description=series.series_description,
+        image_type=series.image_type,
+        slices=sum(i.number_of_frames for i in instances if i.sop_class_uid in VOLUME_CLASSES),
+    )
+    decision = route(facts, rules)
+    if decision.task is None:
+        return Outcome(SeriesState.SKIPPED, "no_matching_rule", decision.reason)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     try:
@@ -62,6 +76,8 @@ def process_series(store: Store, claim: Claim) -> Outcome:
         return Outcome(SeriesState.REJECTED, exc.reason, exc.detail)
     timings["volume_s"] = round(time.perf_counter() - start, 4)
     result = volume_summary(volume)
+    result["task"] = decision.task
+    result["routing_rule"] = decision.rule
     result["timings"] = timings
     LOG.info(
         "series %s (%s, %d instances): volume %s in %.2f s",

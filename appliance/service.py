@@ -86,7 +86,7 @@ class Service:
         reconcile_spool(self.store, self.spool)
         self._threads = [
             Scheduler(self.store, self.config.dicom.series_quiet_seconds, self.stop_event),
-            Worker(self.store, self.stop_event),
+            Worker(self.store, self.stop_event, rules=self.config.routing),
             OutboxLoop(
                 OutboxSender(self.store, self.config),
                 self.config.outbox.poll_seconds,

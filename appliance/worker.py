@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 from appliance.pipeline import process_series
+from appliance.routing import DEFAULT_RULES, RoutingRule
 from appliance.states import SeriesState
 from appliance.store import Store
 from dicom_bridge.uids import short_ref
@@ -17,9 +19,17 @@ LOG = logging.getLogger(__name__)
 class Worker(threading.Thread):
     """Processes COMPLETE series one at a time, oldest first."""
 
-    def __init__(self, store: Store, stop: threading.Event, *, idle_seconds: float = 0.2) -> None:
+    def __init__(
+        self,
+        store: Store,
+        stop: threading.Event,
+        *,
+        rules: Sequence[RoutingRule] = DEFAULT_RULES,
+        idle_seconds: float = 0.2,
+    ) -> None:
         super().__init__(name="worker", daemon=True)
         self.store = store
+        self.rules = tuple(rules)
         self.stop_event = stop
         self.idle_seconds = idle_seconds
 
@@ -39,7 +49,7 @@ class Worker(threading.Thread):
             return False
         start = time.perf_counter()
         try:
-            outcome = process_series(self.store, claim)
+            outcome = process_series(self.store, claim, self.rules)
         except Exception as exc:
             LOG.exception("series %s failed", short_ref(claim.series_uid))
             self.store.finish_series(

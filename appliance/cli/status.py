@@ -46,7 +46,8 @@ def _print_text(report: dict[str, Any]) -> None:
             if s["reason"]:
                 note = f"{s['reason']}: {s['detail'] or ''}"
             elif s["result"]:
-                note = "volume " + "x".join(str(v) for v in s["result"].get("shape", []))
+                shape = "x".join(str(v) for v in s["result"].get("shape", []))
+                note = f"{s['result'].get('task', '?')}: volume {shape}"
             else:
                 note = ""
             typer.echo(

@@ -69,6 +69,7 @@ def test_synthetic_ct_becomes_volume_with_known_geometry(
     assert entry["instances"] == geometry.slices
     assert report["instances"] == geometry.slices
     volume = entry["result"]
+    assert volume["task"] == "liver_ct" and volume["routing_rule"] == "liver-ct"
     assert volume["shape"] == [24, 96, 80]
     np.testing.assert_allclose(np.array(volume["affine_lps"]), geometry.affine(), atol=1e-3)
     np.testing.assert_allclose(volume["spacing_mm"], [2.5, 0.7, 0.9], atol=1e-4)
@@ -169,3 +170,25 @@ def test_late_instance_reopens_series_and_result_supersedes(
     entry = series_entry(report, identity.series_uid)
     assert entry is not None and entry["generation"] == 2 and entry["instances"] == 12
     assert report["instances"] == 12
+
+
+def test_series_no_rule_matches_is_recorded_as_not_processed(
+    tmp_path: Path, appliance_factory: Callable[..., ApplianceProcess]
+) -> None:
+    app = appliance_factory(quiet=0.5)
+    t2 = SeriesIdentity(series_description="AX T2 TSE", body_part="BRAIN")
+    flair = SeriesIdentity(series_description="AX FLAIR", body_part="BRAIN")
+    geometry = SeriesGeometry(slices=10, rows=32, columns=32)
+    for identity in (t2, flair):
+        files = write_series(
+            tmp_path / identity.series_uid, geometry, modality="MR", identity=identity
+        )
+        assert storescu(app.port, files).returncode == 0
+    report = app.wait_series(lambda r: all(finished(i.series_uid)(r) for i in (t2, flair)))
+    skipped = series_entry(report, t2.series_uid)
+    assert skipped is not None and skipped["state"] == "skipped"
+    assert skipped["reason"] == "no_matching_rule"
+    assert "series description does not match" in skipped["detail"]
+    routed = series_entry(report, flair.series_uid)
+    assert routed is not None and routed["state"] == "done"
+    assert routed["result"]["task"] == "glioma_mr"

@@ -140,7 +140,7 @@ def test_every_malformed_file_is_refused_or_rejected_and_service_carries_on(
     # The service is still up and takes the next good series.
     identity = SeriesIdentity()
     files = write_series(
-        tmp_path / "good", SeriesGeometry(slices=5, rows=32, columns=32), identity=identity
+        tmp_path / "good", SeriesGeometry(slices=10, rows=32, columns=32), identity=identity
     )
     result = storescu(app.port, files)
     assert result.returncode == 0, result.stdout + result.stderr

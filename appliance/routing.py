@@ -1,0 +1,113 @@
+"""Routing: which task (model) a complete series goes to, decided by config rules.
+
+Rules are tried in order; the first that matches wins. A series no rule matches is
+recorded as not processed, with the reason of the closest rule's first failed condition.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFacts:
+    """What routing looks at: header values of a complete series (no patient data)."""
+
+    modality: str
+    body_part_examined: str = ""
+    series_description: str = ""
+    image_type: tuple[str, ...] = ()
+    slices: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRule:
+    """All given conditions must hold. Empty tuples / None mean "any"."""
+
+    task: str
+    modality: str
+    body_parts: tuple[str, ...] = ()  # BodyPartExamined, case-insensitive, any of
+    series_description: str | None = None  # regular expression, searched, case-insensitive
+    image_type_includes: tuple[str, ...] = ()  # every value must be in ImageType
+    image_type_excludes: tuple[str, ...] = ("LOCALIZER",)  # none may be in ImageType
+    min_slices: int = 1
+    name: str = ""
+    _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.series_description is not None:
+            object.__setattr__(self, "_pattern", re.compile(self.series_description, re.IGNORECASE))
+
+    @property
+    def label(self) -> str:
+        return self.name or self.task
+
+    def mismatch(self, facts: SeriesFacts) -> str | None:
+        """None when the rule matches, otherwise the first condition that failed."""
+        if facts.modality.upper() != self.modality.upper():
+            return f"modality {facts.modality or '(none)'} is not {self.modality}"
+        if self.body_parts and facts.body_part_examined.upper() not in {
+            b.upper() for b in self.body_parts
+        }:
+            return (
+                f"body part {facts.body_part_examined or '(none)'} is not one of "
+                f"{', '.join(self.body_parts)}"
+            )
+        if self._pattern is not None and not self._pattern.search(facts.series_description):
+            return f"series description does not match /{self.series_description}/"
+        image_type = {v.upper() for v in facts.image_type}
+        missing = [v for v in self.image_type_includes if v.upper() not in image_type]
+        if missing:
+            return f"image type lacks {', '.join(missing)}"
+        present = [v for v in self.image_type_excludes if v.upper() in image_type]
+        if present:
+            return f"image type is {', '.join(present)}"
+        if facts.slices < self.min_slices:
+            return f"{facts.slices} slices, fewer than {self.min_slices}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    task: str | None  # None: not processed
+    rule: str | None
+    reason: str
+
+
+# T1 post-contrast: "T1 POST GD", "T1+C", "T1 CE", "T1C", "MPRAGE POST", "T1W_3D_TFE GADO".
+T1_POST_CONTRAST = r"(t1.*(post|gd|gado|\+ ?c\b|contrast|\bce\b|\bc\+))|(\bt1c\b)|(mprage.*post)"
+FLAIR = r"flair"
+
+DEFAULT_RULES: tuple[RoutingRule, ...] = (
+    RoutingRule(
+        task="liver_ct",
+        modality="CT",
+        min_slices=8,
+        name="liver-ct",
+        image_type_excludes=("LOCALIZER", "SECONDARY"),
+    ),
+    RoutingRule(
+        task="glioma_mr",
+        modality="MR",
+        series_description=T1_POST_CONTRAST,
+        min_slices=8,
+        name="glioma-t1c",
+    ),
+    RoutingRule(
+        task="glioma_mr", modality="MR", series_description=FLAIR, min_slices=8, name="glioma-flair"
+    ),
+)
+
+
+def route(facts: SeriesFacts, rules: Sequence[RoutingRule] = DEFAULT_RULES) -> RouteDecision:
+    reasons: list[str] = []
+    for rule in rules:
+        why = rule.mismatch(facts)
+        if why is None:
+            return RouteDecision(rule.task, rule.label, f"matched rule {rule.label}")
+        reasons.append(f"{rule.label}: {why}")
+    if not rules:
+        return RouteDecision(None, None, "no routing rules are configured")
+    return RouteDecision(None, None, "no routing rule matched (" + "; ".join(reasons) + ")")

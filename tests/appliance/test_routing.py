@@ -1,0 +1,121 @@
+"""Routing rules: defaults cover CT liver and MR glioma (T1 post-contrast or FLAIR)."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.config import parse_config
+from appliance.errors import ConfigError
+from appliance.routing import DEFAULT_RULES, RoutingRule, SeriesFacts, route
+
+
+@pytest.mark.parametrize(
+    ("facts", "task", "rule"),
+    [
+        (
+            SeriesFacts(
+                "CT", "ABDOMEN", "CT ABDOMEN PORTAL", ("ORIGINAL", "PRIMARY", "AXIAL"), 120
+            ),
+            "liver_ct",
+            "liver-ct",
+        ),
+        (
+            SeriesFacts("MR", "BRAIN", "T1 POST GD", ("ORIGINAL", "PRIMARY"), 60),
+            "glioma_mr",
+            "glioma-t1c",
+        ),
+        (SeriesFacts("MR", "HEAD", "Ax T1+C MPRAGE", (), 160), "glioma_mr", "glioma-t1c"),
+        (SeriesFacts("MR", "HEAD", "t1c", (), 24), "glioma_mr", "glioma-t1c"),
+        (SeriesFacts("MR", "BRAIN", "AX FLAIR", (), 30), "glioma_mr", "glioma-flair"),
+    ],
+)
+def test_default_rules_choose_the_task(facts: SeriesFacts, task: str, rule: str) -> None:
+    decision = route(facts)
+    assert decision.task == task
+    assert decision.rule == rule
+
+
+@pytest.mark.parametrize(
+    ("facts", "why"),
+    [
+        (SeriesFacts("MR", "BRAIN", "T2 AXIAL", (), 30), "series description"),
+        (SeriesFacts("MR", "BRAIN", "T1 PRE", (), 30), "series description"),
+        (
+            SeriesFacts("CT", "ABDOMEN", "SCOUT", ("ORIGINAL", "PRIMARY", "LOCALIZER"), 40),
+            "LOCALIZER",
+        ),
+        (SeriesFacts("CT", "ABDOMEN", "DOSE REPORT", ("DERIVED", "SECONDARY"), 40), "SECONDARY"),
+        (SeriesFacts("CT", "ABDOMEN", "", (), 3), "fewer than 8"),
+        (SeriesFacts("US", "ABDOMEN", "", (), 40), "modality US"),
+    ],
+)
+def test_unmatched_series_are_not_processed_with_reason(facts: SeriesFacts, why: str) -> None:
+    decision = route(facts)
+    assert decision.task is None
+    assert decision.reason.startswith("no routing rule matched")
+    assert why in decision.reason
+
+
+def test_rules_come_from_config_in_order() -> None:
+    cfg = parse_config(
+        {
+            "routing": {
+                "rules": [
+                    {
+                        "task": "liver_ct",
+                        "modality": "ct",
+                        "body_parts": ["LIVER", "ABDOMEN"],
+                        "series_description": "portal|venous",
+                        "image_type_includes": ["AXIAL"],
+                        "min_slices": 20,
+                        "name": "portal-only",
+                    },
+                    {"task": "glioma_mr", "modality": "MR", "image_type_excludes": []},
+                ]
+            }
+        }
+    )
+    assert [r.label for r in cfg.routing] == ["portal-only", "glioma_mr"]
+    assert cfg.routing[0].modality == "CT"
+    ok = SeriesFacts("CT", "LIVER", "PORTAL VENOUS", ("ORIGINAL", "AXIAL"), 25)
+    assert route(ok, cfg.routing).task == "liver_ct"
+    wrong_part = SeriesFacts("CT", "CHEST", "PORTAL VENOUS", ("AXIAL",), 25)
+    assert "body part CHEST" in route(wrong_part, cfg.routing).reason
+    assert (
+        route(SeriesFacts("MR", "", "anything", ("LOCALIZER",), 1), cfg.routing).task == "glioma_mr"
+    )  # excludes emptied: localizers allowed by this rule
+    assert parse_config({}).routing == DEFAULT_RULES
+
+
+def test_bad_routing_config_names_each_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "routing": {
+                    "rules": [
+                        {
+                            "modality": "PET",
+                            "series_description": "(unclosed",
+                            "min_slices": 0,
+                            "body_parts": "ABDOMEN",
+                            "colour": "red",
+                        },
+                    ]
+                }
+            }
+        )
+    keys = {issue.key for issue in info.value.issues}
+    assert {
+        "routing.rules[0].task",
+        "routing.rules[0].modality",
+        "routing.rules[0].series_description",
+        "routing.rules[0].min_slices",
+        "routing.rules[0].body_parts",
+        "routing.rules[0].colour",
+    } <= keys
+
+
+def test_empty_rule_list_routes_nothing() -> None:
+    decision = route(SeriesFacts("CT", "", "", (), 100), ())
+    assert decision.task is None and "no routing rules" in decision.reason
+    assert RoutingRule("liver_ct", "CT").mismatch(SeriesFacts("CT", slices=5)) is None
