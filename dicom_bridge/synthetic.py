@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
 
 from dicom_bridge.sop_classes import CT_IMAGE, MR_IMAGE
 
@@ -136,6 +137,11 @@ def write_series(
     return paths
 
 
+def _ds(value: float) -> str:
+    """A decimal string with as much precision as DS allows (16 characters)."""
+    return str(format_number_as_ds(float(value)))
+
+
 def _slice_dataset(
     geometry: SeriesGeometry,
     identity: SeriesIdentity,
@@ -179,13 +185,13 @@ def _slice_dataset(
     ds.PositionReferenceIndicator = ""
     ds.PatientPosition = "HFS"
     ds.AcquisitionNumber = 1
-    ds.ImagePositionPatient = [f"{v:.6g}" for v in geometry.slice_position(index)]
+    ds.ImagePositionPatient = [_ds(v) for v in geometry.slice_position(index)]
     ds.ImageOrientationPatient = [
-        f"{v:.6g}" for v in (*geometry.row_direction, *geometry.column_direction)
+        _ds(v) for v in (*geometry.row_direction, *geometry.column_direction)
     ]
-    ds.SliceThickness = f"{geometry.slice_spacing:.6g}"
-    ds.SliceLocation = f"{geometry.slice_position(index)[2]:.6g}"
-    ds.PixelSpacing = [f"{v:.6g}" for v in geometry.pixel_spacing]
+    ds.SliceThickness = _ds(abs(geometry.slice_spacing))
+    ds.SliceLocation = _ds(geometry.slice_position(index)[2])
+    ds.PixelSpacing = [_ds(v) for v in geometry.pixel_spacing]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = geometry.rows
