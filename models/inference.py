@@ -1,0 +1,217 @@
+"""Inference: one image (numpy + LPS affine) in, one uint8 label map on the same grid out.
+
+:func:`segment` pre-processes (:mod:`models.transforms`), runs MONAI
+``sliding_window_inference`` with Gaussian blending (under ``torch.autocast`` on CUDA,
+plain fp32 on CPU), turns logits into class probabilities, inverts the pre-processing so
+that the probabilities land on the exact input grid (bilinear), takes the argmax there
+and post-processes (:mod:`models.postprocess`). The result has the input's shape and
+axis order ``(slice, row, column)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from .errors import InferenceError, InputError, ModelsError
+from .postprocess import postprocess as apply_postprocess
+from .tasks import TaskSpec
+from .transforms import IMAGE_KEY, build_preprocess, invert_to_input_grid, make_sample
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentationResult:
+    """``mask``: uint8 label map with the input's ``(slice, row, column)`` shape, values
+    0 (background) or a label index of the task. ``timings_s``: seconds per stage
+    (``preprocess``, ``inference``, ``invert``, ``postprocess``, ``total``)."""
+
+    mask: np.ndarray
+    timings_s: Mapping[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    amp_dtype: str | None = None
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; by default CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"invalid device {device!r}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA was requested but is not available")
+    return resolved
+
+
+def amp_dtype_for(device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``device``: bf16 (or fp16 where bf16 is unsupported) on CUDA,
+    ``None`` (plain fp32) elsewhere."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def argmax_channels(scores: torch.Tensor) -> torch.Tensor:
+    """uint8 index of the largest channel of ``(C, ...)`` scores (first one on ties).
+
+    A loop over the few channels is several times faster on CPU than ``torch.argmax``
+    over the leading dimension of a large volume."""
+    if scores.shape[0] > 256:
+        raise InferenceError("more than 256 classes do not fit a uint8 label map")
+    best = scores[0].clone()
+    index = torch.zeros(scores.shape[1:], dtype=torch.uint8, device=scores.device)
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
+        index[better] = k
+        best = torch.maximum(best, scores[k])
+    return index
+
+
+def predict_probabilities(
+    model: nn.Module,
+    spec: TaskSpec,
+    image: torch.Tensor,
+    *,
+    device: torch.device,
+    sw_batch_size: int = 1,
+    overlap: float = 0.25,
+    amp: bool = True,
+) -> torch.Tensor:
+    """Class probabilities ``(num_classes, X, Y, Z)`` (float32, on ``device``) for a
+    pre-processed channel-first image, by Gaussian-blended sliding windows."""
+    if sw_batch_size < 1:
+        raise InputError("sw_batch_size must be >= 1")
+    if not 0.0 <= overlap < 1.0:
+        raise InputError("overlap must be in [0, 1)")
+    batch = image.unsqueeze(0).to(device=device, dtype=torch.float32)
+    amp_dtype = amp_dtype_for(device) if amp else None
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    try:
+        with _eval_mode(model), torch.no_grad(), autocast:
+            logits = sliding_window_inference(
+                batch,
+                roi_size=spec.patch_size,
+                sw_batch_size=sw_batch_size,
+                predictor=model,
+                overlap=overlap,
+                mode="gaussian",
+            )
+    except RuntimeError as exc:
+        raise InferenceError(f"network inference failed: {exc}") from exc
+    if isinstance(logits, tuple | list):
+        logits = logits[0]
+    if not isinstance(logits, torch.Tensor):
+        raise InferenceError(f"the network returned {type(logits).__name__}, not a tensor")
+    expected = (1, spec.num_classes, *batch.shape[2:])
+    if tuple(logits.shape) != expected:
+        raise InferenceError(
+            f"the network returned shape {tuple(logits.shape)}; task {spec.name} needs {expected}"
+        )
+    return torch.softmax(logits.float(), dim=1)[0]
+
+
+def segment(
+    model: nn.Module,
+    spec: TaskSpec,
+    image: np.ndarray,
+    affine_lps: np.ndarray,
+    *,
+    device: str | torch.device | None = None,
+    sw_batch_size: int = 1,
+    overlap: float = 0.25,
+    crop_foreground: bool = False,
+    postprocess: bool = True,
+    amp: bool = True,
+) -> SegmentationResult:
+    """Segment ``image`` with ``model`` for task ``spec``.
+
+    ``image``: ``(slice, row, column)`` for a single-channel task, or
+    ``(C, slice, row, column)`` with C = ``spec.in_channels`` (channels in the order of
+    ``spec.channels``). ``affine_lps``: index -> LPS mm (see :mod:`models.geometry`).
+    ``model`` is moved to ``device`` (in place) and run in eval mode; its previous
+    train/eval mode is restored afterwards. ``amp=False`` forces fp32 on CUDA too.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    dev = resolve_device(device)
+
+    sample = make_sample(image, affine_lps, spec)
+    spatial_shape = tuple(sample[IMAGE_KEY].shape[1:])
+    transform = build_preprocess(spec, crop_foreground=crop_foreground)
+    try:
+        data = transform(sample)
+    except ModelsError:
+        raise
+    except RuntimeError as exc:  # MONAI wraps a failing transform in RuntimeError
+        cause = exc.__cause__
+        if isinstance(cause, ModelsError):
+            raise cause from exc
+        raise InferenceError(f"pre-processing failed: {exc}") from exc
+    timings["preprocess"] = time.perf_counter() - start
+
+    mark = time.perf_counter()
+    try:
+        model.to(dev)
+    except RuntimeError as exc:
+        raise InferenceError(f"cannot move the model to {dev}: {exc}") from exc
+    probabilities = predict_probabilities(
+        model,
+        spec,
+        data[IMAGE_KEY].as_tensor(),
+        device=dev,
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+        amp=amp,
+    )
+    _sync(dev)
+    timings["inference"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    try:
+        on_input_grid = invert_to_input_grid(probabilities, data, transform, nearest=False)
+    except RuntimeError as exc:
+        raise InferenceError(f"inverting the pre-processing failed: {exc}") from exc
+    mask = np.ascontiguousarray(argmax_channels(on_input_grid.as_tensor()).cpu().numpy())
+    if mask.shape != spatial_shape:
+        raise InferenceError(f"inverted mask has shape {mask.shape}, input is {spatial_shape}")
+    timings["invert"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    if postprocess:
+        mask = apply_postprocess(mask, affine_lps, spec.postprocess)
+    timings["postprocess"] = time.perf_counter() - mark
+    timings["total"] = time.perf_counter() - start
+    amp_dtype = amp_dtype_for(dev) if amp else None
+    return SegmentationResult(
+        mask=mask,
+        timings_s=timings,
+        device=str(dev),
+        amp_dtype=None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+    )

@@ -1,0 +1,445 @@
+"""Task specs: what a segmentation task is, independent of networks and of DICOM.
+
+A :class:`TaskSpec` states the labels (with their coded concepts), the input channels,
+the target spacing, the intensity handling, the patch size and the post-processing.
+Everything downstream (networks, transforms, inference, post-processing, the DICOM
+writers in ``appliance``) iterates over ``spec.labels`` and ``spec.channels``; a new
+task (e.g. multi-sequence glioma sub-regions with four channels and three labels) is a
+new entry in :data:`TASKS` and a new :class:`TaskName`, with no change elsewhere.
+
+Like highdicom's constructors, every spec validates itself in ``__post_init__``: once
+it exists it is valid. Enum-typed fields accept their string values too.
+
+Axis conventions: ``target_spacing_mm`` and ``patch_size`` are in the order of the
+*network's* axes, which are RAS-oriented after pre-processing (array axis 0 runs towards
+the patient's right, axis 1 towards anterior, axis 2 towards superior). For an axial
+series that is (column, row, slice) of the DICOM pixel array.
+
+Coded concepts are plain strings here (``models`` never imports pydicom); the DICOM
+layer turns a :class:`Code` into a ``pydicom.sr.coding.Code``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from types import MappingProxyType
+from typing import TypeAlias
+
+from .errors import SpecError
+
+#: Every patch edge must be a multiple of this. The networks built by
+#: :mod:`models.networks` downsample at most this many times along each axis.
+PATCH_MULTIPLE = 16
+
+_MAX_LABELS = 255  # label maps are uint8
+
+
+class TaskName(StrEnum):
+    """The tasks this appliance knows."""
+
+    LIVER_CT = "liver_ct"
+    GLIOMA_MR = "glioma_mr"
+
+
+class Modality(StrEnum):
+    """Imaging modality of a task or channel (DICOM Modality values)."""
+
+    CT = "CT"
+    MR = "MR"
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise SpecError(message)
+
+
+def _is_finite_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A coded concept, e.g. ``Code("SCT", "10200004", "Liver")``.
+
+    Lengths follow the DICOM value representations of the code sequence attributes:
+    scheme designator SH (16), code value SH (16; longer values need LongCodeValue,
+    which we do not use), code meaning LO (64).
+    """
+
+    scheme: str
+    value: str
+    meaning: str
+
+    def __post_init__(self) -> None:
+        for attr, limit in (("scheme", 16), ("value", 16), ("meaning", 64)):
+            text = getattr(self, attr)
+            _require(isinstance(text, str), f"Code.{attr} must be a string")
+            _require(text.strip() == text and text != "", f"Code.{attr} must be non-empty text")
+            _require(len(text) <= limit, f"Code.{attr} is longer than {limit} characters")
+            _require("\\" not in text, f"Code.{attr} must not contain a backslash")
+
+
+# Coded concepts used by the shipped tasks. Category codes are from DICOM CID 7150
+# (Segmentation Property Categories); property types from CID 7166 / CID 7159.
+ANATOMICAL_STRUCTURE = Code("SCT", "91723000", "Anatomical Structure")
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("SCT", "49755003", "Morphologically Abnormal Structure")
+LIVER = Code("SCT", "10200004", "Liver")
+BRAIN = Code("SCT", "12738006", "Brain")
+NEOPLASM = Code("SCT", "108369006", "Neoplasm")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSpec:
+    """One output class of a task: its index in the label map and what it means.
+
+    ``anatomic_region`` locates a lesion type (e.g. a neoplasm *of the liver*); the DICOM
+    SEG writer puts it in the segment's Anatomic Region Sequence.
+    """
+
+    index: int
+    name: str
+    category: Code
+    property_type: Code
+    color_rgb: tuple[int, int, int]
+    anatomic_region: Code | None = None
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.index, int) and not isinstance(self.index, bool),
+            "label index must be an integer",
+        )
+        _require(1 <= self.index <= _MAX_LABELS, f"label index must be in 1..{_MAX_LABELS}")
+        _require(
+            isinstance(self.name, str) and self.name.strip() != "", "label name must be non-empty"
+        )
+        _require(len(self.name) <= 64, "label name is longer than 64 characters")
+        for attr in ("category", "property_type"):
+            _require(isinstance(getattr(self, attr), Code), f"LabelSpec.{attr} must be a Code")
+        _require(
+            self.anatomic_region is None or isinstance(self.anatomic_region, Code),
+            "LabelSpec.anatomic_region must be a Code or None",
+        )
+        color = tuple(self.color_rgb)
+        _require(
+            len(color) == 3
+            and all(
+                isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color
+            ),
+            "color_rgb must be three integers in 0..255",
+        )
+        object.__setattr__(self, "color_rgb", color)
+
+
+@dataclass(frozen=True, slots=True)
+class CTWindow:
+    """CT intensity handling: clip to [lower_hu, upper_hu], then scale linearly to [0, 1]."""
+
+    lower_hu: float
+    upper_hu: float
+
+    def __post_init__(self) -> None:
+        _require(
+            _is_finite_number(self.lower_hu) and _is_finite_number(self.upper_hu),
+            "CT window bounds must be finite numbers",
+        )
+        _require(self.lower_hu < self.upper_hu, "CT window needs lower_hu < upper_hu")
+
+
+@dataclass(frozen=True, slots=True)
+class MRZScore:
+    """MR intensity handling: z-score each channel with the mean and standard deviation of
+    its foreground voxels.
+
+    Foreground voxels are those brighter than ``foreground_threshold`` times the channel's
+    mean intensity (0 means: every voxel above zero). A relative threshold keeps the rule
+    independent of a scanner's arbitrary intensity scale. All voxels are normalised with
+    the foreground statistics, so background becomes negative.
+    """
+
+    foreground_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(
+            _is_finite_number(self.foreground_threshold) and self.foreground_threshold >= 0,
+            "foreground_threshold must be a finite number >= 0",
+        )
+
+
+IntensitySpec: TypeAlias = CTWindow | MRZScore
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """One input channel: its name, modality and which series kinds may fill it.
+
+    ``accepted_series`` are the routing layer's series-kind tags (e.g. ``"T1C"`` for T1
+    post-contrast, ``"FLAIR"``); a channel accepting several takes whichever is present.
+    """
+
+    name: str
+    modality: Modality
+    accepted_series: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.name, str) and self.name.strip() != "", "channel name must be non-empty"
+        )
+        try:
+            object.__setattr__(self, "modality", Modality(self.modality))
+        except ValueError as exc:
+            raise SpecError(f"unknown modality {self.modality!r}") from exc
+        series = tuple(self.accepted_series)
+        _require(len(series) > 0, f"channel {self.name!r} must accept at least one series kind")
+        _require(
+            all(isinstance(s, str) and s.strip() != "" for s in series),
+            "series kinds must be non-empty strings",
+        )
+        _require(len(set(series)) == len(series), "series kinds of a channel must be unique")
+        object.__setattr__(self, "accepted_series", series)
+
+
+@dataclass(frozen=True, slots=True)
+class ParentConstraint:
+    """Components of label ``child`` are kept only where they lie within
+    ``max_distance_mm`` of label ``parent`` (e.g. liver tumours near or in the liver)."""
+
+    child: int
+    parent: int
+    max_distance_mm: float
+
+    def __post_init__(self) -> None:
+        _require(self.child != self.parent, "a label cannot be its own parent")
+        _require(
+            _is_finite_number(self.max_distance_mm) and self.max_distance_mm > 0,
+            "max_distance_mm must be a finite number > 0",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PostprocessSpec:
+    """Clean-up applied to the label map on the input grid (see :mod:`models.postprocess`).
+
+    - ``largest_component``: labels of which only the largest connected component is
+      kept (computed together with their child labels, so a tumour does not split its
+      organ);
+    - ``inside_parent``: child labels whose components must touch their parent label
+      dilated by ``max_distance_mm``;
+    - ``min_volume_ml``: ``(label, mL)`` pairs; components smaller than that are removed;
+    - ``connectivity``: 6 (faces) or 26 (faces, edges and corners) neighbourhood.
+    """
+
+    largest_component: tuple[int, ...] = ()
+    inside_parent: tuple[ParentConstraint, ...] = ()
+    min_volume_ml: tuple[tuple[int, float], ...] = ()
+    connectivity: int = 26
+
+    def __post_init__(self) -> None:
+        largest = tuple(self.largest_component)
+        parents = tuple(self.inside_parent)
+        volumes = tuple((int(label), float(ml)) for label, ml in self.min_volume_ml)
+        _require(len(set(largest)) == len(largest), "largest_component lists a label twice")
+        _require(
+            all(isinstance(c, ParentConstraint) for c in parents),
+            "inside_parent must hold ParentConstraint values",
+        )
+        children = [c.child for c in parents]
+        _require(len(set(children)) == len(children), "a label can have only one parent")
+        _require(
+            not set(children) & {c.parent for c in parents},
+            "parent constraints must not chain (a child cannot be a parent)",
+        )
+        labels = [label for label, _ in volumes]
+        _require(len(set(labels)) == len(labels), "min_volume_ml lists a label twice")
+        _require(
+            all(math.isfinite(ml) and ml >= 0 for _, ml in volumes),
+            "minimum volumes must be finite and >= 0 mL",
+        )
+        _require(self.connectivity in (6, 26), "connectivity must be 6 or 26")
+        object.__setattr__(self, "largest_component", largest)
+        object.__setattr__(self, "inside_parent", parents)
+        object.__setattr__(self, "min_volume_ml", volumes)
+
+    @property
+    def referenced_labels(self) -> frozenset[int]:
+        """Every label index this spec mentions."""
+        found = set(self.largest_component)
+        found.update(label for label, _ in self.min_volume_ml)
+        for c in self.inside_parent:
+            found.update((c.child, c.parent))
+        return frozenset(found)
+
+    def min_volume(self, label: int) -> float:
+        """Minimum component volume in mL for ``label`` (0 when not configured)."""
+        return dict(self.min_volume_ml).get(label, 0.0)
+
+    def children_of(self, label: int) -> tuple[int, ...]:
+        return tuple(c.child for c in self.inside_parent if c.parent == label)
+
+    def with_min_volume(self, label: int, ml: float) -> PostprocessSpec:
+        """A copy with ``label``'s minimum component volume set to ``ml`` (site config)."""
+        volumes = dict(self.min_volume_ml)
+        volumes[label] = ml
+        return replace(self, min_volume_ml=tuple(sorted(volumes.items())))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """Everything that defines a segmentation task, apart from the network."""
+
+    name: TaskName
+    description: str
+    modality: Modality
+    labels: tuple[LabelSpec, ...]
+    channels: tuple[ChannelSpec, ...]
+    target_spacing_mm: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    intensity: IntensitySpec
+    postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "name", TaskName(self.name))
+        except ValueError as exc:
+            raise SpecError(f"unknown task name {self.name!r}") from exc
+        try:
+            object.__setattr__(self, "modality", Modality(self.modality))
+        except ValueError as exc:
+            raise SpecError(f"unknown modality {self.modality!r}") from exc
+        _require(isinstance(self.description, str), "description must be a string")
+
+        labels = tuple(self.labels)
+        _require(len(labels) > 0, "a task needs at least one label")
+        _require(all(isinstance(x, LabelSpec) for x in labels), "labels must be LabelSpec values")
+        indices = [x.index for x in labels]
+        _require(
+            indices == list(range(1, len(labels) + 1)),
+            f"label indices must be 1..N in order without gaps, got {indices}",
+        )
+        names = [x.name for x in labels]
+        _require(len(set(names)) == len(names), "label names must be unique")
+
+        channels = tuple(self.channels)
+        _require(len(channels) > 0, "a task needs at least one input channel")
+        _require(
+            all(isinstance(c, ChannelSpec) for c in channels), "channels must be ChannelSpec values"
+        )
+        channel_names = [c.name for c in channels]
+        _require(len(set(channel_names)) == len(channel_names), "channel names must be unique")
+
+        spacing = tuple(self.target_spacing_mm)
+        _require(
+            len(spacing) == 3 and all(_is_finite_number(s) and s > 0 for s in spacing),
+            "target_spacing_mm must be three finite numbers > 0",
+        )
+        patch = tuple(self.patch_size)
+        _require(
+            len(patch) == 3
+            and all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch),
+            "patch_size must be three positive integers",
+        )
+        _require(
+            all(p % PATCH_MULTIPLE == 0 for p in patch),
+            f"patch_size {patch} must be multiples of {PATCH_MULTIPLE}",
+        )
+
+        _require(
+            isinstance(self.intensity, CTWindow | MRZScore),
+            "intensity must be a CTWindow or an MRZScore",
+        )
+        _require(
+            not isinstance(self.intensity, CTWindow) or self.modality is Modality.CT,
+            "a CT window only makes sense for a CT task",
+        )
+        _require(
+            isinstance(self.postprocess, PostprocessSpec), "postprocess must be a PostprocessSpec"
+        )
+        unknown = self.postprocess.referenced_labels - set(indices)
+        _require(not unknown, f"post-processing refers to unknown labels {sorted(unknown)}")
+
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "channels", channels)
+        object.__setattr__(self, "target_spacing_mm", tuple(float(s) for s in spacing))
+        object.__setattr__(self, "patch_size", patch)
+
+    @property
+    def num_classes(self) -> int:
+        """Network output channels: background plus one per label."""
+        return len(self.labels) + 1
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channels)
+
+    def label(self, index: int) -> LabelSpec:
+        for spec in self.labels:
+            if spec.index == index:
+                return spec
+        raise SpecError(f"task {self.name} has no label {index}")
+
+
+LIVER_CT_SPEC = TaskSpec(
+    name=TaskName.LIVER_CT,
+    description="Liver and liver tumour on contrast or non-contrast abdominal CT",
+    modality=Modality.CT,
+    labels=(
+        LabelSpec(1, "Liver", ANATOMICAL_STRUCTURE, LIVER, (221, 130, 101)),
+        LabelSpec(
+            2,
+            "Liver tumour",
+            MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            NEOPLASM,
+            (255, 215, 0),
+            anatomic_region=LIVER,
+        ),
+    ),
+    channels=(ChannelSpec("ct", Modality.CT, ("CT",)),),
+    target_spacing_mm=(1.5, 1.5, 2.0),
+    patch_size=(96, 96, 64),
+    intensity=CTWindow(lower_hu=-100.0, upper_hu=250.0),
+    postprocess=PostprocessSpec(
+        largest_component=(1,),
+        inside_parent=(ParentConstraint(child=2, parent=1, max_distance_mm=5.0),),
+        min_volume_ml=((1, 1.0), (2, 0.02)),
+    ),
+)
+
+GLIOMA_MR_SPEC = TaskSpec(
+    name=TaskName.GLIOMA_MR,
+    description="Glioma, whole tumour, from one MR series (T1 post-contrast or FLAIR)",
+    modality=Modality.MR,
+    labels=(
+        LabelSpec(
+            1,
+            "Glioma",
+            MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            NEOPLASM,
+            (230, 80, 80),
+            anatomic_region=BRAIN,
+        ),
+    ),
+    channels=(ChannelSpec("t1c_or_flair", Modality.MR, ("T1C", "FLAIR")),),
+    target_spacing_mm=(2.0, 2.0, 2.0),
+    patch_size=(64, 64, 64),
+    intensity=MRZScore(foreground_threshold=0.5),
+    postprocess=PostprocessSpec(min_volume_ml=((1, 0.1),)),
+)
+
+#: The shipped tasks, by name.
+TASKS: Mapping[TaskName, TaskSpec] = MappingProxyType(
+    {spec.name: spec for spec in (LIVER_CT_SPEC, GLIOMA_MR_SPEC)}
+)
+
+
+def get_task(name: TaskName | str) -> TaskSpec:
+    """The spec of a shipped task; :class:`SpecError` for an unknown name."""
+    try:
+        return TASKS[TaskName(name)]
+    except (ValueError, KeyError) as exc:
+        raise SpecError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from exc
