@@ -30,18 +30,25 @@ def send(
         cfg.destination(destination)
     except NotFoundError as exc:
         raise fail(str(exc)) from exc
-    store = open_store(cfg)
-    queued = []
+    # Check every file first, so a bad one queues nothing.
+    items: list[tuple[Path, str, str | None]] = []
     for path in files:
         try:
             ds = dcmread(path, stop_before_pixels=True)
             sop_uid = validate_uid(ds.get("SOPInstanceUID"), what="SOPInstanceUID")
             series = ds.get("SeriesInstanceUID")
-        except (InvalidUIDError, Exception) as exc:
-            raise fail(f"{path}: not a sendable DICOM file ({exc})") from exc
-        queued.append(
-            store.enqueue(destination, path.resolve(), sop_uid, str(series) if series else None)
-        )
+        except InvalidUIDError as exc:
+            raise fail(f"{path}: {exc}; nothing was queued") from exc
+        except Exception as exc:  # pydicom raises many types for non-DICOM input
+            raise fail(
+                f"{path}: not a readable DICOM file ({type(exc).__name__}); nothing was queued"
+            ) from exc
+        items.append((path.resolve(), sop_uid, str(series) if series else None))
+    store = open_store(cfg)
+    try:
+        queued = [store.enqueue(destination, p, uid, series) for p, uid, series in items]
+    finally:
+        store.close()
     typer.echo(
         f"queued {len(queued)} file(s) for {destination}: outbox ids "
         f"{', '.join(str(i) for i in queued)}"

@@ -307,9 +307,15 @@ def test_send_queues_files(runner: CliRunner, config_file: Path, tmp_path: Path)
 def test_send_rejects_non_dicom(runner: CliRunner, config_file: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.txt"
     junk.write_text("not dicom")
-    result = invoke(runner, ["send", "pacs", str(junk), "-c", str(config_file)])
+    good = write_series(tmp_path / "ct", SeriesGeometry(slices=1, rows=8, columns=8))[0]
+    # A bad file anywhere in the list: a clear error and nothing queued, not even good files.
+    result = invoke(runner, ["send", "pacs", str(good), str(junk), "-c", str(config_file)])
     assert result.exit_code != 0
-    assert "not a sendable DICOM file" in result.stderr
+    assert "not a readable DICOM file" in result.stderr
+    assert "nothing was queued" in result.stderr
+    store = Store(load_config(config_file).storage.database)
+    assert store.list_outbox() == []
+    store.close()
 
 
 def test_help_lists_commands(runner: CliRunner) -> None:
