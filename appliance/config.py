@@ -9,6 +9,7 @@ plain string.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -96,6 +97,54 @@ class LoggingConfig:
     level: str = "INFO"
 
 
+def shipped_bundles_dir() -> Path:
+    """``models/bundles`` of the installed ``models`` package (source checkout or wheel),
+    found without importing it (no torch at config time)."""
+    spec = importlib.util.find_spec("models")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    base = Path(locations[0]) if locations else Path(__file__).resolve().parents[1] / "models"
+    return base / "bundles"
+
+
+MODEL_DEVICES = ("auto", "cpu", "cuda")
+SEG_TYPES = ("BINARY", "LABELMAP")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsConfig:
+    """Where models live and where they run.
+
+    ``root``: the site's model registry (default ``<storage.root>/models``). ``shipped``:
+    registry-layout folder of bundles shipped with the software (default: the ``models``
+    package's ``bundles``); on first start a task with no registered model gets them,
+    the highest version active. ``device``: ``auto`` (CUDA when available), ``cpu``,
+    ``cuda``.
+    """
+
+    root: Path | None = None  # None: <storage.root>/models
+    shipped: Path | None = field(default_factory=shipped_bundles_dir)
+    device: str = "auto"
+
+    def registry_root(self, storage: StorageConfig) -> Path:
+        return self.root if self.root is not None else storage.root / "models"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    """What the pipeline writes and where it goes.
+
+    ``destinations``: names of ``[[destinations]]`` that receive every SEG and SR;
+    ``None`` (not configured) means the first destination, or none when there is none
+    (results are then only stored under ``<storage.root>/results``). ``research_only``
+    (default true): outputs say RESEARCH USE ONLY - NOT FOR DIAGNOSIS until the site
+    configures otherwise. ``seg_type``: BINARY (default, empty frames omitted) or LABELMAP.
+    """
+
+    destinations: tuple[str, ...] | None = None
+    research_only: bool = True
+    seg_type: str = "BINARY"
+
+
 @dataclass(frozen=True, slots=True)
 class AppConfig:
     dicom: DicomConfig = field(default_factory=DicomConfig)
@@ -104,6 +153,23 @@ class AppConfig:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     routing: tuple[RoutingRule, ...] = DEFAULT_RULES
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def models_root(self) -> Path:
+        return self.models.registry_root(self.storage)
+
+    @property
+    def results_dir(self) -> Path:
+        return self.storage.root / "results"
+
+    @property
+    def output_destinations(self) -> tuple[str, ...]:
+        """Destinations of the pipeline's SEG and SR (see :class:`OutputConfig`)."""
+        if self.output.destinations is not None:
+            return self.output.destinations
+        return (self.destinations[0].name,) if self.destinations else ()
 
     def destination(self, name: str) -> DestinationConfig:
         for dest in self.destinations:
@@ -195,7 +261,20 @@ class _Reader:
 
     # -- sections ---------------------------------------------------------------------
     def app(self, data: dict[str, Any]) -> AppConfig:
-        self.unknown("", data, {"dicom", "storage", "destinations", "outbox", "logging", "routing"})
+        self.unknown(
+            "",
+            data,
+            {
+                "dicom",
+                "storage",
+                "destinations",
+                "outbox",
+                "logging",
+                "routing",
+                "models",
+                "output",
+            },
+        )
         dicom = self.dicom(self.table(data, "dicom"))
         storage = self.storage(self.table(data, "storage"))
         dests_raw = data.get("destinations", [])
@@ -217,7 +296,54 @@ class _Reader:
         outbox = self.outbox(self.table(data, "outbox"))
         logging_cfg = self.logging(self.table(data, "logging"))
         routing = self.routing(self.table(data, "routing"))
-        return AppConfig(dicom, storage, tuple(destinations), outbox, logging_cfg, routing)
+        models = self.models(self.table(data, "models"))
+        output = self.output(self.table(data, "output"), [d.name for d in destinations])
+        return AppConfig(
+            dicom, storage, tuple(destinations), outbox, logging_cfg, routing, models, output
+        )
+
+    def models(self, d: dict[str, Any]) -> ModelsConfig:
+        p = "models"
+        self.unknown(p, d, {"root", "shipped", "device"})
+        defaults = ModelsConfig()
+        device = self.string(d, "device", p, required=False) or defaults.device
+        if device.lower() not in MODEL_DEVICES:
+            self.err(f"{p}.device", f"must be one of {', '.join(MODEL_DEVICES)}; got {device!r}")
+            device = defaults.device
+        shipped = defaults.shipped
+        if "shipped" in d and d["shipped"] == "":
+            shipped = None  # explicitly: no shipped bundles
+        elif "shipped" in d:
+            shipped = self.path(d, "shipped", p)
+        return ModelsConfig(root=self.path(d, "root", p), shipped=shipped, device=device.lower())
+
+    def output(self, d: dict[str, Any], known: list[str]) -> OutputConfig:
+        p = "output"
+        self.unknown(p, d, {"destinations", "research_only", "seg_type"})
+        defaults = OutputConfig()
+        names: tuple[str, ...] | None = None
+        if "destinations" in d:
+            raw = d["destinations"]
+            if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+                self.err(f"{p}.destinations", "must be a list of destination names")
+            else:
+                for name in raw:
+                    if name not in known:
+                        self.err(
+                            f"{p}.destinations",
+                            f"{name!r} is not a configured destination "
+                            f"(known: {', '.join(known) or 'none'})",
+                        )
+                names = tuple(dict.fromkeys(raw))
+        seg_type = self.string(d, "seg_type", p, required=False) or defaults.seg_type
+        if seg_type.upper() not in SEG_TYPES:
+            self.err(f"{p}.seg_type", f"must be one of {', '.join(SEG_TYPES)}; got {seg_type!r}")
+            seg_type = defaults.seg_type
+        return OutputConfig(
+            destinations=names,
+            research_only=self.boolean(d, "research_only", p, defaults.research_only),
+            seg_type=seg_type.upper(),
+        )
 
     def dicom(self, d: dict[str, Any]) -> DicomConfig:
         p = "dicom"

@@ -1,4 +1,4 @@
-"""Starts and stops the whole appliance: store, listener, scheduler, worker, outbox."""
+"""Starts and stops the whole appliance: store, models, listener, scheduler, worker, outbox."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from types import FrameType
 
 from appliance.config import AppConfig
 from appliance.ingest import Ingest, to_new_instance
+from appliance.models_service import register_shipped
 from appliance.outbox import OutboxLoop, OutboxSender
 from appliance.scheduler import Scheduler
 from appliance.store import Store
@@ -84,9 +85,17 @@ class Service:
         if requeued or resent:
             LOG.info("resuming: %d series and %d outbox items were interrupted", requeued, resent)
         reconcile_spool(self.store, self.spool)
+        register_shipped(self.store, self.config)
+        for task in sorted({rule.task for rule in self.config.routing}):
+            if self.store.active_model(task) is None:
+                LOG.warning(
+                    "no active model for %s: its series will not be segmented "
+                    "(appliance models import/activate)",
+                    task,
+                )
         self._threads = [
             Scheduler(self.store, self.config.dicom.series_quiet_seconds, self.stop_event),
-            Worker(self.store, self.stop_event, rules=self.config.routing),
+            Worker(self.store, self.stop_event, self.config),
             OutboxLoop(
                 OutboxSender(self.store, self.config),
                 self.config.outbox.poll_seconds,

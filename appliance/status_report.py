@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from appliance.states import OutboxState, SeriesState
-from appliance.store import Store
+from appliance.states import ModelState, OutboxState, SeriesState
+from appliance.store import JobRecord, Store
 
-STATUS_FORMAT_VERSION = 1
+STATUS_FORMAT_VERSION = 2  # 2: jobs, job_states, models
 
 
 def _iso(ts: float | None) -> str | None:
@@ -17,10 +17,41 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat(timespec="seconds")
 
 
+def job_entry(job: JobRecord) -> dict[str, Any]:
+    """One job as JSON: state, task, model, per-stage timings (seconds), outputs."""
+    return {
+        "id": job.id,
+        "series_uid": job.series_uid,
+        "generation": job.generation,
+        "task": job.task,
+        "state": job.state.value,
+        "attempts": job.attempts,
+        "model": None
+        if job.model_version is None
+        else {
+            "name": job.model_name,
+            "version": job.model_version,
+            "weights_sha256": job.model_sha256,
+            "federated_round": job.federated_round,
+        },
+        "timings": job.timings,
+        "reason": job.reason,
+        "detail": job.detail,
+        "outputs": {
+            k: job.outputs[k]
+            for k in ("seg_sop_uid", "sr_sop_uid", "destinations", "voxels")
+            if k in job.outputs
+        },
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
 def build_status(
-    store: Store, *, series_limit: int = 200, rejection_limit: int = 20
+    store: Store, *, series_limit: int = 200, rejection_limit: int = 20, job_limit: int = 50
 ) -> dict[str, Any]:
     series_counts = store.series_counts()
+    job_counts = store.job_counts()
     outbox_counts = store.outbox_counts()
     return {
         "format": STATUS_FORMAT_VERSION,
@@ -35,6 +66,13 @@ def build_status(
             "outbox_dead": outbox_counts[OutboxState.DEAD],
         },
         "outbox": outbox_counts,
+        "job_states": job_counts,
+        "models": {
+            m.task: {"version": m.version, "name": m.name, "weights_sha256": m.weights_sha256}
+            for m in store.list_models()
+            if m.state is ModelState.ACTIVE
+        },
+        "jobs": [job_entry(j) for j in store.list_jobs(limit=job_limit)],
         "series": [
             {
                 "series_uid": s.series_uid,

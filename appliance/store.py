@@ -13,16 +13,16 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from appliance.errors import NotFoundError, StoreError
-from appliance.states import OutboxState, SeriesState
+from appliance.states import JobState, ModelState, OutboxState, SeriesState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: models, model_activations, jobs
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,6 +85,52 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS models (
+    task TEXT NOT NULL,
+    version TEXT NOT NULL,
+    state TEXT NOT NULL,
+    name TEXT NOT NULL,
+    weights_sha256 TEXT NOT NULL,
+    federated_round INTEGER,
+    path TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (task, version)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS models_one_active ON models(task) WHERE state = 'active';
+CREATE TABLE IF NOT EXISTS model_activations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    version TEXT NOT NULL,
+    previous_version TEXT,
+    action TEXT NOT NULL,
+    forced INTEGER NOT NULL DEFAULT 0,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    task TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    model_name TEXT,
+    model_version TEXT,
+    model_sha256 TEXT,
+    federated_round INTEGER,
+    reason TEXT,
+    detail TEXT,
+    timings_json TEXT NOT NULL DEFAULT '{}',
+    outputs_json TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL NOT NULL,
+    UNIQUE (series_uid, generation, task)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
 
 
@@ -173,6 +219,67 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """One registered model version and its lifecycle state at this site."""
+
+    task: str
+    version: str
+    state: ModelState
+    name: str
+    weights_sha256: str
+    federated_round: int | None
+    path: Path
+    origin: str  # "shipped", "monai_bundle", "registry_bundle", ...
+    registered_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationRecord:
+    id: int
+    task: str
+    version: str
+    previous_version: str | None
+    action: str  # "activate" or "rollback"
+    forced: bool
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """One segmentation job: a (series, generation, task)."""
+
+    id: int
+    series_uid: str
+    study_uid: str
+    generation: int
+    task: str
+    state: JobState
+    attempts: int
+    model_name: str | None
+    model_version: str | None
+    model_sha256: str | None
+    federated_round: int | None
+    reason: str | None
+    detail: str | None
+    timings: dict[str, Any]
+    outputs: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """An outbox item to create together with a job's result."""
+
+    destination: str
+    path: Path
+    sop_uid: str
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """A series taken by the worker: process this generation of it."""
 
@@ -197,8 +304,12 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            # Tables are created IF NOT EXISTS, so a database of an older schema gains the
+            # new ones; the recorded version is raised, never lowered.
             self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                """INSERT INTO meta(key, value) VALUES ('schema_version', ?)
+                   ON CONFLICT(key) DO UPDATE SET value = excluded.value
+                   WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)""",
                 (str(SCHEMA_VERSION),),
             )
         except sqlite3.Error as exc:
@@ -378,9 +489,18 @@ class Store:
         reason: str | None = None,
         detail: str | None = None,
         result: dict[str, Any] | None = None,
+        job_id: int | None = None,
+        job_outputs: dict[str, Any] | None = None,
+        job_timings: dict[str, Any] | None = None,
+        enqueue: Sequence[Enqueue] = (),
     ) -> bool:
         """Record the outcome of a claim. False when the series was re-opened meanwhile
-        (its result is then stale and must be discarded)."""
+        (its result is then stale and must be discarded).
+
+        With ``job_outputs``, job ``job_id`` becomes DONE and the ``enqueue`` items enter
+        the outbox in the same transaction, so a stale result is never sent: if the series
+        was re-opened, the job becomes FAILED with reason ``superseded`` instead.
+        """
         if state not in (
             SeriesState.DONE,
             SeriesState.REJECTED,
@@ -388,6 +508,7 @@ class Store:
             SeriesState.SKIPPED,
         ):
             raise ValueError(f"a finished series cannot be {state}")
+        now = self._clock()
         with self._tx() as db:
             cur = db.execute(
                 """UPDATE series SET state = ?, reason = ?, detail = ?, updated_at = ?,
@@ -399,7 +520,7 @@ class Store:
                     state,
                     reason,
                     detail,
-                    self._clock(),
+                    now,
                     None if result is None else 1,
                     None if result is None else json.dumps(result),
                     claim.series_uid,
@@ -407,14 +528,65 @@ class Store:
                     SeriesState.PROCESSING,
                 ),
             )
-            return cur.rowcount == 1
+            current = cur.rowcount == 1
+            if job_id is not None and job_outputs is not None:
+                if current:
+                    db.execute(
+                        """UPDATE jobs SET state = ?, outputs_json = ?,
+                               timings_json = COALESCE(?, timings_json), finished_at = ?,
+                               updated_at = ? WHERE id = ?""",
+                        (
+                            JobState.DONE,
+                            json.dumps(job_outputs),
+                            None if job_timings is None else json.dumps(job_timings),
+                            now,
+                            now,
+                            job_id,
+                        ),
+                    )
+                    for item in enqueue:
+                        db.execute(
+                            """INSERT INTO outbox (destination, path, sop_uid, series_uid, state,
+                                   attempts, next_attempt_at, created_at, updated_at)
+                               VALUES (?,?,?,?,?,0,?,?,?)""",
+                            (
+                                item.destination,
+                                str(item.path),
+                                item.sop_uid,
+                                claim.series_uid,
+                                OutboxState.PENDING,
+                                now,
+                                now,
+                                now,
+                            ),
+                        )
+                else:
+                    db.execute(
+                        """UPDATE jobs SET state = ?, reason = 'superseded', detail = ?,
+                               timings_json = COALESCE(?, timings_json), finished_at = ?,
+                               updated_at = ? WHERE id = ?""",
+                        (
+                            JobState.FAILED,
+                            "the series was re-opened while processing; the new generation "
+                            "supersedes this result, which was discarded",
+                            None if job_timings is None else json.dumps(job_timings),
+                            now,
+                            now,
+                            job_id,
+                        ),
+                    )
+            return current
 
     def requeue_interrupted(self) -> int:
-        """After a restart: series left PROCESSING go back to COMPLETE."""
+        """After a restart: series left PROCESSING go back to COMPLETE (their jobs QUEUED)."""
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE series SET state = ?, updated_at = ? WHERE state = ?",
                 (SeriesState.COMPLETE, self._clock(), SeriesState.PROCESSING),
+            )
+            db.execute(
+                "UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?",
+                (JobState.QUEUED, self._clock(), JobState.RUNNING),
             )
             return cur.rowcount
 
@@ -560,6 +732,327 @@ class Store:
             )
             return cur.rowcount
 
+    # -- models -------------------------------------------------------------------------
+    def register_model(
+        self,
+        *,
+        task: str,
+        version: str,
+        name: str,
+        weights_sha256: str,
+        federated_round: int | None,
+        path: Path,
+        origin: str,
+        state: ModelState = ModelState.CANDIDATE,
+    ) -> ModelRecord:
+        """Record a registry bundle (CANDIDATE unless told). A version is recorded once."""
+        now = self._clock()
+        with self._tx() as db:
+            exists = db.execute(
+                "SELECT 1 FROM models WHERE task = ? AND version = ?", (task, version)
+            ).fetchone()
+            if exists:
+                raise StoreError(f"model {task}/{version} is already registered")
+            db.execute(
+                """INSERT INTO models (task, version, state, name, weights_sha256,
+                       federated_round, path, origin, registered_at, updated_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?)""",
+                (
+                    task,
+                    version,
+                    ModelState.CANDIDATE,
+                    name,
+                    weights_sha256,
+                    federated_round,
+                    str(path),
+                    origin,
+                    now,
+                    now,
+                ),
+            )
+            if state is not ModelState.CANDIDATE:
+                # ACTIVE (e.g. shipped bundles on first start) passes through VALIDATED.
+                first = ModelState.VALIDATED if state is ModelState.ACTIVE else state
+                db.execute(
+                    "UPDATE models SET state = ? WHERE task = ? AND version = ?",
+                    (first, task, version),
+                )
+            if state is ModelState.ACTIVE:
+                self._activate(db, task, version, action="activate", forced=False)
+        return self.get_model(task, version)
+
+    def get_model(self, task: str, version: str) -> ModelRecord:
+        rows = self._query("SELECT * FROM models WHERE task = ? AND version = ?", (task, version))
+        if not rows:
+            raise NotFoundError(f"no model {task}/{version} is registered")
+        return _model(rows[0])
+
+    def list_models(self, task: str | None = None) -> list[ModelRecord]:
+        if task is None:
+            rows = self._query("SELECT * FROM models ORDER BY task, registered_at, version")
+        else:
+            rows = self._query(
+                "SELECT * FROM models WHERE task = ? ORDER BY registered_at, version", (task,)
+            )
+        return [_model(r) for r in rows]
+
+    def active_model(self, task: str) -> ModelRecord | None:
+        rows = self._query("SELECT * FROM models WHERE task = ? AND state = ?", (task, "active"))
+        return _model(rows[0]) if rows else None
+
+    def set_model_state(self, task: str, version: str, state: ModelState) -> ModelRecord:
+        """Move a version to VALIDATED, REJECTED or RETIRED (activation: :meth:`activate`)."""
+        if state is ModelState.ACTIVE:
+            raise StoreError("use activate() to make a model active")
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT state FROM models WHERE task = ? AND version = ?", (task, version)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no model {task}/{version} is registered")
+            current = ModelState(row[0])
+            if state not in _MODEL_TRANSITIONS[current]:
+                raise StoreError(f"model {task}/{version} is {current}; it cannot become {state}")
+            db.execute(
+                "UPDATE models SET state = ?, updated_at = ? WHERE task = ? AND version = ?",
+                (state, self._clock(), task, version),
+            )
+        return self.get_model(task, version)
+
+    def activate(self, task: str, version: str, *, force: bool = False) -> ModelRecord:
+        """Make ``task/version`` the active model; the previous one becomes RETIRED.
+
+        Allowed from VALIDATED and RETIRED; a CANDIDATE only with ``force`` (the validation
+        gate is bypassed); never from REJECTED.
+        """
+        with self._tx() as db:
+            self._activate(db, task, version, action="activate", forced=force)
+        return self.get_model(task, version)
+
+    def rollback(self, task: str) -> ModelRecord:
+        """Re-activate the model that was active before the current one (history-wise:
+        repeated rollbacks walk further back). Returns the now active model."""
+        with self._tx() as db:
+            current = db.execute(
+                "SELECT version FROM models WHERE task = ? AND state = 'active'", (task,)
+            ).fetchone()
+            if current is None:
+                raise StoreError(f"no model is active for {task}; nothing to roll back")
+            row = db.execute(
+                """SELECT previous_version FROM model_activations WHERE task = ? AND version = ?
+                   ORDER BY id DESC LIMIT 1""",
+                (task, current[0]),
+            ).fetchone()
+            target = row[0] if row else None
+            if target is None:
+                raise StoreError(
+                    f"{task}/{current[0]} has no previous active model to roll back to"
+                )
+            self._activate(db, task, target, action="rollback", forced=False)
+        return self.get_model(task, target)
+
+    def _activate(
+        self, db: sqlite3.Connection, task: str, version: str, *, action: str, forced: bool
+    ) -> None:
+        row = db.execute(
+            "SELECT state FROM models WHERE task = ? AND version = ?", (task, version)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no model {task}/{version} is registered")
+        state = ModelState(row[0])
+        if state is ModelState.ACTIVE:
+            raise StoreError(f"model {task}/{version} is already active")
+        if state is ModelState.CANDIDATE and not forced:
+            raise StoreError(
+                f"model {task}/{version} is a candidate that has not passed validation; "
+                "activate it with --force to bypass the validation gate"
+            )
+        if state is ModelState.REJECTED:
+            raise StoreError(f"model {task}/{version} was rejected; it cannot be activated")
+        now = self._clock()
+        current = db.execute(
+            "SELECT version FROM models WHERE task = ? AND state = 'active'", (task,)
+        ).fetchone()
+        previous: str | None = current[0] if current else None
+        if action == "rollback":
+            # The rolled-back-to version's own predecessor, so a second rollback goes further.
+            back = db.execute(
+                """SELECT previous_version FROM model_activations WHERE task = ? AND version = ?
+                   ORDER BY id DESC LIMIT 1""",
+                (task, version),
+            ).fetchone()
+            previous = back[0] if back else None
+        if current is not None:
+            db.execute(
+                "UPDATE models SET state = ?, updated_at = ? WHERE task = ? AND version = ?",
+                (ModelState.RETIRED, now, task, current[0]),
+            )
+        db.execute(
+            "UPDATE models SET state = ?, updated_at = ? WHERE task = ? AND version = ?",
+            (ModelState.ACTIVE, now, task, version),
+        )
+        db.execute(
+            """INSERT INTO model_activations (task, version, previous_version, action, forced, at)
+               VALUES (?,?,?,?,?,?)""",
+            (task, version, previous, action, int(forced), now),
+        )
+
+    def activation_history(self, task: str, limit: int = 50) -> list[ActivationRecord]:
+        rows = self._query(
+            "SELECT * FROM model_activations WHERE task = ? ORDER BY id DESC LIMIT ?", (task, limit)
+        )
+        return [
+            ActivationRecord(
+                int(r["id"]),
+                r["task"],
+                r["version"],
+                r["previous_version"],
+                r["action"],
+                bool(r["forced"]),
+                float(r["at"]),
+            )
+            for r in rows
+        ]
+
+    # -- jobs ---------------------------------------------------------------------------
+    def start_job(self, claim: Claim, study_uid: str, task: str) -> JobRecord:
+        """The job of this (series, generation, task), now RUNNING (created if new; a
+        retried or re-run job counts one more attempt and loses its old outcome)."""
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute(
+                """INSERT INTO jobs (series_uid, study_uid, generation, task, state, attempts,
+                       created_at, started_at, updated_at) VALUES (?,?,?,?,?,1,?,?,?)
+                   ON CONFLICT(series_uid, generation, task) DO UPDATE SET
+                       state = excluded.state, attempts = attempts + 1, reason = NULL,
+                       detail = NULL, timings_json = '{}', outputs_json = '{}',
+                       started_at = excluded.started_at, finished_at = NULL,
+                       updated_at = excluded.updated_at
+                   RETURNING *""",
+                (
+                    claim.series_uid,
+                    study_uid,
+                    claim.generation,
+                    task,
+                    JobState.RUNNING,
+                    now,
+                    now,
+                    now,
+                ),
+            ).fetchone()
+        return _job(row)
+
+    def set_job_model(
+        self, job_id: int, name: str, version: str, sha256: str, federated_round: int | None
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                """UPDATE jobs SET model_name = ?, model_version = ?, model_sha256 = ?,
+                       federated_round = ?, updated_at = ? WHERE id = ?""",
+                (name, version, sha256, federated_round, self._clock(), job_id),
+            )
+
+    def fail_job(
+        self, job_id: int, reason: str, detail: str | None, timings: dict[str, Any] | None = None
+    ) -> None:
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                """UPDATE jobs SET state = ?, reason = ?, detail = ?,
+                       timings_json = COALESCE(?, timings_json), finished_at = ?, updated_at = ?
+                   WHERE id = ?""",
+                (
+                    JobState.FAILED,
+                    reason,
+                    detail,
+                    None if timings is None else json.dumps(timings),
+                    now,
+                    now,
+                    job_id,
+                ),
+            )
+
+    def set_job_timing(self, job_id: int, key: str, seconds: float) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT timings_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            timings = json.loads(row[0])
+            timings[key] = seconds
+            db.execute(
+                "UPDATE jobs SET timings_json = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(timings), self._clock(), job_id),
+            )
+
+    def get_job(self, job_id: int) -> JobRecord:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise NotFoundError(f"no job {job_id}")
+        return _job(rows[0])
+
+    def list_jobs(
+        self,
+        *,
+        states: Iterable[JobState] | None = None,
+        series_uid: str | None = None,
+        limit: int = 200,
+    ) -> list[JobRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if states is not None:
+            wanted = [s.value for s in states]
+            where.append(f"state IN ({','.join('?' * len(wanted))})")
+            params.extend(wanted)
+        if series_uid is not None:
+            where.append("series_uid = ?")
+            params.append(series_uid)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(
+            f"SELECT * FROM jobs {clause} ORDER BY id DESC LIMIT ?", (*params, limit)
+        )
+        return [_job(r) for r in rows]
+
+    def job_counts(self) -> dict[str, int]:
+        rows = self._query("SELECT state, count(*) FROM jobs GROUP BY state")
+        counts = {state.value: 0 for state in JobState}
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+    def retry_job(self, job_id: int) -> JobRecord:
+        """Re-queue a FAILED job: its series goes back to COMPLETE (same generation), so
+        the worker runs the pipeline for it again. Refused when the series has moved on
+        to a newer generation (that generation supersedes this job)."""
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            job = _job(row)
+            if job.state is not JobState.FAILED:
+                raise StoreError(f"job {job_id} is {job.state}; only failed jobs can be retried")
+            series = db.execute(
+                "SELECT generation, state FROM series WHERE series_uid = ?", (job.series_uid,)
+            ).fetchone()
+            if series is None:
+                raise NotFoundError(f"the series of job {job_id} is no longer recorded")
+            if int(series[0]) != job.generation:
+                raise StoreError(
+                    f"job {job_id} is for generation {job.generation} of its series, which has "
+                    f"been superseded by generation {series[0]}"
+                )
+            if series[1] in (SeriesState.RECEIVING, SeriesState.PROCESSING):
+                raise StoreError(f"the series of job {job_id} is {series[1]}; try again later")
+            db.execute(
+                """UPDATE series SET state = ?, reason = NULL, detail = NULL, updated_at = ?
+                   WHERE series_uid = ?""",
+                (SeriesState.COMPLETE, now, job.series_uid),
+            )
+            row = db.execute(
+                "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ? RETURNING *",
+                (JobState.QUEUED, now, job_id),
+            ).fetchone()
+        return _job(row)
+
 
 def _instance(r: sqlite3.Row) -> InstanceRecord:
     return InstanceRecord(
@@ -612,5 +1105,53 @@ def _outbox(r: sqlite3.Row) -> OutboxItem:
         last_error=r["last_error"],
         last_status=r["last_status"],
         created_at=float(r["created_at"]),
+        updated_at=float(r["updated_at"]),
+    )
+
+
+_MODEL_TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
+    ModelState.CANDIDATE: frozenset({ModelState.VALIDATED, ModelState.REJECTED}),
+    ModelState.VALIDATED: frozenset({ModelState.ACTIVE, ModelState.REJECTED, ModelState.RETIRED}),
+    ModelState.ACTIVE: frozenset({ModelState.RETIRED}),
+    ModelState.RETIRED: frozenset({ModelState.ACTIVE}),
+    ModelState.REJECTED: frozenset(),
+}
+
+
+def _model(r: sqlite3.Row) -> ModelRecord:
+    return ModelRecord(
+        task=r["task"],
+        version=r["version"],
+        state=ModelState(r["state"]),
+        name=r["name"],
+        weights_sha256=r["weights_sha256"],
+        federated_round=r["federated_round"],
+        path=Path(r["path"]),
+        origin=r["origin"],
+        registered_at=float(r["registered_at"]),
+        updated_at=float(r["updated_at"]),
+    )
+
+
+def _job(r: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=int(r["id"]),
+        series_uid=r["series_uid"],
+        study_uid=r["study_uid"],
+        generation=int(r["generation"]),
+        task=r["task"],
+        state=JobState(r["state"]),
+        attempts=int(r["attempts"]),
+        model_name=r["model_name"],
+        model_version=r["model_version"],
+        model_sha256=r["model_sha256"],
+        federated_round=r["federated_round"],
+        reason=r["reason"],
+        detail=r["detail"],
+        timings=json.loads(r["timings_json"] or "{}"),
+        outputs=json.loads(r["outputs_json"] or "{}"),
+        created_at=float(r["created_at"]),
+        started_at=None if r["started_at"] is None else float(r["started_at"]),
+        finished_at=None if r["finished_at"] is None else float(r["finished_at"]),
         updated_at=float(r["updated_at"]),
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
 
-from appliance.pipeline import process_series
-from appliance.routing import DEFAULT_RULES, RoutingRule
+from appliance.config import AppConfig
+from appliance.models_service import NetworkCache
+from appliance.pipeline import discard_result, process_series
 from appliance.states import SeriesState
 from appliance.store import Store
 from dicom_bridge.uids import short_ref
@@ -23,13 +23,15 @@ class Worker(threading.Thread):
         self,
         store: Store,
         stop: threading.Event,
+        config: AppConfig,
         *,
-        rules: Sequence[RoutingRule] = DEFAULT_RULES,
+        networks: NetworkCache | None = None,
         idle_seconds: float = 0.2,
     ) -> None:
         super().__init__(name="worker", daemon=True)
         self.store = store
-        self.rules = tuple(rules)
+        self.config = config
+        self.networks = networks if networks is not None else NetworkCache(config)
         self.stop_event = stop
         self.idle_seconds = idle_seconds
 
@@ -49,7 +51,7 @@ class Worker(threading.Thread):
             return False
         start = time.perf_counter()
         try:
-            outcome = process_series(self.store, claim, self.rules)
+            outcome = process_series(self.store, claim, self.config, self.networks)
         except Exception as exc:
             LOG.exception("series %s failed", short_ref(claim.series_uid))
             self.store.finish_series(
@@ -59,19 +61,49 @@ class Worker(threading.Thread):
                 detail=f"{type(exc).__name__}: {exc}"[:500],
             )
             return True
+        mark = time.perf_counter()
         current = self.store.finish_series(
             claim,
             outcome.state,
             reason=outcome.reason,
             detail=outcome.detail,
             result=outcome.result,
+            job_id=None if outcome.job is None else outcome.job.id,
+            job_outputs=outcome.job_outputs,
+            job_timings=outcome.timings if outcome.job_outputs is not None else None,
+            enqueue=outcome.enqueue,
         )
+        if outcome.job is not None and outcome.job_outputs is not None and current:
+            self.store.set_job_timing(
+                outcome.job.id, "enqueue_s", round(time.perf_counter() - mark, 4)
+            )
+            self.store.set_job_timing(
+                outcome.job.id, "total_s", round(time.perf_counter() - start, 4)
+            )
         elapsed = time.perf_counter() - start
         if not current:
+            discard_result(outcome.result_dir)
             LOG.info(
                 "series %s re-opened while processing; result of generation %d discarded",
                 short_ref(claim.series_uid),
                 claim.generation,
+            )
+        elif outcome.job is not None:
+            timings = outcome.timings
+            stages = ", ".join(
+                f"{k.removesuffix('_s')} {v:.2f}s"
+                for k, v in timings.items()
+                if k.endswith("_s") and isinstance(v, int | float)
+            )
+            LOG.info(
+                "job %d series %s generation %d %s -> %s in %.2f s (%s)",
+                outcome.job.id,
+                short_ref(claim.series_uid),
+                claim.generation,
+                (outcome.result or {}).get("task", "?"),
+                (outcome.result or {}).get("job_state", "?"),
+                elapsed,
+                stages,
             )
         else:
             LOG.info(

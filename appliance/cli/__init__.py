@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from appliance.cli import config_cmd, demo, echo, outbox, send, serve, status
+from appliance.cli import (
+    config_cmd,
+    demo,
+    echo,
+    healthcheck,
+    jobs,
+    models,
+    outbox,
+    phantoms,
+    preview,
+    send,
+    serve,
+    status,
+)
 
 app = typer.Typer(
     name="appliance",
@@ -17,8 +30,13 @@ app.command("status")(status.status)
 app.command("echo")(echo.echo)
 app.command("send")(send.send)
 app.command("demo")(demo.demo)
+app.command("preview")(preview.preview)
+app.command("healthcheck")(healthcheck.healthcheck)
+app.add_typer(phantoms.app, name="phantoms")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(outbox.app, name="outbox")
+app.add_typer(models.app, name="models")
+app.add_typer(jobs.app, name="jobs")
 
 
 def main() -> None:

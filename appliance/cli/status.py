@@ -1,4 +1,5 @@
-"""``appliance status [--json]``: instances, series states, queues, recent rejections."""
+"""``appliance status [--json]``: instances, series, jobs (with stage timings), queues,
+active models, recent rejections."""
 
 from __future__ import annotations
 
@@ -54,6 +55,18 @@ def _print_text(report: dict[str, Any]) -> None:
                 f"{s['series_uid']:<64}  {s['modality']:<4} {s['state']:<11} "
                 f"{s['instances']:>5}  {note}"
             )
+    if report.get("models"):
+        typer.echo("")
+        active = ", ".join(f"{task} {m['version']}" for task, m in report["models"].items())
+        typer.echo(f"active models: {active}")
+    if report.get("jobs"):
+        typer.echo("")
+        typer.echo(f"{'JOB':>5}  {'TASK':<10} {'STATE':<7} {'MODEL':<16}  TIMINGS / REASON")
+        for j in report["jobs"]:
+            typer.echo(
+                f"{j['id']:>5}  {j['task']:<10} {j['state']:<7} "
+                f"{(j['model'] or {}).get('version', '-'):<16}  {job_note(j)}"
+            )
     if report["rejections"]:
         typer.echo("")
         typer.echo("recent rejections:")
@@ -62,3 +75,15 @@ def _print_text(report: dict[str, Any]) -> None:
             typer.echo(
                 f"  {r['at']} {r['scope']}{status} from {r['calling_ae'] or '?'}: {r['reason']}"
             )
+
+
+STAGES = ("volume_s", "model_s", "inference_s", "seg_s", "sr_s", "save_s", "enqueue_s", "total_s")
+
+
+def job_note(job: dict[str, Any]) -> str:
+    """Per-stage seconds of a job, or its failure reason."""
+    if job["state"] == "failed":
+        return f"{job['reason']}: {job['detail'] or ''}"
+    timings = job.get("timings") or {}
+    parts = [f"{k.removesuffix('_s')} {timings[k]:.2f}s" for k in STAGES if k in timings]
+    return ", ".join(parts)

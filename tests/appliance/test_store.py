@@ -11,7 +11,7 @@ import pytest
 
 from appliance.errors import NotFoundError
 from appliance.states import SeriesState
-from appliance.store import Claim, NewInstance, Store
+from appliance.store import SCHEMA_VERSION, Claim, NewInstance, Store
 from tests.appliance.conftest import Clock
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -284,7 +284,9 @@ def test_store_survives_reopen_and_uses_wal(tmp_path: Path, clock: Clock) -> Non
 
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+        assert raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
 
 
 def test_concurrent_record_instance(store: Store) -> None:

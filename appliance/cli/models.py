@@ -1,0 +1,191 @@
+"""``appliance models list|show|import|activate|rollback``: the site's model versions.
+
+A model version is a registry bundle (weights + model card with sha256) under
+``models.root``; its lifecycle state (candidate, validated, active, rejected, retired) is
+recorded in the store, with exactly one active version per task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from appliance.cli.common import ConfigOption, fail, load, open_store
+
+app = typer.Typer(
+    help="Model versions per task: import, activate, roll back.", no_args_is_help=True
+)
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat(timespec="seconds")
+
+
+@app.command("list")
+def list_models(
+    config: ConfigOption = None,
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List registered model versions and their states."""
+    cfg = load(config)
+    store = open_store(cfg)
+    try:
+        records = store.list_models(task)
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "task": r.task,
+                        "version": r.version,
+                        "state": r.state.value,
+                        "name": r.name,
+                        "weights_sha256": r.weights_sha256,
+                        "federated_round": r.federated_round,
+                        "origin": r.origin,
+                        "path": str(r.path),
+                        "registered_at": _when(r.registered_at),
+                    }
+                    for r in records
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not records:
+        typer.echo("no models registered (appliance models import PATH --task TASK)")
+        return
+    typer.echo(f"{'TASK':<12} {'VERSION':<20} {'STATE':<10} {'SHA256':<12}  {'ORIGIN':<16} NAME")
+    for r in records:
+        typer.echo(
+            f"{r.task:<12} {r.version:<20} {r.state.value:<10} {r.weights_sha256[:12]:<12}  "
+            f"{r.origin:<16} {r.name}"
+        )
+
+
+@app.command("show")
+def show(
+    task: Annotated[str, typer.Argument(help="Task, e.g. liver_ct.")],
+    version: Annotated[str, typer.Argument(help="Model version, e.g. 1.0.0.")],
+    config: ConfigOption = None,
+) -> None:
+    """Show a model version: state, activation history and its model card."""
+    cfg = load(config)
+    from appliance.errors import NotFoundError
+    from models.model_card import ModelCard, ModelCardError
+    from models.registry import CARD_FILE
+
+    store = open_store(cfg)
+    try:
+        record = store.get_model(task, version)
+        history = [h for h in store.activation_history(task) if h.version == version]
+    except NotFoundError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        store.close()
+    typer.echo(f"{record.task}/{record.version}: {record.state.value} ({record.origin})")
+    typer.echo(f"path: {record.path}")
+    typer.echo(f"weights sha256: {record.weights_sha256}")
+    for h in history:
+        forced = " (forced past the validation gate)" if h.forced else ""
+        typer.echo(f"{h.action}d at {_when(h.at)}{forced}, replacing {h.previous_version or '-'}")
+    try:
+        card = ModelCard.from_json((record.path / CARD_FILE).read_bytes())
+    except (OSError, ModelCardError) as exc:
+        raise fail(f"cannot read the model card: {exc}") from exc
+    typer.echo("model card:")
+    typer.echo(card.to_json())
+
+
+@app.command("import")
+def import_model(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A MONAI bundle folder (configs/metadata.json, configs/inference.json, "
+            "models/model.pt) or a registry bundle folder (model_card.json + weights)."
+        ),
+    ],
+    task: Annotated[str, typer.Option("--task", help="Task the model is for, e.g. liver_ct.")],
+    version: Annotated[
+        str | None,
+        typer.Option(help="Version to register (default: from the bundle's metadata/card)."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Import a model as a CANDIDATE (not used until activated)."""
+    cfg = load(config)
+    from appliance.errors import StoreError
+    from appliance.models_service import ModelImportError, import_bundle
+
+    store = open_store(cfg)
+    try:
+        record = import_bundle(store, cfg, path, task=task, version=version)
+    except (ModelImportError, StoreError) as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        store.close()
+    typer.echo(
+        f"imported {record.task}/{record.version} (sha256 {record.weights_sha256[:12]}) as a "
+        "candidate; activate it with appliance models activate "
+        f"{record.task} {record.version} --force"
+    )
+
+
+@app.command("activate")
+def activate(
+    task: Annotated[str, typer.Argument(help="Task, e.g. liver_ct.")],
+    version: Annotated[str, typer.Argument(help="Model version to make active.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Activate a candidate that has not passed the validation gate on local "
+            "hold-out cases (the gate comes with the federation work; until then imported "
+            "models need --force).",
+        ),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Make a validated (or retired) version the active model of its task."""
+    cfg = load(config)
+    from appliance.errors import NotFoundError, StoreError
+
+    store = open_store(cfg)
+    try:
+        previous = store.active_model(task)
+        record = store.activate(task, version, force=force)
+    except (NotFoundError, StoreError) as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        store.close()
+    was = f" (was {previous.version})" if previous else ""
+    typer.echo(f"{record.task}: {record.version} is active{was}")
+
+
+@app.command("rollback")
+def rollback(
+    task: Annotated[str, typer.Argument(help="Task, e.g. liver_ct.")],
+    config: ConfigOption = None,
+) -> None:
+    """Re-activate the model that was active before the current one."""
+    cfg = load(config)
+    from appliance.errors import NotFoundError, StoreError
+
+    store = open_store(cfg)
+    try:
+        previous = store.active_model(task)
+        record = store.rollback(task)
+    except (NotFoundError, StoreError) as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        store.close()
+    was = f" (was {previous.version})" if previous else ""
+    typer.echo(f"{task}: rolled back to {record.version}{was}")

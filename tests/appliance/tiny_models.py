@@ -1,0 +1,53 @@
+"""A tiny, untrained model bundle for pipeline tests (weights need not be good: tests
+assert on structure, alignment and provenance, not on quality)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.model_card import labels_for_task, preprocessing_for_task
+from models.registry import ModelBundle, ModelRegistry, build_network
+from models.tasks import get_task
+
+TINY_ARCHITECTURE: dict[str, Any] = {
+    "network": "UNet",
+    "kwargs": {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 3,
+        "channels": [4, 8],
+        "strides": [2],
+        "num_res_units": 0,
+        "norm": ["INSTANCE", {"affine": True}],
+    },
+}
+
+
+def make_tiny_bundle(
+    root: Path, *, task: str = "liver_ct", version: str = "0.0.1-test", seed: int = 0
+) -> ModelBundle:
+    """Register a seeded, untrained 2-level UNet for ``task`` under ``root`` (a registry
+    root). Coarse spacing and a 32^3 patch keep CPU inference well under a second."""
+    spec = get_task(task)
+    architecture = dict(TINY_ARCHITECTURE)
+    architecture["kwargs"] = {**TINY_ARCHITECTURE["kwargs"], "out_channels": spec.num_classes}
+    torch.manual_seed(seed)
+    network = build_network(architecture)
+    preprocessing = preprocessing_for_task(spec)
+    preprocessing["patch_size"] = [32, 32, 32]
+    preprocessing["target_spacing_mm"] = [3.0, 3.0, 3.0]
+    return ModelRegistry(root).add(
+        task,
+        version,
+        network.state_dict(),
+        name="Tiny test UNet",
+        labels=labels_for_task(spec),
+        architecture=architecture,
+        preprocessing=preprocessing,
+        intended_use="Tests only: untrained. Not for clinical use.",
+        training_data="none",
+        federated_round=2,
+    )
