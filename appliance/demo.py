@@ -1,16 +1,16 @@
 """``make demo``: the appliance's main job end to end on embedded defaults, in one process.
 
-A synthetic CT study with known geometry is pushed to a running appliance, which stores it
-durably, assembles the series once it is quiet, builds the volume and checks its geometry,
-then sends objects back to the PACS through the durable outbox. Until the segmentation
-model lands (it will send a DICOM SEG), the send-back step forwards the received series,
-so the whole DICOM path in and out is exercised. The PACS is a minimal built-in receiver
-(a second listener with its own spool).
+1. Generate a CT and an MR phantom study with known truth.
+2. Start a PACS (Orthanc if installed, otherwise a minimal built-in receiver) and the
+   appliance with its shipped demo models.
+3. The PACS pushes both studies; wait until the SEG and SR of each are stored at the PACS.
+4. Print a table per study: task, model, Dice against the phantom truth, latency from the
+   last image acknowledged to the SEG stored at the PACS, and the time of each stage.
+5. Write preview PNGs of each mask over its images.
 """
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,162 +20,195 @@ from pathlib import Path
 import numpy as np
 
 from appliance.config import parse_config
+from appliance.demo_pacs import BuiltinPacs, DemoPacs, OrthancPacs, find_orthanc, free_port
+from appliance.phantoms_cli_impl import GeneratedCase, generate_cases
 from appliance.service import Service
-from appliance.states import OutboxState, SeriesState
-from dicom_bridge.listener import Listener, ListenerSettings
-from dicom_bridge.sender import RemoteNode, send_files
-from dicom_bridge.spool import Spool
-from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
+from appliance.states import JobState
+from appliance.store import JobRecord
 
 Echo = Callable[[str], None]
+
+# Small enough for a 2-core CPU, large enough to show the anatomy.
+_CT_MATRIX = (64, 128, 128)
+_CT_SPACING = (3.0, 3.0, 3.0)
+_MR_MATRIX = (48, 112, 112)
+_MR_SPACING = (3.0, 2.0, 2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class StudyResult:
+    kind: str
+    task: str
+    model: str
+    dice: dict[str, float]
+    latency_s: float
+    timings: dict[str, float]
+    previews: tuple[Path, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class DemoResult:
-    instances_sent: int
-    series_state: str
-    shape: tuple[int, ...]
-    affine_error_mm: float
-    push_seconds: float
-    ready_seconds: float
-    sendback_seconds: float
-    returned_instances: int
+    pacs: str
+    studies: tuple[StudyResult, ...]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def dice_per_label(pred: np.ndarray, truth: np.ndarray, names: dict[int, str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for index, name in names.items():
+        p, t = pred == index, truth == index
+        denom = int(p.sum()) + int(t.sum())
+        out[name] = 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+    return out
 
 
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
     while not condition():
-        if time.monotonic() - start > timeout:
+        if time.monotonic() > deadline:
             raise TimeoutError(f"demo: {what} did not happen within {timeout:.0f} s")
         time.sleep(0.1)
-    return time.monotonic() - start
 
 
-def run_demo(workdir: Path | None = None, *, slices: int = 60, echo: Echo = print) -> DemoResult:
+def run_demo(
+    workdir: Path | None = None,
+    *,
+    echo: Echo = print,
+    use_orthanc: bool | None = None,
+    timeout_s: float = 600.0,
+) -> DemoResult:
+    from dicom_bridge.phantom_series import load_truth
+    from models.tasks import TASKS, TaskName
+
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="appliance-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
 
-    geometry = SeriesGeometry(
-        slices=slices,
-        rows=256,
-        columns=256,
-        pixel_spacing=(1.2, 1.2),
-        slice_spacing=2.5,
-        origin=(-153.0, -180.0, -60.0),
+    cases: list[GeneratedCase] = []
+    for kind, matrix, spacing in (
+        ("ct_abdomen", _CT_MATRIX, _CT_SPACING),
+        ("mr_t1c", _MR_MATRIX, _MR_SPACING),
+    ):
+        cases += generate_cases(
+            kind, "default", 1, run_dir / "studies", seed=2026, matrix=matrix, spacing_mm=spacing
+        )
+    echo(
+        f"1. generated phantom studies in {run_dir / 'studies'}: "
+        + ", ".join(f"{c.kind.value} {'x'.join(map(str, c.shape))}" for c in cases)
     )
-    identity = SeriesIdentity()
-    files = write_series(run_dir / "study", geometry, identity=identity)
-    echo(f"1. generated a synthetic CT series: {slices} slices of 256x256 ({run_dir / 'study'})")
 
-    pacs_port, app_port = _free_port(), _free_port()
-    received: list[str] = []
-    pacs = Listener(
-        ListenerSettings(ae_title="DEMOPACS", bind="127.0.0.1", port=pacs_port),
-        Spool(run_dir / "pacs"),
-        on_instance=lambda inst: received.append(inst.key.sop_uid),
-    )
-    pacs.start()
-    echo(f"2. PACS: built-in receiver DEMOPACS on 127.0.0.1:{pacs_port}")
-
+    app_port = free_port()
+    orthanc = find_orthanc() if use_orthanc is not False else None
+    if use_orthanc and orthanc is None:
+        raise RuntimeError("demo: Orthanc was requested but is not installed")
+    pacs: DemoPacs = OrthancPacs(orthanc, run_dir, app_port) if orthanc else BuiltinPacs(run_dir)
+    echo(f"2. PACS: {pacs.name} ({pacs.ae_title} on 127.0.0.1:{pacs.dicom_port})")
     config = parse_config(
         {
             "dicom": {
                 "ae_title": "SEGAPPLIANCE",
                 "port": app_port,
                 "bind": "127.0.0.1",
-                "allowed_callers": ["DEMOPACS"],
+                "allowed_callers": [pacs.ae_title],
                 "series_quiet_seconds": 2.0,
             },
             "storage": {"root": str(run_dir / "appliance")},
             "outbox": {"backoff_initial_seconds": 1.0, "poll_seconds": 0.2},
             "destinations": [
-                {"name": "pacs", "ae_title": "DEMOPACS", "host": "127.0.0.1", "port": pacs_port}
+                {
+                    "name": "pacs",
+                    "ae_title": pacs.ae_title,
+                    "host": "127.0.0.1",
+                    "port": pacs.dicom_port,
+                }
             ],
         }
     )
     service = Service(config)
     service.start()
-    echo(f"   appliance SEGAPPLIANCE on 127.0.0.1:{app_port}, storage {config.storage.root}")
-    try:
-        node = RemoteNode("SEGAPPLIANCE", "127.0.0.1", app_port, calling_ae="DEMOPACS")
-        start = time.monotonic()
-        results = send_files(node, files)
-        push_s = time.monotonic() - start
-        ok = sum(r.ok for r in results)
-        last_ack = time.monotonic()
-        echo(
-            f"3. PACS pushed {ok}/{len(files)} instances over one association in "
-            f"{push_s:.2f} s ({ok / push_s:.0f} images/s)"
+    echo(
+        f"   appliance SEGAPPLIANCE on 127.0.0.1:{app_port}; active models: "
+        + ", ".join(
+            f"{m.task} {m.version}" for m in service.store.list_models() if m.state == "active"
         )
-        if ok != len(files):
-            raise RuntimeError("demo: the appliance did not acknowledge every instance")
+    )
+    studies: list[StudyResult] = []
+    try:
+        acked: dict[str, float] = {}
+        for case in cases:
+            files = sorted(case.series_dir.glob("*.dcm"))
+            sent = pacs.push(files, app_port)
+            acked[case.series_uid] = time.monotonic()
+            if sent != len(files):
+                raise RuntimeError(f"demo: the appliance took {sent}/{len(files)} instances")
+        echo(f"3. the PACS pushed {len(cases)} studies; waiting for SEG and SR to come back")
 
         store = service.store
-        ready_s = _wait(
-            lambda: (
-                store.get_series(identity.series_uid).state
-                in (SeriesState.DONE, SeriesState.REJECTED, SeriesState.FAILED)
-            ),
-            60,
-            "series processing",
-        )
-        series = store.get_series(identity.series_uid)
-        if series.state is not SeriesState.DONE or series.result is None:
-            raise RuntimeError(
-                f"demo: series ended {series.state}: {series.reason} {series.detail}"
-            )
-        affine = np.asarray(series.result["affine_lps"])
-        error = float(np.abs(affine - geometry.affine()).max())
-        echo(
-            f"4. series complete after {config.dicom.series_quiet_seconds:.0f} s quiet; volume "
-            f"{'x'.join(str(v) for v in series.result['shape'])}, spacing "
-            f"{series.result['spacing_mm']} mm; affine vs truth: max error {error:.2e} mm "
-            f"({ready_s:.1f} s after the last image)"
-        )
+        for case in cases:
 
-        echo(
-            "5. send-back: until segmentation lands, the received series is forwarded to "
-            "the PACS through the durable outbox"
-        )
-        start = time.monotonic()
-        for inst in store.series_instances(identity.series_uid):
-            store.enqueue("pacs", inst.path, inst.sop_uid, inst.series_uid)
-        sent_s = _wait(
-            lambda: store.outbox_counts()[OutboxState.SENT] == len(files), 60, "send-back"
-        )
-        back = len(
-            set(received) & {inst.sop_uid for inst in store.series_instances(identity.series_uid)}
-        )
-        echo(
-            f"   {back}/{len(files)} instances arrived at the PACS in {sent_s:.2f} s "
-            f"({time.monotonic() - last_ack:.1f} s from last image acknowledged)"
-        )
+            def finished(uid: str = case.series_uid) -> bool:
+                jobs = store.list_jobs(series_uid=uid, limit=1)
+                return bool(jobs) and jobs[0].state in (JobState.DONE, JobState.FAILED)
+
+            _wait(finished, timeout_s, f"segmentation of the {case.kind.value} study")
+            job: JobRecord = store.list_jobs(series_uid=case.series_uid, limit=1)[0]
+            if job.state is not JobState.DONE:
+                raise RuntimeError(
+                    f"demo: {case.kind.value} job failed: {job.reason}: {job.detail}"
+                )
+            seg_uid, sr_uid = job.outputs["seg_sop_uid"], job.outputs["sr_sop_uid"]
+
+            def arrived(uids: tuple[str, str] = (seg_uid, sr_uid)) -> bool:
+                return all(pacs.arrival(uid) is not None for uid in uids)
+
+            _wait(arrived, 120, "SEG and SR arrival at the PACS")
+            latency = float(pacs.arrival(seg_uid) or 0.0) - acked[case.series_uid]
+
+            spec = TASKS[TaskName(job.task)]
+            truth = load_truth(case.truth_path)
+            with np.load(job.outputs["mask_path"]) as saved:
+                mask = saved["mask"]
+            dice = dice_per_label(mask, truth.labels, {lab.index: lab.name for lab in spec.labels})
+            previews = _previews(case, Path(job.outputs["seg_path"]), run_dir / "previews")
+            timings = {k: float(v) for k, v in job.timings.items() if isinstance(v, int | float)}
+            studies.append(
+                StudyResult(
+                    case.kind.value,
+                    job.task,
+                    f"{job.model_name} {job.model_version}",
+                    dice,
+                    latency,
+                    timings,
+                    tuple(previews),
+                )
+            )
     finally:
         service.stop()
         pacs.stop()
 
-    result = DemoResult(
-        len(files),
-        series.state.value,
-        tuple(series.result["shape"]),
-        error,
-        push_s,
-        ready_s,
-        sent_s,
-        back,
+    echo(
+        "4. results (Dice against the phantom truth; latency = last image acknowledged "
+        "-> SEG stored at the PACS)"
     )
+    for study in studies:
+        echo("")
+        echo(f"   {study.kind}: task {study.task}, model {study.model}")
+        for name, value in study.dice.items():
+            echo(f"     Dice {name:<22} {value:6.3f}")
+        echo(
+            f"     latency                     {study.latency_s:6.1f} s "
+            "(includes the series quiet time)"
+        )
+        for stage in ("volume_s", "inference_s", "seg_s", "sr_s", "save_s", "enqueue_s", "total_s"):
+            if stage in study.timings:
+                echo(f"     {stage[:-2]:<27} {study.timings[stage]:6.2f} s")
     echo("")
-    echo(f"{'step':<28}{'result':>30}")
-    echo(f"{'ingest (images/s)':<28}{len(files) / push_s:>30.0f}")
-    echo(f"{'series state':<28}{result.series_state:>30}")
-    echo(f"{'volume shape':<28}{'x'.join(map(str, result.shape)):>30}")
-    echo(f"{'affine max error (mm)':<28}{error:>30.2e}")
-    echo(f"{'sent back to PACS':<28}{f'{back}/{len(files)}':>30}")
-    return result
+    echo(f"5. previews: {run_dir / 'previews'} ({sum(len(s.previews) for s in studies)} PNGs)")
+    return DemoResult(pacs.name, tuple(studies))
+
+
+def _previews(case: GeneratedCase, seg_path: Path, out: Path) -> list[Path]:
+    from appliance.preview import preview_series
+
+    files = sorted(case.series_dir.glob("*.dcm"))
+    written = preview_series(files, seg_path, out / case.kind.value, slices=3)
+    return [w.path for w in written]

@@ -10,15 +10,21 @@ import typer
 
 def demo(
     workdir: Annotated[Path | None, typer.Option(help="Where to write the demo's files.")] = None,
-    slices: Annotated[int, typer.Option(min=2, max=1000, help="Slices in the CT series.")] = 60,
+    orthanc: Annotated[
+        bool | None,
+        typer.Option(
+            "--orthanc/--builtin-pacs", help="PACS to use (default: Orthanc if installed)."
+        ),
+    ] = None,
 ) -> None:
-    """Push a synthetic CT to a running appliance, check its volume, send objects back."""
+    """Phantom CT + MR through a running appliance; SEG + SR back to a PACS; Dice and timings."""
     from appliance.demo import run_demo
     from appliance.logs import configure_logging
 
     configure_logging("WARNING")
-    result = run_demo(workdir, slices=slices, echo=typer.echo)
-    if result.returned_instances != result.instances_sent or result.affine_error_mm > 1e-3:
-        typer.echo("demo FAILED", err=True)
-        raise typer.Exit(1)
-    typer.echo("demo ok")
+    try:
+        result = run_demo(workdir, echo=typer.echo, use_orthanc=orthanc)
+    except (RuntimeError, TimeoutError) as exc:
+        typer.echo(f"demo FAILED: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"demo ok ({result.pacs})")
