@@ -17,6 +17,7 @@ from appliance.cli import (
     send,
     serve,
     status,
+    train,
 )
 
 app = typer.Typer(
@@ -32,6 +33,8 @@ app.command("send")(send.send)
 app.command("demo")(demo.demo)
 app.command("preview")(preview.preview)
 app.command("healthcheck")(healthcheck.healthcheck)
+app.command("train", context_settings=train.PASSTHROUGH)(train.train)
+app.command("evaluate", context_settings=train.PASSTHROUGH)(train.evaluate)
 app.add_typer(phantoms.app, name="phantoms")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(outbox.app, name="outbox")

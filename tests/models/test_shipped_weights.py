@@ -1,0 +1,81 @@
+"""The demo weights shipped in ``models/bundles``: intact, honestly labelled, small, and
+able to segment a fresh phantom (a behavioural check; the full 10-phantom evaluation is
+``appliance train``'s own, recorded in each model card)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.evaluation import dice
+from models.inference import segment
+from models.model_card import DEMO_INTENDED_USE
+from models.phantoms import CT_DEFAULT, MR_DEFAULT, SiteProfile, generate_phantom
+from models.registry import ModelBundle, ModelRegistry
+from models.tasks import TASKS, TaskName
+
+BUNDLES = Path(__file__).resolve().parents[2] / "models" / "bundles"
+MAX_TOTAL_BYTES = 20 * 1024 * 1024
+
+# Fresh phantoms (seeds unused by training and evaluation) on coarse, small grids so the
+# check stays fast on a 2-core CI machine.
+SMALL_CT = replace(CT_DEFAULT, name="ci_ct", spacing_mm=(3.0, 3.0, 3.0), matrix=(44, 104, 104))
+SMALL_MR = replace(MR_DEFAULT, name="ci_mr", spacing_mm=(3.0, 3.0, 3.0), matrix=(52, 72, 72))
+PHANTOM_SEED = 31337
+
+
+@pytest.fixture(scope="module")
+def registry() -> ModelRegistry:
+    return ModelRegistry(BUNDLES)
+
+
+def _bundle(registry: ModelRegistry, task: TaskName) -> ModelBundle:
+    bundle = registry.latest(str(task))
+    assert bundle is not None, f"no shipped bundle for {task} in {BUNDLES}"
+    return bundle
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_bundle_verifies_and_says_synthetic(registry: ModelRegistry, task: TaskName) -> None:
+    bundle = _bundle(registry, task)
+    registry.verify(bundle)
+    card = bundle.card
+    assert card.task == str(task)
+    assert card.intended_use == DEMO_INTENDED_USE
+    assert "not for clinical use" in card.intended_use.lower()
+    assert "synthetic" in card.intended_use.lower()
+    assert "synthetic phantoms" in card.training_data.lower()
+    assert card.metrics["cases"] >= 10
+    assert [label.name for label in card.labels] == [x.name for x in TASKS[task].labels]
+
+
+def test_total_size_is_small_enough_to_commit() -> None:
+    total = sum(p.stat().st_size for p in BUNDLES.rglob("*") if p.is_file())
+    assert 0 < total < MAX_TOTAL_BYTES
+
+
+@pytest.mark.parametrize(
+    ("task", "kind", "profile", "bounds"),
+    [
+        (TaskName.LIVER_CT, "ct_abdomen", SMALL_CT, {1: 0.85}),
+        (TaskName.GLIOMA_MR, "mr_flair", SMALL_MR, {1: 0.7}),
+    ],
+)
+def test_segments_a_fresh_phantom(
+    registry: ModelRegistry,
+    task: TaskName,
+    kind: str,
+    profile: SiteProfile,
+    bounds: dict[int, float],
+) -> None:
+    torch.set_num_threads(2)
+    phantom = generate_phantom(kind, replace(profile, seed=PHANTOM_SEED), 0)
+    model = registry.load_network(_bundle(registry, task))
+    result = segment(model, TASKS[task], phantom.image, phantom.affine_lps, device="cpu")
+    assert result.mask.shape == phantom.labels.shape
+    for label, bound in bounds.items():
+        score = dice(result.mask == label, phantom.labels == label)
+        assert score > bound, f"{task} label {label}: Dice {score:.3f} <= {bound}"
