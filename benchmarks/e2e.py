@@ -71,6 +71,7 @@ SPACING_MM = (1.5, 0.78, 0.78)
 
 # --- the CT ----------------------------------------------------------------------------------
 
+
 @dataclass
 class Phantom:
     image: np.ndarray  # int16 HU, (slice, row, column), canonical slice order
@@ -84,13 +85,19 @@ def make_phantom(slices: int) -> Phantom:
     from dicom_bridge.phantom_series import canonical_slice_order
     from models.phantoms import CT_DEFAULT, PhantomKind, generate_phantom
 
-    profile = replace(CT_DEFAULT, name="bench_e2e", matrix=(slices, 512, 512),
-                      spacing_mm=SPACING_MM)
+    profile = replace(
+        CT_DEFAULT, name="bench_e2e", matrix=(slices, 512, 512), spacing_mm=SPACING_MM
+    )
     ph = generate_phantom(PhantomKind.CT_ABDOMEN, profile, 0)
     image, affine = canonical_slice_order(ph.image, ph.affine_lps)
     labels, _ = canonical_slice_order(ph.labels, ph.affine_lps)
-    return Phantom(image, np.ascontiguousarray(labels, dtype=np.uint8), affine,
-                   ph.series_description, ph.body_part)
+    return Phantom(
+        image,
+        np.ascontiguousarray(labels, dtype=np.uint8),
+        affine,
+        ph.series_description,
+        ph.body_part,
+    )
 
 
 def write_ct(directory: Path, phantom: Phantom) -> tuple[list[Path], str]:
@@ -98,15 +105,20 @@ def write_ct(directory: Path, phantom: Phantom) -> tuple[list[Path], str]:
     from dicom_bridge.phantom_series import write_phantom_series
     from dicom_bridge.synthetic import SeriesIdentity
 
-    identity = SeriesIdentity(patient_name="BENCH^E2E", patient_id="BENCH-E2E",
-                              series_description=phantom.series_description,
-                              body_part=phantom.body_part)
-    files = write_phantom_series(directory, phantom.image, phantom.affine, modality="CT",
-                                 identity=identity)
+    identity = SeriesIdentity(
+        patient_name="BENCH^E2E",
+        patient_id="BENCH-E2E",
+        series_description=phantom.series_description,
+        body_part=phantom.body_part,
+    )
+    files = write_phantom_series(
+        directory, phantom.image, phantom.affine, modality="CT", identity=identity
+    )
     return files, identity.series_uid
 
 
 # --- the model -------------------------------------------------------------------------------
+
 
 def shipped_versions() -> list[str]:
     from appliance.config import shipped_bundles_dir
@@ -131,7 +143,9 @@ def stage_untrained(staging: Path) -> Path:
     torch.manual_seed(0)
     network = build_network(spec, DEFAULT_NETWORK)
     bundle = ModelRegistry(staging).add(
-        TASK, UNTRAINED_VERSION, network.state_dict(),
+        TASK,
+        UNTRAINED_VERSION,
+        network.state_dict(),
         name="liver_ct-untrained-benchmark",
         labels=labels_for_task(spec),
         architecture=network_architecture(spec, DEFAULT_NETWORK),
@@ -143,41 +157,53 @@ def stage_untrained(staging: Path) -> Path:
 
 
 def cli(config: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "appliance", *args, "--config", str(config)],
-                            capture_output=True, text=True, cwd=Path(__file__).parents[1],
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        check=False,
+    )
     if result.returncode != 0:
-        raise RuntimeError(f"appliance {' '.join(args)} failed ({result.returncode}):\n"
-                           f"{result.stdout}{result.stderr}")
+        raise RuntimeError(
+            f"appliance {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout}{result.stderr}"
+        )
     return result.stdout
 
 
 # --- config and processes --------------------------------------------------------------------
 
-def write_config(path: Path, *, port: int, root: Path, pacs_port: int, quiet: float,
-                 poll: float, device: str) -> Path:
-    path.write_text("\n".join([
-        "[dicom]",
-        f'ae_title = "{APPLIANCE_AE}"',
-        'bind = "127.0.0.1"',
-        f"port = {port}",
-        f'allowed_callers = ["{SCU_AE}"]',
-        f"series_quiet_seconds = {quiet}",
-        "[storage]",
-        f"root = {json.dumps(str(root))}",
-        "[outbox]",
-        f"poll_seconds = {poll}",
-        "[models]",
-        f'device = "{device}"',
-        "[logging]",
-        'level = "INFO"',
-        "[[destinations]]",
-        'name = "benchpacs"',
-        f'ae_title = "{PACS_AE}"',
-        'host = "127.0.0.1"',
-        f"port = {pacs_port}",
-        "",
-    ]))
+
+def write_config(
+    path: Path, *, port: int, root: Path, pacs_port: int, quiet: float, poll: float, device: str
+) -> Path:
+    path.write_text(
+        "\n".join(
+            [
+                "[dicom]",
+                f'ae_title = "{APPLIANCE_AE}"',
+                'bind = "127.0.0.1"',
+                f"port = {port}",
+                f'allowed_callers = ["{SCU_AE}"]',
+                f"series_quiet_seconds = {quiet}",
+                "[storage]",
+                f"root = {json.dumps(str(root))}",
+                "[outbox]",
+                f"poll_seconds = {poll}",
+                "[models]",
+                f'device = "{device}"',
+                "[logging]",
+                'level = "INFO"',
+                "[[destinations]]",
+                'name = "benchpacs"',
+                f'ae_title = "{PACS_AE}"',
+                'host = "127.0.0.1"',
+                f"port = {pacs_port}",
+                "",
+            ]
+        )
+    )
     return path
 
 
@@ -191,15 +217,26 @@ class PushResult:
 
 
 def push(port: int, files: Sequence[Path]) -> PushResult:
-    args = [program("storescu"), "-v", "-aet", SCU_AE, "-aec", APPLIANCE_AE, "127.0.0.1",
-            str(port), *map(str, files)]
+    args = [
+        program("storescu"),
+        "-v",
+        "-aet",
+        SCU_AE,
+        "-aec",
+        APPLIANCE_AE,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
     start = time.perf_counter()
-    result = subprocess.run(args, capture_output=True, text=True, env=nodelay_env(),
-                            timeout=PUSH_TIMEOUT, check=False)
+    result = subprocess.run(
+        args, capture_output=True, text=True, env=nodelay_env(), timeout=PUSH_TIMEOUT, check=False
+    )
     acked_at = time.time()
     output = result.stdout + result.stderr
-    return PushResult(time.perf_counter() - start, acked_at, output.count(SUCCESS_LINE),
-                      result.returncode, output)
+    return PushResult(
+        time.perf_counter() - start, acked_at, output.count(SUCCESS_LINE), result.returncode, output
+    )
 
 
 @dataclass(frozen=True)
@@ -210,8 +247,7 @@ class Arrival:
     seen_at: float  # when this poll found it
 
 
-def wait_for_seg(pacs_dir: Path, seen: set[str], timeout: float,
-                 appliance: Child) -> Arrival:
+def wait_for_seg(pacs_dir: Path, seen: set[str], timeout: float, appliance: Child) -> Arrival:
     """The first new Segmentation Storage file in ``pacs_dir``; every new file goes in
     ``seen`` once it could be read."""
     from pydicom import dcmread
@@ -219,8 +255,9 @@ def wait_for_seg(pacs_dir: Path, seen: set[str], timeout: float,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if appliance.proc.poll() is not None:
-            raise RuntimeError(f"appliance exited with {appliance.proc.returncode}:\n"
-                               + appliance.tail())
+            raise RuntimeError(
+                f"appliance exited with {appliance.proc.returncode}:\n" + appliance.tail()
+            )
         for entry in os.scandir(pacs_dir):
             if entry.name in seen or not entry.is_file():
                 continue
@@ -234,11 +271,13 @@ def wait_for_seg(pacs_dir: Path, seen: set[str], timeout: float,
             if sop_class == SEG_STORAGE:
                 return Arrival(Path(entry.path), sop_uid, mtime, time.time())
         time.sleep(0.01)
-    raise TimeoutError(f"no SEG reached the PACS within {timeout:.0f} s; appliance log tail:\n"
-                       + appliance.tail())
+    raise TimeoutError(
+        f"no SEG reached the PACS within {timeout:.0f} s; appliance log tail:\n" + appliance.tail()
+    )
 
 
 # --- one repeat ------------------------------------------------------------------------------
+
 
 @dataclass
 class Repeat:
@@ -275,13 +314,16 @@ def fill_from_store(repeats: Sequence[Repeat], config: Path, database: Path) -> 
             rep.outputs = dict(record.outputs)
             rep.last_instance_at = store.get_series(rep.series_uid).last_instance_at
             if record.outputs.get("seg_sop_uid") != rep.seg.sop_uid:
-                raise RuntimeError(f"the SEG at the PACS ({rep.seg.sop_uid}) is not the job's "
-                                   f"({record.outputs.get('seg_sop_uid')})")
+                raise RuntimeError(
+                    f"the SEG at the PACS ({rep.seg.sop_uid}) is not the job's "
+                    f"({record.outputs.get('seg_sop_uid')})"
+                )
     finally:
         store.close()
 
 
 # --- SEG writing against the packbits floor --------------------------------------------------
+
 
 @dataclass
 class SegTiming:
@@ -294,8 +336,15 @@ class SegTiming:
     floor_frames: int
 
 
-def time_seg(what: str, files: Sequence[Path], slice_uids: Sequence[str], mask: np.ndarray,
-             algorithm: Any, workdir: Path, repeats: int) -> SegTiming:
+def time_seg(
+    what: str,
+    files: Sequence[Path],
+    slice_uids: Sequence[str],
+    mask: np.ndarray,
+    algorithm: Any,
+    workdir: Path,
+    repeats: int,
+) -> SegTiming:
     from appliance.pipeline import segment_descriptions
     from dicom_bridge.seg import SegOptions, write_seg
     from models.tasks import get_task
@@ -326,12 +375,14 @@ def time_seg(what: str, files: Sequence[Path], slice_uids: Sequence[str], mask: 
             handle.write(packed.tobytes())
         floor_s.append(time.perf_counter() - start)
         frames = int(stack.shape[0])
-    return SegTiming(what, seg_s, floor_s, seg_path.stat().st_size, floor_path.stat().st_size,
-                     seg_frames, frames)
+    return SegTiming(
+        what, seg_s, floor_s, seg_path.stat().st_size, floor_path.stat().st_size, seg_frames, frames
+    )
 
 
-def run_seg_comparison(rep: Repeat, phantom: Phantom, workdir: Path,
-                       repeats: int) -> list[SegTiming]:
+def run_seg_comparison(
+    rep: Repeat, phantom: Phantom, workdir: Path, repeats: int
+) -> list[SegTiming]:
     from dicom_bridge.seg import AlgorithmInfo
     from dicom_bridge.volume import load_series_volume
 
@@ -339,21 +390,34 @@ def run_seg_comparison(rep: Repeat, phantom: Phantom, workdir: Path,
     volume = load_series_volume(rep.files)
     mask = np.load(rep.outputs["mask_path"])["mask"]
     if mask.shape != volume.array.shape or phantom.labels.shape != volume.array.shape:
-        raise RuntimeError(f"mask {mask.shape} / truth {phantom.labels.shape} do not match the "
-                           f"volume {volume.array.shape}")
+        raise RuntimeError(
+            f"mask {mask.shape} / truth {phantom.labels.shape} do not match the "
+            f"volume {volume.array.shape}"
+        )
     model = rep.job.get("model") or {}
-    algorithm = AlgorithmInfo(name=str(model.get("name") or TASK),
-                              version=str(model.get("version") or "0.0.0"),
-                              weights_sha256=str(model.get("weights_sha256") or "0" * 64))
+    algorithm = AlgorithmInfo(
+        name=str(model.get("name") or TASK),
+        version=str(model.get("version") or "0.0.0"),
+        weights_sha256=str(model.get("weights_sha256") or "0" * 64),
+    )
     return [
-        time_seg("produced mask", rep.files, volume.sop_instance_uids, mask, algorithm,
-                 workdir, repeats),
-        time_seg("phantom truth", rep.files, volume.sop_instance_uids, phantom.labels,
-                 algorithm, workdir, repeats),
+        time_seg(
+            "produced mask", rep.files, volume.sop_instance_uids, mask, algorithm, workdir, repeats
+        ),
+        time_seg(
+            "phantom truth",
+            rep.files,
+            volume.sop_instance_uids,
+            phantom.labels,
+            algorithm,
+            workdir,
+            repeats,
+        ),
     ]
 
 
 # --- report ----------------------------------------------------------------------------------
+
 
 def fmt(value: Any) -> str:
     return f"{value:8.3f} s" if isinstance(value, int | float) else f"{'-':>8}  "
@@ -367,16 +431,23 @@ def print_repeat(index: int, total: int, rep: Repeat, quiet: float, poll: float)
     wait = pipeline_start - rep.push.acked_at
     handoff = rep.seg.mtime - (pipeline_start + total_s)
     n = len(rep.files)
-    print(f"\nrepeat {index}/{total}: series ...{rep.series_uid[-12:]}, job {rep.job.get('id')} "
-          f"({rep.job.get('state')}, model {(rep.job.get('model') or {}).get('version')}, "
-          f"device {timings.get('device')})")
-    print(f"  push: {n} instances in {rep.push.seconds:.3f} s ({n / rep.push.seconds:.0f} "
-          "images/s), storescu start..exit")
-    print(f"  LATENCY last instance acknowledged -> SEG acknowledged by the PACS: "
-          f"{rep.latency:.3f} s")
-    print(f"    quiet wait + scheduler tick + worker pick-up {fmt(wait)}   "
-          f"(series_quiet_seconds = {quiet}; scheduler every {min(1.0, max(0.05, quiet / 4))} s;"
-          " worker idle poll 0.2 s)")
+    print(
+        f"\nrepeat {index}/{total}: series ...{rep.series_uid[-12:]}, job {rep.job.get('id')} "
+        f"({rep.job.get('state')}, model {(rep.job.get('model') or {}).get('version')}, "
+        f"device {timings.get('device')})"
+    )
+    print(
+        f"  push: {n} instances in {rep.push.seconds:.3f} s ({n / rep.push.seconds:.0f} "
+        "images/s), storescu start..exit"
+    )
+    print(
+        f"  LATENCY last instance acknowledged -> SEG acknowledged by the PACS: {rep.latency:.3f} s"
+    )
+    print(
+        f"    quiet wait + scheduler tick + worker pick-up {fmt(wait)}   "
+        f"(series_quiet_seconds = {quiet}; scheduler every {min(1.0, max(0.05, quiet / 4))} s;"
+        " worker idle poll 0.2 s)"
+    )
     print(f"    pipeline (job total_s)                       {fmt(total_s)}")
     for key in ("volume_s", "model_s", "inference_s"):
         print(f"      {key.removesuffix('_s'):<42} {fmt(timings.get(key))}")
@@ -385,52 +456,88 @@ def print_repeat(index: int, total: int, rep: Repeat, quiet: float, poll: float)
             print(f"        {key:<40} {fmt(value)}")
     for key in ("seg_s", "sr_s", "save_s", "enqueue_s"):
         print(f"      {key.removesuffix('_s'):<42} {fmt(timings.get(key))}")
-    named = sum(float(timings.get(k, 0.0)) for k in
-                ("volume_s", "model_s", "inference_s", "seg_s", "sr_s", "save_s", "enqueue_s"))
+    named = sum(
+        float(timings.get(k, 0.0))
+        for k in ("volume_s", "model_s", "inference_s", "seg_s", "sr_s", "save_s", "enqueue_s")
+    )
     print(f"      {'rest (routing, store transactions)':<42} {fmt(total_s - named)}")
-    print(f"    outbox hand-off + SEG association        {fmt(handoff)}   "
-          f"(outbox poll_seconds = {poll})")
+    print(
+        f"    outbox hand-off + SEG association        {fmt(handoff)}   "
+        f"(outbox poll_seconds = {poll})"
+    )
     before = rep.push.acked_at - rep.last_instance_at
-    print(f"  (last instance received by the appliance {before:.3f} s before storescu exited; "
-          "SEG found by polling "
-          f"{rep.seg.seen_at - rep.seg.mtime:.3f} s after its mtime)")
+    print(
+        f"  (last instance received by the appliance {before:.3f} s before storescu exited; "
+        "SEG found by polling "
+        f"{rep.seg.seen_at - rep.seg.mtime:.3f} s after its mtime)"
+    )
 
 
 def print_seg(results: Sequence[SegTiming], repeats: int) -> None:
-    print(f"\nSEG writing against the raw floor, same run, median of {repeats} "
-          "[min - max], no fsync:")
-    print(f"  {'mask':<16}{'frames':>8}{'write_seg + save_as':>26}{'packbits + write':>26}"
-          f"{'ratio':>8}{'SEG size':>12}{'floor size':>12}")
+    print(
+        f"\nSEG writing against the raw floor, same run, median of {repeats} [min - max], no fsync:"
+    )
+    print(
+        f"  {'mask':<16}{'frames':>8}{'write_seg + save_as':>26}{'packbits + write':>26}"
+        f"{'ratio':>8}{'SEG size':>12}{'floor size':>12}"
+    )
     for r in results:
         seg, floor = statistics.median(r.seg_s), statistics.median(r.floor_s)
-        frames = f"{r.seg_frames}" + ("" if r.seg_frames == r.floor_frames
-                                      else f"/{r.floor_frames}")
-        print(f"  {r.what:<16}{frames:>8}"
-              f"{f'{seg:.3f} s [{min(r.seg_s):.3f}-{max(r.seg_s):.3f}]':>26}"
-              f"{f'{floor:.4f} s [{min(r.floor_s):.4f}-{max(r.floor_s):.4f}]':>26}"
-              f"{seg / floor:>8.1f}{r.seg_bytes / 1e6:>10.2f}MB{r.floor_bytes / 1e6:>10.2f}MB")
+        frames = f"{r.seg_frames}" + (
+            "" if r.seg_frames == r.floor_frames else f"/{r.floor_frames}"
+        )
+        print(
+            f"  {r.what:<16}{frames:>8}"
+            f"{f'{seg:.3f} s [{min(r.seg_s):.3f}-{max(r.seg_s):.3f}]':>26}"
+            f"{f'{floor:.4f} s [{min(r.floor_s):.4f}-{max(r.floor_s):.4f}]':>26}"
+            f"{seg / floor:>8.1f}{r.seg_bytes / 1e6:>10.2f}MB{r.floor_bytes / 1e6:>10.2f}MB"
+        )
 
 
 # --- main ------------------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.e2e",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--repeats", type=int, default=1, help="series pushed, one at a time")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="appliance [models] device")
-    parser.add_argument("--model", choices=("auto", "shipped", "untrained"), default="auto",
-                        help="auto: the shipped liver_ct bundle when there is one, else an "
-                        "untrained network")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="appliance [models] device",
+    )
+    parser.add_argument(
+        "--model",
+        choices=("auto", "shipped", "untrained"),
+        default="auto",
+        help="auto: the shipped liver_ct bundle when there is one, else an untrained network",
+    )
     parser.add_argument("--slices", type=int, default=200, help="slices of the 512x512 CT")
-    parser.add_argument("--quiet-seconds", type=float, default=1.0,
-                        help="appliance series_quiet_seconds (part of the latency)")
-    parser.add_argument("--outbox-poll", type=float, default=1.0,
-                        help="appliance [outbox] poll_seconds (1.0 is the product default)")
-    parser.add_argument("--seg-repeats", type=int, default=5,
-                        help="runs of write_seg and of the packbits floor per mask")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds to wait for each SEG at the PACS")
+    parser.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=1.0,
+        help="appliance series_quiet_seconds (part of the latency)",
+    )
+    parser.add_argument(
+        "--outbox-poll",
+        type=float,
+        default=1.0,
+        help="appliance [outbox] poll_seconds (1.0 is the product default)",
+    )
+    parser.add_argument(
+        "--seg-repeats",
+        type=int,
+        default=5,
+        help="runs of write_seg and of the packbits floor per mask",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for each SEG at the PACS"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.seg_repeats < 1 or args.slices < 8:
         parser.error("--repeats and --seg-repeats must be at least 1, --slices at least 8")
@@ -450,63 +557,101 @@ def main(argv: Sequence[str] | None = None) -> int:
         device_text = f"CPU ({os.cpu_count()} cores, torch {torch.get_num_threads()} threads)"
     else:
         device_text = f"CUDA: {gpu}"
-    print(f"e2e benchmark: device {args.device} -> {device_text}; load average "
-          f"{load_average()}", flush=True)
+    print(
+        f"e2e benchmark: device {args.device} -> {device_text}; load average {load_average()}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
         base = Path(tmp)
         t0 = time.perf_counter()
         phantom = make_phantom(args.slices)
-        print(f"phantom CT {'x'.join(map(str, phantom.image.shape))}, spacing "
-              f"{SPACING_MM} mm, generated in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"phantom CT {'x'.join(map(str, phantom.image.shape))}, spacing "
+            f"{SPACING_MM} mm, generated in {time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
 
         root = base / "root"
         pacs_dir = base / "pacs"
         pacs_dir.mkdir()
         port, pacs_port = free_port(), free_port()
-        config = write_config(base / "appliance.toml", port=port, root=root,
-                              pacs_port=pacs_port, quiet=args.quiet_seconds,
-                              poll=args.outbox_poll, device=args.device)
+        config = write_config(
+            base / "appliance.toml",
+            port=port,
+            root=root,
+            pacs_port=pacs_port,
+            quiet=args.quiet_seconds,
+            poll=args.outbox_poll,
+            device=args.device,
+        )
         shipped = [] if args.model == "untrained" else shipped_versions()
         if args.model == "shipped" and not shipped:
             raise SystemExit(f"--model shipped: no models/bundles/{TASK} bundle")
         if shipped:
-            model_text = (f"shipped {TASK} bundle (models/bundles/{TASK}, versions "
-                          f"{', '.join(shipped)}; the appliance activates the highest on "
-                          "first start)")
+            model_text = (
+                f"shipped {TASK} bundle (models/bundles/{TASK}, versions "
+                f"{', '.join(shipped)}; the appliance activates the highest on "
+                "first start)"
+            )
         else:
             staged = stage_untrained(base / "staging")
             cli(config, "models", "import", str(staged), "--task", TASK)
             cli(config, "models", "activate", TASK, UNTRAINED_VERSION, "--force")
-            model_text = (f"no shipped {TASK} bundle: UNTRAINED default-architecture network "
-                          f"registered as {TASK}/{UNTRAINED_VERSION} (models import + activate "
-                          "--force); timings do not depend on the weights, the mask does")
+            model_text = (
+                f"no shipped {TASK} bundle: UNTRAINED default-architecture network "
+                f"registered as {TASK}/{UNTRAINED_VERSION} (models import + activate "
+                "--force); timings do not depend on the weights, the mask does"
+            )
         print(f"model: {model_text}", flush=True)
 
-        pacs = Child([program("storescp"), "-v", "-aet", PACS_AE, "-pdu", "131072", "-od",
-                      str(pacs_dir), str(pacs_port)], base / "storescp.log", env=nodelay_env())
+        pacs = Child(
+            [
+                program("storescp"),
+                "-v",
+                "-aet",
+                PACS_AE,
+                "-pdu",
+                "131072",
+                "-od",
+                str(pacs_dir),
+                str(pacs_port),
+            ],
+            base / "storescp.log",
+            env=nodelay_env(),
+        )
         appliance: Child | None = None
         repeats: list[Repeat] = []
         try:
             pacs.wait_port(pacs_port)
-            appliance = Child([sys.executable, "-m", "appliance", "serve", "--config",
-                               str(config)], base / "appliance.log")
+            appliance = Child(
+                [sys.executable, "-m", "appliance", "serve", "--config", str(config)],
+                base / "appliance.log",
+            )
             appliance.wait_port(port)
             seen: set[str] = set()
             for index in range(args.repeats):
                 t0 = time.perf_counter()
                 files, series_uid = write_ct(base / f"series-{index}", phantom)
                 size = sum(p.stat().st_size for p in files)
-                print(f"repeat {index + 1}: wrote {len(files)} files, {size / 1e6:.1f} MB, in "
-                      f"{time.perf_counter() - t0:.1f} s; pushing", flush=True)
+                print(
+                    f"repeat {index + 1}: wrote {len(files)} files, {size / 1e6:.1f} MB, in "
+                    f"{time.perf_counter() - t0:.1f} s; pushing",
+                    flush=True,
+                )
                 settle()
                 result = push(port, files)
                 if result.returncode != 0 or result.acknowledged != len(files):
-                    raise RuntimeError(f"push failed: storescu rc {result.returncode}, "
-                                       f"{result.acknowledged} of {len(files)} acknowledged\n"
-                                       + result.output[-2000:])
+                    raise RuntimeError(
+                        f"push failed: storescu rc {result.returncode}, "
+                        f"{result.acknowledged} of {len(files)} acknowledged\n"
+                        + result.output[-2000:]
+                    )
                 arrival = wait_for_seg(pacs_dir, seen, args.timeout, appliance)
-                print(f"  SEG at the PACS {arrival.mtime - result.acked_at:.3f} s after the "
-                      "last acknowledgement", flush=True)
+                print(
+                    f"  SEG at the PACS {arrival.mtime - result.acked_at:.3f} s after the "
+                    "last acknowledgement",
+                    flush=True,
+                )
                 repeats.append(Repeat(result, series_uid, files, arrival))
             time.sleep(max(2.0, 2 * args.outbox_poll))  # let the SR go out too
         finally:
@@ -515,19 +660,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             pacs.stop()
         fill_from_store(repeats, config, root / "appliance.sqlite3")
 
-        print(f"\n=== End to end: {args.slices} x 512 x 512 CT, one storescu association "
-              f"(TCP_NODELAY=1) -> appliance serve -> storescp ({PACS_AE}) ===")
+        print(
+            f"\n=== End to end: {args.slices} x 512 x 512 CT, one storescu association "
+            f"(TCP_NODELAY=1) -> appliance serve -> storescp ({PACS_AE}) ==="
+        )
         print(f"model: {model_text}")
         print(f"device: {device_text}")
         for index, rep in enumerate(repeats, 1):
             print_repeat(index, len(repeats), rep, args.quiet_seconds, args.outbox_poll)
         if len(repeats) > 1:
             latencies = [r.latency for r in repeats]
-            print(f"\nlatency over {len(repeats)} repeats: median "
-                  f"{statistics.median(latencies):.3f} s [{min(latencies):.3f} - "
-                  f"{max(latencies):.3f}] (repeat 1 includes loading the model)")
-        seg_results = run_seg_comparison(repeats[-1], phantom, base / "segcheck",
-                                         args.seg_repeats)
+            print(
+                f"\nlatency over {len(repeats)} repeats: median "
+                f"{statistics.median(latencies):.3f} s [{min(latencies):.3f} - "
+                f"{max(latencies):.3f}] (repeat 1 includes loading the model)"
+            )
+        seg_results = run_seg_comparison(repeats[-1], phantom, base / "segcheck", args.seg_repeats)
         print_seg(seg_results, args.seg_repeats)
         print(f"load average at the end: {load_average()}")
         shutil.rmtree(base / "pacs", ignore_errors=True)

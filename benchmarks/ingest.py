@@ -63,6 +63,7 @@ DESCRIPTIONS = {
 
 # --- helpers ---------------------------------------------------------------------------------
 
+
 def program(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -99,16 +100,23 @@ class Child:
         self.log = log
         self.name = Path(args[0]).name
         self._handle = log.open("ab")
-        self.proc = subprocess.Popen(list(args), stdout=self._handle, stderr=subprocess.STDOUT,
-                                     env=env or dict(os.environ), cwd=REPO,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            list(args),
+            stdout=self._handle,
+            stderr=subprocess.STDOUT,
+            env=env or dict(os.environ),
+            cwd=REPO,
+            start_new_session=True,
+        )
 
     def wait_port(self, port: int, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} "
-                                   f"before port {port} opened:\n{self.tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} "
+                    f"before port {port} opened:\n{self.tail()}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return
@@ -132,6 +140,7 @@ class Child:
 
 # --- targets ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Running:
     """A started target: where to push, and how to count what it stored."""
@@ -142,21 +151,24 @@ class Running:
     count_stored: Callable[[], int | None]
 
 
-def write_appliance_config(path: Path, *, port: int, root: Path, fsync: bool,
-                           quiet: float) -> Path:
-    path.write_text("\n".join([
-        "[dicom]",
-        f'ae_title = "{APPLIANCE_AE}"',
-        'bind = "127.0.0.1"',
-        f"port = {port}",
-        f"series_quiet_seconds = {quiet}",
-        "[storage]",
-        f"root = {json.dumps(str(root))}",
-        f"fsync = {'true' if fsync else 'false'}",
-        "[logging]",
-        'level = "INFO"',
-        "",
-    ]))
+def write_appliance_config(path: Path, *, port: int, root: Path, fsync: bool, quiet: float) -> Path:
+    path.write_text(
+        "\n".join(
+            [
+                "[dicom]",
+                f'ae_title = "{APPLIANCE_AE}"',
+                'bind = "127.0.0.1"',
+                f"port = {port}",
+                f"series_quiet_seconds = {quiet}",
+                "[storage]",
+                f"root = {json.dumps(str(root))}",
+                f"fsync = {'true' if fsync else 'false'}",
+                "[logging]",
+                'level = "INFO"',
+                "",
+            ]
+        )
+    )
     return path
 
 
@@ -170,20 +182,23 @@ def start_target(name: str, workdir: Path, *, quiet: float) -> Running:
     log = workdir / f"{name}.log"
     if name in ("appliance", "appliance-nofsync"):
         root = workdir / "root"
-        config = write_appliance_config(workdir / "appliance.toml", port=port, root=root,
-                                        fsync=name == "appliance", quiet=quiet)
+        config = write_appliance_config(
+            workdir / "appliance.toml", port=port, root=root, fsync=name == "appliance", quiet=quiet
+        )
         child = Child([sys.executable, "-m", "appliance", "serve", "--config", str(config)], log)
         spool = root / "spool"
-        running = Running(port, APPLIANCE_AE, child,
-                          lambda: count_files(spool, "*/*/*.dcm"))
+        running = Running(port, APPLIANCE_AE, child, lambda: count_files(spool, "*/*/*.dcm"))
     elif name == "bare":
         child = Child([sys.executable, "-m", "benchmarks.bare_scp", str(port), "BARESCP"], log)
         running = Running(port, "BARESCP", child, lambda: None)
     elif name == "storescp":
         out = workdir / "in"
         out.mkdir()
-        child = Child([program("storescp"), "-aet", "STORESCP", "-pdu", "131072", "-od",
-                       str(out), str(port)], log, env=nodelay_env())
+        child = Child(
+            [program("storescp"), "-aet", "STORESCP", "-pdu", "131072", "-od", str(out), str(port)],
+            log,
+            env=nodelay_env(),
+        )
         running = Running(port, "STORESCP", child, lambda: count_files(out, "*"))
     else:
         raise ValueError(f"unknown target {name!r}")
@@ -204,11 +219,21 @@ class Push:
 
 
 def push(port: int, ae_title: str, files: Sequence[Path]) -> Push:
-    args = [program("storescu"), "-v", "-aet", "BENCH", "-aec", ae_title, "127.0.0.1",
-            str(port), *map(str, files)]
+    args = [
+        program("storescu"),
+        "-v",
+        "-aet",
+        "BENCH",
+        "-aec",
+        ae_title,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
     start = time.perf_counter()
-    result = subprocess.run(args, capture_output=True, text=True, env=nodelay_env(),
-                            timeout=PUSH_TIMEOUT, check=False)
+    result = subprocess.run(
+        args, capture_output=True, text=True, env=nodelay_env(), timeout=PUSH_TIMEOUT, check=False
+    )
     seconds = time.perf_counter() - start
     output = result.stdout + result.stderr
     return Push(seconds, output.count(SUCCESS_LINE), result.returncode, output)
@@ -223,16 +248,19 @@ class Result:
         return [slices / s for s in self.seconds]
 
 
-def run_once(name: str, workdir: Path, files: Sequence[Path], warmup: Sequence[Path], *,
-             quiet: float) -> float:
+def run_once(
+    name: str, workdir: Path, files: Sequence[Path], warmup: Sequence[Path], *, quiet: float
+) -> float:
     """Start ``name``, push ``warmup`` (untimed), push ``files`` (timed), stop, verify."""
     target = start_target(name, workdir, quiet=quiet)
     try:
         if warmup:
             first = push(target.port, target.ae_title, warmup)
             if first.returncode != 0 or first.acknowledged != len(warmup):
-                raise RuntimeError(f"{name}: warm-up push failed (storescu rc "
-                                   f"{first.returncode})\n{first.output[-2000:]}")
+                raise RuntimeError(
+                    f"{name}: warm-up push failed (storescu rc "
+                    f"{first.returncode})\n{first.output[-2000:]}"
+                )
         settle()
         result = push(target.port, target.ae_title, files)
     finally:
@@ -246,9 +274,14 @@ def run_once(name: str, workdir: Path, files: Sequence[Path], warmup: Sequence[P
     if stored is not None and stored != len(files) + len(warmup):
         problems.append(f"{stored} of {len(files) + len(warmup)} files stored")
     if problems:
-        raise RuntimeError(f"{name}: " + "; ".join(problems) + "\nstorescu output tail:\n"
-                           + result.output[-2000:] + "\nserver log tail:\n"
-                           + target.child.tail())
+        raise RuntimeError(
+            f"{name}: "
+            + "; ".join(problems)
+            + "\nstorescu output tail:\n"
+            + result.output[-2000:]
+            + "\nserver log tail:\n"
+            + target.child.tail()
+        )
     return result.seconds
 
 
@@ -260,15 +293,20 @@ def generate(directory: Path, slices: int) -> list[Path]:
 
 # --- report ----------------------------------------------------------------------------------
 
+
 def print_table(results: dict[str, Result], slices: int, repeats: int) -> None:
-    print(f"\n{slices} x 512x512 CT (explicit VR LE), one association, storescu -> target, "
-          f"{repeats} pushes per target, interleaved")
+    print(
+        f"\n{slices} x 512x512 CT (explicit VR LE), one association, storescu -> target, "
+        f"{repeats} pushes per target, interleaved"
+    )
     print(f"{'target':<30} {'images/s median':>15} {'[min - max]':>17} {'seconds':>8}")
     for name, res in results.items():
         rates = res.rates(slices)
-        print(f"{DESCRIPTIONS[name]:<30} {statistics.median(rates):>15.0f} "
-              f"{f'[{min(rates):.0f} - {max(rates):.0f}]':>17} "
-              f"{statistics.median(res.seconds):>8.3f}")
+        print(
+            f"{DESCRIPTIONS[name]:<30} {statistics.median(rates):>15.0f} "
+            f"{f'[{min(rates):.0f} - {max(rates):.0f}]':>17} "
+            f"{statistics.median(res.seconds):>8.3f}"
+        )
 
     def median_rate(name: str) -> float | None:
         res = results.get(name)
@@ -287,6 +325,7 @@ def print_table(results: dict[str, Result], slices: int, repeats: int) -> None:
 
 
 # --- in-process profile of the C-STORE handler ---------------------------------------------
+
 
 class StageTimer:
     """Collects seconds per call for named stages (one association: one thread at a time)."""
@@ -380,8 +419,9 @@ class ProfileRun:
     cprofile: str | None
 
 
-def profile_once(files: Sequence[Path], warmup: Sequence[Path], workdir: Path, *, fsync: bool,
-                 use_cprofile: bool) -> ProfileRun:
+def profile_once(
+    files: Sequence[Path], warmup: Sequence[Path], workdir: Path, *, fsync: bool, use_cprofile: bool
+) -> ProfileRun:
     """Listener + spool + store in this process, pushed by storescu, each stage timed.
 
     The stages are the current handler's: ``Listener._handle_store`` → ``_accept``
@@ -410,9 +450,12 @@ def profile_once(files: Sequence[Path], warmup: Sequence[Path], workdir: Path, *
     store.record_instance = timer.wrap("sqlite record_instance", store.record_instance)  # type: ignore[method-assign]
     spool.write = timer.wrap("spool write (total)", spool.write)  # type: ignore[method-assign]
     port = free_port()
-    listener = Listener(ListenerSettings(ae_title=APPLIANCE_AE, bind="127.0.0.1", port=port),
-                        spool, timer.wrap("store callback", ingest.on_instance),
-                        ingest.on_rejection)
+    listener = Listener(
+        ListenerSettings(ae_title=APPLIANCE_AE, bind="127.0.0.1", port=port),
+        spool,
+        timer.wrap("store callback", ingest.on_instance),
+        ingest.on_rejection,
+    )
     profiler = cProfile.Profile() if use_cprofile else None
     profiling = threading.Event()  # set after the warm-up push
     handler = timer.wrap("handler (total)", listener._handle_store)
@@ -433,19 +476,28 @@ def profile_once(files: Sequence[Path], warmup: Sequence[Path], workdir: Path, *
     file_meta = events.Event.file_meta
     assert isinstance(file_meta, property) and file_meta.fget is not None
     patches = [
-        patched(events.Event, "file_meta",
-                property(timer.wrap("event.file_meta", file_meta.fget))),
-        patched(listener_mod, "encode_file_meta",
-                timer.wrap("encode_file_meta", listener_mod.encode_file_meta)),
-        patched(listener_mod, "_parse_dataset",
-                timer.wrap("_parse_dataset", listener_mod._parse_dataset)),
+        patched(events.Event, "file_meta", property(timer.wrap("event.file_meta", file_meta.fget))),
+        patched(
+            listener_mod,
+            "encode_file_meta",
+            timer.wrap("encode_file_meta", listener_mod.encode_file_meta),
+        ),
+        patched(
+            listener_mod,
+            "_parse_dataset",
+            timer.wrap("_parse_dataset", listener_mod._parse_dataset),
+        ),
         patched(listener_mod, "_parse_file", timer.wrap("_parse_file", listener_mod._parse_file)),
-        patched(listener_mod, "read_dataset",
-                timer.wrap("read_dataset", listener_mod.read_dataset)),
+        patched(
+            listener_mod, "read_dataset", timer.wrap("read_dataset", listener_mod.read_dataset)
+        ),
         patched(listener_mod, "validate_uid", timed_validate_uid),
         patched(spool_mod, "validate_uid", timed_validate_uid),
-        patched(listener_mod, "_check_native_pixel_length",
-                timer.wrap("pixel length check", listener_mod._check_native_pixel_length)),
+        patched(
+            listener_mod,
+            "_check_native_pixel_length",
+            timer.wrap("pixel length check", listener_mod._check_native_pixel_length),
+        ),
         patched(listener_mod, "describe", timer.wrap("describe", listener_mod.describe)),
         patched(spool_mod, "os", _timed_os(timer)),
         patched(spool_mod, "uuid", types.SimpleNamespace(uuid4=timer.wrap("uuid4", uuid.uuid4))),
@@ -468,9 +520,10 @@ def profile_once(files: Sequence[Path], warmup: Sequence[Path], workdir: Path, *
             p.__exit__(None, None, None)
         store.close()
     if result.returncode != 0 or result.acknowledged != len(files):
-        raise RuntimeError(f"profile push: storescu rc {result.returncode}, "
-                           f"{result.acknowledged} of {len(files)} acknowledged\n"
-                           + result.output[-2000:])
+        raise RuntimeError(
+            f"profile push: storescu rc {result.returncode}, "
+            f"{result.acknowledged} of {len(files)} acknowledged\n" + result.output[-2000:]
+        )
     if timer.samples["_parse_file"]:
         raise RuntimeError("profile push went through the deflated path; expected explicit LE")
     text = None
@@ -499,10 +552,13 @@ def print_profile(runs: Sequence[ProfileRun], slices: int) -> None:
     def minus(total: Sequence[float], *parts: Sequence[float]) -> list[float]:
         return [t - sum(p) for t, *p in zip(total, *parts, strict=True)]
 
-    print(f"\nC-STORE handler, in process (listener + spool + SQLite store), ms per image, "
-          f"mean over {slices} images")
-    print(f"  {'stage':<48}" + "".join(f"{'fsync ' + ('on' if r.fsync else 'off'):>12}"
-                                       for r in runs))
+    print(
+        f"\nC-STORE handler, in process (listener + spool + SQLite store), ms per image, "
+        f"mean over {slices} images"
+    )
+    print(
+        f"  {'stage':<48}" + "".join(f"{'fsync ' + ('on' if r.fsync else 'off'):>12}" for r in runs)
+    )
     wall = [r.seconds * 1e3 / per for r in runs]
     handler = [ms(r, "handler (total)") for r in runs]
     row("wall clock per image (storescu start..exit)", wall)
@@ -537,12 +593,15 @@ def print_profile(runs: Sequence[ProfileRun], slices: int) -> None:
     row("    store callback (Ingest.on_instance)", callback)
     row("      SQLite record_instance (BEGIN..COMMIT)", sqlite)
     row("      rest (NewInstance)", minus(callback, sqlite))
-    row("    rest of the handler", minus(handler, meta, encode, parse, uids, pixel,
-                                          spool_total, describe, callback))
+    row(
+        "    rest of the handler",
+        minus(handler, meta, encode, parse, uids, pixel, spool_total, describe, callback),
+    )
     row("images/s in this run", [per / r.seconds for r in runs])
 
 
 # --- the header-only parse against a full read, offline on the same bytes --------------------
+
 
 def print_offline_parse(files: Sequence[Path]) -> None:
     """Per image: the listener's parse stages, and a full ``dcmread`` for reference."""
@@ -601,8 +660,10 @@ def print_offline_parse(files: Sequence[Path]) -> None:
         ("listener: _parse_dataset(request.DataSet, ts)", median_ms(parse)),
         ("listener: _check_native_pixel_length", median_ms(check)),
         ("listener: all three (what _accept does before Spool.write)", median_ms(listener_total)),
-        ("reference: dcmread(BytesIO(file)), pixel data read", median_ms(
-            lambda i: dcmread(io.BytesIO(encoded[i])))),
+        (
+            "reference: dcmread(BytesIO(file)), pixel data read",
+            median_ms(lambda i: dcmread(io.BytesIO(encoded[i]))),
+        ),
         ("reference: dcmread + every element converted", median_ms(full_walk)),
     ]
     print(f"\nParsing one image, offline on the same {len(files)} datasets (median ms per image)")
@@ -610,8 +671,9 @@ def print_offline_parse(files: Sequence[Path]) -> None:
         print(f"  {label:<60}{value:>8.3f}")
 
 
-def run_profile(files: Sequence[Path], warmup: Sequence[Path], base: Path, *,
-                use_cprofile: bool) -> None:
+def run_profile(
+    files: Sequence[Path], warmup: Sequence[Path], base: Path, *, use_cprofile: bool
+) -> None:
     runs = []
     for fsync in (True, False):
         workdir = base / f"profile-{'fsync' if fsync else 'nofsync'}"
@@ -623,27 +685,51 @@ def run_profile(files: Sequence[Path], warmup: Sequence[Path], base: Path, *,
         workdir = base / "cprofile"
         workdir.mkdir()
         run = profile_once(files, warmup, workdir, fsync=True, use_cprofile=True)
-        print("\ncProfile of the C-STORE handler (fsync on), top functions by own "
-              f"time ({len(files) / run.seconds:.0f} images/s with the profiler on):")
+        print(
+            "\ncProfile of the C-STORE handler (fsync on), top functions by own "
+            f"time ({len(files) / run.seconds:.0f} images/s with the profiler on):"
+        )
         print(run.cprofile, flush=True)
+
 
 # --- main ------------------------------------------------------------------------------------
 
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.ingest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--slices", type=int, default=200, help="images in the series")
     parser.add_argument("--repeats", type=int, default=3, help="pushes per target")
-    parser.add_argument("--targets", default=",".join(TARGETS),
-                        help=f"comma-separated subset of {','.join(TARGETS)} (or 'none')")
-    parser.add_argument("--warmup", type=int, default=5,
-                        help="slices of a separate series pushed untimed first (0: none)")
-    parser.add_argument("--quiet-seconds", type=float, default=3600.0,
-                        help="appliance series_quiet_seconds (large: no worker during the push)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also time each stage of the handler in process (fsync on and off)")
-    parser.add_argument("--cprofile", action="store_true",
-                        help="with --profile: also print a cProfile of the handler")
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)} (or 'none')",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        help="slices of a separate series pushed untimed first (0: none)",
+    )
+    parser.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=3600.0,
+        help="appliance series_quiet_seconds (large: no worker during the push)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time each stage of the handler in process (fsync on and off)",
+    )
+    parser.add_argument(
+        "--cprofile",
+        action="store_true",
+        help="with --profile: also print a cProfile of the handler",
+    )
     args = parser.parse_args(argv)
     names = [] if args.targets == "none" else [t.strip() for t in args.targets.split(",")]
     unknown = [n for n in names if n not in TARGETS]
@@ -664,9 +750,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = generate(base / "series", args.slices)
         warmup = generate(base / "warmup", args.warmup) if args.warmup else []
         size = sum(p.stat().st_size for p in files)
-        print(f"generated {len(files)} files, {size / 1e6:.1f} MB, "
-              f"in {time.perf_counter() - t0:.1f} s; machine: {os.cpu_count()} CPUs, loopback; "
-              f"load average {load_average()}", flush=True)
+        print(
+            f"generated {len(files)} files, {size / 1e6:.1f} MB, "
+            f"in {time.perf_counter() - t0:.1f} s; machine: {os.cpu_count()} CPUs, loopback; "
+            f"load average {load_average()}",
+            flush=True,
+        )
         if args.profile:
             # First, while the disk and page cache have seen the least of this run.
             run_profile(files, warmup, base, use_cprofile=args.cprofile)
@@ -676,14 +765,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir = base / f"{name}-{rep}"
                 seconds = run_once(name, workdir, files, warmup, quiet=args.quiet_seconds)
                 results[name].seconds.append(seconds)
-                print(f"  push {rep + 1}/{args.repeats} {name:<18} {seconds:6.3f} s "
-                      f"{len(files) / seconds:7.0f} images/s", flush=True)
+                print(
+                    f"  push {rep + 1}/{args.repeats} {name:<18} {seconds:6.3f} s "
+                    f"{len(files) / seconds:7.0f} images/s",
+                    flush=True,
+                )
                 # Received files stay until the end: on ext4 without a journal (this VM)
                 # deleting them would slow every later file creation (see README.md).
         if results:
             print_table(results, len(files), args.repeats)
-            print(f"load average after the pushes: {load_average()} (other work on this "
-                  "machine skews the figures)")
+            print(
+                f"load average after the pushes: {load_average()} (other work on this "
+                "machine skews the figures)"
+            )
     return 0
 
 
