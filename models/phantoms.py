@@ -37,6 +37,7 @@ is, clipped to CT -1024..3071 or MR 0..32767:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -524,11 +525,12 @@ class Phantom:
 _BIG: Final = 1.0e4
 
 
-class _Shape:
+class _Shape(ABC):
     """Approximate signed distance in mm: negative inside, zero on the surface."""
 
+    @abstractmethod
     def sdf(self, p: Points) -> np.ndarray:
-        raise NotImplementedError
+        """Signed distance of each point (mm)."""
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return np.full(3, -_BIG), np.full(3, _BIG)
