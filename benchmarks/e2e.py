@@ -55,7 +55,16 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.ingest import Child, free_port, load_average, nodelay_env, program, settle
+from benchmarks.ingest import (
+    Child,
+    Push,
+    free_port,
+    load_average,
+    nodelay_env,
+    program,
+    push,
+    settle,
+)
 
 APPLIANCE_AE = "SEGAPPLIANCE"
 PACS_AE = "BENCHPACS"
@@ -63,8 +72,6 @@ SCU_AE = "BENCHSCU"
 TASK = "liver_ct"
 UNTRAINED_VERSION = "0.0.1-untrained"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-SUCCESS_LINE = "Received Store Response (Success)"
-PUSH_TIMEOUT = 240.0
 #: Spacing (slice, row, column) in mm of the benchmark CT: a 390 mm field of view.
 SPACING_MM = (1.5, 0.78, 0.78)
 
@@ -208,38 +215,6 @@ def write_config(
 
 
 @dataclass(frozen=True)
-class PushResult:
-    seconds: float
-    acked_at: float  # time.time() at storescu's exit
-    acknowledged: int
-    returncode: int
-    output: str
-
-
-def push(port: int, files: Sequence[Path]) -> PushResult:
-    args = [
-        program("storescu"),
-        "-v",
-        "-aet",
-        SCU_AE,
-        "-aec",
-        APPLIANCE_AE,
-        "127.0.0.1",
-        str(port),
-        *map(str, files),
-    ]
-    start = time.perf_counter()
-    result = subprocess.run(
-        args, capture_output=True, text=True, env=nodelay_env(), timeout=PUSH_TIMEOUT, check=False
-    )
-    acked_at = time.time()
-    output = result.stdout + result.stderr
-    return PushResult(
-        time.perf_counter() - start, acked_at, output.count(SUCCESS_LINE), result.returncode, output
-    )
-
-
-@dataclass(frozen=True)
 class Arrival:
     path: Path
     sop_uid: str
@@ -281,7 +256,7 @@ def wait_for_seg(pacs_dir: Path, seen: set[str], timeout: float, appliance: Chil
 
 @dataclass
 class Repeat:
-    push: PushResult
+    push: Push
     series_uid: str
     files: list[Path]
     seg: Arrival
@@ -639,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
                 settle()
-                result = push(port, files)
+                result = push(port, APPLIANCE_AE, files, calling_ae=SCU_AE)
                 if result.returncode != 0 or result.acknowledged != len(files):
                     raise RuntimeError(
                         f"push failed: storescu rc {result.returncode}, "

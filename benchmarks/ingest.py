@@ -213,17 +213,19 @@ def start_target(name: str, workdir: Path, *, quiet: float) -> Running:
 @dataclass(frozen=True)
 class Push:
     seconds: float
+    acked_at: float  # time.time() at storescu's exit
     acknowledged: int
     returncode: int
     output: str
 
 
-def push(port: int, ae_title: str, files: Sequence[Path]) -> Push:
+def push(port: int, ae_title: str, files: Sequence[Path], *, calling_ae: str = "BENCH") -> Push:
+    """storescu over one association; ``seconds`` from its start to its exit."""
     args = [
         program("storescu"),
         "-v",
         "-aet",
-        "BENCH",
+        calling_ae,
         "-aec",
         ae_title,
         "127.0.0.1",
@@ -236,7 +238,7 @@ def push(port: int, ae_title: str, files: Sequence[Path]) -> Push:
     )
     seconds = time.perf_counter() - start
     output = result.stdout + result.stderr
-    return Push(seconds, output.count(SUCCESS_LINE), result.returncode, output)
+    return Push(seconds, time.time(), output.count(SUCCESS_LINE), result.returncode, output)
 
 
 @dataclass
