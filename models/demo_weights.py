@@ -67,6 +67,9 @@ class DemoRecipe:
     #: normalisation: a CT window is absolute, but the MR z-score's foreground rule is
     #: relative to the mean intensity, which cropping changes (inference does not crop)
     crop_foreground: bool = False
+    #: sample lesion patches lesion by lesion (see models.training), so that small
+    #: tumours are seen as often as large ones
+    balance_lesions: bool = False
 
 
 RECIPES: dict[TaskName, DemoRecipe] = {
@@ -75,6 +78,7 @@ RECIPES: dict[TaskName, DemoRecipe] = {
         profile=CT_DEFAULT,
         class_ratios=(0.3, 0.3, 0.4),  # background, liver, tumour
         crop_foreground=True,
+        balance_lesions=True,
     ),
     TaskName.GLIOMA_MR: DemoRecipe(
         kinds=(PhantomKind.MR_T1C, PhantomKind.MR_FLAIR),
@@ -151,6 +155,7 @@ def train_demo_weights(
         seed=seed,
         class_ratios=recipe.class_ratios,
         crop_foreground=recipe.crop_foreground,
+        balance_lesions=recipe.balance_lesions,
     )
 
     def _progress(info: StepInfo) -> None:
@@ -190,7 +195,8 @@ def train_demo_weights(
         f"{train_seed}; no patient data. Metrics: {eval_cases} fresh phantoms (seed "
         f"{eval_seed}), via models.inference.segment with post-processing. Trained with "
         f"models.training.train: {steps} steps x {batch_size} patches, seed {seed}, "
-        f"class ratios {recipe.class_ratios}."
+        f"class ratios {recipe.class_ratios}"
+        f"{', lesion-balanced sampling' if recipe.balance_lesions else ''}."
     )
     registry = ModelRegistry(Path(out_registry_root))
     bundle = registry.add(

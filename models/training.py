@@ -39,7 +39,8 @@ from torch import nn
 
 from .errors import InputError, ModelsError
 from .inference import resolve_device
-from .tasks import TaskSpec
+from .postprocess import label_components
+from .tasks import MORPHOLOGICALLY_ABNORMAL_STRUCTURE, TaskSpec
 from .transforms import IMAGE_KEY, LABEL_KEY, build_preprocess, make_sample
 
 #: Background voxel indices kept per case for sampling negative patches.
@@ -83,6 +84,7 @@ class TrainConfig:
     patch_size: tuple[int, int, int] | None = None
     intensity_jitter: float = 0.1
     crop_foreground: bool = False
+    balance_lesions: bool = False
     seed: int = 0
     device: str | None = None
     log_every: int = 10
@@ -145,6 +147,9 @@ class PreparedCase:
     image: torch.Tensor  # (C, X, Y, Z) float32
     label: torch.Tensor  # (1, X, Y, Z) uint8
     indices: list[np.ndarray]  # flat voxel indices per class (0 = background)
+    #: per class: component boundaries into ``indices[cls]`` (sorted by component), or
+    #: ``None`` when the class is sampled voxel-uniformly
+    groups: list[np.ndarray | None] = field(default_factory=list)
 
 
 def _pad_to(
@@ -170,13 +175,18 @@ def prepare_cases(
     patch_size: Sequence[int] | None = None,
     crop_foreground: bool = False,
     seed: int = 0,
+    balance_lesions: bool = False,
 ) -> list[PreparedCase]:
     """Pre-process every case once (see the module docstring); the result is what the
-    sampler draws patches from."""
+    sampler draws patches from. ``balance_lesions`` groups each lesion class's voxels by
+    connected component (26-connectivity) for lesion-balanced sampling."""
     if not cases:
         raise TrainingError("no training cases")
     patch = tuple(patch_size) if patch_size is not None else spec.patch_size
     rng = np.random.default_rng([seed, 7])
+    lesion_classes = {
+        label.index for label in spec.labels if label.category == MORPHOLOGICALLY_ABNORMAL_STRUCTURE
+    }
     out: list[PreparedCase] = []
     for number, case in enumerate(cases):
         sample = make_sample(case.image, case.affine, spec, label=case.labels)
@@ -192,13 +202,28 @@ def prepare_cases(
         image, label = _pad_to(image, label, patch)
         flat = label[0].reshape(-1).numpy()
         indices: list[np.ndarray] = []
+        groups: list[np.ndarray | None] = []
         for cls in range(spec.num_classes):
             found = np.flatnonzero(flat == cls)
             if cls == 0 and found.size > _MAX_BACKGROUND_INDICES:
                 found = np.sort(rng.choice(found, _MAX_BACKGROUND_INDICES, replace=False))
+            bounds: np.ndarray | None = None
+            if balance_lesions and cls in lesion_classes and found.size:
+                found, bounds = _group_by_component(label[0].numpy() == cls, found)
             indices.append(found)
-        out.append(PreparedCase(image=image, label=label, indices=indices))
+            groups.append(bounds)
+        out.append(PreparedCase(image=image, label=label, indices=indices, groups=groups))
     return out
+
+
+def _group_by_component(mask: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``found`` (flat indices of ``mask``) sorted by connected component, and the
+    component boundaries: component ``k`` is ``found[bounds[k]:bounds[k + 1]]``."""
+    components, count = label_components(mask)
+    ids = components.reshape(-1)[found]
+    order = np.argsort(ids, kind="stable")
+    bounds = np.searchsorted(ids[order], np.arange(1, count + 2))
+    return found[order], bounds.astype(np.int64)
 
 
 def _class_ratios(spec: TaskSpec, config: TrainConfig) -> np.ndarray:
@@ -229,7 +254,13 @@ def _sample_patch(
         centre = [int(rng.integers(0, s)) for s in shape]
     else:
         cls = int(rng.choice(len(weights), p=weights / weights.sum()))
-        flat = int(case.indices[cls][int(rng.integers(0, case.indices[cls].size))])
+        bounds = case.groups[cls] if case.groups else None
+        if bounds is not None:
+            k = int(rng.integers(0, bounds.size - 1))
+            pick = int(rng.integers(int(bounds[k]), int(bounds[k + 1])))
+        else:
+            pick = int(rng.integers(0, case.indices[cls].size))
+        flat = int(case.indices[cls][pick])
         centre = [int(v) for v in np.unravel_index(flat, tuple(shape))]
     slices = []
     for c, size, p in zip(centre, shape, patch, strict=True):
@@ -269,6 +300,7 @@ def train(
             patch_size=patch,
             crop_foreground=config.crop_foreground,
             seed=config.seed,
+            balance_lesions=config.balance_lesions,
         )
     )
     if not cached:

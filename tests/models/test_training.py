@@ -83,3 +83,29 @@ def test_config_validation() -> None:
         TrainConfig(class_ratios=(0.0, 0.0))
     with pytest.raises(TrainingError):
         train(build_network(SPEC, TINY_NET), SPEC, [], TrainConfig(steps=1))
+
+
+def test_lesion_balanced_sampling_picks_small_lesions_as_often_as_large() -> None:
+    """A 1-voxel tumour next to a 216-voxel one: voxel-uniform sampling centres almost
+    every tumour patch on the large one; lesion-balanced sampling splits them evenly."""
+    from models.training import _class_ratios, _sample_patch
+
+    spec = replace(get_task("liver_ct"), target_spacing_mm=(2.0, 2.0, 2.0), patch_size=(16, 16, 16))
+    labels = np.zeros((24, 24, 24), dtype=np.uint8)
+    labels[2:22, 2:22, 2:22] = 1
+    labels[4:10, 4:10, 4:10] = 2  # large tumour: 216 voxels at 100 HU
+    labels[18, 18, 18] = 2  # small tumour: 1 voxel at 200 HU
+    image = np.where(labels > 0, 50.0, -500.0).astype(np.float32)
+    image[labels == 2] = 100.0
+    image[18, 18, 18] = 200.0
+    case = TrainingCase(image, labels, np.diag([2.0, 2.0, 2.0, 1.0]))
+    ratios = _class_ratios(spec, TrainConfig(steps=0, class_ratios=(0.0, 0.0, 1.0)))
+    for balance, low, high in ((False, 0.0, 0.03), (True, 0.4, 0.6)):
+        (prepared,) = prepare_cases(spec, [case], balance_lesions=balance)
+        rng = np.random.default_rng(0)
+        small = 0
+        for _ in range(400):
+            patch, label = _sample_patch(prepared, ratios, (1, 1, 1), rng, 0.0)
+            assert int(label.max()) == 2  # always centred on a tumour voxel
+            small += int(float(patch.max()) > float(prepared.image.max()) - 1e-3)
+        assert low <= small / 400 <= high, (balance, small)
