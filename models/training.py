@@ -16,29 +16,50 @@ the federation's local training rounds).
    ``RandCropByPosNegLabeld``/``RandCropByLabelClassesd``, but with the indices cached so
    that sampling costs nothing next to the network), a voxel of that class as patch
    centre, plus mild intensity jitter;
-3. loss is MONAI ``DiceCELoss`` (softmax, one-hot targets), optimiser AdamW with a
-   polynomial learning-rate decay.
+3. optionally (``augment``) each patch goes through a light, seeded MONAI augmentation
+   (:mod:`models.augmentation`: flips, in-plane 90 degree rotations, intensity scale and
+   shift, noise);
+4. loss is MONAI ``DiceCELoss`` (softmax, one-hot targets), plus the FedProx proximal
+   term ``(prox_mu / 2) * ||w - w_ref||^2`` when ``prox_mu > 0``; optimiser AdamW (or SGD
+   with momentum) with a polynomial learning-rate decay; autocast (and a grad scaler for
+   fp16) on CUDA when ``amp``;
+5. with ``small_lesion_scaling`` each step gets the FedGS factor ``p``
+   (:mod:`models.lesion_scaling`), reported per step and applied to the accumulated
+   update (:attr:`TrainReport.scaled_update`), see ``docs/training.md``.
+
+Between steps :func:`train` polls ``should_pause`` (it waits while that returns True, so
+that inference jobs get the machine) and writes a checkpoint every ``checkpoint_every``
+steps; a run started with an existing checkpoint resumes from it.
 
 Everything random comes from ``config.seed`` (numpy ``Generator`` for sampling,
-``torch.manual_seed`` for the network's own randomness), so two runs with the same seed,
-model initialisation and cases give the same weights on the same machine. Thread counts
-(``torch.set_num_threads``) are the caller's business.
+``torch.manual_seed`` for the network's own randomness, a per-step seed for the
+augmentation), so two runs with the same seed, model initialisation and cases give the
+same weights on the same machine, and so does a run interrupted and resumed from its
+checkpoint. Thread counts (``torch.set_num_threads``) are the caller's business.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
+from .augmentation import augment_patch, build_patch_augmentation, step_seed
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, state_digest
 from .errors import InputError, ModelsError
-from .inference import resolve_device
+from .inference import amp_dtype_for, resolve_device
+from .lesion_scaling import SmallLesionScaling, batch_step_scale
 from .postprocess import label_components
 from .tasks import MORPHOLOGICALLY_ABNORMAL_STRUCTURE, TaskSpec
 from .transforms import IMAGE_KEY, LABEL_KEY, build_preprocess, make_sample
@@ -49,6 +70,28 @@ _MAX_BACKGROUND_INDICES = 200_000
 
 class TrainingError(ModelsError):
     """Training could not run (bad cases, bad config)."""
+
+
+class OptimizerName(StrEnum):
+    """The optimisers :func:`train` can use."""
+
+    ADAMW = "adamw"
+    SGD = "sgd"  # with ``TrainConfig.momentum``
+
+
+__all__ = [
+    "OptimizerName",
+    "PreparedCase",
+    "SmallLesionScaling",
+    "StepInfo",
+    "TrainConfig",
+    "TrainReport",
+    "TrainingCase",
+    "TrainingError",
+    "fine_tune",
+    "prepare_cases",
+    "train",
+]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -72,6 +115,11 @@ class TrainConfig:
     ``patch_size`` defaults to the task's. ``device`` ``None`` means CUDA if available.
     ``crop_foreground`` must match inference (:func:`models.inference.segment` does not
     crop by default): for MR the z-score statistics depend on the crop.
+
+    ``optimizer``: ``"adamw"`` or ``"sgd"`` (with ``momentum``). ``prox_mu``: FedProx
+    proximal weight (0 = off). ``small_lesion_scaling``: FedGS step scaling (``None`` =
+    off). ``augment``: MONAI patch augmentation. ``amp``: mixed precision, used only when
+    the device is CUDA.
     """
 
     steps: int = 500
@@ -88,10 +136,31 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     log_every: int = 10
+    optimizer: OptimizerName = OptimizerName.ADAMW
+    momentum: float = 0.9
+    prox_mu: float = 0.0
+    small_lesion_scaling: SmallLesionScaling | None = None
+    augment: bool = False
+    amp: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
             raise TrainingError("need steps >= 0 and batch_size >= 1")
+        try:
+            object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
+        except ValueError as exc:
+            allowed = ", ".join(o.value for o in OptimizerName)
+            raise TrainingError(
+                f"optimizer must be one of {allowed}, got {self.optimizer!r}"
+            ) from exc
+        if not (math.isfinite(self.momentum) and 0.0 <= self.momentum < 1.0):
+            raise TrainingError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not (math.isfinite(self.prox_mu) and self.prox_mu >= 0.0):
+            raise TrainingError(f"prox_mu must be a finite number >= 0, got {self.prox_mu!r}")
+        if self.small_lesion_scaling is not None and not isinstance(
+            self.small_lesion_scaling, SmallLesionScaling
+        ):
+            raise TrainingError("small_lesion_scaling must be a SmallLesionScaling or None")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainingError("lr must be a finite number > 0")
         if not 0.0 <= self.pos_fraction <= 1.0:
@@ -119,6 +188,8 @@ class StepInfo:
     loss: float
     lr: float
     elapsed_s: float
+    #: FedGS factor ``p`` of this step (1.0 without small lesions or scaling)
+    scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +203,16 @@ class TrainReport:
     seed: int
     device: str
     extra: Mapping[str, float] = field(default_factory=dict)
+    #: FedGS factor ``p`` per step (all 1.0 without ``small_lesion_scaling``)
+    step_scales: tuple[float, ...] = ()
+    #: seconds spent waiting while ``should_pause`` returned True
+    paused_seconds: float = 0.0
+    #: the step a checkpoint resumed this run from (0 = started afresh)
+    resumed_from_step: int = 0
+    #: with ``small_lesion_scaling``: sum over steps of ``p_t`` times the parameter change
+    #: of step ``t`` (the "accumulated update" FedGS sends), per trainable parameter name,
+    #: on the CPU; ``None`` without scaling
+    scaled_update: Mapping[str, torch.Tensor] | None = field(default=None, compare=False)
 
     @property
     def final_loss(self) -> float:
@@ -276,6 +357,201 @@ def _sample_patch(
     return image, label
 
 
+#: How often ``should_pause`` is polled while training is paused.
+PAUSE_POLL_S = 0.2
+
+#: Config fields that may differ between a run and the run resuming its checkpoint.
+_RESUMABLE_DIFFERENCES = ("device", "log_every")
+
+
+def _build_optimiser(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == OptimizerName.SGD:
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _reference_parameters(
+    model: nn.Module, reference_state: Mapping[str, torch.Tensor] | None, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The FedProx anchor ``w_ref`` per trainable parameter (detached, on ``device``):
+    from ``reference_state`` where it names the parameter, else (no reference given) the
+    model's weights as :func:`train` received them."""
+    out: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        source = param if reference_state is None else reference_state.get(name)
+        if source is None:
+            continue
+        if tuple(source.shape) != tuple(param.shape):
+            raise TrainingError(
+                f"reference_state[{name!r}] has shape {tuple(source.shape)}, "
+                f"the network's is {tuple(param.shape)}"
+            )
+        out[name] = source.detach().to(device=device, dtype=param.dtype).clone()
+    if not out:
+        raise TrainingError("reference_state names none of the network's trainable parameters")
+    return out
+
+
+def _proximal_term(model: nn.Module, reference: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    terms = [
+        (param.float() - reference[name].float()).pow(2).sum()
+        for name, param in model.named_parameters()
+        if name in reference
+    ]
+    return torch.stack(terms).sum()
+
+
+def _wait_while_paused(should_pause: Callable[[], bool], poll_s: float) -> float:
+    """Sleep while ``should_pause()`` is true; returns the seconds waited."""
+    if not should_pause():
+        return 0.0
+    start = time.perf_counter()
+    while True:
+        time.sleep(poll_s)
+        if not should_pause():
+            return time.perf_counter() - start
+
+
+def _fingerprint(model: nn.Module, config: TrainConfig, cached: Sequence[PreparedCase]) -> str:
+    """What must match for a checkpoint to be resumed: the config (but its device), the
+    starting weights and the prepared cases' shapes."""
+    settings = {k: v for k, v in asdict(config).items() if k not in _RESUMABLE_DIFFERENCES}
+    return json.dumps(
+        {
+            "config": settings,
+            "weights": state_digest(model.state_dict()),
+            "cases": [list(item.image.shape) for item in cached],
+        },
+        sort_keys=True,
+        default=str,
+    )
+
+
+def _autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass(slots=True)
+class _RunState:
+    """What a checkpoint restores besides the model and optimiser."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
+    update: dict[str, torch.Tensor] | None = None
+    paused_s: float = 0.0
+
+
+@dataclass(slots=True)
+class _Checkpointer:
+    """Saves and restores one run's state in its checkpoint file."""
+
+    path: Path
+    fingerprint: str
+    model: nn.Module
+    optimiser: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    rng: np.random.Generator
+    device: torch.device
+
+    def save(self, state: _RunState) -> None:
+        cuda = self.device.type == "cuda"
+        update = state.update
+        try:
+            save_checkpoint(
+                self.path,
+                {
+                    "fingerprint": self.fingerprint,
+                    "step": state.step,
+                    "model": {k: v.detach().to("cpu") for k, v in self.model.state_dict().items()},
+                    "optimiser": self.optimiser.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                    "numpy_rng": self.rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
+                    "losses": list(state.losses),
+                    "scales": list(state.scales),
+                    "update": (
+                        {k: v.detach().to("cpu") for k, v in update.items()}
+                        if update is not None
+                        else None
+                    ),
+                },
+            )
+        except CheckpointError as exc:
+            raise TrainingError(str(exc)) from exc
+
+    def resume(self, state: _RunState) -> None:
+        try:
+            payload = load_checkpoint(self.path)
+        except CheckpointError as exc:
+            raise TrainingError(str(exc)) from exc
+        if payload.get("fingerprint") != self.fingerprint:
+            raise TrainingError(
+                f"the checkpoint {self.path.name} belongs to another training run (different "
+                "settings, starting weights or cases); delete it to start afresh"
+            )
+        try:
+            self.model.load_state_dict(payload["model"], strict=True)
+            self.optimiser.load_state_dict(payload["optimiser"])
+            if self.scaler is not None and payload["scaler"] is not None:
+                self.scaler.load_state_dict(payload["scaler"])
+            self.rng.bit_generator.state = payload["numpy_rng"]
+            torch.set_rng_state(payload["torch_rng"])
+            if self.device.type == "cuda" and payload["cuda_rng"] is not None:
+                torch.cuda.set_rng_state(payload["cuda_rng"], self.device)
+            state.step = int(payload["step"])
+            state.losses = [float(v) for v in payload["losses"]]
+            state.scales = [float(v) for v in payload["scales"]]
+            if state.update is not None:
+                saved = payload["update"]
+                state.update = {k: saved[k].to(self.device) for k in state.update}
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise TrainingError(f"the checkpoint {self.path.name} is incomplete: {exc}") from exc
+
+
+def _sample_batch(
+    cached: Sequence[PreparedCase],
+    ratios: np.ndarray,
+    patch: Sequence[int],
+    rng: np.random.Generator,
+    config: TrainConfig,
+    augmentation: Any,
+    step: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    if augmentation is not None:
+        augmentation.set_random_state(seed=step_seed(config.seed, step))
+    for _ in range(config.batch_size):
+        case = cached[int(rng.integers(0, len(cached)))]
+        image, label = _sample_patch(case, ratios, patch, rng, config.intensity_jitter)
+        if augmentation is not None:
+            image, label = augment_patch(augmentation, image, label)
+        images.append(image)
+        labels.append(label)
+    return torch.stack(images), torch.stack(labels)
+
+
+@contextlib.contextmanager
+def _training_mode(model: nn.Module) -> Iterator[None]:
+    model.train()
+    try:
+        yield
+    finally:
+        model.eval()
+
+
 def train(
     model: nn.Module,
     spec: TaskSpec,
@@ -284,10 +560,27 @@ def train(
     *,
     on_step: Callable[[StepInfo], None] | None = None,
     prepared: Sequence[PreparedCase] | None = None,
+    reference_state: Mapping[str, torch.Tensor] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 50,
+    should_pause: Callable[[], bool] | None = None,
+    pause_poll_s: float = PAUSE_POLL_S,
 ) -> TrainReport:
     """Train ``model`` in place on ``cases`` for ``config.steps`` steps; returns the loss
     per step. ``prepared`` (from :func:`prepare_cases`) skips pre-processing, e.g. when
-    a site trains several rounds on the same cases."""
+    a site trains several rounds on the same cases.
+
+    ``reference_state``: the FedProx anchor ``w_ref`` (used when ``config.prox_mu > 0``;
+    by default the weights ``model`` has when called). ``checkpoint``: a file for this
+    run; written (atomically) every ``checkpoint_every`` steps and after the last one, and
+    if it exists when called, the run resumes from it (it must come from the same
+    config, starting weights and cases). ``should_pause``: polled before every step;
+    while it returns True training sleeps (``pause_poll_s`` between polls), then goes on
+    exactly where it was."""
+    if checkpoint_every < 1:
+        raise TrainingError("checkpoint_every must be >= 1")
+    if not (math.isfinite(pause_poll_s) and pause_poll_s > 0):
+        raise TrainingError("pause_poll_s must be a finite number > 0")
     device = resolve_device(config.device)
     patch = config.patch_size if config.patch_size is not None else spec.patch_size
     start = time.perf_counter()
@@ -310,50 +603,98 @@ def train(
             raise InputError("a prepared case is smaller than the patch size")
     preprocess_s = time.perf_counter() - start
 
+    scaling = config.small_lesion_scaling
+    lesion_labels = scaling.lesion_labels(spec) if scaling is not None else ()
+    fingerprint = _fingerprint(model, config, cached) if checkpoint is not None else ""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, 1])
     ratios = _class_ratios(spec, config)
     model.to(device)
-    model.train()
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    reference = (
+        _reference_parameters(model, reference_state, device) if config.prox_mu > 0 else None
     )
-    losses: list[float] = []
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimiser = _build_optimiser(model, config)
+    amp_dtype = amp_dtype_for(device) if config.amp else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    augmentation = build_patch_augmentation(patch) if config.augment else None
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    state = _RunState(
+        update={name: torch.zeros_like(p) for name, p in trainable} if scaling is not None else None
+    )
+    saver = (
+        _Checkpointer(Path(checkpoint), fingerprint, model, optimiser, scaler, rng, device)
+        if checkpoint is not None
+        else None
+    )
+    if saver is not None and saver.path.exists():
+        saver.resume(state)
+    resumed_from = state.step
     mark = time.perf_counter()
-    for step in range(config.steps):
-        lr = config.lr * (1.0 - step / max(config.steps, 1)) ** config.lr_power
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        images, labels = [], []
-        for _ in range(config.batch_size):
-            case = cached[int(rng.integers(0, len(cached)))]
-            image, label = _sample_patch(case, ratios, patch, rng, config.intensity_jitter)
-            images.append(image)
-            labels.append(label)
-        x = torch.stack(images).to(device)
-        y = torch.stack(labels).long().to(device)
-        optimiser.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at step {step + 1}")
-        loss.backward()
-        optimiser.step()
-        value = float(loss.item())
-        losses.append(value)
-        if on_step is not None:
-            on_step(StepInfo(step + 1, config.steps, value, lr, time.perf_counter() - mark))
-    model.eval()
+    with _training_mode(model):
+        for step in range(state.step, config.steps):
+            if should_pause is not None:
+                state.paused_s += _wait_while_paused(should_pause, pause_poll_s)
+            lr = config.lr * (1.0 - step / max(config.steps, 1)) ** config.lr_power
+            x, y = _sample_batch(cached, ratios, patch, rng, config, augmentation, step)
+            x, y = x.to(device), y.long().to(device)
+            scale = batch_step_scale(y, lesion_labels, scaling) if scaling is not None else 1.0
+            local_scale = scale if scaling is not None and scaling.scale_local_step else 1.0
+            for group in optimiser.param_groups:
+                group["lr"] = lr * local_scale
+            optimiser.zero_grad(set_to_none=True)
+            with _autocast(device, amp_dtype):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at step {step + 1}")
+            total = loss
+            if reference is not None:
+                total = loss + 0.5 * config.prox_mu * _proximal_term(model, reference)
+            before = (
+                [p.detach().clone() for _, p in trainable] if state.update is not None else None
+            )
+            if scaler is not None:
+                scaler.scale(total).backward()
+                scaler.step(optimiser)
+                scaler.update()
+            else:
+                total.backward()
+                optimiser.step()
+            if state.update is not None and before is not None:
+                weight = scale / local_scale
+                with torch.no_grad():
+                    for (name, param), old in zip(trainable, before, strict=True):
+                        state.update[name].add_(param.detach() - old, alpha=weight)
+            value = float(loss.item())
+            state.losses.append(value)
+            state.scales.append(scale)
+            state.step = step + 1
+            if saver is not None and (
+                state.step % checkpoint_every == 0 or state.step == config.steps
+            ):
+                saver.save(state)
+            if on_step is not None:
+                on_step(
+                    StepInfo(step + 1, config.steps, value, lr, time.perf_counter() - mark, scale)
+                )
     return TrainReport(
         steps=config.steps,
-        losses=tuple(losses),
+        losses=tuple(state.losses),
         seconds=time.perf_counter() - start,
         preprocess_seconds=preprocess_s,
         cases=len(cached),
         patches=config.steps * config.batch_size,
         seed=config.seed,
         device=str(device),
+        step_scales=tuple(state.scales),
+        paused_seconds=state.paused_s,
+        resumed_from_step=resumed_from,
+        scaled_update=(
+            {k: v.detach().to("cpu") for k, v in state.update.items()}
+            if state.update is not None
+            else None
+        ),
     )
 
 
@@ -366,10 +707,27 @@ def fine_tune(
     initial_state: Mapping[str, torch.Tensor],
     on_step: Callable[[StepInfo], None] | None = None,
     prepared: Sequence[PreparedCase] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 50,
+    should_pause: Callable[[], bool] | None = None,
+    pause_poll_s: float = PAUSE_POLL_S,
 ) -> TrainReport:
-    """:func:`train` starting from ``initial_state`` (loaded with ``strict=True``)."""
+    """:func:`train` starting from ``initial_state`` (loaded with ``strict=True``), which
+    is also the FedProx reference ``w_ref``."""
     try:
         model.load_state_dict(dict(initial_state), strict=True)
     except RuntimeError as exc:
         raise TrainingError(f"the starting weights do not fit the network: {exc}") from exc
-    return train(model, spec, cases, config, on_step=on_step, prepared=prepared)
+    return train(
+        model,
+        spec,
+        cases,
+        config,
+        on_step=on_step,
+        prepared=prepared,
+        reference_state=initial_state,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        should_pause=should_pause,
+        pause_poll_s=pause_poll_s,
+    )
