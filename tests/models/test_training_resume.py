@@ -1,0 +1,203 @@
+"""Local training: checkpoints and resume, pausing for inference, augmentation, AMP."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.networks import NetworkConfig, build_network
+from models.phantoms import MR_DEFAULT, generate_phantom
+from models.tasks import get_task
+from models.training import (
+    PreparedCase,
+    SmallLesionScaling,
+    StepInfo,
+    TrainConfig,
+    TrainingCase,
+    TrainingError,
+    TrainReport,
+    prepare_cases,
+    train,
+)
+
+TINY_NET = NetworkConfig(filters=(4, 8), num_res_units=0)
+SPEC = replace(get_task("glioma_mr"), target_spacing_mm=(5.0, 5.0, 5.0), patch_size=(16, 16, 16))
+PROFILE = replace(MR_DEFAULT, spacing_mm=(6.0, 6.0, 6.0), matrix=(28, 36, 36), seed=4242)
+#: everything that carries state across steps: AdamW moments, augmentation, FedGS
+#: accumulated update, FedProx reference
+FULL = TrainConfig(
+    steps=10,
+    batch_size=2,
+    lr=1e-2,
+    seed=11,
+    augment=True,
+    prox_mu=0.01,
+    small_lesion_scaling=SmallLesionScaling(threshold=0.5),
+)
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[TrainingCase]:
+    out = []
+    for k in range(2):
+        p = generate_phantom("mr_t1c", PROFILE, k)
+        out.append(TrainingCase(p.image, p.labels, p.affine_lps))
+    return out
+
+
+@pytest.fixture(scope="module")
+def prepared(cases: list[TrainingCase]) -> list[PreparedCase]:
+    return prepare_cases(SPEC, cases)
+
+
+def _run(
+    prepared: list[PreparedCase], config: TrainConfig, **kwargs: object
+) -> tuple[TrainReport, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    model = build_network(SPEC, TINY_NET)
+    report = train(model, SPEC, [], config, prepared=prepared, **kwargs)  # type: ignore[arg-type]
+    return report, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_augmented_training_is_deterministic(prepared: list[PreparedCase]) -> None:
+    config = replace(FULL, prox_mu=0.0, small_lesion_scaling=None)
+    first, state = _run(prepared, config)
+    again, state_again = _run(prepared, config)
+    assert first.losses == again.losses and _same(state, state_again)
+    plain, plain_state = _run(prepared, replace(config, augment=False))
+    assert plain.losses != first.losses and not _same(state, plain_state)
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(
+    prepared: list[PreparedCase], tmp_path: Path
+) -> None:
+    reference, reference_state = _run(prepared, FULL)
+
+    ckpt = tmp_path / "run" / "train.ckpt"
+
+    def crash_at_7(info: StepInfo) -> None:
+        if info.step == 7:
+            raise _Crash("simulated crash")
+
+    with pytest.raises(_Crash):
+        _run(prepared, FULL, checkpoint=ckpt, checkpoint_every=3, on_step=crash_at_7)
+    assert ckpt.exists() and not (tmp_path / "run" / "train.ckpt.tmp").exists()
+
+    seen: list[int] = []
+    resumed, resumed_state = _run(
+        prepared, FULL, checkpoint=ckpt, checkpoint_every=3, on_step=lambda i: seen.append(i.step)
+    )
+    assert resumed.resumed_from_step == 6 and seen == [7, 8, 9, 10]
+    assert resumed.losses == reference.losses
+    assert resumed.step_scales == reference.step_scales
+    assert _same(resumed_state, reference_state)
+    assert resumed.scaled_update is not None and reference.scaled_update is not None
+    assert _same(dict(resumed.scaled_update), dict(reference.scaled_update))
+
+    # the finished run's checkpoint gives back the same result without training again
+    done, done_state = _run(prepared, FULL, checkpoint=ckpt, on_step=crash_at_7)
+    assert done.resumed_from_step == 10 and done.losses == reference.losses
+    assert _same(done_state, reference_state)
+
+
+def test_a_checkpoint_is_not_resumed_by_another_run(
+    prepared: list[PreparedCase], tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "train.ckpt"
+    config = replace(FULL, steps=2)
+    _run(prepared, config, checkpoint=ckpt)
+    with pytest.raises(TrainingError, match="another training run"):
+        _run(prepared, replace(config, seed=12), checkpoint=ckpt)
+    torch.manual_seed(1)  # other starting weights
+    with pytest.raises(TrainingError, match="another training run"):
+        train(build_network(SPEC, TINY_NET), SPEC, [], config, prepared=prepared, checkpoint=ckpt)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="cannot read the training checkpoint"):
+        _run(prepared, config, checkpoint=ckpt)
+    with pytest.raises(TrainingError, match="checkpoint_every"):
+        _run(prepared, config, checkpoint=ckpt, checkpoint_every=0)
+
+
+def test_pausing_between_steps_changes_nothing_but_the_time(
+    prepared: list[PreparedCase],
+) -> None:
+    config = replace(FULL, steps=6)
+    reference, reference_state = _run(prepared, config)
+    assert reference.paused_seconds == 0.0
+
+    # a job is waiting for the first three polls
+    polls: list[int] = []
+
+    def busy_at_first() -> bool:
+        polls.append(1)
+        return len(polls) <= 3
+
+    paused, paused_state = _run(prepared, config, should_pause=busy_at_first, pause_poll_s=0.01)
+    assert paused.paused_seconds > 0 and len(polls) == 3 + 6  # 3 busy polls + one per step
+    assert paused.losses == reference.losses and _same(paused_state, reference_state)
+
+    # a job arrives after step 3 and another thread marks it done a little later
+    queue_busy = threading.Event()
+    timer = threading.Timer(0.2, queue_busy.clear)
+    steps_seen: list[int] = []
+
+    def job_arrives(info: StepInfo) -> None:
+        steps_seen.append(info.step)
+        if info.step == 3:
+            queue_busy.set()
+            timer.start()
+
+    try:
+        flipped, flipped_state = _run(
+            prepared,
+            config,
+            should_pause=queue_busy.is_set,
+            pause_poll_s=0.01,
+            on_step=job_arrives,
+        )
+    finally:
+        timer.cancel()
+    assert steps_seen == [1, 2, 3, 4, 5, 6] and not queue_busy.is_set()
+    assert flipped.paused_seconds > 0
+    assert flipped.losses == reference.losses and _same(flipped_state, reference_state)
+
+
+def test_amp_is_cuda_only(prepared: list[PreparedCase]) -> None:
+    config = replace(FULL, steps=3, device="cpu")
+    with_amp, state = _run(prepared, replace(config, amp=True))
+    without, state_without = _run(prepared, replace(config, amp=False))
+    assert with_amp.losses == without.losses and _same(state, state_without)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (AMP runs on CUDA)")
+def test_amp_training_on_cuda(prepared: list[PreparedCase], tmp_path: Path) -> None:
+    config = replace(FULL, steps=6, device="cuda", amp=True)
+    report, state = _run(prepared, config)
+    assert report.device.startswith("cuda") and len(report.losses) == 6
+    assert all(torch.isfinite(torch.tensor(report.losses)))
+    torch.manual_seed(0)
+    initial = build_network(SPEC, TINY_NET).state_dict()
+    assert not _same({k: v.cpu() for k, v in state.items()}, dict(initial))
+    # checkpoint and resume on CUDA (grad scaler / CUDA RNG state round-trip)
+    ckpt = tmp_path / "cuda.ckpt"
+
+    def crash(info: StepInfo) -> None:
+        if info.step == 4:
+            raise _Crash("simulated crash")
+
+    with pytest.raises(_Crash):
+        _run(prepared, config, checkpoint=ckpt, checkpoint_every=2, on_step=crash)
+    resumed, _ = _run(prepared, config, checkpoint=ckpt, checkpoint_every=2)
+    assert resumed.resumed_from_step == 4 and len(resumed.losses) == 6
