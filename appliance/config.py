@@ -146,6 +146,21 @@ class OutputConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CasesConfig:
+    """Annotated cases (``appliance.annotations``).
+
+    ``held_out_fraction`` (0 to 0.9, default 0.2): the share of studies whose cases are
+    held out, never trained on, for the validation gate. ``split_key``: the site's secret
+    key of the keyed hash (HMAC-SHA256 of the Study Instance UID) that decides the split;
+    at least 16 characters. When not configured, one is generated on first use and kept
+    in the store (``appliance cases list`` does not show it), so the split stays fixed.
+    """
+
+    held_out_fraction: float = 0.2
+    split_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AppConfig:
     dicom: DicomConfig = field(default_factory=DicomConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -155,6 +170,7 @@ class AppConfig:
     routing: tuple[RoutingRule, ...] = DEFAULT_RULES
     models: ModelsConfig = field(default_factory=ModelsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    cases: CasesConfig = field(default_factory=CasesConfig)
 
     @property
     def models_root(self) -> Path:
@@ -273,6 +289,7 @@ class _Reader:
                 "routing",
                 "models",
                 "output",
+                "cases",
             },
         )
         dicom = self.dicom(self.table(data, "dicom"))
@@ -299,7 +316,15 @@ class _Reader:
         models = self.models(self.table(data, "models"))
         output = self.output(self.table(data, "output"), [d.name for d in destinations])
         return AppConfig(
-            dicom, storage, tuple(destinations), outbox, logging_cfg, routing, models, output
+            dicom,
+            storage,
+            tuple(destinations),
+            outbox,
+            logging_cfg,
+            routing,
+            models,
+            output,
+            cases=self.cases(self.table(data, "cases")),
         )
 
     def models(self, d: dict[str, Any]) -> ModelsConfig:
@@ -316,6 +341,21 @@ class _Reader:
         elif "shipped" in d:
             shipped = self.path(d, "shipped", p)
         return ModelsConfig(root=self.path(d, "root", p), shipped=shipped, device=device.lower())
+
+    def cases(self, d: dict[str, Any]) -> CasesConfig:
+        p = "cases"
+        self.unknown(p, d, {"held_out_fraction", "split_key"})
+        defaults = CasesConfig()
+        key = d.get("split_key")
+        if key is not None and (not isinstance(key, str) or len(key.strip()) < 16):
+            self.err(f"{p}.split_key", "must be a secret string of at least 16 characters")
+            key = None
+        return CasesConfig(
+            held_out_fraction=self.number(
+                d, "held_out_fraction", p, defaults.held_out_fraction, 0.0, 0.9
+            ),
+            split_key=key.strip() if isinstance(key, str) else None,
+        )
 
     def output(self, d: dict[str, Any], known: list[str]) -> OutputConfig:
         p = "output"

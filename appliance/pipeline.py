@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from appliance.annotations import annotate_seg_series
 from appliance.config import AppConfig
 from appliance.models_service import NetworkCache
 from appliance.routing import SeriesFacts, route
@@ -36,7 +37,7 @@ from appliance.store import Claim, Enqueue, JobRecord, ModelRecord, SeriesRecord
 from dicom_bridge.codes import CodeValue
 from dicom_bridge.errors import VolumeError
 from dicom_bridge.seg import AlgorithmInfo, SegmentDescription, SegOptions, write_seg
-from dicom_bridge.sop_classes import VOLUME_CLASSES
+from dicom_bridge.sop_classes import SEGMENTATION_CLASSES, VOLUME_CLASSES
 from dicom_bridge.sr import SrOptions, write_sr
 from dicom_bridge.uids import short_ref, validate_uid
 from dicom_bridge.volume import SeriesVolume, load_series_volume
@@ -77,6 +78,11 @@ def process_series(
     """Take one complete series as far as the pipeline goes; never raises for bad input."""
     series = store.get_series(claim.series_uid)
     instances = store.series_instances(claim.series_uid)
+    seg_paths = [i.path for i in instances if i.sop_class_uid in SEGMENTATION_CLASSES]
+    if seg_paths and len(seg_paths) == len(instances):
+        # A SEG series (a viewer's or the PACS'): an annotation, not an inference input.
+        note = annotate_seg_series(store, config, seg_paths)
+        return Outcome(note.state, note.reason, note.detail, result=note.result)
     image_paths = [i.path for i in instances if i.sop_class_uid in VOLUME_CLASSES]
     if not image_paths:
         classes = sorted({i.sop_class_uid for i in instances})

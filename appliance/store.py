@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.case_states import CaseOrigin, CaseSplit, CaseState
 from appliance.errors import NotFoundError, StoreError
 from appliance.states import JobState, ModelState, OutboxState, SeriesState
 
-SCHEMA_VERSION = 2  # 2: models, model_activations, jobs
+SCHEMA_VERSION = 3  # 2: models, model_activations, jobs; 3: cases, case_refusals
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -132,6 +133,46 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
+
+#: Schema steps by the version that introduced them. Each runs once, in order, on a
+#: database whose recorded version is older (``_migrate``); a new database gets them all.
+_MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        3,
+        """
+CREATE TABLE IF NOT EXISTS cases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    source_series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    study_ref TEXT NOT NULL,
+    annotation_ref TEXT NOT NULL UNIQUE,
+    seg_sop_uid TEXT,
+    origin TEXT NOT NULL,
+    state TEXT NOT NULL,
+    split TEXT NOT NULL,
+    labels_path TEXT NOT NULL,
+    labels_json TEXT NOT NULL DEFAULT '{}',
+    segments_json TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cases_task ON cases(task, state, split);
+CREATE INDEX IF NOT EXISTS cases_source ON cases(source_series_uid, task);
+CREATE TABLE IF NOT EXISTS case_refusals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    origin TEXT NOT NULL,
+    annotation_ref TEXT,
+    seg_series_uid TEXT,
+    source_series_uid TEXT,
+    study_ref TEXT,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+""",
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +312,59 @@ class JobRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class NewCase:
+    """An annotated case to record (its label file is already written)."""
+
+    task: str
+    source_series_uid: str
+    study_uid: str
+    study_ref: str
+    annotation_ref: str  # the SEG's SOP Instance UID, or "nifti:<sha256 of the file>"
+    seg_sop_uid: str | None
+    origin: CaseOrigin
+    split: CaseSplit
+    labels_path: Path
+    labels: dict[str, int]  # label name -> voxels, for every label of the task
+    segments: list[dict[str, Any]]  # how each source segment/value was mapped
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRecord:
+    id: int
+    task: str
+    source_series_uid: str
+    study_uid: str
+    study_ref: str
+    annotation_ref: str
+    seg_sop_uid: str | None
+    origin: CaseOrigin
+    state: CaseState
+    split: CaseSplit
+    labels_path: Path
+    labels: dict[str, int]
+    segments: list[dict[str, Any]]
+    created_at: float
+    updated_at: float
+
+    @property
+    def labels_present(self) -> tuple[str, ...]:
+        return tuple(name for name, voxels in self.labels.items() if voxels > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRefusal:
+    id: int
+    at: float
+    origin: CaseOrigin
+    annotation_ref: str | None
+    seg_series_uid: str | None
+    source_series_uid: str | None
+    study_ref: str | None
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Enqueue:
     """An outbox item to create together with a job's result."""
 
@@ -304,6 +398,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            self._migrate()
             # Tables are created IF NOT EXISTS, so a database of an older schema gains the
             # new ones; the recorded version is raised, never lowered.
             self._db.execute(
@@ -314,6 +409,36 @@ class Store:
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        """Apply the schema steps newer than the recorded version, each in a transaction."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"database {self.path} has schema version {current}, newer than this "
+                f"software's {SCHEMA_VERSION}; upgrade the software"
+            )
+        for version, script in _MIGRATIONS:
+            if version > current:
+                # executescript commits first; the DDL is idempotent (IF NOT EXISTS).
+                self._db.executescript(f"BEGIN IMMEDIATE;\n{script}\nCOMMIT;")
+
+    @property
+    def schema_version(self) -> int:
+        rows = self._query("SELECT value FROM meta WHERE key = 'schema_version'")
+        return int(rows[0][0]) if rows else 0
+
+    def meta_get(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def meta_setdefault(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there; return the stored one."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, value))
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0])
 
     def now(self) -> float:
         return float(self._clock())
@@ -1052,6 +1177,220 @@ class Store:
                 (JobState.QUEUED, now, job_id),
             ).fetchone()
         return _job(row)
+
+    # -- annotated cases ------------------------------------------------------------------
+    def add_case(self, case: NewCase) -> tuple[CaseRecord, tuple[int, ...]]:
+        """Record a case (ACTIVE). An ACTIVE case of the same source series and task
+        becomes SUPERSEDED: the newest annotation of a series wins. Returns the case and
+        the ids it superseded. An ``annotation_ref`` already recorded is a StoreError."""
+        now = self._clock()
+        with self._tx() as db:
+            existing = db.execute(
+                "SELECT id FROM cases WHERE annotation_ref = ?", (case.annotation_ref,)
+            ).fetchone()
+            if existing is not None:
+                raise StoreError(f"this annotation is already case {existing[0]}")
+            superseded = db.execute(
+                """UPDATE cases SET state = ?, updated_at = ?
+                   WHERE source_series_uid = ? AND task = ? AND state = ? RETURNING id""",
+                (
+                    CaseState.SUPERSEDED,
+                    now,
+                    case.source_series_uid,
+                    case.task,
+                    CaseState.ACTIVE,
+                ),
+            ).fetchall()
+            row = db.execute(
+                """INSERT INTO cases (task, source_series_uid, study_uid, study_ref,
+                       annotation_ref, seg_sop_uid, origin, state, split, labels_path,
+                       labels_json, segments_json, created_at, updated_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *""",
+                (
+                    case.task,
+                    case.source_series_uid,
+                    case.study_uid,
+                    case.study_ref,
+                    case.annotation_ref,
+                    case.seg_sop_uid,
+                    case.origin,
+                    CaseState.ACTIVE,
+                    case.split,
+                    str(case.labels_path),
+                    json.dumps(case.labels),
+                    json.dumps(case.segments),
+                    now,
+                    now,
+                ),
+            ).fetchone()
+        return _case(row), tuple(sorted(int(r[0]) for r in superseded))
+
+    def get_case(self, case_id: int) -> CaseRecord:
+        rows = self._query("SELECT * FROM cases WHERE id = ?", (case_id,))
+        if not rows:
+            raise NotFoundError(f"no case {case_id}")
+        return _case(rows[0])
+
+    def case_by_annotation(self, annotation_ref: str) -> CaseRecord | None:
+        rows = self._query("SELECT * FROM cases WHERE annotation_ref = ?", (annotation_ref,))
+        return _case(rows[0]) if rows else None
+
+    def list_cases(
+        self,
+        *,
+        task: str | None = None,
+        states: Iterable[CaseState] | None = None,
+        split: CaseSplit | None = None,
+        limit: int = 10000,
+    ) -> list[CaseRecord]:
+        """Cases, oldest first (a stable order for training and evaluation)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if task is not None:
+            where.append("task = ?")
+            params.append(task)
+        if states is not None:
+            wanted = [CaseState(s).value for s in states]
+            where.append(f"state IN ({','.join('?' * len(wanted))})")
+            params.extend(wanted)
+        if split is not None:
+            where.append("split = ?")
+            params.append(CaseSplit(split).value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(f"SELECT * FROM cases {clause} ORDER BY id LIMIT ?", (*params, limit))
+        return [_case(r) for r in rows]
+
+    def set_case_state(self, case_id: int, state: CaseState) -> CaseRecord:
+        """Exclude a case, or make it ACTIVE again; re-activating one supersedes the
+        ACTIVE case of the same series and task (at most one is active)."""
+        state = CaseState(state)
+        if state is CaseState.SUPERSEDED:
+            raise StoreError("a case becomes superseded only when a newer one arrives")
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM cases WHERE id = ?", (case_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no case {case_id}")
+            if state is CaseState.ACTIVE and row["state"] != CaseState.ACTIVE:
+                db.execute(
+                    """UPDATE cases SET state = ?, updated_at = ?
+                       WHERE source_series_uid = ? AND task = ? AND state = ? AND id != ?""",
+                    (
+                        CaseState.SUPERSEDED,
+                        now,
+                        row["source_series_uid"],
+                        row["task"],
+                        CaseState.ACTIVE,
+                        case_id,
+                    ),
+                )
+            row = db.execute(
+                "UPDATE cases SET state = ?, updated_at = ? WHERE id = ? RETURNING *",
+                (state, now, case_id),
+            ).fetchone()
+        return _case(row)
+
+    def case_counts(self) -> dict[str, dict[str, int]]:
+        """``{task: {"train": n, "held_out": n, "excluded": n, "superseded": n}}``; the
+        split counts are of ACTIVE cases."""
+        rows = self._query("SELECT task, state, split, count(*) FROM cases GROUP BY 1, 2, 3")
+        counts: dict[str, dict[str, int]] = {}
+        for task, state, split, n in rows:
+            entry = counts.setdefault(
+                task, {"train": 0, "held_out": 0, "excluded": 0, "superseded": 0}
+            )
+            key = split if state == CaseState.ACTIVE else state
+            entry[key] = entry.get(key, 0) + int(n)
+        return counts
+
+    def record_case_refusal(
+        self,
+        origin: CaseOrigin,
+        reason: str,
+        detail: str,
+        *,
+        annotation_ref: str | None = None,
+        seg_series_uid: str | None = None,
+        source_series_uid: str | None = None,
+        study_ref: str | None = None,
+    ) -> CaseRefusal:
+        with self._tx() as db:
+            row = db.execute(
+                """INSERT INTO case_refusals (at, origin, annotation_ref, seg_series_uid,
+                       source_series_uid, study_ref, reason, detail)
+                   VALUES (?,?,?,?,?,?,?,?) RETURNING *""",
+                (
+                    self._clock(),
+                    CaseOrigin(origin),
+                    annotation_ref,
+                    seg_series_uid,
+                    source_series_uid,
+                    study_ref,
+                    reason,
+                    detail,
+                ),
+            ).fetchone()
+        return _case_refusal(row)
+
+    def list_case_refusals(self, limit: int = 100) -> list[CaseRefusal]:
+        rows = self._query("SELECT * FROM case_refusals ORDER BY id DESC LIMIT ?", (limit,))
+        return [_case_refusal(r) for r in rows]
+
+    def instances_by_sop(self, sop_uids: Iterable[str]) -> list[InstanceRecord]:
+        """The recorded instances among ``sop_uids`` (unknown UIDs are left out)."""
+        wanted = list(dict.fromkeys(sop_uids))
+        found: list[InstanceRecord] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = self._query(
+                f"SELECT * FROM instances WHERE sop_uid IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.extend(_instance(r) for r in rows)
+        return found
+
+    def is_own_output(self, sop_uid: str) -> bool:
+        """True when a job of this appliance wrote the SEG or SR with this SOP UID."""
+        rows = self._query(
+            """SELECT 1 FROM jobs WHERE json_extract(outputs_json, '$.seg_sop_uid') = ?
+                   OR json_extract(outputs_json, '$.sr_sop_uid') = ? LIMIT 1""",
+            (sop_uid, sop_uid),
+        )
+        return bool(rows)
+
+
+def _case(r: sqlite3.Row) -> CaseRecord:
+    return CaseRecord(
+        id=int(r["id"]),
+        task=r["task"],
+        source_series_uid=r["source_series_uid"],
+        study_uid=r["study_uid"],
+        study_ref=r["study_ref"],
+        annotation_ref=r["annotation_ref"],
+        seg_sop_uid=r["seg_sop_uid"],
+        origin=CaseOrigin(r["origin"]),
+        state=CaseState(r["state"]),
+        split=CaseSplit(r["split"]),
+        labels_path=Path(r["labels_path"]),
+        labels={str(k): int(v) for k, v in json.loads(r["labels_json"] or "{}").items()},
+        segments=list(json.loads(r["segments_json"] or "[]")),
+        created_at=float(r["created_at"]),
+        updated_at=float(r["updated_at"]),
+    )
+
+
+def _case_refusal(r: sqlite3.Row) -> CaseRefusal:
+    return CaseRefusal(
+        id=int(r["id"]),
+        at=float(r["at"]),
+        origin=CaseOrigin(r["origin"]),
+        annotation_ref=r["annotation_ref"],
+        seg_series_uid=r["seg_series_uid"],
+        source_series_uid=r["source_series_uid"],
+        study_ref=r["study_ref"],
+        reason=r["reason"],
+        detail=r["detail"],
+    )
 
 
 def _instance(r: sqlite3.Row) -> InstanceRecord:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from appliance.cli import (
+    cases,
     config_cmd,
     demo,
     echo,
@@ -40,6 +41,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(models.app, name="models")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(cases.app, name="cases")
 
 
 def main() -> None:
