@@ -394,16 +394,24 @@ def test_overlapping_binary_segments_keep_the_lesion(tmp_path: Path, store: Stor
 # --- NIfTI -> case ---------------------------------------------------------------------------
 
 
-def test_nifti_labels_on_the_real_j2k_ct(tmp_path: Path, store: Store) -> None:
+def test_nifti_labels_on_the_real_j2k_ct(tmp_path: Path) -> None:
     nifti = require_data(TOTALSEG / "labels_totalsegmentator_multilabel.nii.gz")
-    series = sorted((TOTALSEG / "dicom_uids_repaired").iterdir())
+    series_dir = TOTALSEG / "dicom_uids_repaired"
+    root = tmp_path / "data"
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'[storage]\nroot = "{root}"\nfsync = false\n')
+    args = ["cases", "import", "--nifti", str(nifti), "--series", str(series_dir)]
+    result = CliRunner().invoke(
+        app, [*args, "--task", "liver_ct", "--label-map", "5=liver", "-c", str(cfg)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "imported as case 1: liver_ct" in result.output
     config = _config(tmp_path)
-    records = ingest_files(store, config, series)
-    series_uid = records[0].series_uid
-    outcome = case_from_nifti(store, config, nifti, series_uid, "liver_ct", {5: 1})
-    assert outcome.case is not None, outcome.refusal
-    assert outcome.case.labels_present == ("Liver",)
-    (loaded,) = load_cases(store, "liver_ct", outcome.case.split)
+    store = Store(config.storage.database)
+    (case,) = store.list_cases()
+    assert case.labels_present == ("Liver",) and case.origin is CaseOrigin.CLI
+    series_uid = case.source_series_uid
+    (loaded,) = load_cases(store, "liver_ct", case.split)
     image, labels = loaded.case.image, loaded.case.labels
     assert labels.shape == image.shape == (20, 512, 512)
     # NIfTI axes (column, reversed row, ascending z) landed on the DICOM grid: the liver
@@ -425,6 +433,7 @@ def test_nifti_labels_on_the_real_j2k_ct(tmp_path: Path, store: Store) -> None:
     assert unmapped.refusal is not None and unmapped.refusal.reason == "bad_label_values"
     wrong_task = case_from_nifti(store, config, nifti, series_uid, "glioma_mr", {5: 1})
     assert wrong_task.refusal is not None and wrong_task.refusal.reason == "modality_mismatch"
+    store.close()
 
 
 # --- CLI ---------------------------------------------------------------------------------------
