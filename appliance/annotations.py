@@ -424,7 +424,9 @@ def _refuse(
         source_series_uid=source,
         study_ref=short_ref(study) if study else None,
     )
-    LOG.warning("annotation refused (%s): %s", reason.value, detail)
+    # The CLI reports its refusal itself; the service logs it.
+    level = logging.WARNING if origin is CaseOrigin.DICOM else logging.DEBUG
+    LOG.log(level, "annotation refused (%s): %s", reason.value, detail)
     return refusal
 
 
@@ -688,11 +690,11 @@ def case_from_nifti(
         i.path for i in store.series_instances(series_uid) if i.sop_class_uid in VOLUME_CLASSES
     ]
     try:
-        volume = load_series_volume(paths)
-    except VolumeError as exc:
-        return refuse(Refusal.SOURCE_NOT_A_VOLUME, f"{exc.reason}: {exc.detail}")
+        grid = read_source_grid(paths)  # headers only: the cheap checks come first
+    except SourceSeriesError as exc:
+        return refuse(Refusal.SOURCE_NOT_A_VOLUME, str(exc))
     try:
-        values = nifti_onto_grid(nifti_path, volume.affine, volume.shape)
+        values = nifti_onto_grid(nifti_path, grid.affine, grid.shape)
     except CaseRefused as exc:
         return refuse(exc.reason, exc.detail)
     present = sorted(int(v) for v in np.unique(values) if v != 0)
@@ -707,6 +709,14 @@ def case_from_nifti(
                 "such as --label-map '5=liver'",
             )
         label_map = {v: v for v in known}
+    try:
+        volume = load_series_volume(paths)  # trainers will load it: it must be a volume
+    except VolumeError as exc:
+        return refuse(Refusal.SOURCE_NOT_A_VOLUME, f"{exc.reason}: {exc.detail}")
+    if volume.shape != grid.shape or not np.allclose(volume.affine, grid.affine, atol=1e-3):
+        return refuse(
+            Refusal.GEOMETRY_MISMATCH, "the source volume's grid differs from its headers' grid"
+        )
     lookup = np.zeros(max(int(values.max(initial=0)), max(label_map)) + 1, dtype=np.uint8)
     for value, index in label_map.items():
         lookup[value] = index

@@ -313,12 +313,38 @@ def test_mismatched_segs_are_refused_with_a_recorded_reason(
     assert note.detail is not None and note.detail.startswith(reason.value)
 
 
+def test_real_foreign_seg_whose_codes_match_no_task_is_refused(
+    dcmqi_store: tuple[AppConfig, Store],
+) -> None:
+    """dcmqi's five overlapping segments (tissue, artery, capillary, edema, vein) on the
+    same real CT: the geometry fits, but no segment is a liver or a liver tumour."""
+    config, store = dcmqi_store
+    seg = require_data(SHARED_DATA / "seg_examples" / "dcmqi_partial_overlaps_5seg.dcm")
+    outcome = case_from_seg(store, config, seg, CaseOrigin.DICOM)
+    assert outcome.refusal is not None and outcome.refusal.reason == "no_matching_segments"
+    assert outcome.refusal.detail.startswith("no segment codes match task liver_ct: found")
+    assert '(51114001, SCT, "Artery")' in outcome.refusal.detail
+    assert store.list_cases() == []
+
+
 def test_seg_before_its_source_series_is_refused(tmp_path: Path, store: Store) -> None:
     require_data(DCMQI_SEG)
     outcome = case_from_seg(store, _config(tmp_path), DCMQI_SEG, CaseOrigin.DICOM)
     assert outcome.refusal is not None
     assert outcome.refusal.reason == Refusal.SOURCE_NOT_STORED.value
     assert "send the source series first" in outcome.refusal.detail
+
+
+def test_seg_whose_source_images_are_partly_missing_is_refused(
+    tmp_path: Path, store: Store
+) -> None:
+    require_data(DCMQI_SEG)
+    config = _config(tmp_path)
+    ingest_files(store, config, DCMQI_CT[:2])
+    outcome = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM)
+    assert outcome.refusal is not None
+    assert outcome.refusal.reason == Refusal.SOURCE_INCOMPLETE.value
+    assert outcome.refusal.detail.startswith("1 of the 3 source images it references")
 
 
 def test_the_appliances_own_seg_is_not_a_case(
@@ -331,6 +357,21 @@ def test_the_appliances_own_seg_is_not_a_case(
     assert store.list_cases() == [] and store.list_case_refusals() == []
     refused = case_from_seg(store, config, ours, CaseOrigin.CLI)
     assert refused.refusal is not None and refused.refusal.reason == "own_output"
+
+    # Recognised by its SOP Instance UID too, whatever its Manufacturer says: the UID of a
+    # SEG one of this appliance's jobs wrote.
+    echoed = seg_variant(DCMQI_SEG, tmp_path / "echoed.dcm")
+    echoed_uid = str(dcmread(echoed, stop_before_pixels=True).SOPInstanceUID)
+    ct_series = str(dcmread(DCMQI_CT[0], stop_before_pixels=True).SeriesInstanceUID)
+    store.complete_quiet_series(0.0)
+    claim = store.claim_complete_series()
+    assert claim is not None and claim.series_uid == ct_series
+    job = store.start_job(claim, "1.2.3", "liver_ct")
+    store.finish_series(
+        claim, SeriesState.DONE, job_id=job.id, job_outputs={"seg_sop_uid": echoed_uid}
+    )
+    note = annotate_seg_series(store, config, [echoed])
+    assert note.state is SeriesState.SKIPPED and store.list_cases() == []
 
 
 def test_overlapping_binary_segments_keep_the_lesion(tmp_path: Path, store: Store) -> None:
