@@ -1,0 +1,245 @@
+"""``appliance federate``: federated fine-tuning on Flower's deployment engine.
+
+- ``start`` (coordinator): runs the SuperLink, submits one run of the ServerApp with the
+  chosen strategy, shows its progress round by round and waits for the end.
+- ``status`` (coordinator): the latest (or a given) run: round, sites, metrics per round.
+- ``join`` (site): runs this appliance's SuperNode, connected to the coordinator, and
+  stays until a run has ended (its final model handed to this site).
+
+Settings come from the config's ``[federation]`` section; options override them.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from appliance.cli.common import ConfigOption, fail, load
+
+if TYPE_CHECKING:
+    from appliance.config import AppConfig
+
+app = typer.Typer(help="Federated fine-tuning with other sites (Flower).", no_args_is_help=True)
+
+
+def _tls(config: AppConfig, *, server: bool) -> Any:
+    from appliance.federation.runner import Tls
+
+    fed = config.federation
+    if fed.insecure:
+        return None
+    if fed.tls_ca_file is None:
+        raise fail("federation.tls_ca_file is required unless federation.insecure = true", 2)
+    if server and (fed.tls_cert_file is None or fed.tls_key_file is None):
+        raise fail("the coordinator needs federation.tls_cert_file and tls_key_file", 2)
+    return Tls(ca=fed.tls_ca_file, cert=fed.tls_cert_file, key=fed.tls_key_file)
+
+
+def _print_round(entry: dict[str, Any]) -> None:
+    sites = entry.get("sites", {})
+    parts = []
+    for site, metrics in sorted(sites.items()):
+        shown = {k: metrics[k] for k in ("loss", "dice", "steps", "step-scale-max") if k in metrics}
+        parts.append(f"{site} {json.dumps(shown)}")
+    aggregate = entry.get("aggregate")
+    tail = f" -> {json.dumps(aggregate)}" if aggregate else ""
+    typer.echo(f"  round {entry['round']} {entry['phase']}: {'; '.join(parts)}{tail}")
+
+
+@app.command("start")
+def start(
+    config_path: ConfigOption = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="fedavg, fedprox, fedbn, cwt, swt, gossip, fedgs, fedmedian, fedtrimmedavg, krum",
+        ),
+    ] = None,
+    rounds: Annotated[
+        int | None, typer.Option("--rounds", min=1, help="Rounds (cwt: cycles).")
+    ] = None,
+    min_sites: Annotated[int | None, typer.Option("--min-sites", min=1)] = None,
+    local_steps: Annotated[int | None, typer.Option("--local-steps", min=1)] = None,
+    site_order: Annotated[
+        str, typer.Option("--site-order", help="cwt/swt: site names, comma-separated.")
+    ] = "",
+    initial_weights: Annotated[
+        Path | None, typer.Option("--initial-weights", help="A state dict (.pt) to start from.")
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the run.")] = 24
+    * 3600.0,
+) -> None:
+    """Coordinator: run the SuperLink and one federated run; wait until it ends."""
+    from appliance.federation import runner
+    from appliance.federation.errors import FederationError
+    from appliance.federation.progress import read_progress
+    from appliance.federation.settings import RunSettings
+
+    config = load(config_path)
+    fed = config.federation
+    state = fed.state_root(config.storage)
+    tls = _tls(config, server=True)
+    try:
+        settings = RunSettings.from_config(
+            {
+                "strategy": strategy or fed.strategy,
+                "num-rounds": rounds or fed.rounds,
+                "min-sites": min_sites or fed.min_sites,
+                "task": fed.task,
+                "local-steps": local_steps or fed.local_steps,
+                "batch-size": fed.batch_size,
+                "lr": fed.lr,
+                "prox-mu": fed.prox_mu,
+                "site-order": site_order,
+                "output-dir": str(state / "coordinator"),
+                "initial-weights": str(initial_weights.resolve()) if initial_weights else "",
+                "timeout-s": timeout,
+            }
+        )
+    except FederationError as exc:
+        raise fail(str(exc), 2) from exc
+    coordinator = state / "coordinator"
+    link = runner.start_superlink(
+        coordinator,
+        host=fed.bind,
+        port=fed.coordinator_port,
+        tls=tls,
+        supernode_auth=bool(fed.authorized_keys),
+    )
+    try:
+        connect = "127.0.0.1" if fed.bind in ("0.0.0.0", "::") else fed.bind
+        runner.wait_listening(connect, fed.coordinator_port, link)
+        flwr_home = coordinator / "flwr"
+        address = f"{connect}:{fed.coordinator_port}" if tls is None else fed.coordinator
+        runner.write_cli_config(flwr_home, address, tls)
+        for key in fed.authorized_keys:
+            runner.register_supernode(flwr_home, key)
+        app_dir = runner.write_app(coordinator / "app")
+        run_id = runner.submit_run(flwr_home, app_dir, settings)
+        typer.echo(
+            f"run {run_id}: {settings.strategy}, {settings.rounds} rounds, "
+            f"waiting for {settings.min_sites} sites"
+        )
+        shown = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            progress = read_progress(Path(settings.output_dir), run_id)
+            if progress is not None:
+                for entry in progress["history"][shown:]:
+                    _print_round(entry)
+                shown = len(progress["history"])
+                if progress["status"] != "running":
+                    break
+            if not link.alive():
+                raise FederationError(f"the SuperLink stopped:\n{link.tail()}")
+            if time.monotonic() > deadline:
+                raise FederationError(f"run {run_id} did not finish within {timeout:g} s")
+            time.sleep(1.0)
+    except FederationError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        link.stop()
+    if progress["status"] != "finished":
+        raise fail(f"run {run_id} failed: {progress.get('error')}")
+    result = progress.get("result") or {}
+    typer.echo(f"run {run_id} finished; results in {result.get('directory')}")
+
+
+@app.command("status")
+def status(
+    config_path: ConfigOption = None,
+    run_id: Annotated[str | None, typer.Option("--run-id")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Coordinator: the latest run's round, sites and metrics per round."""
+    from appliance.federation.progress import read_progress
+
+    config = load(config_path)
+    out = config.federation.state_root(config.storage) / "coordinator"
+    progress = read_progress(out, run_id)
+    if progress is None:
+        raise fail("no federated run recorded here" if run_id is None else f"no run {run_id}")
+    if as_json:
+        typer.echo(json.dumps(progress, indent=1, sort_keys=True))
+        return
+    rounds_done = max((e["round"] for e in progress["history"] if e["phase"] == "train"), default=0)
+    typer.echo(
+        f"run {progress['run_id']}: {progress['strategy']} {progress['status']}, "
+        f"round {rounds_done}/{progress['rounds']}"
+    )
+    sites = ", ".join(f"{s['site']} ({s['cases']} cases)" for s in progress["sites"])
+    typer.echo(f"sites: {sites or 'none yet'}")
+    for entry in progress["history"]:
+        _print_round(entry)
+    if progress.get("error"):
+        typer.echo(f"error: {progress['error']}")
+
+
+@app.command("join")
+def join(
+    config_path: ConfigOption = None,
+    stay: Annotated[bool, typer.Option("--stay", help="Keep serving runs until stopped.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a run.")] = 24
+    * 3600.0,
+) -> None:
+    """Site: run this appliance's SuperNode and stay until a run has ended here."""
+    from appliance.federation import runner
+    from appliance.federation.errors import FederationError
+
+    config = load(config_path)
+    fed = config.federation
+    tls = _tls(config, server=False)
+    site_dir = fed.state_root(config.storage) / "site"
+    site_name = fed.site_name or config.dicom.ae_title.strip().replace(" ", "_")
+    node_config = {
+        "site-name": site_name,
+        "state-dir": str(site_dir),
+        "case-source": "store",
+        "database": str(config.storage.database),
+    }
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        runtime_port = int(s.getsockname()[1])
+    before = {p.parent.name for p in site_dir.glob("runs/*/federation.json")}
+    node = runner.start_supernode(
+        site_dir,
+        superlink=fed.coordinator,
+        runtime_port=runtime_port,
+        node_config=node_config,
+        tls=tls,
+        auth_private_key=fed.auth_private_key,
+    )
+    stopping = False
+
+    def _stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    typer.echo(f"site {site_name}: SuperNode (pid {node.pid}) connecting to {fed.coordinator}")
+    deadline = time.monotonic() + timeout
+    try:
+        while not stopping:
+            if not node.alive():
+                raise FederationError(f"the SuperNode stopped:\n{node.tail()}")
+            done = {p.parent.name for p in site_dir.glob("runs/*/federation.json")} - before
+            if done and not stay:
+                typer.echo(f"run {sorted(done)[0]} ended; site record in {site_dir / 'runs'}")
+                break
+            if time.monotonic() > deadline:
+                raise FederationError(f"no run ended within {timeout:g} s")
+            time.sleep(1.0)
+    except FederationError as exc:
+        raise fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.stop()

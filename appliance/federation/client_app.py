@@ -1,0 +1,295 @@
+"""The ClientApp every site's SuperNode runs: local training and evaluation on the
+site's own cases (Flower Message API: ``@app.train()``, ``@app.evaluate()``,
+``@app.query()``).
+
+Messages (``message_type``) and what they carry:
+
+- ``query.info``: reply ``site`` (ConfigRecord: site name) and ``metrics``
+  (``cases``, ``held-out``).
+- ``train``: ``arrays`` (global weights, or for gossip the peer's model) and ``config``
+  (``mode``: ``full`` | ``fedbn`` | ``fedgs`` | ``gossip``, ``server-round`` and per
+  strategy keys). Reply ``arrays`` and ``metrics`` (``num-examples`` = training cases,
+  ``steps``, ``loss``, ``step-scale-max``, ``step-scale-mean``, ``scaled-steps``):
+
+  - ``full``: the trained weights (fedavg, fedprox, cwt/swt, robust aggregators);
+  - ``fedbn``: the trained weights *without* normalisation entries, which the site
+    keeps in its state dir and uses instead of the received ones;
+  - ``fedgs``: the accumulated step-scaled update (not the weights);
+  - ``gossip``: the site's own model (kept in its state dir) after averaging with the
+    peer's model it received (weighted by case counts), then training.
+- ``train.average`` (gossip, after the last round): average with the received peer
+  model, keep, reply the model (the coordinator reports the consensus distance).
+- ``evaluate``: Dice of the received weights (fedbn: with the site's normalisation
+  entries; gossip: the site's own model) on the held-out cases.
+- ``query.final``: the final weights; the site writes its own record of the run
+  (:func:`appliance.federation.outputs.site_result`).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+
+from appliance.federation.aggregation import State, gossip_average, state_delta
+from appliance.federation.outputs import write_result
+from appliance.federation.params import from_record, load_into, model_state, to_record
+from appliance.federation.settings import RunSettings, SiteSettings
+from appliance.federation.site_data import SiteCases, load_site_cases
+from appliance.federation.site_state import (
+    load_site_norm,
+    load_state,
+    merge_site_norm,
+    run_dir,
+    save_site_norm,
+    save_state,
+)
+
+#: the key of Flower's client-side DP clipping norm in the train config
+_DP_CLIP_KEY = "clipping_norm"
+
+app = ClientApp()
+
+
+class _Site:
+    """Everything one message needs: settings, network, cases (loaded per message: each
+    message runs in a fresh ClientApp process under subprocess isolation)."""
+
+    def __init__(self, context: Context) -> None:
+        from models.networks import build_network, norm_parameter_names
+
+        self.run = RunSettings.from_config(dict(context.run_config))
+        self.site = SiteSettings.from_config(
+            dict(context.node_config), fallback_site=f"node_{context.node_id}"
+        )
+        torch.set_num_threads(self.site.threads)
+        self.run_id = str(context.run_id)
+        self.spec = self.run.task_spec()
+        self.network = self.run.network_config()
+        self.model = build_network(self.spec, self.network)
+        self.norm_keys = frozenset(norm_parameter_names(self.model))
+        self._cases: SiteCases | None = None
+
+    @property
+    def cases(self) -> SiteCases:
+        if self._cases is None:
+            self._cases = load_site_cases(self.site, self.spec)
+        return self._cases
+
+    @property
+    def run_dir(self) -> Any:
+        return run_dir(self.site.state_dir, self.run_id)
+
+    def own_model_path(self) -> Any:
+        return self.run_dir / "model.pt"
+
+    def with_local_norm(self, state: State) -> State:
+        norm = load_site_norm(self.site.state_dir, self.run.task)
+        return dict(state) if norm is None else merge_site_norm(state, norm)
+
+    def seed(self, server_round: int) -> int:
+        return (
+            self.run.seed * 1_000_003 + server_round * 7919 + zlib.crc32(self.site.site.encode())
+        ) % (2**31)
+
+
+def _config(msg: Message) -> dict[str, Any]:
+    records = msg.content.config_records
+    return dict(next(iter(records.values()))) if records else {}
+
+
+def _reply(
+    msg: Message, arrays: ArrayRecord | None, metrics: Mapping[str, float], site: str
+) -> Message:
+    content = RecordDict(
+        {"metrics": MetricRecord(dict(metrics)), "site": ConfigRecord({"site": site})}
+    )
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content=content, reply_to=msg)
+
+
+def _train_locally(
+    s: _Site, start: State, config: dict[str, Any], *, fedgs: bool
+) -> tuple[State, Any]:
+    from models.training import SmallLesionScaling, TrainConfig, fine_tune
+
+    server_round = int(config.get("server-round", 0))
+    prox_mu = float(config.get("proximal-mu", config.get("prox-mu", 0.0)))
+    scaling = (
+        SmallLesionScaling(threshold=s.run.fedgs_threshold, base=s.run.fedgs_base)
+        if fedgs
+        else None
+    )
+    train_config = TrainConfig(
+        steps=s.run.local_steps,
+        batch_size=s.run.batch_size,
+        lr=s.run.lr,
+        seed=s.seed(server_round),
+        prox_mu=prox_mu,
+        small_lesion_scaling=scaling,
+    )
+    load_into(s.model, start)
+    initial = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in start.items()}
+    initial = {k: v.to(s.model.state_dict()[k].dtype) for k, v in initial.items()}
+    report = fine_tune(s.model, s.spec, list(s.cases.train), train_config, initial_state=initial)
+    return model_state(s.model), report
+
+
+def _train_metrics(s: _Site, report: Any) -> dict[str, float]:
+    scales = [float(v) for v in getattr(report, "step_scales", ()) or ()] or [1.0]
+    loss = report.final_loss
+    return {
+        "num-examples": len(s.cases.train),
+        "steps": int(report.steps),
+        "loss": float(loss) if math.isfinite(loss) else -1.0,
+        "step-scale-max": max(scales),
+        "step-scale-mean": float(np.mean(scales)),
+        "scaled-steps": sum(1 for v in scales if v > 1.0),
+        "train-seconds": float(report.seconds),
+    }
+
+
+def _dp_clip_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
+    """Flower's ``fixedclipping_mod`` for runs wrapped in client-side DP (the server puts
+    the clipping norm in the config); other runs pass straight through."""
+    if _DP_CLIP_KEY in _config(msg):
+        reply: Message = fixedclipping_mod(msg, context, call_next)
+        return reply
+    result: Message = call_next(msg, context)
+    return result
+
+
+@app.query("info")
+def info(msg: Message, context: Context) -> Message:
+    s = _Site(context)
+    metrics = {"cases": len(s.cases.train), "held-out": len(s.cases.held_out)}
+    return _reply(msg, None, metrics, s.site.site)
+
+
+@app.train(mods=[_dp_clip_when_asked])
+def train(msg: Message, context: Context) -> Message:
+    s = _Site(context)
+    config = _config(msg)
+    mode = str(config.get("mode", "full"))
+    received = from_record(msg.content.array_records["arrays"])
+    if mode == "gossip":
+        own_path = s.own_model_path()
+        if bool(config.get("has-peer", False)):
+            own = load_state(own_path)
+            start = gossip_average(
+                own, len(s.cases.train), received, float(config.get("peer-cases", 1))
+            )
+        else:
+            start = load_state(own_path) if own_path.is_file() else received
+        new, report = _train_locally(s, start, config, fedgs=False)
+        save_state(own_path, new)
+        return _reply(msg, to_record(new), _train_metrics(s, report), s.site.site)
+    if mode == "fedbn":
+        start = s.with_local_norm(received)
+        new, report = _train_locally(s, start, config, fedgs=False)
+        save_site_norm(s.site.state_dir, s.run.task, {k: new[k] for k in s.norm_keys})
+        metrics = _train_metrics(s, report)
+        metrics["norm-entries-kept"] = len(s.norm_keys)
+        return _reply(msg, to_record(new, exclude=s.norm_keys), metrics, s.site.site)
+    if mode == "fedgs":
+        new, report = _train_locally(s, received, config, fedgs=True)
+        update = state_delta(new, received)
+        scaled = getattr(report, "scaled_update", None) or {}
+        for key, value in scaled.items():
+            update[key] = value.detach().cpu().numpy().astype(np.float64)
+        return _reply(msg, to_record(update), _train_metrics(s, report), s.site.site)
+    new, report = _train_locally(s, received, config, fedgs=False)
+    return _reply(msg, to_record(new), _train_metrics(s, report), s.site.site)
+
+
+@app.train("average")
+def average(msg: Message, context: Context) -> Message:
+    """Gossip, after the final round: average with the peer's model and keep it."""
+    s = _Site(context)
+    config = _config(msg)
+    own = load_state(s.own_model_path())
+    merged = gossip_average(
+        own,
+        len(s.cases.train),
+        from_record(msg.content.array_records["arrays"]),
+        float(config["peer-cases"]),
+    )
+    save_state(s.own_model_path(), merged)
+    return _reply(msg, to_record(merged), {"num-examples": len(s.cases.train)}, s.site.site)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    from models.evaluation import dice
+    from models.inference import segment
+
+    s = _Site(context)
+    config = _config(msg)
+    mode = str(config.get("mode", "full"))
+    if mode == "gossip":
+        state = load_state(s.own_model_path())
+    else:
+        state = from_record(msg.content.array_records["arrays"])
+        if mode == "fedbn":
+            state = s.with_local_norm(state)
+    load_into(s.model, state)
+    scores: list[float] = []
+    for case in s.cases.held_out:
+        mask = segment(s.model, s.spec, case.image, case.affine, device="cpu").mask
+        for label in s.spec.labels:
+            scores.append(dice(mask == label.index, case.labels == label.index))
+    metrics = {
+        "num-examples": len(s.cases.held_out),
+        "dice": float(np.mean(scores)) if scores else -1.0,
+    }
+    return _reply(msg, None, metrics, s.site.site)
+
+
+@app.query("final")
+def final(msg: Message, context: Context) -> Message:
+    """The run is over: keep this site's record and weights of it."""
+    s = _Site(context)
+    config = _config(msg)
+    mode = str(config.get("mode", "full"))
+    if mode == "gossip":
+        state = load_state(s.own_model_path())
+    else:
+        state = from_record(msg.content.array_records["arrays"])
+        if mode == "fedbn":
+            state = s.with_local_norm(state)
+    result = write_result(
+        s.site.state_dir,
+        run_id=s.run_id,
+        strategy=str(config.get("strategy", s.run.strategy.value)),
+        rounds=int(config.get("rounds", s.run.rounds)),
+        task=s.run.task,
+        network=s.network.to_dict(),
+        task_overrides=_overrides(s.run),
+        sites=[],
+        state=state,
+        global_model=mode != "gossip",
+        norm_local=mode == "fedbn",
+        extra={"site": s.site.site},
+    )
+    return (
+        _reply(msg, None, {"written": 1}, s.site.site)
+        if result
+        else _reply(msg, None, {"written": 0}, s.site.site)
+    )
+
+
+def _overrides(run: RunSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if run.patch_size is not None:
+        out["patch_size"] = list(run.patch_size)
+    if run.target_spacing is not None:
+        out["target_spacing_mm"] = list(run.target_spacing)
+    return out

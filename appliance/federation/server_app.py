@@ -1,0 +1,177 @@
+"""The ServerApp the coordinator's SuperLink runs for ``appliance federate start``.
+
+1. reads the run settings (Flower ``run_config``), builds the initial network (seeded, or
+   ``initial-weights``);
+2. waits for ``min-sites`` SuperNodes and asks each for its site name and case count
+   (``query.info``);
+3. runs the named strategy (:func:`appliance.federation.strategies.build_strategy`),
+   recording progress to ``<output-dir>/progress-<run id>.json``;
+4. hands the final weights to every site (``query.final``; each writes its own record)
+   and writes ``<output-dir>/runs/<run id>/`` (:mod:`appliance.federation.outputs`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from appliance.federation.errors import FederationError
+from appliance.federation.outputs import write_result
+from appliance.federation.params import from_record, model_state, to_record
+from appliance.federation.progress import ProgressLog
+from appliance.federation.settings import RunSettings, StrategyName
+from appliance.federation.site_state import load_state
+from appliance.federation.strategies import SiteBook, build_strategy, train_mode
+
+app = ServerApp()
+
+
+def discover_sites(grid: Grid, min_sites: int, timeout: float) -> SiteBook:
+    """Wait for ``min_sites`` nodes, then ask every connected node who it is."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < min_sites:
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"only {len(nodes)} of the {min_sites} sites needed joined within {timeout:g} s"
+            )
+        time.sleep(1.0)
+    messages = [
+        Message(RecordDict({"config": ConfigRecord({})}), node, f"{MessageType.QUERY}.info")
+        for node in nodes
+    ]
+    book = SiteBook()
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            raise FederationError(f"node {node} did not describe itself: {reply.error.reason}")
+        book.names[node] = str(reply.content.config_records["site"]["site"])
+        cases = reply.content.metric_records["metrics"]["cases"]
+        book.cases[node] = int(cases) if isinstance(cases, int | float) else 0
+    names = list(book.names.values())
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise FederationError(f"two SuperNodes call themselves {', '.join(duplicates)}")
+    return book
+
+
+def _initial_state(run: RunSettings) -> tuple[dict[str, Any], frozenset[str], dict[str, Any]]:
+    from models.networks import build_network, norm_parameter_names
+
+    spec, network = run.task_spec(), run.network_config()
+    torch.manual_seed(run.seed)
+    model = build_network(spec, network)
+    norm_keys = frozenset(norm_parameter_names(model))
+    state = model_state(model)
+    if run.initial_weights:
+        loaded = load_state(Path(run.initial_weights))
+        if set(loaded) != set(state):
+            raise FederationError("initial-weights: the weights do not fit the network")
+        state = loaded
+    return state, norm_keys, network.to_dict()
+
+
+def _hand_out(
+    grid: Grid, book: SiteBook, arrays: ArrayRecord, config: ConfigRecord, timeout: float
+) -> None:
+    messages = [
+        Message(
+            RecordDict({"arrays": arrays, "config": config}), node, f"{MessageType.QUERY}.final"
+        )
+        for node in book.names
+    ]
+    failed = [
+        f"{book.name(r.metadata.src_node_id)}: {r.error.reason}"
+        for r in grid.send_and_receive(messages, timeout=timeout)
+        if r.has_error()
+    ]
+    if failed:
+        raise FederationError("handing out the final model failed at " + "; ".join(failed))
+
+
+def run_federation(grid: Grid, context: Context) -> None:
+    run = RunSettings.from_config(dict(context.run_config))
+    out = Path(run.output_dir) if run.output_dir else Path(tempfile.gettempdir()) / "appliance-fl"
+    run_id = str(context.run_id)
+    rounds = run.rounds
+    progress = ProgressLog(out, run_id, run.strategy.value, rounds)
+    try:
+        state, norm_keys, network = _initial_state(run)
+        book = discover_sites(grid, run.min_sites, run.timeout_s)
+        progress.set_sites(
+            [
+                {"node_id": node, "site": book.names[node], "cases": book.cases[node]}
+                for node in sorted(book.names, key=book.name)
+            ]
+        )
+        strategy = build_strategy(run, book, progress, norm_keys)
+        mode = train_mode(run.strategy)
+        train_config = ConfigRecord({"mode": mode, "strategy": run.strategy.value})
+        evaluate_config = ConfigRecord({"mode": mode})
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=to_record(state),
+            num_rounds=rounds,
+            timeout=run.timeout_s,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+        )
+        is_gossip = run.strategy == StrategyName.GOSSIP
+        final = None if is_gossip else from_record(result.arrays)
+        final_config = ConfigRecord(
+            {"mode": mode, "strategy": run.strategy.value, "rounds": rounds}
+        )
+        _hand_out(
+            grid,
+            book,
+            result.arrays if not is_gossip else ArrayRecord(),
+            final_config,
+            run.timeout_s,
+        )
+        extra: dict[str, Any] = {}
+        visits = getattr(strategy, "visits", None)
+        if visits:
+            extra["visits"] = list(visits)
+        if is_gossip:
+            extra["consensus_distance"] = getattr(strategy, "consensus", None)
+            extra["pairings"] = getattr(strategy, "pairings", [])
+        overrides: dict[str, Any] = {}
+        if run.patch_size is not None:
+            overrides["patch_size"] = list(run.patch_size)
+        if run.target_spacing is not None:
+            overrides["target_spacing_mm"] = list(run.target_spacing)
+        written = write_result(
+            out,
+            run_id=run_id,
+            strategy=run.strategy.value,
+            rounds=rounds,
+            task=run.task,
+            network=network,
+            task_overrides=overrides,
+            sites=[book.names[n] for n in sorted(book.names, key=book.name)],
+            state=final,
+            global_model=not is_gossip,
+            norm_local=run.strategy == StrategyName.FEDBN,
+            extra=extra,
+        )
+        progress.finish(
+            {
+                "directory": str(written.directory),
+                "global_model": written.global_model,
+                "weights_sha256": written.weights_sha256,
+                **extra,
+            }
+        )
+    except Exception as exc:
+        progress.fail(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    run_federation(grid, context)

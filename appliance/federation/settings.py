@@ -1,0 +1,310 @@
+"""Settings of a federated run (Flower ``run_config``) and of a site (``node_config``).
+
+Both arrive as flat ``key -> str | int | float | bool`` maps (Flower's user config); here
+they become validated frozen dataclasses. Errors name the key. No Flower import: the
+coordinator CLI builds the same maps it passes to ``flwr run --run-config``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from appliance.federation.errors import FederationError
+
+
+class StrategyName(StrEnum):
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDBN = "fedbn"
+    CWT = "cwt"
+    SWT = "swt"
+    GOSSIP = "gossip"
+    FEDGS = "fedgs"
+    FEDMEDIAN = "fedmedian"
+    FEDTRIMMEDAVG = "fedtrimmedavg"
+    KRUM = "krum"
+
+
+class CaseSource(StrEnum):
+    PHANTOM = "phantom"
+    STORE = "store"
+
+
+ConfigMap = Mapping[str, Any]
+
+
+def _get(config: ConfigMap, key: str, kind: type, default: Any) -> Any:
+    if key not in config:
+        return default
+    value = config[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise FederationError(f"{key}: must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _ints(config: ConfigMap, key: str, count: int | None) -> tuple[int, ...] | None:
+    text = _get(config, key, str, "")
+    if not text:
+        return None
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(","))
+    except ValueError as exc:
+        raise FederationError(f"{key}: must be comma-separated integers, got {text!r}") from exc
+    if (count is not None and len(values) != count) or min(values) < 1:
+        raise FederationError(f"{key}: need {count or 'some'} positive integers, got {text!r}")
+    return values
+
+
+def _floats(config: ConfigMap, key: str, count: int) -> tuple[float, ...] | None:
+    text = _get(config, key, str, "")
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError as exc:
+        raise FederationError(f"{key}: must be comma-separated numbers, got {text!r}") from exc
+    if len(values) != count or not all(math.isfinite(v) and v > 0 for v in values):
+        raise FederationError(f"{key}: need {count} positive numbers, got {text!r}")
+    return values
+
+
+def _res_units(value: int) -> int | None:
+    return None if value < 0 else value
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """What every party of one run agrees on (the Flower ``run_config``)."""
+
+    strategy: StrategyName = StrategyName.FEDAVG
+    rounds: int = 2
+    min_sites: int = 2
+    task: str = "liver_ct"
+    local_steps: int = 20
+    batch_size: int = 2
+    lr: float = 1e-3
+    seed: int = 0
+    evaluate: bool = True
+    #: network: comma-separated filters, residual units, norm ("instance"/"batch")
+    net_filters: tuple[int, ...] | None = None
+    net_res_units: int | None = None
+    net_norm: str = ""
+    #: task overrides (tests use tiny patches/coarse spacing): "16,16,16" / "5,5,5"
+    patch_size: tuple[int, ...] | None = None
+    target_spacing: tuple[float, ...] | None = None
+    #: cwt/swt: site names in visiting order; "" = sorted site names
+    site_order: tuple[str, ...] = ()
+    prox_mu: float = 0.01
+    fedgs_threshold: float = 0.001
+    fedgs_base: float = 1000.0
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    trim_beta: float = 0.2
+    krum_byzantine: int = 0
+    dp_clipping_norm: float = 0.0  # > 0 wraps the strategy in client-side fixed clipping
+    dp_noise_multiplier: float = 0.0
+    #: where the ServerApp writes progress and results (coordinator's state dir)
+    output_dir: str = ""
+    initial_weights: str = ""
+    timeout_s: float = 3600.0
+
+    @classmethod
+    def from_config(cls, config: ConfigMap) -> RunSettings:
+        d = cls()
+        try:
+            strategy = StrategyName(_get(config, "strategy", str, d.strategy.value))
+        except ValueError as exc:
+            allowed = ", ".join(s.value for s in StrategyName)
+            raise FederationError(f"strategy: must be one of {allowed}") from exc
+        order = _get(config, "site-order", str, "")
+        settings = cls(
+            strategy=strategy,
+            rounds=_get(config, "num-rounds", int, d.rounds),
+            min_sites=_get(config, "min-sites", int, d.min_sites),
+            task=_get(config, "task", str, d.task),
+            local_steps=_get(config, "local-steps", int, d.local_steps),
+            batch_size=_get(config, "batch-size", int, d.batch_size),
+            lr=_get(config, "lr", float, d.lr),
+            seed=_get(config, "seed", int, d.seed),
+            evaluate=_get(config, "evaluate", bool, d.evaluate),
+            net_filters=_ints(config, "net-filters", None),
+            net_res_units=_res_units(_get(config, "net-res-units", int, -1)),
+            net_norm=_get(config, "net-norm", str, ""),
+            patch_size=_ints(config, "patch-size", 3),
+            target_spacing=_floats(config, "target-spacing", 3),
+            site_order=tuple(s for s in order.replace(" ", "").split(",") if s),
+            prox_mu=_get(config, "prox-mu", float, d.prox_mu),
+            fedgs_threshold=_get(config, "fedgs-threshold", float, d.fedgs_threshold),
+            fedgs_base=_get(config, "fedgs-base", float, d.fedgs_base),
+            server_lr=_get(config, "server-lr", float, d.server_lr),
+            server_momentum=_get(config, "server-momentum", float, d.server_momentum),
+            trim_beta=_get(config, "trim-beta", float, d.trim_beta),
+            krum_byzantine=_get(config, "krum-byzantine", int, d.krum_byzantine),
+            dp_clipping_norm=_get(config, "dp-clipping-norm", float, d.dp_clipping_norm),
+            dp_noise_multiplier=_get(config, "dp-noise-multiplier", float, d.dp_noise_multiplier),
+            output_dir=_get(config, "output-dir", str, ""),
+            initial_weights=_get(config, "initial-weights", str, ""),
+            timeout_s=_get(config, "timeout-s", float, d.timeout_s),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        checks = [
+            (self.rounds >= 1, "num-rounds: must be >= 1"),
+            (self.min_sites >= 1, "min-sites: must be >= 1"),
+            (self.local_steps >= 1, "local-steps: must be >= 1"),
+            (self.batch_size >= 1, "batch-size: must be >= 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr: must be a number > 0"),
+            (self.prox_mu >= 0, "prox-mu: must be >= 0"),
+            (0 < self.fedgs_threshold < 1, "fedgs-threshold: must be in (0, 1)"),
+            (self.fedgs_base > 1, "fedgs-base: must be > 1"),
+            (self.server_lr > 0, "server-lr: must be > 0"),
+            (0 <= self.server_momentum < 1, "server-momentum: must be in [0, 1)"),
+            (0 <= self.trim_beta < 0.5, "trim-beta: must be in [0, 0.5)"),
+            (self.krum_byzantine >= 0, "krum-byzantine: must be >= 0"),
+            (self.dp_clipping_norm >= 0, "dp-clipping-norm: must be >= 0"),
+            (self.dp_noise_multiplier >= 0, "dp-noise-multiplier: must be >= 0"),
+            (self.net_norm in ("", "instance", "batch"), "net-norm: instance or batch"),
+            (self.timeout_s > 0, "timeout-s: must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise FederationError(message)
+        if self.strategy == StrategyName.GOSSIP and self.min_sites < 2:
+            raise FederationError("min-sites: gossip needs at least 2 sites")
+        if self.dp_clipping_norm > 0 and self.strategy in (
+            StrategyName.FEDBN,
+            StrategyName.CWT,
+            StrategyName.SWT,
+            StrategyName.GOSSIP,
+            StrategyName.FEDGS,
+        ):
+            raise FederationError(
+                f"dp-clipping-norm: client-side DP clipping works with fedavg, fedprox, "
+                f"fedmedian, fedtrimmedavg and krum, not with {self.strategy}"
+            )
+
+    def task_spec(self) -> Any:
+        from models.tasks import get_task
+
+        spec = get_task(self.task)
+        if self.patch_size is not None:
+            p = self.patch_size
+            spec = replace(spec, patch_size=(p[0], p[1], p[2]))
+        if self.target_spacing is not None:
+            t = self.target_spacing
+            spec = replace(spec, target_spacing_mm=(t[0], t[1], t[2]))
+        return spec
+
+    def network_config(self) -> Any:
+        from models.networks import DEFAULT_NETWORK, NetworkConfig, Norm
+
+        net: NetworkConfig = DEFAULT_NETWORK
+        if self.net_filters is not None:
+            net = replace(net, filters=self.net_filters)
+        if self.net_res_units is not None:
+            net = replace(net, num_res_units=self.net_res_units)
+        if self.net_norm:
+            net = replace(net, norm=Norm(self.net_norm))
+        return NetworkConfig(
+            name=net.name,
+            filters=net.filters,
+            norm=net.norm,
+            num_res_units=net.num_res_units,
+            dropout=net.dropout,
+        )
+
+
+def run_config_map(settings: RunSettings) -> dict[str, Any]:
+    """The inverse of :meth:`RunSettings.from_config` (what ``flwr run`` is given)."""
+    out: dict[str, Any] = {
+        "strategy": settings.strategy.value,
+        "num-rounds": settings.rounds,
+        "min-sites": settings.min_sites,
+        "task": settings.task,
+        "local-steps": settings.local_steps,
+        "batch-size": settings.batch_size,
+        "lr": settings.lr,
+        "seed": settings.seed,
+        "evaluate": settings.evaluate,
+        "net-norm": settings.net_norm,
+        "site-order": ",".join(settings.site_order),
+        "prox-mu": settings.prox_mu,
+        "fedgs-threshold": settings.fedgs_threshold,
+        "fedgs-base": settings.fedgs_base,
+        "server-lr": settings.server_lr,
+        "server-momentum": settings.server_momentum,
+        "trim-beta": settings.trim_beta,
+        "krum-byzantine": settings.krum_byzantine,
+        "dp-clipping-norm": settings.dp_clipping_norm,
+        "dp-noise-multiplier": settings.dp_noise_multiplier,
+        "output-dir": settings.output_dir,
+        "initial-weights": settings.initial_weights,
+        "timeout-s": settings.timeout_s,
+        "net-filters": ",".join(str(v) for v in settings.net_filters or ()),
+        "net-res-units": -1 if settings.net_res_units is None else settings.net_res_units,
+        "patch-size": ",".join(str(v) for v in settings.patch_size or ()),
+        "target-spacing": ",".join(f"{v:g}" for v in settings.target_spacing or ()),
+    }
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSettings:
+    """One SuperNode's own settings (Flower ``node_config``)."""
+
+    site: str
+    state_dir: Path
+    source: CaseSource = CaseSource.PHANTOM
+    phantom_preset: str = "site_a"
+    phantom_cases: int = 3
+    phantom_matrix: tuple[int, ...] | None = None
+    phantom_spacing: tuple[float, ...] | None = None
+    threads: int = 1
+    #: ``store`` source: the appliance's SQLite store
+    database: Path | None = None
+
+    @classmethod
+    def from_config(cls, config: ConfigMap, *, fallback_site: str = "site") -> SiteSettings:
+        site = _get(config, "site-name", str, "")
+        if not site and "partition-id" in config:  # simulation runtime
+            site = f"site_{int(config['partition-id'])}"
+        site = site or fallback_site
+        if not site.replace("_", "").replace("-", "").isalnum() or len(site) > 64:
+            raise FederationError(f"site-name: letters, digits, '_' or '-' only, got {site!r}")
+        state = _get(config, "state-dir", str, "")
+        if not state:
+            import tempfile
+
+            state = str(Path(tempfile.gettempdir()) / "appliance-federation" / site)
+        try:
+            source = CaseSource(_get(config, "case-source", str, CaseSource.PHANTOM.value))
+        except ValueError as exc:
+            allowed = ", ".join(s.value for s in CaseSource)
+            raise FederationError(f"case-source: must be one of {allowed}") from exc
+        settings = cls(
+            site=site,
+            state_dir=Path(state),
+            source=source,
+            phantom_preset=_get(config, "phantom-preset", str, "site_a"),
+            phantom_cases=_get(config, "phantom-cases", int, 3),
+            phantom_matrix=_ints(config, "phantom-matrix", 3),
+            phantom_spacing=_floats(config, "phantom-spacing", 3),
+            threads=_get(config, "threads", int, 1),
+            database=Path(db) if (db := _get(config, "database", str, "")) else None,
+        )
+        if settings.phantom_cases < 1:
+            raise FederationError("phantom-cases: must be >= 1")
+        if settings.threads < 1:
+            raise FederationError("threads: must be >= 1")
+        return settings
