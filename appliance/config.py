@@ -160,6 +160,71 @@ class CasesConfig:
     split_key: str | None = None
 
 
+FEDERATION_STRATEGIES = (
+    "fedavg",
+    "fedprox",
+    "fedbn",
+    "cwt",
+    "swt",
+    "gossip",
+    "fedgs",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    """Federated fine-tuning over Flower's deployment engine (``appliance federate``).
+
+    ``coordinator``: ``host:port`` of the coordinator's SuperLink (sites connect to it;
+    the coordinator binds ``bind`` and the port). ``tls_ca_file`` (every party: verifies
+    the SuperLink), ``tls_cert_file``/``tls_key_file`` (coordinator only); without them
+    ``insecure = true`` is required (plain HTTP, tests and closed networks only).
+    ``auth_private_key``/``auth_public_key`` (site: its SuperNode key pair, NIST EC
+    curve, public key in OpenSSH format) and ``authorized_keys`` (coordinator: the
+    sites' public key files) switch on SuperNode authentication (needs TLS).
+    ``site_name``: how this site calls itself (default: the DICOM AE title).
+    ``strategy``/``rounds``/``min_sites``/``local_steps``/``batch_size``/``lr``/
+    ``prox_mu``: defaults of ``federate start``. ``task``: the task federated.
+    ``schedule``: a cron expression for scheduled joins (read by ``serve``).
+    ``state_dir``: default ``<storage.root>/federation``.
+    """
+
+    coordinator: str = "127.0.0.1:9092"
+    bind: str = "0.0.0.0"
+    insecure: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    auth_private_key: Path | None = None
+    auth_public_key: Path | None = None
+    authorized_keys: tuple[Path, ...] = ()
+    site_name: str | None = None
+    task: str = "liver_ct"
+    strategy: str = "fedavg"
+    rounds: int = 2
+    min_sites: int = 2
+    local_steps: int = 50
+    batch_size: int = 2
+    lr: float = 1e-3
+    prox_mu: float = 0.01
+    schedule: str | None = None
+    state_dir: Path | None = None
+
+    @property
+    def coordinator_host(self) -> str:
+        return self.coordinator.rsplit(":", 1)[0]
+
+    @property
+    def coordinator_port(self) -> int:
+        return int(self.coordinator.rsplit(":", 1)[1])
+
+    def state_root(self, storage: StorageConfig) -> Path:
+        return self.state_dir if self.state_dir is not None else storage.root / "federation"
+
+
 @dataclass(frozen=True, slots=True)
 class AppConfig:
     dicom: DicomConfig = field(default_factory=DicomConfig)
@@ -171,6 +236,7 @@ class AppConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     cases: CasesConfig = field(default_factory=CasesConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
     @property
     def models_root(self) -> Path:
@@ -290,6 +356,7 @@ class _Reader:
                 "models",
                 "output",
                 "cases",
+                "federation",
             },
         )
         dicom = self.dicom(self.table(data, "dicom"))
@@ -325,6 +392,97 @@ class _Reader:
             models,
             output,
             cases=self.cases(self.table(data, "cases")),
+            federation=self.federation(self.table(data, "federation")),
+        )
+
+    def federation(self, d: dict[str, Any]) -> FederationConfig:
+        p = "federation"
+        df = FederationConfig()
+        keys = {
+            "coordinator",
+            "bind",
+            "insecure",
+            "tls_ca_file",
+            "tls_cert_file",
+            "tls_key_file",
+            "auth_private_key",
+            "auth_public_key",
+            "authorized_keys",
+            "site_name",
+            "task",
+            "strategy",
+            "rounds",
+            "min_sites",
+            "local_steps",
+            "batch_size",
+            "lr",
+            "prox_mu",
+            "schedule",
+            "state_dir",
+        }
+        self.unknown(p, d, keys)
+        coordinator = self.string(d, "coordinator", p, required=False) or df.coordinator
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            self.err(f"{p}.coordinator", f"must be host:port; got {coordinator!r}")
+            coordinator = df.coordinator
+        strategy = self.string(d, "strategy", p, required=False) or df.strategy
+        if strategy not in FEDERATION_STRATEGIES:
+            allowed = ", ".join(FEDERATION_STRATEGIES)
+            self.err(f"{p}.strategy", f"must be one of {allowed}; got {strategy!r}")
+            strategy = df.strategy
+        site_name = self.string(d, "site_name", p, required=False)
+        if site_name is not None and not _NAME_RE.match(site_name):
+            self.err(f"{p}.site_name", "must be 1-64 letters, digits, '.', '_' or '-'")
+        keys_raw = d.get("authorized_keys", [])
+        authorized: list[Path] = []
+        if not isinstance(keys_raw, list) or not all(isinstance(k, str) for k in keys_raw):
+            self.err(f"{p}.authorized_keys", "must be a list of public key file paths")
+        else:
+            for i, item in enumerate(keys_raw):
+                where = f"{p}.authorized_keys[{i}]"
+                path = self.path({"file": item}, "file", where, must_exist=True)
+                if path is not None:
+                    authorized.append(path)
+        insecure = self.boolean(d, "insecure", p, df.insecure)
+        ca = self.path(d, "tls_ca_file", p, must_exist=True)
+        cert = self.path(d, "tls_cert_file", p, must_exist=True)
+        key = self.path(d, "tls_key_file", p, must_exist=True)
+        if (cert is None) != (key is None):
+            self.err(f"{p}.tls_cert_file", "tls_cert_file and tls_key_file go together")
+        if d and not insecure and ca is None:
+            self.err(f"{p}.tls_ca_file", "is required unless federation.insecure = true")
+        private = self.path(d, "auth_private_key", p, must_exist=True)
+        public = self.path(d, "auth_public_key", p, must_exist=True)
+        if (private is not None or authorized) and insecure:
+            self.err(f"{p}.insecure", "SuperNode authentication needs TLS, not insecure = true")
+        schedule = self.string(d, "schedule", p, required=False)
+        if schedule is not None and len(schedule.split()) != 5:
+            self.err(f"{p}.schedule", f"must be a 5-field cron expression; got {schedule!r}")
+        task = self.string(d, "task", p, required=False) or df.task
+        if not _NAME_RE.match(task):
+            self.err(f"{p}.task", "must be a task name such as liver_ct or glioma_mr")
+        return FederationConfig(
+            coordinator=coordinator,
+            bind=self.host(d, "bind", p, required=False) or df.bind,
+            insecure=insecure,
+            tls_ca_file=ca,
+            tls_cert_file=cert,
+            tls_key_file=key,
+            auth_private_key=private,
+            auth_public_key=public,
+            authorized_keys=tuple(authorized),
+            site_name=site_name,
+            task=task,
+            strategy=strategy,
+            rounds=self.integer(d, "rounds", p, df.rounds, 1, 10_000),
+            min_sites=self.integer(d, "min_sites", p, df.min_sites, 1, 1000),
+            local_steps=self.integer(d, "local_steps", p, df.local_steps, 1, 1_000_000),
+            batch_size=self.integer(d, "batch_size", p, df.batch_size, 1, 1024),
+            lr=self.number(d, "lr", p, df.lr, 1e-8, 10.0),
+            prox_mu=self.number(d, "prox_mu", p, df.prox_mu, 0.0, 1000.0),
+            schedule=schedule,
+            state_dir=self.path(d, "state_dir", p),
         )
 
     def models(self, d: dict[str, Any]) -> ModelsConfig:

@@ -9,6 +9,7 @@ from appliance.cli import (
     config_cmd,
     demo,
     echo,
+    federate,
     healthcheck,
     jobs,
     models,
@@ -41,6 +42,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(models.app, name="models")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(federate.app, name="federate")
 app.add_typer(cases.app, name="cases")
 
 
