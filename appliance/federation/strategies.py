@@ -134,7 +134,9 @@ class Recording:
         replies = [
             m for m in replies if m.has_error() or int(_metrics_of(m).get("num-examples", 0)) > 0
         ]
-        metrics = super().aggregate_evaluate(server_round, replies) if replies else None  # type: ignore[misc]
+        if not replies:
+            return None
+        metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
         self._record(
             server_round, "evaluate", replies, dict(metrics) if metrics is not None else None
         )
