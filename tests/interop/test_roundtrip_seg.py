@@ -20,13 +20,16 @@ the mask the job produced, voxel for voxel, on the source geometry.
 
   The phantoms' truth must overlap the masks (Dice of the whole structure), and the real
   CT's liver must overlap TotalSegmentator's liver for it. The bounds are loose: they
-  catch a flipped or shifted mask (real CT: 0.77 at the 0.1.0 weights, 0.01 flipped
-  left-right, 0.48 flipped front-back), not a slightly weaker model.
+  catch a flipped or shifted mask, not a slightly weaker model. At the 0.1.0 weights:
+  oblique CT 0.97 (bound 0.7), MR 0.92 (bound 0.5), real CT 0.77 (bound 0.6; its mask
+  flipped left-right gives 0.01, front-back 0.48).
 
-  CPU cost of the shipped weights, 2 threads, measured here with a training job sharing
-  the 2 cores (so an upper bound): real CT 12-45 s wall, oblique CT 40 x 128 x 128 (the
-  site's 120 x 160 x 160 reduced; the liver stays in view) 10-20 s, MR 40 x 112 x 112
-  (from 64 x 136 x 136) 3-8 s. Small enough that no case falls back to a tiny network.
+  Cost of the shipped weights (torch, 2 threads), measured on a 2-core machine shared
+  with a training job (load average 3-17), with OMP_WAIT_POLICY=PASSIVE so that CPU time
+  is work, not spinning: inference of the real CT 5 s CPU (12-20 s wall), of the oblique CT
+  40 x 128 x 128 (site_c's 120 x 160 x 160 cut down; the liver stays in view) 1.6 s, of the
+  MR 40 x 112 x 112 (from 64 x 136 x 136) 0.9 s; the fixture as a whole 22 s CPU. Cheap
+  enough that no case falls back to a tiny network.
 """
 
 from __future__ import annotations
