@@ -118,12 +118,17 @@ class ModelsConfig:
     registry-layout folder of bundles shipped with the software (default: the ``models``
     package's ``bundles``); on first start a task with no registered model gets them,
     the highest version active. ``device``: ``auto`` (CUDA when available), ``cpu``,
-    ``cuda``.
+    ``cuda``. ``gate_margin``: the validation gate promotes a candidate only if no label's
+    mean Dice on the held-out cases is below the active model's by more than this (0 to
+    1, default 0.01); ``gate_min_cases``: fewer held-out cases than this and the gate
+    decides nothing (default 3).
     """
 
     root: Path | None = None  # None: <storage.root>/models
     shipped: Path | None = field(default_factory=shipped_bundles_dir)
     device: str = "auto"
+    gate_margin: float = 0.01
+    gate_min_cases: int = 3
 
     def registry_root(self, storage: StorageConfig) -> Path:
         return self.root if self.root is not None else storage.root / "models"
@@ -487,7 +492,7 @@ class _Reader:
 
     def models(self, d: dict[str, Any]) -> ModelsConfig:
         p = "models"
-        self.unknown(p, d, {"root", "shipped", "device"})
+        self.unknown(p, d, {"root", "shipped", "device", "gate_margin", "gate_min_cases"})
         defaults = ModelsConfig()
         device = self.string(d, "device", p, required=False) or defaults.device
         if device.lower() not in MODEL_DEVICES:
@@ -498,7 +503,13 @@ class _Reader:
             shipped = None  # explicitly: no shipped bundles
         elif "shipped" in d:
             shipped = self.path(d, "shipped", p)
-        return ModelsConfig(root=self.path(d, "root", p), shipped=shipped, device=device.lower())
+        return ModelsConfig(
+            root=self.path(d, "root", p),
+            shipped=shipped,
+            device=device.lower(),
+            gate_margin=self.number(d, "gate_margin", p, defaults.gate_margin, 0.0, 1.0),
+            gate_min_cases=self.integer(d, "gate_min_cases", p, defaults.gate_min_cases, 1, 10_000),
+        )
 
     def cases(self, d: dict[str, Any]) -> CasesConfig:
         p = "cases"

@@ -19,8 +19,10 @@ import hashlib
 import logging
 import shutil
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,8 +33,14 @@ from appliance.store import ModelRecord, Store
 from models.bundle_import import METADATA_FILE, import_monai_bundle
 from models.errors import ModelsError
 from models.inference import resolve_device
-from models.model_card import ModelCard, ModelCardError, check_task_name, check_version
-from models.registry import CARD_FILE, ModelBundle, ModelRegistry
+from models.model_card import (
+    ModelCard,
+    ModelCardError,
+    check_task_name,
+    check_version,
+    thaw,
+)
+from models.registry import CARD_FILE, ModelBundle, ModelRegistry, build_network
 
 LOG = logging.getLogger(__name__)
 
@@ -88,6 +96,60 @@ def import_bundle(
         raise ModelImportError(str(exc)) from exc
     record = _record(store, bundle, origin)
     LOG.info("imported model %s as a candidate (%s)", bundle.ref, origin)
+    return record
+
+
+def register_candidate(
+    store: Store,
+    config: AppConfig,
+    *,
+    parent: ModelRecord,
+    version: str,
+    state_dict: Mapping[str, torch.Tensor],
+    training_data: str,
+    source: Mapping[str, Any],
+    federated_round: int | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> ModelRecord:
+    """New weights for ``parent``'s task and architecture (e.g. the result of a federated
+    run) become bundle ``task/version`` in the site registry and a CANDIDATE in the store.
+
+    The card copies the parent's labels, architecture, pre-processing and intended use,
+    records ``parent_version``, ``federated_round`` and ``source`` (for a federated run:
+    ``kind``, ``strategy``, ``run_id``, ``rounds``). Nothing is active until the
+    validation gate (:mod:`appliance.gate`) promotes it."""
+    registry = registry_for(config)
+    try:
+        check_version(version)
+        base = registry.get(parent.task, parent.version).card
+        try:  # the weights must fit the parent's architecture before anything is written
+            build_network(thaw(base.architecture)).load_state_dict(dict(state_dict), strict=True)
+        except RuntimeError as exc:
+            raise ModelImportError(
+                f"candidate {parent.task}/{version}: the weights do not fit "
+                f"{parent.version}'s architecture: {exc}"
+            ) from exc
+        bundle = registry.add(
+            parent.task,
+            version,
+            state_dict,
+            name=base.name,
+            labels=base.labels,
+            architecture=thaw(base.architecture),
+            preprocessing=thaw(base.preprocessing),
+            intended_use=base.intended_use,
+            training_data=training_data,
+            metrics=metrics,
+            federated_round=federated_round,
+            parent_version=parent.version,
+            source=source,
+        )
+    except ModelsError as exc:
+        raise ModelImportError(f"candidate {parent.task}/{version}: {exc}") from exc
+    record = _record(store, bundle, str(source.get("kind", "candidate")))
+    LOG.info(
+        "registered candidate %s (parent %s, round %s)", bundle.ref, parent.version, federated_round
+    )
     return record
 
 
