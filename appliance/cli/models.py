@@ -1,8 +1,9 @@
-"""``appliance models list|show|import|activate|rollback``: the site's model versions.
+"""``appliance models list|show|import|validate|activate|rollback``: the site's model versions.
 
 A model version is a registry bundle (weights + model card with sha256) under
 ``models.root``; its lifecycle state (candidate, validated, active, rejected, retired) is
-recorded in the store, with exactly one active version per task.
+recorded in the store, with exactly one active version per task. ``validate`` runs the
+validation gate (:mod:`appliance.gate`) on the site's held-out annotated cases.
 """
 
 from __future__ import annotations
@@ -100,8 +101,62 @@ def show(
         card = ModelCard.from_json((record.path / CARD_FILE).read_bytes())
     except (OSError, ModelCardError) as exc:
         raise fail(f"cannot read the model card: {exc}") from exc
+    from appliance.gate import latest_reports
+
+    for report in latest_reports(cfg, task):
+        if report.get("candidate_version") == version:
+            typer.echo(
+                f"gate: {report.get('decision')} at {_when(float(str(report['decided_at'])))} "
+                f"on {report.get('cases')} held-out case(s): {report.get('reason')}"
+            )
     typer.echo("model card:")
     typer.echo(card.to_json())
+
+
+@app.command("validate")
+def validate(
+    task: Annotated[str, typer.Argument(help="Task, e.g. liver_ct.")],
+    version: Annotated[str, typer.Argument(help="The candidate version to validate.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run the validation gate: the candidate against the active model on this site's
+    held-out cases. Promoted (made active) only if no label's mean Dice is worse by more
+    than models.gate_margin; otherwise rejected. Exit code 0 when promoted, 1 otherwise."""
+    cfg = load(config)
+    from appliance.case_states import CaseSplit, CaseState
+    from appliance.cases import CaseLoadError, load_case
+    from appliance.errors import NotFoundError, StoreError
+    from appliance.gate import GateCase, GateDecision, GateError, run_gate
+
+    store = open_store(cfg)
+    try:
+        cases: list[GateCase] = []
+        unreadable = 0
+        for record in store.list_cases(
+            task=task, split=CaseSplit.HELD_OUT, states=[CaseState.ACTIVE]
+        ):
+            try:
+                loaded = load_case(store, record)
+            except CaseLoadError as exc:
+                unreadable += 1
+                typer.echo(f"skipped: {exc}", err=True)
+                continue
+            item = loaded.case
+            cases.append(GateCase(str(loaded.case_id), item.image, item.labels, item.affine))
+        if unreadable:
+            typer.echo(f"{unreadable} held-out case(s) could not be loaded", err=True)
+        report = run_gate(store, cfg, task, version, cases)
+    except (NotFoundError, StoreError, GateError) as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        typer.echo(report.format_text())
+    if report.decision is not GateDecision.PROMOTED:
+        raise typer.Exit(1)
 
 
 @app.command("import")
