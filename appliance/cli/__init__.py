@@ -9,6 +9,7 @@ from appliance.cli import (
     config_cmd,
     demo,
     echo,
+    evaluate_real,
     federate,
     healthcheck,
     jobs,
@@ -37,6 +38,7 @@ app.command("preview")(preview.preview)
 app.command("healthcheck")(healthcheck.healthcheck)
 app.command("train", context_settings=train.PASSTHROUGH)(train.train)
 app.command("evaluate", context_settings=train.PASSTHROUGH)(train.evaluate)
+app.command("evaluate-real")(evaluate_real.evaluate_real)
 app.add_typer(phantoms.app, name="phantoms")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(outbox.app, name="outbox")
