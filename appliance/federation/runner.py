@@ -304,12 +304,17 @@ def wait_run(
     timeout: float,
     flwr_home: Path | None = None,
     poll: float = 1.0,
+    watch: Sequence[Process] = (),
 ) -> dict[str, Any]:
     """Block until the run's progress says finished or failed (or Flower says the run
-    finished without the ServerApp recording so); returns the progress."""
+    finished without the ServerApp recording so); returns the progress. A process in
+    ``watch`` (SuperLink, SuperNodes) that exits ends the wait with its log."""
     deadline = time.monotonic() + timeout
     last_check = 0.0
     while time.monotonic() < deadline:
+        for process in watch:
+            if not process.alive():
+                raise FederationError(f"{process.args[0]} exited:\n{process.tail()}")
         progress = read_progress(output_dir, run_id)
         if progress is not None and progress.get("status") != RunStatus.RUNNING.value:
             return progress

@@ -1,0 +1,316 @@
+"""Federation on Flower's deployment engine with real processes: one SuperLink and three
+SuperNodes on loopback, TLS with certificates made here and SuperNode authentication,
+a tiny network on tiny phantom cases, two rounds each of fedavg, fedbn, cwt, swt,
+gossip and fedgs (several runs on one SuperLink, one after the other)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.peers import free_port, require_program
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+SITES = ("site_a", "site_b", "site_c")
+ORDER = ("site_c", "site_a", "site_b")  # deliberately not alphabetical
+
+
+def _write_pki(directory: Path) -> dict[str, Path]:
+    """A CA, a SuperLink certificate for 127.0.0.1/localhost, and one EC P-384 key pair
+    per SuperNode (both in OpenSSH format, as Flower reads them)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    out = {
+        "ca": directory / "ca.crt",
+        "cert": directory / "server.pem",
+        "key": directory / "server.key",
+    }
+    out["ca"].write_bytes(ca_cert.public_bytes(pem))
+    out["cert"].write_bytes(cert.public_bytes(pem))
+    out["key"].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    for site in SITES:
+        node_key = ec.generate_private_key(ec.SECP384R1())
+        out[f"{site}.key"] = directory / f"{site}.key"
+        out[f"{site}.pub"] = directory / f"{site}.pub"
+        out[f"{site}.key"].write_bytes(
+            node_key.private_bytes(
+                pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
+        )
+        out[f"{site}.pub"].write_bytes(
+            node_key.public_key().public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            )
+        )
+    return out
+
+
+@dataclass
+class Federation:
+    root: Path
+    flwr_home: Path
+    app_dir: Path
+    output: Path
+    processes: list[Any]
+
+    def site_dir(self, site: str) -> Path:
+        return self.root / site
+
+    def run(self, strategy: str, **overrides: Any) -> dict[str, Any]:
+        from appliance.federation import runner
+        from appliance.federation.settings import RunSettings, StrategyName
+
+        settings = RunSettings(
+            strategy=StrategyName(strategy),
+            rounds=2,
+            min_sites=3,
+            task="glioma_mr",
+            local_steps=2,
+            batch_size=2,
+            lr=1e-2,
+            seed=5,
+            evaluate=False,
+            net_filters=(4, 8),
+            net_res_units=0,
+            patch_size=(16, 16, 16),
+            target_spacing=(5.0, 5.0, 5.0),
+            output_dir=str(self.output),
+            timeout_s=600.0,
+            **overrides,
+        )
+        run_id = runner.submit_run(self.flwr_home, self.app_dir, settings)
+        progress = runner.wait_run(
+            self.output, run_id, timeout=900, flwr_home=self.flwr_home, watch=self.processes
+        )
+        assert progress["status"] == "finished", json.dumps(progress)[:3000]
+        return progress
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    require_program("flower-superlink")
+    require_program("flower-supernode")
+    require_program("flwr")
+    from appliance.federation import runner
+
+    root = tmp_path_factory.mktemp("federation")
+    pki = _write_pki(root / "pki")
+    server_tls = runner.Tls(ca=pki["ca"], cert=pki["cert"], key=pki["key"])
+    client_tls = runner.Tls(ca=pki["ca"])
+    port = free_port()
+    coordinator = root / "coordinator"
+    link = runner.start_superlink(
+        coordinator, host="127.0.0.1", port=port, tls=server_tls, supernode_auth=True
+    )
+    nodes: list[runner.Process] = []
+    try:
+        runner.wait_listening("127.0.0.1", port, link)
+        flwr_home = coordinator / "flwr"
+        runner.write_cli_config(flwr_home, f"127.0.0.1:{port}", client_tls)
+        for site in SITES:
+            runner.register_supernode(flwr_home, pki[f"{site}.pub"])
+        for site in SITES:
+            node_config = {
+                "site-name": site,
+                "state-dir": str(root / site),
+                "phantom-preset": site,
+                "phantom-cases": 2,
+                "phantom-matrix": "28,36,36",
+                "phantom-spacing": "6,6,6",
+            }
+            nodes.append(
+                runner.start_supernode(
+                    root / site,
+                    superlink=f"127.0.0.1:{port}",
+                    runtime_port=free_port(),
+                    node_config=node_config,
+                    tls=client_tls,
+                    auth_private_key=pki[f"{site}.key"],
+                )
+            )
+        app_dir = runner.write_app(coordinator / "app")
+        yield Federation(root, flwr_home, app_dir, coordinator / "out", [link, *nodes])
+    finally:
+        for node in nodes:
+            node.stop()
+        link.stop()
+
+
+def _weights(directory: Path) -> dict[str, np.ndarray]:
+    from appliance.federation.outputs import read_result
+
+    return read_result(directory).load_weights()
+
+
+def _initial() -> dict[str, np.ndarray]:
+    import torch
+
+    from appliance.federation.params import model_state
+    from appliance.federation.settings import RunSettings
+    from models.networks import build_network
+
+    run = RunSettings(
+        task="glioma_mr",
+        seed=5,
+        net_filters=(4, 8),
+        net_res_units=0,
+        patch_size=(16, 16, 16),
+        target_spacing=(5.0, 5.0, 5.0),
+    )
+    torch.manual_seed(run.seed)
+    return model_state(build_network(run.task_spec(), run.network_config()))
+
+
+def _norm_keys() -> set[str]:
+    from appliance.federation.params import load_into
+    from appliance.federation.settings import RunSettings
+    from models.networks import build_network, norm_parameter_names
+
+    run = RunSettings(
+        task="glioma_mr", net_filters=(4, 8), net_res_units=0, patch_size=(16, 16, 16)
+    )
+    model = build_network(run.task_spec(), run.network_config())
+    load_into(model, _initial())
+    return norm_parameter_names(model)
+
+
+def _train_entries(progress: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in progress["history"] if e["phase"] == "train"]
+
+
+def _changed(a: dict[str, np.ndarray], b: dict[str, np.ndarray], keys: set[str]) -> bool:
+    return any(not np.allclose(a[k], b[k]) for k in keys)
+
+
+def test_fedavg_changes_the_global_weights(federation: Federation) -> None:
+    progress = federation.run("fedavg")
+    assert sorted(s["site"] for s in progress["sites"]) == list(SITES)
+    rounds = _train_entries(progress)
+    assert [e["round"] for e in rounds] == [1, 2]
+    assert all(set(e["sites"]) == set(SITES) for e in rounds)
+    initial, final = _initial(), _weights(Path(progress["result"]["directory"]))
+    assert set(final) == set(initial)
+    assert _changed(initial, final, set(initial) - _norm_keys())
+    # every site kept its own record of the run with the same final weights
+    from appliance.federation.outputs import site_weights
+
+    for site in SITES:
+        mine = site_weights(federation.site_dir(site), progress["run_id"])
+        assert all(np.allclose(mine[k], final[k]) for k in final)
+
+
+def test_fedbn_keeps_normalisation_local(federation: Federation) -> None:
+    from appliance.federation.outputs import site_weights
+    from appliance.federation.site_state import load_site_norm
+
+    progress = federation.run("fedbn")
+    norm = _norm_keys()
+    assert norm
+    initial, final = _initial(), _weights(Path(progress["result"]["directory"]))
+    for entry in _train_entries(progress):
+        assert entry["norm_entries_received"] == 0
+        assert all(n == len(initial) - len(norm) for n in entry["entries_received"])
+    # aggregation changed the shared entries and left the normalisation ones untouched
+    assert _changed(initial, final, set(initial) - norm)
+    assert all(np.array_equal(initial[k], final[k]) for k in norm)
+    local = {site: load_site_norm(federation.site_dir(site), "glioma_mr") for site in SITES}
+    assert all(v is not None and set(v) == norm for v in local.values())
+    for a, b in [("site_a", "site_b"), ("site_a", "site_c"), ("site_b", "site_c")]:
+        assert _changed(local[a], local[b], norm)  # type: ignore[arg-type]
+    for site in SITES:
+        assert _changed(local[site], initial, norm)  # type: ignore[arg-type]
+        # the site's weights: global shared entries + its own normalisation entries
+        mine = site_weights(federation.site_dir(site), progress["run_id"])
+        assert all(np.allclose(mine[k], local[site][k]) for k in norm)  # type: ignore[index]
+        assert all(np.allclose(mine[k], final[k]) for k in set(final) - norm)
+
+
+@pytest.mark.parametrize("strategy", ["cwt", "swt"])
+def test_weight_transfer_visits_sites_in_the_configured_order(
+    federation: Federation, strategy: str
+) -> None:
+    progress = federation.run(strategy, site_order=ORDER)
+    visits = [site for e in _train_entries(progress) for site in e["visits"]]
+    if strategy == "cwt":
+        assert visits == list(ORDER) * 2  # two cycles: each site met twice
+    else:
+        assert visits == [s for s in ORDER for _ in range(2)]  # each site once, 2 rounds
+    assert progress["result"]["visits"] == visits
+    initial, final = _initial(), _weights(Path(progress["result"]["directory"]))
+    assert _changed(initial, final, set(initial))
+
+
+def test_gossip_has_no_global_model(federation: Federation) -> None:
+    from appliance.federation.outputs import read_result, site_weights
+
+    progress = federation.run("gossip")
+    result = read_result(Path(progress["result"]["directory"]))
+    assert not result.global_model and result.weights_path is None
+    assert not (Path(progress["result"]["directory"]) / "weights.pt").exists()
+    assert all(e["aggregate"] is None for e in _train_entries(progress))
+    pairings = progress["result"]["pairings"]
+    assert len(pairings) == 2 and all(set(p) == set(SITES) for p in pairings)
+    assert all(peer != site for p in pairings for site, peer in p.items())
+    distance = progress["result"]["consensus_distance"]
+    assert isinstance(distance, float) and distance >= 0
+    initial = _initial()
+    models = {site: site_weights(federation.site_dir(site), progress["run_id"]) for site in SITES}
+    assert all(_changed(initial, m, set(initial)) for m in models.values())
+
+
+def test_fedgs_scales_steps_on_small_lesion_batches(federation: Federation) -> None:
+    # "small" = lesion under 30 % of the patch: the tiny glioma phantoms qualify
+    progress = federation.run("fedgs", fedgs_threshold=0.3, server_momentum=0.5)
+    entries = _train_entries(progress)
+    maxima = [m["step-scale-max"] for e in entries for m in e["sites"].values()]
+    assert max(maxima) > 1.0
+    assert sum(m["scaled-steps"] for e in entries for m in e["sites"].values()) > 0
+    initial, final = _initial(), _weights(Path(progress["result"]["directory"]))
+    assert _changed(initial, final, set(initial))
