@@ -259,6 +259,16 @@ def run_config_map(settings: RunSettings) -> dict[str, Any]:
     return out
 
 
+def _default_preset(config: ConfigMap) -> str:
+    """``site_a``, or on the simulation runtime the presets in turn by partition id."""
+    if "partition-id" not in config:
+        return "site_a"
+    from models.phantoms import SITE_PRESETS
+
+    names = sorted(SITE_PRESETS)
+    return names[int(config["partition-id"]) % len(names)]
+
+
 @dataclass(frozen=True, slots=True)
 class SiteSettings:
     """One SuperNode's own settings (Flower ``node_config``)."""
@@ -296,7 +306,7 @@ class SiteSettings:
             site=site,
             state_dir=Path(state),
             source=source,
-            phantom_preset=_get(config, "phantom-preset", str, "site_a"),
+            phantom_preset=_get(config, "phantom-preset", str, _default_preset(config)),
             phantom_cases=_get(config, "phantom-cases", int, 3),
             phantom_matrix=_ints(config, "phantom-matrix", 3),
             phantom_spacing=_floats(config, "phantom-spacing", 3),
