@@ -51,6 +51,21 @@ def _print_round(entry: dict[str, Any]) -> None:
     typer.echo(f"  round {entry['round']} {entry['phase']}: {'; '.join(parts)}{tail}")
 
 
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--set needs KEY=VALUE, got {item!r}", 2)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = text
+    return out
+
+
 @app.command("start")
 def start(
     config_path: ConfigOption = None,
@@ -74,6 +89,14 @@ def start(
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the run.")] = 24
     * 3600.0,
+    extra: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any run setting as KEY=VALUE (e.g. --set server-momentum=0.9 "
+            "--set patch-size=64,64,64); see docs/federation.md.",
+        ),
+    ] = None,
 ) -> None:
     """Coordinator: run the SuperLink and one federated run; wait until it ends."""
     from appliance.federation import runner
@@ -100,6 +123,7 @@ def start(
                 "output-dir": str(state / "coordinator"),
                 "initial-weights": str(initial_weights.resolve()) if initial_weights else "",
                 "timeout-s": timeout,
+                **_parse_set(extra or []),
             }
         )
     except FederationError as exc:
@@ -123,7 +147,7 @@ def start(
         app_dir = runner.write_app(coordinator / "app")
         run_id = runner.submit_run(flwr_home, app_dir, settings)
         typer.echo(
-            f"run {run_id}: {settings.strategy}, {settings.rounds} rounds, "
+            f"run {run_id}: {settings.strategy}, rounds: {settings.rounds}, "
             f"waiting for {settings.min_sites} sites"
         )
         shown = 0
