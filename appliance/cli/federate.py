@@ -220,7 +220,9 @@ def join(
     fed = config.federation
     tls = _tls(config, server=False)
     site_dir = fed.state_root(config.storage) / "site"
-    site_name = fed.site_name or config.dicom.ae_title.strip().replace(" ", "_")
+    import re
+
+    site_name = fed.site_name or re.sub(r"[^A-Za-z0-9_-]", "_", config.dicom.ae_title.strip())
     node_config = {
         "site-name": site_name,
         "state-dir": str(site_dir),

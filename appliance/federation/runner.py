@@ -159,7 +159,9 @@ class Process:
 def _env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["FLWR_HOME"] = str(flwr_home)
+    # an appliance in a hospital network does not phone home
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     env.update(extra or {})
     return env
 

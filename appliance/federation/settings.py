@@ -8,6 +8,7 @@ coordinator CLI builds the same maps it passes to ``flwr run --run-config``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -36,6 +37,7 @@ class CaseSource(StrEnum):
 
 
 ConfigMap = Mapping[str, Any]
+_SITE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def _get(config: ConfigMap, key: str, kind: type, default: Any) -> Any:
@@ -290,8 +292,8 @@ class SiteSettings:
         if not site and "partition-id" in config:  # simulation runtime
             site = f"site_{int(config['partition-id'])}"
         site = site or fallback_site
-        if not site.replace("_", "").replace("-", "").isalnum() or len(site) > 64:
-            raise FederationError(f"site-name: letters, digits, '_' or '-' only, got {site!r}")
+        if not _SITE_RE.match(site) or site in (".", ".."):
+            raise FederationError(f"site-name: 1-64 letters, digits, '.', '_' or '-', got {site!r}")
         state = _get(config, "state-dir", str, "")
         if not state:
             import tempfile
