@@ -354,6 +354,9 @@ class WeightTransfer(Strategy):
         result = Result()
         arrays = initial_arrays
         schedule = transfer_schedule(self.order, num_rounds, single=self.single)
+        if self.progress is not None and len(schedule) != num_rounds:
+            self.progress.data["rounds"] = len(schedule)  # swt: rounds at each site
+            self.progress.save()
         for server_round, sites in enumerate(schedule, start=1):
             for site in sites:
                 self._next_site = site
