@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import highdicom as hd
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -40,7 +39,6 @@ from dicom_bridge.seg import (
     identifying_values,
     read_source_grid,
     redact,
-    sanitized_warnings,
 )
 from dicom_bridge.seg_reader import (
     BACKGROUND,
@@ -49,6 +47,7 @@ from dicom_bridge.seg_reader import (
     _frame_labels,
     _segment_info,
     _slice_of_frame,
+    open_seg_on_grid,
 )
 from dicom_bridge.sop_classes import SEGMENTATION_CLASSES
 
@@ -188,28 +187,8 @@ def place_segments(
     if not values or any(not 1 <= v <= 255 for v in values.values()):
         raise ValueError("values must map segment numbers to label values in 1..255")
     grid = grid if grid is not None else read_source_grid(source_paths)
+    seg, seg_type, infos, background = open_seg_on_grid(seg_path, grid)
     identifiers = identifying_values(grid.datasets[:1])
-    try:
-        with sanitized_warnings(identifiers):
-            seg = hd.seg.segread(Path(seg_path))
-    except Exception as exc:  # highdicom/pydicom raise many types for bad input
-        raise SegmentationReadError(
-            f"not a readable DICOM SEG ({redact(_short(exc), identifiers)})"
-        ) from exc
-    seg_type = str(seg.get("SegmentationType", "") or "")
-    if seg_type not in ("BINARY", "FRACTIONAL", "LABELMAP"):
-        raise SegmentationReadError(f"unsupported SegmentationType {seg_type!r}")
-    frame_of_reference = str(seg.get("FrameOfReferenceUID", "") or "")
-    if frame_of_reference != grid.frame_of_reference_uid:
-        raise SegmentationReadError(
-            "the SEG's Frame of Reference differs from the source series'"
-            if frame_of_reference
-            else "the SEG has no Frame of Reference: its frames cannot be placed"
-        )
-    infos = tuple(_segment_info(item) for item in seg.get("SegmentSequence", []))
-    background = {
-        i.number for i in infos if i.property_type and BACKGROUND.same_concept(i.property_type)
-    }
     described = {i.number for i in infos} - background
     unknown = sorted(set(values) - described)
     if unknown:

@@ -114,16 +114,12 @@ class SegLabelMap:
         raise KeyError(number)
 
 
-def read_seg_labelmap(
-    seg_path: Path,
-    source_paths: Sequence[Path],
-    *,
-    overlap: OverlapPolicy | str = OverlapPolicy.ERROR,
-    fractional_threshold: float = 0.5,
-) -> SegLabelMap:
-    """Read the SEG at ``seg_path`` onto the grid of the source series (module doc)."""
-    policy = OverlapPolicy(overlap)
-    grid = read_source_grid(source_paths)
+def open_seg_on_grid(
+    seg_path: Path, grid: SourceGrid
+) -> tuple[hd.seg.Segmentation, str, tuple[SegmentInfo, ...], set[int]]:
+    """Read the SEG at ``seg_path`` and check it can be placed on ``grid``: a supported
+    SegmentationType and the source's Frame of Reference. Returns the SEG, its type, its
+    segments and the numbers of the segments that describe background."""
     identifiers = identifying_values(grid.datasets[:1])
     try:
         with sanitized_warnings(identifiers):
@@ -146,6 +142,21 @@ def read_seg_labelmap(
     background = {
         i.number for i in infos if i.property_type and BACKGROUND.same_concept(i.property_type)
     }
+    return seg, seg_type, infos, background
+
+
+def read_seg_labelmap(
+    seg_path: Path,
+    source_paths: Sequence[Path],
+    *,
+    overlap: OverlapPolicy | str = OverlapPolicy.ERROR,
+    fractional_threshold: float = 0.5,
+) -> SegLabelMap:
+    """Read the SEG at ``seg_path`` onto the grid of the source series (module doc)."""
+    policy = OverlapPolicy(overlap)
+    grid = read_source_grid(source_paths)
+    seg, seg_type, infos, background = open_seg_on_grid(seg_path, grid)
+    identifiers = identifying_values(grid.datasets[:1])
     segments = tuple(i for i in infos if i.number not in background)
     if not segments:
         raise SegmentationReadError("the SEG describes no segment")
