@@ -29,8 +29,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# OMP_WAIT_POLICY=PASSIVE: the tests start appliance and Flower processes beside pytest;
+# spinning OpenMP threads would burn the CPUs they wait for.
 test: lint typecheck
-	$(BIN)/pytest -q
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
