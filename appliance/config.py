@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ConfigError, ConfigIssue
+from appliance.federation.cron import valid_cron
 from appliance.routing import DEFAULT_RULES, RoutingRule
 
 ENV_PREFIX = "APPLIANCE__"
@@ -193,8 +194,10 @@ class FederationConfig:
     ``site_name``: how this site calls itself (default: the DICOM AE title).
     ``strategy``/``rounds``/``min_sites``/``local_steps``/``batch_size``/``lr``/
     ``prox_mu``: defaults of ``federate start``. ``task``: the task federated.
-    ``schedule``: a cron expression for scheduled joins (read by ``serve``).
-    ``state_dir``: default ``<storage.root>/federation``.
+    ``schedule``: a 5-field cron expression (croniter syntax, the appliance's local
+    time) at which ``serve`` joins by itself when the inference queue is empty.
+    ``auto_validate``: after a run, put the site's candidate through the validation gate
+    (default true). ``state_dir``: default ``<storage.root>/federation``.
     """
 
     coordinator: str = "127.0.0.1:9092"
@@ -216,6 +219,7 @@ class FederationConfig:
     lr: float = 1e-3
     prox_mu: float = 0.01
     schedule: str | None = None
+    auto_validate: bool = True
     state_dir: Path | None = None
 
     @property
@@ -423,6 +427,7 @@ class _Reader:
             "lr",
             "prox_mu",
             "schedule",
+            "auto_validate",
             "state_dir",
         }
         self.unknown(p, d, keys)
@@ -462,8 +467,12 @@ class _Reader:
         if (private is not None or authorized) and insecure:
             self.err(f"{p}.insecure", "SuperNode authentication needs TLS, not insecure = true")
         schedule = self.string(d, "schedule", p, required=False)
-        if schedule is not None and len(schedule.split()) != 5:
-            self.err(f"{p}.schedule", f"must be a 5-field cron expression; got {schedule!r}")
+        if schedule is not None and not valid_cron(schedule):
+            self.err(
+                f"{p}.schedule",
+                "must be a 5-field cron expression (minute hour day-of-month month "
+                f"day-of-week, e.g. '0 2 * * *'); got {schedule!r}",
+            )
         task = self.string(d, "task", p, required=False) or df.task
         if not _NAME_RE.match(task):
             self.err(f"{p}.task", "must be a task name such as liver_ct or glioma_mr")
@@ -487,6 +496,7 @@ class _Reader:
             lr=self.number(d, "lr", p, df.lr, 1e-8, 10.0),
             prox_mu=self.number(d, "prox_mu", p, df.prox_mu, 0.0, 1000.0),
             schedule=schedule,
+            auto_validate=self.boolean(d, "auto_validate", p, df.auto_validate),
             state_dir=self.path(d, "state_dir", p),
         )
 

@@ -159,6 +159,34 @@ def decide(
     return GateDecision.PROMOTED, result, f"no label worse than the active model by > {margin:g}"
 
 
+@dataclass(frozen=True, slots=True)
+class HeldOutCases:
+    """The site's held-out cases of a task as gate input, and why any were left out
+    (messages name case ids, never patient data)."""
+
+    cases: tuple[GateCase, ...]
+    skipped: tuple[str, ...]
+
+
+def load_held_out(store: Store, task: str) -> HeldOutCases:
+    """The ACTIVE held-out cases of ``task`` (:func:`appliance.cases.load_case`); a case
+    whose files no longer fit is skipped with its reason rather than stopping the gate."""
+    from appliance.case_states import CaseSplit, CaseState
+    from appliance.cases import CaseLoadError, load_case
+
+    cases: list[GateCase] = []
+    skipped: list[str] = []
+    for record in store.list_cases(task=task, split=CaseSplit.HELD_OUT, states=[CaseState.ACTIVE]):
+        try:
+            loaded = load_case(store, record)
+        except CaseLoadError as exc:
+            skipped.append(str(exc))
+            continue
+        item = loaded.case
+        cases.append(GateCase(str(loaded.case_id), item.image, item.labels, item.affine))
+    return HeldOutCases(tuple(cases), tuple(skipped))
+
+
 def evaluate_on_cases(
     network: torch.nn.Module, task: str, cases: Sequence[GateCase], device: torch.device
 ) -> EvaluationSummary:

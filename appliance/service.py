@@ -1,4 +1,5 @@
-"""Starts and stops the whole appliance: store, models, listener, scheduler, worker, outbox."""
+"""Starts and stops the whole appliance: store, models, listener, scheduler, worker, outbox,
+and (``federation.schedule``) the scheduled federation joins."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from appliance.config import AppConfig
 from appliance.ingest import Ingest, to_new_instance
@@ -19,6 +21,9 @@ from dicom_bridge.errors import DicomBridgeError
 from dicom_bridge.instance import describe_spooled_file
 from dicom_bridge.listener import AllowedCaller, Listener, ListenerSettings, TlsServerSettings
 from dicom_bridge.spool import Spool
+
+if TYPE_CHECKING:
+    from appliance.federation.schedule import JoinScheduler
 
 LOG = logging.getLogger(__name__)
 
@@ -78,6 +83,7 @@ class Service:
             listener_settings(config), self.spool, self.ingest.on_instance, self.ingest.on_rejection
         )
         self._threads: list[threading.Thread] = []
+        self._federation: JoinScheduler | None = None
 
     def start(self) -> None:
         requeued = self.store.requeue_interrupted()
@@ -104,13 +110,32 @@ class Service:
         ]
         for thread in self._threads:
             thread.start()
+        self._start_federation_schedule()
         self.listener.start()
+
+    def _start_federation_schedule(self) -> None:
+        """``federation.schedule``: join the federation at its cron times, only when the
+        inference queue is empty (:mod:`appliance.federation.schedule`)."""
+        expression = self.config.federation.schedule
+        if expression is None:
+            return
+        from appliance.federation.schedule import JoinScheduler, inference_busy, scheduled_join
+
+        self._federation = JoinScheduler(
+            expression,
+            scheduled_join(self.config),
+            lambda: inference_busy(self.store),
+            self.stop_event,
+        )
+        self._federation.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         LOG.info("stopping: no new associations; finishing current work")
         self.listener.stop()
         self.stop_event.set()
         deadline = time.monotonic() + timeout
+        if self._federation is not None:  # its SuperNode gets SIGTERM, by PID, then SIGKILL
+            self._federation.join_thread(max(timeout, 25.0))
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.store.close()

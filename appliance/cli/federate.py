@@ -66,6 +66,42 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+_NETWORK_KEYS = ("net-filters", "net-res-units", "net-norm")
+
+
+def _from_active(
+    config: AppConfig, task: str, directory: Path, overrides: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """Run settings that start from this site's active model of ``task`` (its weights,
+    architecture and pre-processing), or none (a fresh network) when it has none."""
+    from appliance.federation.errors import FederationError
+    from appliance.federation.initial import initial_from_active
+    from appliance.store import Store
+
+    if not config.storage.database.is_file():
+        return {}, f"a freshly initialised network (no store here, so no active {task} model)"
+    store = Store(config.storage.database)
+    try:
+        initial = initial_from_active(store, config, task, directory)
+    except FederationError as exc:
+        raise fail(str(exc), 2) from exc
+    finally:
+        store.close()
+    if initial is None:
+        return {}, f"a freshly initialised network (no active {task} model here)"
+    for key in _NETWORK_KEYS:
+        if key in overrides and str(overrides[key]).replace(" ", "") != str(
+            initial.run_config[key]
+        ):
+            raise fail(
+                f"--set {key}={overrides[key]}: the run starts from {initial.describe()}, "
+                f"whose {key} is {initial.run_config[key]}; use --fresh or --initial-weights "
+                "to train another network",
+                2,
+            )
+    return dict(initial.run_config), initial.describe()
+
+
 @app.command("start")
 def start(
     config_path: ConfigOption = None,
@@ -85,8 +121,20 @@ def start(
         str, typer.Option("--site-order", help="cwt/swt: site names, comma-separated.")
     ] = "",
     initial_weights: Annotated[
-        Path | None, typer.Option("--initial-weights", help="A state dict (.pt) to start from.")
+        Path | None,
+        typer.Option(
+            "--initial-weights",
+            help="A state dict (.pt) to start from (default: this site's active model of "
+            "the task, with its architecture).",
+        ),
     ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Start from a freshly initialised (seeded) network, not the active model.",
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the run.")] = 24
     * 3600.0,
     extra: Annotated[
@@ -108,6 +156,17 @@ def start(
     fed = config.federation
     state = fed.state_root(config.storage)
     tls = _tls(config, server=True)
+    overrides = _parse_set(extra or [])
+    if initial_weights is not None and fresh:
+        raise fail("--initial-weights and --fresh exclude each other", 2)
+    task = str(overrides.get("task", fed.task))
+    if initial_weights is not None:
+        start_from: dict[str, Any] = {"initial-weights": str(initial_weights.resolve())}
+        origin = f"{initial_weights} (--initial-weights)"
+    elif fresh:
+        start_from, origin = {}, "a freshly initialised network (--fresh)"
+    else:
+        start_from, origin = _from_active(config, task, state / "coordinator", overrides)
     try:
         settings = RunSettings.from_config(
             {
@@ -121,13 +180,14 @@ def start(
                 "prox-mu": fed.prox_mu,
                 "site-order": site_order,
                 "output-dir": str(state / "coordinator"),
-                "initial-weights": str(initial_weights.resolve()) if initial_weights else "",
                 "timeout-s": timeout,
-                **_parse_set(extra or []),
+                **start_from,
+                **overrides,
             }
         )
     except FederationError as exc:
         raise fail(str(exc), 2) from exc
+    typer.echo(f"initial weights: {origin}")
     coordinator = state / "coordinator"
     link = runner.start_superlink(
         coordinator,
@@ -211,61 +271,40 @@ def join(
     stay: Annotated[bool, typer.Option("--stay", help="Keep serving runs until stopped.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a run.")] = 24
     * 3600.0,
+    no_validate: Annotated[
+        bool,
+        typer.Option(
+            "--no-validate",
+            help="Register the run's weights as a candidate but do not run the validation "
+            "gate (overrides federation.auto_validate).",
+        ),
+    ] = False,
 ) -> None:
-    """Site: run this appliance's SuperNode and stay until a run has ended here."""
-    from appliance.federation import runner
+    """Site: run this appliance's SuperNode and stay until a run has ended here; its
+    weights become a candidate model, validated by the gate (federation.auto_validate)."""
+    import dataclasses
+    import threading
+
+    from appliance.federation import site_join
     from appliance.federation.errors import FederationError
 
     config = load(config_path)
-    fed = config.federation
-    tls = _tls(config, server=False)
-    site_dir = fed.state_root(config.storage) / "site"
-    import re
-
-    site_name = fed.site_name or re.sub(r"[^A-Za-z0-9_-]", "_", config.dicom.ae_title.strip())
-    node_config = {
-        "site-name": site_name,
-        "state-dir": str(site_dir),
-        "case-source": "store",
-        "database": str(config.storage.database),
-    }
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        runtime_port = int(s.getsockname()[1])
-    before = {p.parent.name for p in site_dir.glob("runs/*/federation.json")}
-    node = runner.start_supernode(
-        site_dir,
-        superlink=fed.coordinator,
-        runtime_port=runtime_port,
-        node_config=node_config,
-        tls=tls,
-        auth_private_key=fed.auth_private_key,
-    )
-    stopping = False
+    if no_validate:
+        config = dataclasses.replace(
+            config, federation=dataclasses.replace(config.federation, auto_validate=False)
+        )
+    _tls(config, server=False)  # a missing CA is a usage error (exit 2)
+    stop = threading.Event()
 
     def _stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
+        stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
-    typer.echo(f"site {site_name}: SuperNode (pid {node.pid}) connecting to {fed.coordinator}")
-    deadline = time.monotonic() + timeout
     try:
-        while not stopping:
-            if not node.alive():
-                raise FederationError(f"the SuperNode stopped:\n{node.tail()}")
-            done = {p.parent.name for p in site_dir.glob("runs/*/federation.json")} - before
-            if done and not stay:
-                typer.echo(f"run {sorted(done)[0]} ended; site record in {site_dir / 'runs'}")
-                break
-            if time.monotonic() > deadline:
-                raise FederationError(f"no run ended within {timeout:g} s")
-            time.sleep(1.0)
+        outcome = site_join.join(config, stop=stop, timeout=timeout, stay=stay, say=typer.echo)
     except FederationError as exc:
         raise fail(str(exc)) from exc
     except KeyboardInterrupt:
-        pass
-    finally:
-        node.stop()
+        return
+    if outcome.errors:
+        raise typer.Exit(1)

@@ -124,29 +124,17 @@ def validate(
     held-out cases. Promoted (made active) only if no label's mean Dice is worse by more
     than models.gate_margin; otherwise rejected. Exit code 0 when promoted, 1 otherwise."""
     cfg = load(config)
-    from appliance.case_states import CaseSplit, CaseState
-    from appliance.cases import CaseLoadError, load_case
     from appliance.errors import NotFoundError, StoreError
-    from appliance.gate import GateCase, GateDecision, GateError, run_gate
+    from appliance.gate import GateDecision, GateError, load_held_out, run_gate
 
     store = open_store(cfg)
     try:
-        cases: list[GateCase] = []
-        unreadable = 0
-        for record in store.list_cases(
-            task=task, split=CaseSplit.HELD_OUT, states=[CaseState.ACTIVE]
-        ):
-            try:
-                loaded = load_case(store, record)
-            except CaseLoadError as exc:
-                unreadable += 1
-                typer.echo(f"skipped: {exc}", err=True)
-                continue
-            item = loaded.case
-            cases.append(GateCase(str(loaded.case_id), item.image, item.labels, item.affine))
-        if unreadable:
-            typer.echo(f"{unreadable} held-out case(s) could not be loaded", err=True)
-        report = run_gate(store, cfg, task, version, cases)
+        held_out = load_held_out(store, task)
+        for reason in held_out.skipped:
+            typer.echo(f"skipped: {reason}", err=True)
+        if held_out.skipped:
+            typer.echo(f"{len(held_out.skipped)} held-out case(s) could not be loaded", err=True)
+        report = run_gate(store, cfg, task, version, held_out.cases)
     except (NotFoundError, StoreError, GateError) as exc:
         raise fail(str(exc)) from exc
     finally:

@@ -28,8 +28,10 @@ Messages (``message_type``) and what they carry:
 from __future__ import annotations
 
 import math
+import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 from appliance.federation.aggregation import State, gossip_average, state_delta
 from appliance.federation.outputs import write_result
 from appliance.federation.params import from_record, load_into, model_state, to_record
-from appliance.federation.settings import RunSettings, SiteSettings
+from appliance.federation.settings import CaseSource, RunSettings, SiteSettings
 from appliance.federation.site_data import SiteCases, load_site_cases
 from appliance.federation.site_state import (
     load_site_norm,
@@ -69,6 +71,8 @@ class _Site:
         self.site = SiteSettings.from_config(
             dict(context.node_config), fallback_site=f"node_{context.node_id}"
         )
+        if self.site.source is CaseSource.STORE:
+            _lower_priority()  # an appliance's inference comes first (docs/training.md)
         torch.set_num_threads(self.site.threads)
         self.run_id = str(context.run_id)
         self.spec = self.run.task_spec()
@@ -98,6 +102,39 @@ class _Site:
         return (
             self.run.seed * 1_000_003 + server_round * 7919 + zlib.crc32(self.site.site.encode())
         ) % (2**31)
+
+
+def _lower_priority() -> None:
+    """Nice 19 for this ClientApp process, before torch starts its threads (they inherit
+    it), so local training gets only the CPU that the appliance's inference leaves."""
+    current = os.nice(0)
+    if current < 19:
+        os.nice(19 - current)
+
+
+@contextmanager
+def _inference_pause(site: SiteSettings) -> Iterator[Callable[[], bool] | None]:
+    """At an appliance site (``case-source = store``): a ``should_pause`` for training
+    that is true while the appliance's inference queue has work (its store database,
+    :func:`appliance.federation.schedule.inference_busy`); elsewhere none."""
+    if site.source is not CaseSource.STORE or site.database is None:
+        yield None
+        return
+    from appliance.federation.schedule import inference_busy
+    from appliance.store import Store
+
+    store = Store(site.database)
+
+    def busy() -> bool:
+        try:
+            return inference_busy(store)
+        except Exception:  # a locked or vanished database must not stop the training
+            return False
+
+    try:
+        yield busy
+    finally:
+        store.close()
 
 
 def _config(msg: Message) -> dict[str, Any]:
@@ -139,7 +176,15 @@ def _train_locally(
     load_into(s.model, start)
     initial = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in start.items()}
     initial = {k: v.to(s.model.state_dict()[k].dtype) for k, v in initial.items()}
-    report = fine_tune(s.model, s.spec, list(s.cases.train), train_config, initial_state=initial)
+    with _inference_pause(s.site) as should_pause:
+        report = fine_tune(
+            s.model,
+            s.spec,
+            list(s.cases.train),
+            train_config,
+            initial_state=initial,
+            should_pause=should_pause,
+        )
     return model_state(s.model), report
 
 
