@@ -1,10 +1,12 @@
 """``appliance federate``: federated fine-tuning on Flower's deployment engine.
 
 - ``start`` (coordinator): runs the SuperLink, submits one run of the ServerApp with the
-  chosen strategy, shows its progress round by round and waits for the end.
+  chosen strategy (starting from the active model of the task unless
+  ``--initial-weights``/``--fresh``), shows its progress round by round and waits.
 - ``status`` (coordinator): the latest (or a given) run: round, sites, metrics per round.
 - ``join`` (site): runs this appliance's SuperNode, connected to the coordinator, and
-  stays until a run has ended (its final model handed to this site).
+  stays until a run has ended; the run's weights become a candidate model and the
+  validation gate decides (:mod:`appliance.federation.site_join`, shared with ``serve``).
 
 Settings come from the config's ``[federation]`` section; options override them.
 """

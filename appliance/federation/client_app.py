@@ -23,6 +23,10 @@ Messages (``message_type``) and what they carry:
   entries; gossip: the site's own model) on the held-out cases.
 - ``query.final``: the final weights; the site writes its own record of the run
   (:func:`appliance.federation.outputs.site_result`).
+
+At an appliance site (``case-source = store``) the ClientApp process runs at nice 19 and
+local training pauses between steps while the appliance's inference queue has work
+(:func:`appliance.federation.schedule.inference_busy` on the store in ``node_config``).
 """
 
 from __future__ import annotations

@@ -157,9 +157,11 @@ def test_next_fire_uses_croniter() -> None:
         next_fire("0 2 * * *", datetime(2026, 3, 7, 12, 0))
 
 
-def test_inference_busy_follows_the_series_states(store: Store, clock: Clock) -> None:
-    assert inference_busy(store) is False
-    series = "1.2.826.0.1.3680043.8.498.2"
+SERIES = "1.2.826.0.1.3680043.8.498.2"
+
+
+def _one_instance(store: Store) -> None:
+    series = SERIES
     store.record_instance(
         NewInstance(
             sop_uid=f"{series}.1",
@@ -177,6 +179,11 @@ def test_inference_busy_follows_the_series_states(store: Store, clock: Clock) ->
             instance_number=1,
         )
     )
+
+
+def test_inference_busy_follows_the_series_states(store: Store, clock: Clock) -> None:
+    assert inference_busy(store) is False
+    _one_instance(store)
     assert inference_busy(store) is False  # still arriving: not in the queue yet
     clock.advance(31)
     store.complete_quiet_series(30)
@@ -185,6 +192,26 @@ def test_inference_busy_follows_the_series_states(store: Store, clock: Clock) ->
     assert claim is not None and inference_busy(store) is True  # processing
     store.finish_series(claim, SeriesState.DONE, result={"shape": [1]})
     assert inference_busy(store) is False
+
+
+def test_training_at_an_appliance_site_pauses_while_inference_has_work(
+    store: Store, clock: Clock, tmp_path: Path
+) -> None:
+    from appliance.federation.client_app import _inference_pause
+    from appliance.federation.settings import CaseSource, SiteSettings
+
+    phantom_site = SiteSettings(site="site_a", state_dir=tmp_path)
+    with _inference_pause(phantom_site) as should_pause:
+        assert should_pause is None  # tests and simulation: nothing to yield to
+    site = SiteSettings(
+        site="site_a", state_dir=tmp_path, source=CaseSource.STORE, database=store.path
+    )
+    with _inference_pause(site) as should_pause:
+        assert should_pause is not None and should_pause() is False
+        _one_instance(store)
+        clock.advance(31)
+        store.complete_quiet_series(30)
+        assert should_pause() is True
 
 
 @pytest.mark.parametrize("expression", ["61 * * * *", "0 2 * *", "every night", "0 0 2 * * *"])
