@@ -2,7 +2,7 @@
 
 The weights under ``models/bundles/<task>/<version>/`` were made with::
 
-    appliance train --task liver_ct  --out models/bundles --seed 0 --steps 1800 --cases 24
+    appliance train --task liver_ct  --out models/bundles --seed 0 --steps 3600 --cases 24
     appliance train --task glioma_mr --out models/bundles --seed 0 --steps 2000 --cases 24
 
 which is this module's :func:`main` (``python -m models.demo_weights --task ... --out

@@ -190,9 +190,8 @@ def activate(
         bool,
         typer.Option(
             "--force",
-            help="Activate a candidate that has not passed the validation gate on local "
-            "hold-out cases (the gate comes with the federation work; until then imported "
-            "models need --force).",
+            help="Activate a candidate without the validation gate on local held-out cases "
+            "(appliance models validate); recorded as forced in the model's history.",
         ),
     ] = False,
     config: ConfigOption = None,
