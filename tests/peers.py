@@ -45,7 +45,10 @@ def find_program(name: str) -> str | None:
     the candidate must say "dcmtk" in its ``--version``.
     """
     dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
-    for directory in [*dirs, "/usr/bin", "/usr/sbin"]:
+    # The venv's own bin (Flower's programs) even when the venv is not activated, as
+    # when make runs .venv/bin/pytest.
+    venv_bin = str(Path(sys.executable).parent)
+    for directory in [*dirs, venv_bin, "/usr/bin", "/usr/sbin"]:
         candidate = shutil.which(name, path=directory)
         if candidate is None:
             continue

@@ -16,7 +16,7 @@ from appliance.models_service import NetworkCache, import_bundle, register_shipp
 from appliance.pipeline import discard_result, process_series
 from appliance.states import JobState, ModelState, OutboxState, SeriesState
 from appliance.status_report import build_status
-from appliance.store import NewInstance, Store
+from appliance.store import SCHEMA_VERSION, NewInstance, Store
 from appliance.worker import Worker
 from dicom_bridge.instance import describe_spooled_file
 from dicom_bridge.seg_reader import read_seg_labelmap
@@ -322,7 +322,8 @@ def test_database_of_schema_1_gains_the_new_tables(tmp_path: Path) -> None:
     finally:
         store.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    assert version == str(SCHEMA_VERSION)
     db.close()
 
 

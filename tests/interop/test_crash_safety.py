@@ -85,11 +85,22 @@ def test_sigkill_during_push_loses_nothing_acknowledged(
             text=True,
             env=nodelay_env(),
         )
-        time.sleep(rng.uniform(0.05, 0.5))
+        # Kill after a random number of acknowledged stores (plus up to 20 ms, so that
+        # some kills land inside an instance): mid-transfer however fast the machine is.
+        target = rng.randint(1, SLICES - 5)
+        seen: list[str] = []
+        assert push.stdout is not None
+        for line in push.stdout:
+            seen.append(line)
+            if "Received Store Response (Success)" in line:
+                target -= 1
+                if target == 0:
+                    break
+        time.sleep(rng.uniform(0.0, 0.02))
         app.kill()
         kills += 1
         output, _ = push.communicate(timeout=60)
-        round_acked = acknowledged_files(output)
+        round_acked = acknowledged_files("".join(seen) + output)
         acked.extend(round_acked)
         interrupted += len(round_acked) < SLICES
         app.start()  # restart on the same storage and port
