@@ -159,6 +159,13 @@ class Process:
 def _env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["FLWR_HOME"] = str(flwr_home)
+    # Flower's programs start each other by name (the SuperLink runs flower-superexec,
+    # the SuperNode flwr-clientapp): the venv's bin must be on PATH even when the venv is
+    # not activated (e.g. .venv/bin/appliance from cron or make).
+    venv_bin = str(Path(sys.executable).parent)
+    path = env.get("PATH", "")
+    if venv_bin not in path.split(os.pathsep):
+        env["PATH"] = os.pathsep.join(p for p in (venv_bin, path) if p)
     # an appliance in a hospital network does not phone home
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
