@@ -8,7 +8,7 @@ from typing import Any
 from appliance.states import ModelState, OutboxState, SeriesState
 from appliance.store import JobRecord, Store
 
-STATUS_FORMAT_VERSION = 2  # 2: jobs, job_states, models
+STATUS_FORMAT_VERSION = 3  # 2: jobs, job_states, models; 3: cases
 
 
 def _iso(ts: float | None) -> str | None:
@@ -72,6 +72,7 @@ def build_status(
             for m in store.list_models()
             if m.state is ModelState.ACTIVE
         },
+        "cases": store.case_counts(),
         "jobs": [job_entry(j) for j in store.list_jobs(limit=job_limit)],
         "series": [
             {

@@ -59,6 +59,12 @@ def _print_text(report: dict[str, Any]) -> None:
         typer.echo("")
         active = ", ".join(f"{task} {m['version']}" for task, m in report["models"].items())
         typer.echo(f"active models: {active}")
+    if report.get("cases"):
+        parts = [
+            f"{task} train {c['train']}, held-out {c['held_out']}, excluded {c['excluded']}"
+            for task, c in sorted(report["cases"].items())
+        ]
+        typer.echo(f"annotated cases: {'; '.join(parts)}")
     if report.get("jobs"):
         typer.echo("")
         typer.echo(f"{'JOB':>5}  {'TASK':<10} {'STATE':<7} {'MODEL':<16}  TIMINGS / REASON")

@@ -110,6 +110,12 @@ def test_validate_promotes_on_held_out_cases_and_rollback_restores(
     listing = json.loads(runner.invoke(app, ["cases", "list", "--json", "-c", str(cfg)]).output)
     (case,) = listing["cases"]
     assert case["task"] == "glioma_mr" and case["split"] == "held_out"
+    status = json.loads(runner.invoke(app, ["status", "--json", "-c", str(cfg)]).output)
+    assert status["cases"] == {
+        "glioma_mr": {"train": 0, "held_out": 1, "excluded": 0, "superseded": 0}
+    }
+    text = runner.invoke(app, ["status", "-c", str(cfg)]).output
+    assert "annotated cases: glioma_mr train 0, held-out 1, excluded 0" in text
 
     config = load_config(cfg)
     store = Store(config.storage.database)
