@@ -58,7 +58,7 @@ SITUATIONS = ("idle", "train (no hook)", "train+pause", "train+pause+nice")
 
 
 class _Stop(Exception):
-    pass
+    """Raised inside the training loop to end it when the benchmark is done."""
 
 
 def _training_process(

@@ -68,7 +68,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 class _Crash(RuntimeError):
-    pass
+    """Raised from on_step to simulate a crash in the middle of training."""
 
 
 def test_augmented_training_is_deterministic(prepared: list[PreparedCase]) -> None:
