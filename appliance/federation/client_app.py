@@ -31,9 +31,13 @@ local training pauses between steps while the appliance's inference queue has wo
 
 from __future__ import annotations
 
+# first: imports the model stack under one module lock (see its docstring)
+import appliance.federation.model_stack  # noqa: F401
+
+# isort: split
+
 import math
 import os
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -47,7 +51,14 @@ from flwr.clientapp.mod import fixedclipping_mod
 from appliance.federation.aggregation import State, gossip_average, state_delta
 from appliance.federation.outputs import write_result
 from appliance.federation.params import from_record, load_into, model_state, to_record
-from appliance.federation.settings import CaseSource, RunSettings, SiteSettings
+from appliance.federation.scoring import mean_dice
+from appliance.federation.settings import (
+    CaseSource,
+    RunSettings,
+    SiteSettings,
+    round_seed,
+    simulated_node_config,
+)
 from appliance.federation.site_data import SiteCases, load_site_cases
 from appliance.federation.site_state import (
     load_site_norm,
@@ -60,8 +71,12 @@ from appliance.federation.site_state import (
 
 #: the key of Flower's client-side DP clipping norm in the train config
 _DP_CLIP_KEY = "clipping_norm"
+#: what the simulation runtime puts in a virtual SuperNode's node_config
+PARTITION_ID = "partition-id"
 
 app = ClientApp()
+
+_PREPARED: dict[tuple[Any, ...], list[Any]] = {}
 
 
 class _Site:
@@ -72,9 +87,10 @@ class _Site:
         from models.networks import build_network, norm_parameter_names
 
         self.run = RunSettings.from_config(dict(context.run_config))
-        self.site = SiteSettings.from_config(
-            dict(context.node_config), fallback_site=f"node_{context.node_id}"
-        )
+        node = dict(context.node_config)
+        if PARTITION_ID in node:  # a virtual SuperNode of the simulation runtime
+            node = {**simulated_node_config(self.run, int(node[PARTITION_ID])), **node}
+        self.site = SiteSettings.from_config(node, fallback_site=f"node_{context.node_id}")
         if self.site.source is CaseSource.STORE:
             _lower_priority()  # an appliance's inference comes first (docs/training.md)
         torch.set_num_threads(self.site.threads)
@@ -98,14 +114,25 @@ class _Site:
     def own_model_path(self) -> Any:
         return self.run_dir / "model.pt"
 
+    def prepared(self) -> list[Any]:
+        """The training cases pre-processed for the sampler, once per process and site
+        (the simulation runtime's workers serve many rounds)."""
+        key = (self.site, self.spec, self.run.seed)
+        cached = _PREPARED.get(key)
+        if cached is None:
+            from models.training import prepare_cases
+
+            cached = prepare_cases(self.spec, list(self.cases.train), seed=self.run.seed)
+            _PREPARED.clear()  # one site at a time: a worker may serve every site
+            _PREPARED[key] = cached
+        return cached
+
     def with_local_norm(self, state: State) -> State:
         norm = load_site_norm(self.site.state_dir, self.run.task)
         return dict(state) if norm is None else merge_site_norm(state, norm)
 
     def seed(self, server_round: int) -> int:
-        return (
-            self.run.seed * 1_000_003 + server_round * 7919 + zlib.crc32(self.site.site.encode())
-        ) % (2**31)
+        return round_seed(self.run.seed, server_round, self.site.site)
 
 
 def _lower_priority() -> None:
@@ -146,12 +173,20 @@ def _config(msg: Message) -> dict[str, Any]:
     return dict(next(iter(records.values()))) if records else {}
 
 
+def _array_bytes(record: ArrayRecord) -> int:
+    return sum(len(array.data) for array in record.values())
+
+
 def _reply(
     msg: Message, arrays: ArrayRecord | None, metrics: Mapping[str, float], site: str
 ) -> Message:
-    content = RecordDict(
-        {"metrics": MetricRecord(dict(metrics)), "site": ConfigRecord({"site": site})}
-    )
+    """The reply; ``bytes-sent`` / ``bytes-received`` count the tensor payload of this
+    exchange (the model weights or update each way), not Flower's framing."""
+    values: dict[str, int | float | list[int] | list[float]] = dict(metrics)
+    values["bytes-sent"] = _array_bytes(arrays) if arrays is not None else 0
+    received = msg.content.array_records.get("arrays")
+    values["bytes-received"] = _array_bytes(received) if received is not None else 0
+    content = RecordDict({"metrics": MetricRecord(values), "site": ConfigRecord({"site": site})})
     if arrays is not None:
         content["arrays"] = arrays
     return Message(content=content, reply_to=msg)
@@ -187,6 +222,7 @@ def _train_locally(
             list(s.cases.train),
             train_config,
             initial_state=initial,
+            prepared=s.prepared(),
             should_pause=should_pause,
         )
     return model_state(s.model), report
@@ -277,9 +313,6 @@ def average(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    from models.evaluation import dice
-    from models.inference import segment
-
     s = _Site(context)
     config = _config(msg)
     mode = str(config.get("mode", "full"))
@@ -290,14 +323,9 @@ def evaluate(msg: Message, context: Context) -> Message:
         if mode == "fedbn":
             state = s.with_local_norm(state)
     load_into(s.model, state)
-    scores: list[float] = []
-    for case in s.cases.held_out:
-        mask = segment(s.model, s.spec, case.image, case.affine, device="cpu").mask
-        for label in s.spec.labels:
-            scores.append(dice(mask == label.index, case.labels == label.index))
     metrics = {
         "num-examples": len(s.cases.held_out),
-        "dice": float(np.mean(scores)) if scores else -1.0,
+        "dice": mean_dice(s.model, s.spec, s.cases.held_out),
     }
     return _reply(msg, None, metrics, s.site.site)
 

@@ -26,10 +26,12 @@ def numpy_to_state(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def to_record(arrays: Mapping[str, np.ndarray], *, exclude: Iterable[str] = ()) -> ArrayRecord:
-    """``ArrayRecord`` of ``arrays`` without the ``exclude`` keys (order kept)."""
+    """``ArrayRecord`` of ``arrays`` without the ``exclude`` keys (order kept). Shapes
+    are kept exactly: a 0-d entry (BatchNorm's ``num_batches_tracked``) stays 0-d, which
+    ``np.ascontiguousarray`` would make 1-d."""
     skip = set(exclude)
     return ArrayRecord(
-        {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items() if k not in skip}
+        {k: Array(np.require(v, requirements="C")) for k, v in arrays.items() if k not in skip}
     )
 
 

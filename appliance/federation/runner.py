@@ -180,8 +180,11 @@ def start_superlink(
     port: int,
     tls: Tls | None,
     supernode_auth: bool = False,
+    simulation: bool = False,
 ) -> Process:
-    """``flower-superlink`` on ``host:port`` (Fleet, Control and Runtime APIs share it)."""
+    """``flower-superlink`` on ``host:port`` (Fleet, Control and Runtime APIs share it).
+    ``simulation``: Flower's simulation runtime runs the submitted runs on virtual
+    SuperNodes (Ray workers) instead of waiting for real ones."""
     if supernode_auth and tls is None:
         raise FederationError("supernode authentication needs TLS (federation.tls_*)")
     args = [
@@ -209,6 +212,8 @@ def start_superlink(
         ]
     if supernode_auth:
         args.append("--enable-supernode-auth")
+    if simulation:
+        args.append("--simulation")
     state_dir.mkdir(parents=True, exist_ok=True)
     return Process(args, state_dir / "superlink.log", _env(state_dir / "flwr"))
 
@@ -278,9 +283,19 @@ def register_supernode(flwr_home: Path, public_key: Path) -> None:
         )
 
 
-def submit_run(flwr_home: Path, app_dir: Path, settings: RunSettings) -> str:
-    """``flwr run`` the appliance app on the connected SuperLink; returns the run id."""
+def submit_run(
+    flwr_home: Path,
+    app_dir: Path,
+    settings: RunSettings,
+    *,
+    federation_config: Mapping[str, Any] | None = None,
+) -> str:
+    """``flwr run`` the appliance app on the connected SuperLink; returns the run id.
+    ``federation_config``: the simulation runtime's settings (``num-supernodes``,
+    ``client-resources-num-cpus``, ...) for a SuperLink started with ``simulation``."""
     args = ["run", str(app_dir), CONNECTION, "--format", "json"]
+    for key, value in (federation_config or {}).items():
+        args += ["--federation-config", f"{key}={_toml(value)}"]
     for key, value in run_config_map(settings).items():
         args += ["--run-config", f"{key}={_toml(value)}"]
     done = _flwr(flwr_home, *args)

@@ -12,6 +12,11 @@
 
 from __future__ import annotations
 
+# first: imports the model stack under one module lock (see its docstring)
+import appliance.federation.model_stack  # noqa: F401
+
+# isort: split
+
 import tempfile
 import time
 from pathlib import Path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -118,6 +119,13 @@ class RunSettings:
     output_dir: str = ""
     initial_weights: str = ""
     timeout_s: float = 3600.0
+    #: simulation runtime only (``appliance federate simulate``): the simulated sites,
+    #: ``preset:train cases:held-out cases`` comma-separated, virtual SuperNode ``i``
+    #: (Flower's ``partition-id``) being entry ``i``; their state dirs under
+    #: ``sim-state-root``; torch threads per simulated site
+    sim_sites: str = ""
+    sim_state_root: str = ""
+    sim_threads: int = 1
 
     @classmethod
     def from_config(cls, config: ConfigMap) -> RunSettings:
@@ -156,6 +164,9 @@ class RunSettings:
             output_dir=_get(config, "output-dir", str, ""),
             initial_weights=_get(config, "initial-weights", str, ""),
             timeout_s=_get(config, "timeout-s", float, d.timeout_s),
+            sim_sites=_get(config, "sim-sites", str, ""),
+            sim_state_root=_get(config, "sim-state-root", str, ""),
+            sim_threads=_get(config, "sim-threads", int, d.sim_threads),
         )
         settings.validate()
         return settings
@@ -178,10 +189,13 @@ class RunSettings:
             (self.dp_noise_multiplier >= 0, "dp-noise-multiplier: must be >= 0"),
             (self.net_norm in ("", "instance", "batch"), "net-norm: instance or batch"),
             (self.timeout_s > 0, "timeout-s: must be > 0"),
+            (self.sim_threads >= 1, "sim-threads: must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise FederationError(message)
+        if self.sim_sites:
+            parse_sim_sites(self.sim_sites)
         if self.strategy == StrategyName.GOSSIP and self.min_sites < 2:
             raise FederationError("min-sites: gossip needs at least 2 sites")
         if self.dp_clipping_norm > 0 and self.strategy in (
@@ -257,8 +271,84 @@ def run_config_map(settings: RunSettings) -> dict[str, Any]:
         "net-res-units": -1 if settings.net_res_units is None else settings.net_res_units,
         "patch-size": ",".join(str(v) for v in settings.patch_size or ()),
         "target-spacing": ",".join(f"{v:g}" for v in settings.target_spacing or ()),
+        "sim-sites": settings.sim_sites,
+        "sim-state-root": settings.sim_state_root,
+        "sim-threads": settings.sim_threads,
     }
     return out
+
+
+def round_seed(run_seed: int, server_round: int, site: str) -> int:
+    """The seed of one site's local training in one round (patch sampling, dropout)."""
+    return (run_seed * 1_000_003 + server_round * 7919 + zlib.crc32(site.encode())) % (2**31)
+
+
+@dataclass(frozen=True, slots=True)
+class SimSite:
+    """One simulated site of ``sim-sites``: a phantom preset and its case counts."""
+
+    preset: str
+    train: int
+    held_out: int
+
+    def entry(self) -> str:
+        return f"{self.preset}:{self.train}:{self.held_out}"
+
+
+def parse_sim_sites(text: str) -> tuple[SimSite, ...]:
+    """``"site_a:10:2,site_d:2:2"`` -> :class:`SimSite` s (errors name ``sim-sites``)."""
+    from models.phantoms import SITE_PRESETS
+
+    out: list[SimSite] = []
+    for entry in (e for e in text.replace(" ", "").split(",") if e):
+        parts = entry.split(":")
+        try:
+            preset, train, held_out = parts[0], int(parts[1]), int(parts[2])
+        except (IndexError, ValueError) as exc:
+            raise FederationError(
+                f"sim-sites: entries are preset:train:held_out, got {entry!r}"
+            ) from exc
+        if len(parts) != 3 or train < 1 or held_out < 1:
+            raise FederationError(
+                f"sim-sites: {entry!r} needs >= 1 training and >= 1 held-out case"
+            )
+        if preset not in SITE_PRESETS:
+            known = ", ".join(SITE_PRESETS)
+            raise FederationError(f"sim-sites: unknown preset {preset!r}; known: {known}")
+        out.append(SimSite(preset, train, held_out))
+    if not out:
+        raise FederationError("sim-sites: no site given")
+    presets = [s.preset for s in out]
+    if len(set(presets)) != len(presets):
+        raise FederationError("sim-sites: a preset is listed twice")
+    return tuple(out)
+
+
+def simulated_node_config(run: RunSettings, partition_id: int) -> dict[str, Any]:
+    """The ``node_config`` of virtual SuperNode ``partition_id`` on the simulation
+    runtime, from the run's ``sim-*`` settings: site ``partition_id`` of ``sim-sites``
+    (named after its preset), phantom data drawn with the run's seed, its state dir under
+    ``sim-state-root``. Empty when the run has no ``sim-sites``."""
+    if not run.sim_sites:
+        return {}
+    sites = parse_sim_sites(run.sim_sites)
+    if not 0 <= partition_id < len(sites):
+        raise FederationError(
+            f"sim-sites: virtual SuperNode {partition_id} has no site ({len(sites)} listed)"
+        )
+    site = sites[partition_id]
+    config: dict[str, Any] = {
+        "site-name": site.preset,
+        "case-source": CaseSource.PHANTOM.value,
+        "phantom-preset": site.preset,
+        "phantom-cases": site.train + site.held_out,
+        "phantom-held-out": site.held_out,
+        "phantom-seed": run.seed,
+        "threads": run.sim_threads,
+    }
+    if run.sim_state_root:
+        config["state-dir"] = str(Path(run.sim_state_root) / site.preset)
+    return config
 
 
 def _default_preset(config: ConfigMap) -> str:
@@ -282,6 +372,10 @@ class SiteSettings:
     phantom_cases: int = 3
     phantom_matrix: tuple[int, ...] | None = None
     phantom_spacing: tuple[float, ...] | None = None
+    #: phantom source: how many of the site's cases (the last ones) are held out, and
+    #: the seed that varies the site's patients (0: the preset's own)
+    phantom_held_out: int = 1
+    phantom_seed: int = 0
     threads: int = 1
     #: ``store`` source: the appliance's SQLite store
     database: Path | None = None
@@ -312,11 +406,19 @@ class SiteSettings:
             phantom_cases=_get(config, "phantom-cases", int, 3),
             phantom_matrix=_ints(config, "phantom-matrix", 3),
             phantom_spacing=_floats(config, "phantom-spacing", 3),
+            phantom_held_out=_get(config, "phantom-held-out", int, 1),
+            phantom_seed=_get(config, "phantom-seed", int, 0),
             threads=_get(config, "threads", int, 1),
             database=Path(db) if (db := _get(config, "database", str, "")) else None,
         )
         if settings.phantom_cases < 1:
             raise FederationError("phantom-cases: must be >= 1")
+        if not 0 <= settings.phantom_held_out < max(settings.phantom_cases, 2):
+            raise FederationError(
+                "phantom-held-out: must be >= 0 and leave at least one training case"
+            )
+        if settings.phantom_seed < 0:
+            raise FederationError("phantom-seed: must be >= 0")
         if settings.threads < 1:
             raise FederationError("threads: must be >= 1")
         return settings

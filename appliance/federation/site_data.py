@@ -3,8 +3,9 @@
 ``phantom`` (tests, benchmarks, the simulation runtime): synthetic cases of one of
 :data:`models.phantoms.SITE_PRESETS` (its CT or MR protocol by the task's modality),
 optionally on a smaller grid. Case ``k`` of a site is always the same patient, so a
-site's data are stable across rounds and runs. The last case (when there are at least
-two) is held out for evaluation and never trained on.
+site's data are stable across rounds and runs (``phantom-seed`` draws other patients).
+The last ``phantom-held-out`` cases (default 1; none when the site has one case) are held
+out for evaluation and never trained on.
 
 ``store`` (an appliance joining with ``appliance federate join``): the site's ACTIVE
 annotated cases of the task from its store (:func:`appliance.cases.load_cases`): the
@@ -14,6 +15,9 @@ annotated cases of the task from its store (:func:`appliance.cases.load_cases`):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import numpy as np
 
 from appliance.federation.errors import FederationError
 from appliance.federation.settings import CaseSource, SiteSettings
@@ -56,28 +60,64 @@ def _store_cases(site: SiteSettings, spec: TaskSpec) -> SiteCases:
     return SiteCases(train=tuple(train), held_out=tuple(held_out))
 
 
-def _phantom_cases(site: SiteSettings, spec: TaskSpec) -> SiteCases:
+@dataclass(frozen=True, slots=True)
+class PhantomCase:
+    """A phantom site case with its lesion map (for small-lesion metrics)."""
+
+    case: TrainingCase
+    lesion_map: np.ndarray
+
+
+def phantom_site_cases(site: SiteSettings, modality: Modality) -> tuple[PhantomCase, ...]:
+    """All ``phantom_cases`` cases of a phantom site (the held-out ones last), cached per
+    process: on the simulation runtime one worker serves many messages of many sites."""
+    return _phantoms(
+        site.phantom_preset,
+        site.phantom_cases,
+        site.phantom_matrix,
+        site.phantom_spacing,
+        site.phantom_seed,
+        modality,
+    )
+
+
+@lru_cache(maxsize=8)
+def _phantoms(
+    preset: str,
+    cases: int,
+    matrix: tuple[int, ...] | None,
+    spacing: tuple[float, ...] | None,
+    seed: int,
+    modality: Modality,
+) -> tuple[PhantomCase, ...]:
     try:
-        hospital = SITE_PRESETS[site.phantom_preset]
+        hospital = SITE_PRESETS[preset]
     except KeyError as exc:
         known = ", ".join(SITE_PRESETS)
-        raise FederationError(
-            f"phantom-preset: unknown preset {site.phantom_preset!r}; known: {known}"
-        ) from exc
-    if spec.modality == Modality.CT:
+        raise FederationError(f"phantom-preset: unknown preset {preset!r}; known: {known}") from exc
+    if modality == Modality.CT:
         profile, kind = hospital.ct, PhantomKind.CT_ABDOMEN
     else:
         profile, kind = hospital.mr, PhantomKind.MR_T1C
-    if site.phantom_matrix is not None:
-        m = site.phantom_matrix
-        profile = replace(profile, matrix=(m[0], m[1], m[2]))
-    if site.phantom_spacing is not None:
-        sp = site.phantom_spacing
-        profile = replace(profile, spacing_mm=(sp[0], sp[1], sp[2]))
-    cases = []
-    for k in range(site.phantom_cases):
+    if matrix is not None:
+        profile = replace(profile, matrix=(matrix[0], matrix[1], matrix[2]))
+    if spacing is not None:
+        profile = replace(profile, spacing_mm=(spacing[0], spacing[1], spacing[2]))
+    if seed:
+        profile = replace(profile, seed=profile.seed + 1000 * seed)
+    out = []
+    for k in range(cases):
         p = generate_phantom(kind, profile, k)
-        cases.append(TrainingCase(p.image, p.labels, p.affine_lps))
-    if len(cases) < 2:
-        return SiteCases(train=tuple(cases), held_out=())
-    return SiteCases(train=tuple(cases[:-1]), held_out=(cases[-1],))
+        out.append(PhantomCase(TrainingCase(p.image, p.labels, p.affine_lps), p.lesion_map))
+    return tuple(out)
+
+
+def held_out_count(site: SiteSettings) -> int:
+    """Held-out cases of a phantom site: ``phantom_held_out``, but never its only case."""
+    return min(site.phantom_held_out, site.phantom_cases - 1)
+
+
+def _phantom_cases(site: SiteSettings, spec: TaskSpec) -> SiteCases:
+    cases = [c.case for c in phantom_site_cases(site, spec.modality)]
+    split = len(cases) - held_out_count(site)
+    return SiteCases(train=tuple(cases[:split]), held_out=tuple(cases[split:]))

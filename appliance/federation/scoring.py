@@ -1,0 +1,116 @@
+"""Scoring a site's model on its held-out cases, the same way for every party.
+
+:func:`mean_dice` is what a ClientApp reports every round (the mean over held-out cases
+and labels of the Dice through the clinical inference path, post-processing included);
+:func:`score_site` is the fuller record the federated benchmark keeps per site and
+method: Dice per label, small-lesion Dice and HD95.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from models.tasks import TaskSpec
+from models.training import TrainingCase
+
+#: The benchmark's "small lesion": equivalent-sphere diameter below this (mm).
+SMALL_LESION_MM = 10.0
+
+
+def mean_dice(model: nn.Module, spec: TaskSpec, cases: Sequence[TrainingCase]) -> float:
+    """Mean Dice over ``cases`` and the task's labels; -1 when there is no case."""
+    from models.evaluation import dice
+    from models.inference import segment
+
+    scores: list[float] = []
+    for case in cases:
+        mask = segment(model, spec, case.image, case.affine, device="cpu").mask
+        for label in spec.labels:
+            scores.append(dice(mask == label.index, case.labels == label.index))
+    return float(np.mean(scores)) if scores else -1.0
+
+
+@dataclass(frozen=True, slots=True)
+class SiteScore:
+    """One model on one site's held-out cases (means over the cases).
+
+    ``dice_mean``: mean over labels of ``dice``. ``small_lesion_dice``: mean over the cases
+    that have a lesion smaller than :data:`SMALL_LESION_MM` (``None`` without any).
+    ``hd95_mm``: mean over the cases where both masks are non-empty; ``hd95_missed``: the
+    cases where a label was missed or hallucinated outright (HD95 infinite).
+    """
+
+    cases: int
+    dice: dict[str, float]
+    dice_mean: float
+    small_lesion_dice: float | None
+    small_lesion_cases: int
+    hd95_mm: dict[str, float | None]
+    hd95_missed: dict[str, int]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "cases": self.cases,
+            "dice": self.dice,
+            "dice_mean": self.dice_mean,
+            "small_lesion_dice": self.small_lesion_dice,
+            "small_lesion_cases": self.small_lesion_cases,
+            "hd95_mm": self.hd95_mm,
+            "hd95_missed": self.hd95_missed,
+        }
+
+
+def score_site(
+    model: nn.Module,
+    spec: TaskSpec,
+    cases: Sequence[tuple[TrainingCase, np.ndarray]],
+    *,
+    small_lesion_mm: float = SMALL_LESION_MM,
+) -> SiteScore:
+    """Segment each ``(case, lesion_map)`` through :func:`models.inference.segment` and
+    score it with :func:`models.evaluation.evaluate_case`."""
+    from models.evaluation import evaluate_case
+    from models.inference import segment
+
+    if not cases:
+        raise ValueError("no held-out case to score")
+    names = [label.name for label in spec.labels]
+    dices: dict[str, list[float]] = {n: [] for n in names}
+    hd95: dict[str, list[float]] = {n: [] for n in names}
+    missed = dict.fromkeys(names, 0)
+    small: list[float] = []
+    for case, lesion_map in cases:
+        mask = segment(model, spec, case.image, case.affine, device="cpu").mask
+        metrics = evaluate_case(
+            mask,
+            case.labels,
+            case.affine,
+            spec,
+            lesion_map=lesion_map,
+            small_diameter_mm=small_lesion_mm,
+        )
+        for name in names:
+            dices[name].append(float(metrics.dice[name]))
+            distance = float(metrics.hd95_mm[name])
+            if math.isfinite(distance):
+                hd95[name].append(distance)
+            else:
+                missed[name] += 1
+        for lesion in metrics.lesions.values():
+            if lesion.small_lesion_dice is not None:
+                small.append(float(lesion.small_lesion_dice))
+    dice = {n: float(np.mean(v)) for n, v in dices.items()}
+    return SiteScore(
+        cases=len(cases),
+        dice=dice,
+        dice_mean=float(np.mean(list(dice.values()))),
+        small_lesion_dice=float(np.mean(small)) if small else None,
+        small_lesion_cases=len(small),
+        hd95_mm={n: (float(np.mean(v)) if v else None) for n, v in hd95.items()},
+        hd95_missed=missed,
+    )

@@ -1,0 +1,144 @@
+"""The benchmark's two baselines, trained in-process on the same simulated sites.
+
+- ``local``: each site trains alone on its own cases, ``rounds`` sessions of
+  ``local_steps`` steps, each session starting from the site's previous weights;
+- ``centralised``: one model on all sites' training cases pooled, ``rounds`` sessions of
+  ``local_steps x sites`` steps (the step budget of all sites together).
+
+Each session is one :func:`models.training.fine_tune` call with the run's settings, just
+as one federated round is at a site (fresh optimiser, the same learning-rate schedule
+and seeds from :func:`appliance.federation.settings.round_seed`), so the baselines differ
+from the federated runs only in what is shared. After each session every model is scored
+on the held-out cases it serves (:func:`appliance.federation.scoring.mean_dice`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from appliance.federation.aggregation import State
+from appliance.federation.params import model_state
+from appliance.federation.scoring import mean_dice
+from appliance.federation.settings import RunSettings, round_seed
+from models.training import TrainingCase
+
+#: the centralised model's "site" name in seeds and records
+POOLED = "pooled"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteData:
+    """One simulated site's cases, as the ClientApp would load them."""
+
+    name: str
+    train: tuple[TrainingCase, ...]
+    held_out: tuple[TrainingCase, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineResult:
+    #: the weights each site ends with (centralised: the same for all)
+    weights: Mapping[str, State]
+    #: per session: ``{"round": r, "sites": {site: dice}}``
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def _train_session(
+    model: torch.nn.Module,
+    run: RunSettings,
+    cases: Sequence[TrainingCase],
+    prepared: Sequence[Any],
+    steps: int,
+    seed: int,
+    device: str,
+) -> None:
+    from models.training import TrainConfig, fine_tune
+
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    config = TrainConfig(
+        steps=steps, batch_size=run.batch_size, lr=run.lr, seed=seed, device=device
+    )
+    fine_tune(model, run.task_spec(), list(cases), config, initial_state=start, prepared=prepared)
+
+
+def _fresh_model(run: RunSettings) -> torch.nn.Module:
+    from models.networks import build_network
+
+    torch.manual_seed(run.seed)  # the same initial weights as the ServerApp's
+    return build_network(run.task_spec(), run.network_config())
+
+
+def run_local(
+    run: RunSettings,
+    sites: Sequence[SiteData],
+    *,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+) -> BaselineResult:
+    from models.training import prepare_cases
+
+    spec = run.task_spec()
+    start = time.perf_counter()
+    models = {s.name: _fresh_model(run) for s in sites}
+    prepared = {s.name: prepare_cases(spec, list(s.train), seed=run.seed) for s in sites}
+    history: list[dict[str, Any]] = []
+    for server_round in range(1, run.rounds + 1):
+        scores: dict[str, float] = {}
+        for site in sites:
+            model = models[site.name]
+            _train_session(
+                model,
+                run,
+                site.train,
+                prepared[site.name],
+                run.local_steps,
+                round_seed(run.seed, server_round, site.name),
+                device,
+            )
+            scores[site.name] = mean_dice(model, spec, site.held_out)
+        history.append({"round": server_round, "sites": scores})
+        log(f"  local round {server_round}/{run.rounds}: " + _fmt(scores))
+    weights = {name: model_state(m) for name, m in models.items()}
+    return BaselineResult(weights, history, time.perf_counter() - start)
+
+
+def run_centralised(
+    run: RunSettings,
+    sites: Sequence[SiteData],
+    *,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+) -> BaselineResult:
+    from models.training import prepare_cases
+
+    spec = run.task_spec()
+    start = time.perf_counter()
+    model = _fresh_model(run)
+    pooled = [c for s in sites for c in s.train]
+    prepared = prepare_cases(spec, pooled, seed=run.seed)
+    history: list[dict[str, Any]] = []
+    for server_round in range(1, run.rounds + 1):
+        _train_session(
+            model,
+            run,
+            pooled,
+            prepared,
+            run.local_steps * len(sites),
+            round_seed(run.seed, server_round, POOLED),
+            device,
+        )
+        scores = {s.name: mean_dice(model, spec, s.held_out) for s in sites}
+        history.append({"round": server_round, "sites": scores})
+        log(f"  centralised round {server_round}/{run.rounds}: " + _fmt(scores))
+    state = model_state(model)
+    return BaselineResult({s.name: state for s in sites}, history, time.perf_counter() - start)
+
+
+def _fmt(scores: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in scores.items())

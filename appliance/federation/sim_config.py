@@ -1,0 +1,324 @@
+"""The federated benchmark's configuration (``benchmarks/federation/<name>.toml``).
+
+A config names the simulated hospitals (phantom presets of :data:`models.phantoms.
+SITE_PRESETS` with their case counts), the tasks, the methods, the seeds and the
+training budget. Every site gets the same number of local optimiser steps under every
+method: ``rounds x local_steps``. Errors name the file and the key.
+
+Layout::
+
+    name = "quick"
+    description = "..."
+    device = "cpu"              # or "cuda"
+    seeds = [0, 1, 2]
+    tasks = ["liver_ct"]
+    methods = ["local", "centralised", "fedavg", ...]
+    rounds = 6
+    local_steps = 20
+    batch_size = 2
+    lr = 0.002
+    prox_mu = 0.01
+    workers = 2                 # simulated sites training at once
+    threads_per_site = 1        # torch threads of each
+    timeout_s = 1800            # per federated run
+
+    [network]
+    filters = [8, 16, 32]
+    res_units = 1
+    norm = "batch"
+
+    [task.liver_ct]
+    patch_size = [32, 32, 32]
+    target_spacing_mm = [3.0, 3.0, 3.0]
+    most_shifted_site = "site_b"
+
+    [[site]]
+    preset = "site_a"
+    train = 8
+    held_out = 2
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from appliance.federation.errors import FederationError
+from appliance.federation.settings import SimSite, StrategyName, parse_sim_sites
+
+#: Where the shipped configs live (``--config quick`` is ``<this>/quick.toml``).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "federation"
+
+
+class Method(StrEnum):
+    """What the benchmark compares: two baselines and the federated strategies."""
+
+    LOCAL = "local"
+    CENTRALISED = "centralised"
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDBN = "fedbn"
+    CWT = "cwt"
+    SWT = "swt"
+    GOSSIP = "gossip"
+    FEDGS = "fedgs"
+
+    @property
+    def federated(self) -> bool:
+        return self not in (Method.LOCAL, Method.CENTRALISED)
+
+    @property
+    def strategy(self) -> StrategyName:
+        if not self.federated:
+            raise FederationError(f"{self} is a baseline, not a federated strategy")
+        return StrategyName(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSetup:
+    patch_size: tuple[int, int, int]
+    target_spacing_mm: tuple[float, float, float]
+    #: the site whose scanners differ most from the others (fedbn's target)
+    most_shifted_site: str
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    name: str
+    description: str
+    device: str
+    seeds: tuple[int, ...]
+    tasks: tuple[str, ...]
+    methods: tuple[Method, ...]
+    rounds: int
+    local_steps: int
+    batch_size: int
+    lr: float
+    prox_mu: float
+    workers: int
+    threads_per_site: int
+    timeout_s: float
+    filters: tuple[int, ...]
+    res_units: int
+    norm: str
+    task_setup: Mapping[str, TaskSetup]
+    sites: tuple[SimSite, ...]
+
+    @property
+    def steps_per_site(self) -> int:
+        return self.rounds * self.local_steps
+
+    @property
+    def smallest_site(self) -> str:
+        return min(self.sites, key=lambda s: (s.train, s.preset)).preset
+
+    def sim_sites(self) -> str:
+        return ",".join(s.entry() for s in self.sites)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "device": self.device,
+            "seeds": list(self.seeds),
+            "tasks": list(self.tasks),
+            "methods": [m.value for m in self.methods],
+            "rounds": self.rounds,
+            "local_steps": self.local_steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "prox_mu": self.prox_mu,
+            "workers": self.workers,
+            "threads_per_site": self.threads_per_site,
+            "network": {
+                "filters": list(self.filters),
+                "res_units": self.res_units,
+                "norm": self.norm,
+            },
+            "task": {
+                t: {
+                    "patch_size": list(s.patch_size),
+                    "target_spacing_mm": list(s.target_spacing_mm),
+                    "most_shifted_site": s.most_shifted_site,
+                }
+                for t, s in self.task_setup.items()
+            },
+            "sites": [
+                {"preset": s.preset, "train": s.train, "held_out": s.held_out} for s in self.sites
+            ],
+        }
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """``quick``/``full`` (shipped configs) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = CONFIG_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))) or "none"
+        raise FederationError(
+            f"--config: no benchmark config {name_or_path!r} (shipped: {shipped}; or a .toml path)"
+        )
+    return path
+
+
+class _Reader:
+    def __init__(self, source: str, data: Mapping[str, Any]) -> None:
+        self.source, self.data = source, data
+
+    def fail(self, key: str, message: str) -> FederationError:
+        return FederationError(f"{self.source}: {key}: {message}")
+
+    def get(
+        self, key: str, kind: type, default: Any = None, table: Mapping[str, Any] | None = None
+    ) -> Any:
+        data = self.data if table is None else table
+        if key not in data:
+            if default is None:
+                raise self.fail(key, "is required")
+            return default
+        value = data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise self.fail(key, f"must be {kind.__name__}, got {value!r}")
+        return value
+
+    def positive_int(self, key: str, default: int | None = None) -> int:
+        value = int(self.get(key, int, default))
+        if value < 1:
+            raise self.fail(key, f"must be >= 1, got {value}")
+        return value
+
+    def numbers(
+        self, key: str, table: Mapping[str, Any], kind: type, count: int
+    ) -> tuple[Any, ...]:
+        values = self.get(key, list, None, table)
+        ok = len(values) == count and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in values
+        )
+        if not ok or (kind is int and not all(isinstance(v, int) for v in values)):
+            raise self.fail(key, f"must be {count} positive {kind.__name__}s, got {values!r}")
+        return tuple(kind(v) for v in values)
+
+
+def load_config(name_or_path: str) -> SimConfig:
+    path = resolve_config_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise FederationError(f"{path}: {exc}") from exc
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "config") -> SimConfig:
+    from models.tasks import TaskName
+
+    r = _Reader(source, data)
+    seeds = r.get("seeds", list)
+    if not seeds or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+    ):
+        raise r.fail("seeds", f"must be a non-empty list of integers >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise r.fail("seeds", "a seed is listed twice")
+    tasks = r.get("tasks", list)
+    allowed_tasks = [t.value for t in TaskName]
+    if not tasks or any(t not in allowed_tasks for t in tasks):
+        raise r.fail("tasks", f"must be some of {', '.join(allowed_tasks)}, got {tasks!r}")
+    methods_raw = r.get("methods", list)
+    try:
+        methods = tuple(Method(m) for m in methods_raw)
+    except ValueError as exc:
+        allowed = ", ".join(m.value for m in Method)
+        raise r.fail("methods", f"must be some of {allowed}, got {methods_raw!r}") from exc
+    if not methods or len(set(methods)) != len(methods):
+        raise r.fail("methods", "must list each method once, at least one")
+    device = r.get("device", str, "cpu")
+    if device not in ("cpu", "cuda"):
+        raise r.fail("device", f"must be cpu or cuda, got {device!r}")
+    lr = r.get("lr", float, 2e-3)
+    prox_mu = r.get("prox_mu", float, 0.01)
+    if not (math.isfinite(lr) and lr > 0):
+        raise r.fail("lr", "must be a number > 0")
+    if not (math.isfinite(prox_mu) and prox_mu >= 0):
+        raise r.fail("prox_mu", "must be a number >= 0")
+    timeout_s = r.get("timeout_s", float, 3600.0)
+    if not timeout_s > 0:
+        raise r.fail("timeout_s", "must be > 0")
+
+    network = r.get("network", dict, {})
+    filters = network.get("filters", [8, 16, 32])
+    if not (
+        isinstance(filters, list)
+        and len(filters) >= 2
+        and all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters)
+    ):
+        raise r.fail("network.filters", f"must be >= 2 positive integers, got {filters!r}")
+    norm = r.get("norm", str, "batch", network)
+    if norm not in ("batch", "instance"):
+        raise r.fail("network.norm", f"must be batch or instance, got {norm!r}")
+    res_units = r.get("res_units", int, 1, network)
+    if res_units < 0:
+        raise r.fail("network.res_units", "must be >= 0")
+
+    site_tables = r.get("site", list)
+    entries = []
+    for number, table in enumerate(site_tables):
+        if not isinstance(table, dict):
+            raise r.fail(f"site[{number}]", "must be a table with preset, train, held_out")
+        preset = r.get("preset", str, None, table)
+        train = r.get("train", int, None, table)
+        held_out = r.get("held_out", int, None, table)
+        entries.append(f"{preset}:{train}:{held_out}")
+    try:
+        sites = parse_sim_sites(",".join(entries))
+    except FederationError as exc:
+        raise r.fail("site", str(exc).removeprefix("sim-sites: ")) from exc
+    if len(sites) < 2:
+        raise r.fail("site", "a federation needs at least 2 sites")
+
+    task_tables = r.get("task", dict, {})
+    setups: dict[str, TaskSetup] = {}
+    for task in tasks:
+        table = task_tables.get(task)
+        if not isinstance(table, dict):
+            raise r.fail(
+                f"task.{task}", "is required (patch_size, target_spacing_mm, most_shifted_site)"
+            )
+        patch = r.numbers("patch_size", table, int, 3)
+        spacing = r.numbers("target_spacing_mm", table, float, 3)
+        shifted = r.get("most_shifted_site", str, None, table)
+        if shifted not in {s.preset for s in sites}:
+            raise r.fail(f"task.{task}.most_shifted_site", f"{shifted!r} is not one of the sites")
+        setups[task] = TaskSetup(
+            (patch[0], patch[1], patch[2]), (spacing[0], spacing[1], spacing[2]), shifted
+        )
+
+    return SimConfig(
+        name=r.get("name", str),
+        description=r.get("description", str, ""),
+        device=device,
+        seeds=tuple(int(s) for s in seeds),
+        tasks=tuple(str(t) for t in tasks),
+        methods=methods,
+        rounds=r.positive_int("rounds"),
+        local_steps=r.positive_int("local_steps"),
+        batch_size=r.positive_int("batch_size", 2),
+        lr=lr,
+        prox_mu=prox_mu,
+        workers=r.positive_int("workers", 2),
+        threads_per_site=r.positive_int("threads_per_site", 1),
+        timeout_s=timeout_s,
+        filters=tuple(int(f) for f in filters),
+        res_units=int(res_units),
+        norm=norm,
+        task_setup=setups,
+        sites=sites,
+    )
