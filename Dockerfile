@@ -47,6 +47,9 @@ COPY pyproject.toml README.md ./
 COPY appliance ./appliance
 COPY dicom_bridge ./dicom_bridge
 COPY models ./models
+# the federated benchmark's configs (appliance federate simulate --config full)
+COPY benchmarks/federation /opt/appliance/benchmarks/federation
+ENV APPLIANCE_BENCHMARK_DIR=/opt/appliance/benchmarks/federation
 RUN pip install -c constraints.txt . \
     && python -c "import torch; assert torch.version.cuda, 'the CPU torch replaced the CUDA build'"
 

@@ -77,6 +77,7 @@ PARTITION_ID = "partition-id"
 app = ClientApp()
 
 _PREPARED: dict[tuple[Any, ...], list[Any]] = {}
+_PREPARED_SITES = 8
 
 
 class _Site:
@@ -123,7 +124,8 @@ class _Site:
             from models.training import prepare_cases
 
             cached = prepare_cases(self.spec, list(self.cases.train), seed=self.run.seed)
-            _PREPARED.clear()  # one site at a time: a worker may serve every site
+            while len(_PREPARED) >= _PREPARED_SITES:  # a worker may serve every site
+                del _PREPARED[next(iter(_PREPARED))]
             _PREPARED[key] = cached
         return cached
 

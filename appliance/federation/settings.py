@@ -126,6 +126,9 @@ class RunSettings:
     sim_sites: str = ""
     sim_state_root: str = ""
     sim_threads: int = 1
+    #: a directory where simulated sites keep their generated phantoms (each run's
+    #: workers start empty; generating is slower than reading)
+    sim_phantom_cache: str = ""
 
     @classmethod
     def from_config(cls, config: ConfigMap) -> RunSettings:
@@ -167,6 +170,7 @@ class RunSettings:
             sim_sites=_get(config, "sim-sites", str, ""),
             sim_state_root=_get(config, "sim-state-root", str, ""),
             sim_threads=_get(config, "sim-threads", int, d.sim_threads),
+            sim_phantom_cache=_get(config, "sim-phantom-cache", str, ""),
         )
         settings.validate()
         return settings
@@ -274,6 +278,7 @@ def run_config_map(settings: RunSettings) -> dict[str, Any]:
         "sim-sites": settings.sim_sites,
         "sim-state-root": settings.sim_state_root,
         "sim-threads": settings.sim_threads,
+        "sim-phantom-cache": settings.sim_phantom_cache,
     }
     return out
 
@@ -348,6 +353,8 @@ def simulated_node_config(run: RunSettings, partition_id: int) -> dict[str, Any]
     }
     if run.sim_state_root:
         config["state-dir"] = str(Path(run.sim_state_root) / site.preset)
+    if run.sim_phantom_cache:
+        config["phantom-cache"] = run.sim_phantom_cache
     return config
 
 
@@ -376,6 +383,8 @@ class SiteSettings:
     #: the seed that varies the site's patients (0: the preset's own)
     phantom_held_out: int = 1
     phantom_seed: int = 0
+    #: a directory to keep generated phantoms in (and read them back from)
+    phantom_cache: Path | None = None
     threads: int = 1
     #: ``store`` source: the appliance's SQLite store
     database: Path | None = None
@@ -408,6 +417,7 @@ class SiteSettings:
             phantom_spacing=_floats(config, "phantom-spacing", 3),
             phantom_held_out=_get(config, "phantom-held-out", int, 1),
             phantom_seed=_get(config, "phantom-seed", int, 0),
+            phantom_cache=Path(c) if (c := _get(config, "phantom-cache", str, "")) else None,
             threads=_get(config, "threads", int, 1),
             database=Path(db) if (db := _get(config, "database", str, "")) else None,
         )

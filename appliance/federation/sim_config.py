@@ -41,6 +41,7 @@ Layout::
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,8 +52,14 @@ from typing import Any
 from appliance.federation.errors import FederationError
 from appliance.federation.settings import SimSite, StrategyName, parse_sim_sites
 
-#: Where the shipped configs live (``--config quick`` is ``<this>/quick.toml``).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "federation"
+#: Where the shipped configs live in a checkout (``--config quick`` is
+#: ``<this>/quick.toml``); an installed image sets ``APPLIANCE_BENCHMARK_DIR`` instead.
+REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "federation"
+
+
+def config_dir() -> Path:
+    env = os.environ.get("APPLIANCE_BENCHMARK_DIR", "")
+    return Path(env) if env else REPO_CONFIG_DIR
 
 
 class Method(StrEnum):
@@ -158,9 +165,9 @@ def resolve_config_path(name_or_path: str) -> Path:
     """``quick``/``full`` (shipped configs) or a path to a TOML file."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = CONFIG_DIR / f"{name_or_path}.toml"
+        path = config_dir() / f"{name_or_path}.toml"
     if not path.is_file():
-        shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))) or "none"
+        shipped = ", ".join(sorted(p.stem for p in config_dir().glob("*.toml"))) or "none"
         raise FederationError(
             f"--config: no benchmark config {name_or_path!r} (shipped: {shipped}; or a .toml path)"
         )

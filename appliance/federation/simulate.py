@@ -117,7 +117,9 @@ class SimulatedSite:
     train_bytes: int
 
 
-def base_settings(config: SimConfig, task: str, seed: int, timeout_s: float) -> RunSettings:
+def base_settings(
+    config: SimConfig, task: str, seed: int, timeout_s: float, phantom_cache: Path | None = None
+) -> RunSettings:
     setup = config.task_setup[task]
     settings = RunSettings(
         rounds=config.rounds,
@@ -136,6 +138,7 @@ def base_settings(config: SimConfig, task: str, seed: int, timeout_s: float) -> 
         timeout_s=timeout_s,
         sim_sites=config.sim_sites(),
         sim_threads=config.threads_per_site,
+        sim_phantom_cache=str(phantom_cache) if phantom_cache is not None else "",
     )
     settings.validate()
     return settings
@@ -289,7 +292,7 @@ def simulate(
     try:
         for task in config.tasks:
             for seed in config.seeds:
-                settings = base_settings(config, task, seed, config.timeout_s)
+                settings = base_settings(config, task, seed, config.timeout_s, workdir / "phantoms")
                 fingerprint = config_fingerprint(config, task, seed)
                 sites: list[SimulatedSite] | None = None
                 for method in config.methods:

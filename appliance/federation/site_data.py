@@ -14,8 +14,13 @@ annotated cases of the task from its store (:func:`appliance.cases.load_cases`):
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
+from pathlib import Path
 
 import numpy as np
 
@@ -78,7 +83,41 @@ def phantom_site_cases(site: SiteSettings, modality: Modality) -> tuple[PhantomC
         site.phantom_spacing,
         site.phantom_seed,
         modality,
+        site.phantom_cache,
     )
+
+
+_CACHE_VERSION = 1
+
+
+def _cached_case(cache: Path | None, key: str, make: Callable[[], PhantomCase]) -> PhantomCase:
+    """``make()``, kept as ``<cache>/<key>.npz`` (written atomically) when ``cache`` is set."""
+    if cache is None:
+        return make()
+    path = cache / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as data:
+                case = TrainingCase(data["image"], data["labels"], data["affine"])
+                return PhantomCase(case, data["lesion_map"])
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)  # a torn or foreign file: make it again
+    made = make()
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npz", dir=cache)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(
+                handle,
+                image=made.case.image,
+                labels=made.case.labels,
+                affine=made.case.affine,
+                lesion_map=made.lesion_map,
+            )
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return made
 
 
 @lru_cache(maxsize=8)
@@ -89,6 +128,7 @@ def _phantoms(
     spacing: tuple[float, ...] | None,
     seed: int,
     modality: Modality,
+    cache: Path | None = None,
 ) -> tuple[PhantomCase, ...]:
     try:
         hospital = SITE_PRESETS[preset]
@@ -105,11 +145,15 @@ def _phantoms(
         profile = replace(profile, spacing_mm=(spacing[0], spacing[1], spacing[2]))
     if seed:
         profile = replace(profile, seed=profile.seed + 1000 * seed)
-    out = []
-    for k in range(cases):
+    fingerprint = hashlib.sha256(f"{_CACHE_VERSION}|{kind}|{profile!r}".encode()).hexdigest()[:16]
+
+    def make(k: int) -> PhantomCase:
         p = generate_phantom(kind, profile, k)
-        out.append(PhantomCase(TrainingCase(p.image, p.labels, p.affine_lps), p.lesion_map))
-    return tuple(out)
+        return PhantomCase(TrainingCase(p.image, p.labels, p.affine_lps), p.lesion_map)
+
+    return tuple(
+        _cached_case(cache, f"{preset}-{fingerprint}-{k}", partial(make, k)) for k in range(cases)
+    )
 
 
 def held_out_count(site: SiteSettings) -> int:

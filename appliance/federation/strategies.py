@@ -273,6 +273,17 @@ class FedGS(Recording, FedAvg):
         self._record(server_round, "train", replies, dict(metrics), step_shares=steps)
         return to_record(new), metrics
 
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Evaluation replies carry no ``steps``: their Dice is weighted by held-out cases."""
+        by_steps = self.weighted_by_key
+        self.weighted_by_key = "num-examples"
+        try:
+            return super().aggregate_evaluate(server_round, replies)
+        finally:
+            self.weighted_by_key = by_steps
+
 
 class WeightTransfer(Strategy):
     """Cyclic (``cwt``, Chang et al. 2018) or single (``swt``) weight transfer: one site
