@@ -276,6 +276,14 @@ def simulate(
 ) -> list[dict[str, Any]]:
     """Run every (task, seed, method) of ``config``; returns the records (also kept as
     ``<workdir>/records/<task>-seed<seed>-<method>.json``)."""
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FederationError(
+                f"device: config {config.name!r} needs a CUDA GPU and none is visible "
+                "(use --config quick on CPU)"
+            )
     workdir.mkdir(parents=True, exist_ok=True)
     records_dir = workdir / "records"
     records_dir.mkdir(exist_ok=True)

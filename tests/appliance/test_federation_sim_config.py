@@ -216,3 +216,15 @@ def test_phantom_cache_gives_the_same_cases_from_disk(tmp_path: Path) -> None:
     site_data._phantoms.cache_clear()
     healed = phantom_site_cases(cached_site, Modality.MR)
     assert np.array_equal(healed[0].case.image, fresh[0].case.image)
+
+
+def test_gpu_config_refuses_a_machine_without_cuda(tmp_path: Path) -> None:
+    import torch
+
+    from appliance.federation.simulate import simulate
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for CPU-only machines")
+    with pytest.raises(FederationError, match="device: config 'full' needs a CUDA GPU"):
+        simulate(load_config("full"), tmp_path / "work")
+    assert not (tmp_path / "work").exists()
