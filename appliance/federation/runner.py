@@ -248,6 +248,15 @@ def start_supernode(
     return Process(args, state_dir / "supernode.log", _env(state_dir / "flwr"))
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def wait_listening(host: str, port: int, process: Process, timeout: float = 60.0) -> None:
     """Block until ``host:port`` accepts connections (or ``process`` exits)."""
     import socket

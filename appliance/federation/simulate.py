@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -50,12 +49,6 @@ from appliance.federation.site_data import held_out_count, phantom_site_cases
 Log = Callable[[str], None]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class SimulationLink:
     """A ``flower-superlink --simulation`` on loopback that runs one submitted run at a
     time on ``num_supernodes`` virtual SuperNodes; stopped by PID on :meth:`close`."""
@@ -64,7 +57,7 @@ class SimulationLink:
         self.workdir = workdir
         self.config = config
         self.flwr_home = workdir / "flwr"
-        port = _free_port()
+        port = runner.free_port()
         self.process = runner.start_superlink(
             workdir / "superlink", host="127.0.0.1", port=port, tls=None, simulation=True
         )

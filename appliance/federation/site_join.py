@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any
 from appliance.config import AppConfig
 from appliance.federation.errors import FederationError
 from appliance.federation.outputs import RESULT_FILE
-from appliance.federation.runner import Tls, start_supernode
+from appliance.federation.runner import Tls, free_port, start_supernode
 
 LOG = logging.getLogger(__name__)
 
@@ -70,12 +69,6 @@ def node_config(config: AppConfig) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _ended_runs(directory: Path) -> set[str]:
     return {p.parent.name for p in directory.glob(f"runs/*/{RESULT_FILE}")}
 
@@ -102,7 +95,7 @@ def join(
     node = start_supernode(
         directory,
         superlink=fed.coordinator,
-        runtime_port=_free_port(),
+        runtime_port=free_port(),
         node_config=node_config(config),
         tls=site_tls(config),
         auth_private_key=fed.auth_private_key,
