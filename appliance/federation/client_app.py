@@ -292,7 +292,10 @@ def train(msg: Message, context: Context) -> Message:
         scaled = getattr(report, "scaled_update", None) or {}
         for key, value in scaled.items():
             update[key] = value.detach().cpu().numpy().astype(np.float64)
-        return _reply(msg, to_record(update), _train_metrics(s, report), s.site.site)
+        # On the wire in each entry's own dtype (float32 weights: half the bytes of float64);
+        # the server averages in float64 either way.
+        wire = {k: v.astype(np.asarray(received[k]).dtype) for k, v in update.items()}
+        return _reply(msg, to_record(wire), _train_metrics(s, report), s.site.site)
     new, report = _train_locally(s, received, config, fedgs=False)
     return _reply(msg, to_record(new), _train_metrics(s, report), s.site.site)
 

@@ -85,6 +85,14 @@ def _metrics_of(msg: Message) -> dict[str, Any]:
     return dict(next(iter(records.values()))) if records else {}
 
 
+def in_site_order(replies: Iterable[Message], book: SiteBook) -> list[Message]:
+    """Replies sorted by site name (then node id). Replies arrive in whatever order the
+    sites finish; floating-point sums depend on the order of their terms, so aggregating
+    in arrival order would make two runs with the same seed differ in the last bits, and
+    over rounds in the Dice."""
+    return sorted(replies, key=lambda m: (_site_of(m, book), m.metadata.src_node_id))
+
+
 def _check(replies: list[Message], book: SiteBook, what: str) -> None:
     failed = [f"{_site_of(m, book)}: {m.error.reason}" for m in replies if m.has_error()]
     if failed:
@@ -113,7 +121,7 @@ class Recording:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = in_site_order(replies, self.book)
         _check(replies, self.book, f"round {server_round} training")
         arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
         self._record(
@@ -132,7 +140,9 @@ class Recording:
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         replies = [
-            m for m in replies if m.has_error() or int(_metrics_of(m).get("num-examples", 0)) > 0
+            m
+            for m in in_site_order(replies, self.book)
+            if m.has_error() or int(_metrics_of(m).get("num-examples", 0)) > 0
         ]
         if not replies:
             return None
@@ -212,7 +222,7 @@ class FedBN(Recording, FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = in_site_order(replies, self.book)
         for msg in replies:
             if not msg.has_error():
                 sent = set(msg.content.array_records["arrays"].keys()) & self.norm_keys
@@ -254,7 +264,7 @@ class FedGS(Recording, FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = in_site_order(replies, self.book)
         _check(replies, self.book, f"round {server_round} training")
         valid = [m for m in replies if not m.has_error()]
         if not valid or self._current is None:

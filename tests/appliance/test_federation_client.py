@@ -104,6 +104,8 @@ def test_fedgs_site_sends_a_scaled_update(tmp_path: Path, initial: dict[str, np.
     assert metrics["steps"] == 2 and metrics["step-scale-max"] >= 1.0
     update = from_record(reply.content.array_records["arrays"])
     assert set(update) == set(initial)
+    # each entry travels in the weights' own dtype (float32), not float64
+    assert all(update[k].dtype == initial[k].dtype for k in update)
     assert any(np.abs(v).max() > 0 for v in update.values())
     # an update is small next to the weights themselves
     assert all(np.abs(update[k]).max() < 1.0 for k in update)
