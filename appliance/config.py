@@ -58,8 +58,15 @@ class DicomConfig:
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
+    """``root``: spool, database, results, cases, audit trail. ``fsync``: make every
+    received instance durable before it is acknowledged. ``min_free_mb``: the disk
+    watermark: while the file system of ``root`` has less free space than this, new
+    C-STOREs are refused with 0xA702 (out of resources) and nothing is written; ingest
+    resumes by itself when space returns (0 turns the check off; default 1024)."""
+
     root: Path = Path("/var/lib/appliance")
     fsync: bool = True
+    min_free_mb: int = 1024
 
     @property
     def spool_dir(self) -> Path:
@@ -72,6 +79,10 @@ class StorageConfig:
     @property
     def volumes_dir(self) -> Path:
         return self.root / "volumes"
+
+    @property
+    def audit_file(self) -> Path:
+        return self.root / "audit" / "audit.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +104,48 @@ class OutboxConfig:
     poll_seconds: float = 1.0
 
 
+LOG_FORMATS = ("text", "json")
+
+
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
+    """``level``; ``format``: ``text`` (default) or ``json`` (one JSON object per line,
+    for log collectors)."""
+
     level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """What is kept on disk, and for how long (``appliance storage usage|purge``).
+
+    ``source_days``: received images are purged this many days after their results were
+    delivered (every SEG/SR acknowledged by its destinations; with no destination, after
+    the job finished), or after their series finished without a result (rejected,
+    skipped, failed). Default 30. ``results_days``: result files (SEG, SR) are purged
+    this many days after delivery; ``excluded_cases_days``: training cases taken out of
+    the training set (excluded, superseded) are purged this many days after that. Both
+    default to ``"forever"``. Annotated cases in a training set, and the images they
+    were drawn on, are never purged; neither is anything not yet delivered.
+    ``interval_hours``: how often ``serve`` applies the policies (default 6; 0: only
+    ``appliance storage purge`` does).
+    """
+
+    source_days: float | None = 30.0  # None: forever
+    results_days: float | None = None
+    excluded_cases_days: float | None = None
+    interval_hours: float = 6.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The health and metrics endpoint (``/healthz``, ``/metrics``): off unless
+    ``enabled``; bound to loopback unless ``bind`` says otherwise."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = 8080
 
 
 def shipped_bundles_dir() -> Path:
@@ -246,6 +296,8 @@ class AppConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     cases: CasesConfig = field(default_factory=CasesConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     @property
     def models_root(self) -> Path:
@@ -366,6 +418,8 @@ class _Reader:
                 "output",
                 "cases",
                 "federation",
+                "retention",
+                "http",
             },
         )
         dicom = self.dicom(self.table(data, "dicom"))
@@ -402,6 +456,47 @@ class _Reader:
             output,
             cases=self.cases(self.table(data, "cases")),
             federation=self.federation(self.table(data, "federation")),
+            retention=self.retention(self.table(data, "retention")),
+            http=self.http(self.table(data, "http")),
+        )
+
+    def retention(self, d: dict[str, Any]) -> RetentionConfig:
+        p = "retention"
+        self.unknown(p, d, {"source_days", "results_days", "excluded_cases_days", "interval_hours"})
+        df = RetentionConfig()
+        return RetentionConfig(
+            source_days=self.days(d, "source_days", p, df.source_days),
+            results_days=self.days(d, "results_days", p, df.results_days),
+            excluded_cases_days=self.days(d, "excluded_cases_days", p, df.excluded_cases_days),
+            interval_hours=self.number(d, "interval_hours", p, df.interval_hours, 0.0, 24 * 365),
+        )
+
+    def days(self, d: dict[str, Any], key: str, p: str, default: float | None) -> float | None:
+        """A number of days (0 to 36500) or the string "forever"."""
+        if key not in d:
+            return default
+        value = d[key]
+        if isinstance(value, str) and value.strip().lower() == "forever":
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (0 <= value <= 36500)
+        ):
+            self.err(
+                f"{p}.{key}", f'must be a number of days (0 to 36500) or "forever"; got {value!r}'
+            )
+            return default
+        return float(value)
+
+    def http(self, d: dict[str, Any]) -> HttpConfig:
+        p = "http"
+        self.unknown(p, d, {"enabled", "bind", "port"})
+        df = HttpConfig()
+        return HttpConfig(
+            enabled=self.boolean(d, "enabled", p, df.enabled),
+            bind=self.host(d, "bind", p, required=False) or df.bind,
+            port=self.integer(d, "port", p, df.port, 1, 65535),
         )
 
     def federation(self, d: dict[str, Any]) -> FederationConfig:
@@ -620,10 +715,14 @@ class _Reader:
 
     def storage(self, d: dict[str, Any]) -> StorageConfig:
         p = "storage"
-        self.unknown(p, d, {"root", "fsync"})
+        self.unknown(p, d, {"root", "fsync", "min_free_mb"})
         defaults = StorageConfig()
         root = self.path(d, "root", p) or defaults.root
-        return StorageConfig(root=root, fsync=self.boolean(d, "fsync", p, defaults.fsync))
+        return StorageConfig(
+            root=root,
+            fsync=self.boolean(d, "fsync", p, defaults.fsync),
+            min_free_mb=self.integer(d, "min_free_mb", p, defaults.min_free_mb, 0, 10**8),
+        )
 
     def destination(self, p: str, d: dict[str, Any]) -> DestinationConfig | None:
         self.unknown(
@@ -675,12 +774,16 @@ class _Reader:
 
     def logging(self, d: dict[str, Any]) -> LoggingConfig:
         p = "logging"
-        self.unknown(p, d, {"level"})
+        self.unknown(p, d, {"level", "format"})
         level = self.string(d, "level", p, required=False) or "INFO"
         if level.upper() not in LOG_LEVELS:
             self.err(f"{p}.level", f"must be one of {', '.join(LOG_LEVELS)}; got {level!r}")
             level = "INFO"
-        return LoggingConfig(level.upper())
+        fmt = (self.string(d, "format", p, required=False) or "text").lower()
+        if fmt not in LOG_FORMATS:
+            self.err(f"{p}.format", f"must be one of {', '.join(LOG_FORMATS)}; got {fmt!r}")
+            fmt = "text"
+        return LoggingConfig(level.upper(), fmt)
 
     def routing(self, d: dict[str, Any]) -> tuple[RoutingRule, ...]:
         p = "routing"

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from appliance.audit import AuditEvent
 from appliance.config import AppConfig
 from appliance.errors import ApplianceError
 from appliance.models_service import NetworkCache
@@ -263,6 +264,16 @@ def run_gate(
         seconds=round(time.perf_counter() - start, 3),
     )
     path = write_report(config, report)
+    store.audit.record(
+        AuditEvent.GATE_DECISION,
+        task=task,
+        version=version,
+        model_sha256=candidate.weights_sha256,
+        active_version=report.active_version,
+        decision=decision.value,
+        reason=reason,
+        cases=len(cases),
+    )
     LOG.info(
         "gate %s/%s vs %s on %d held-out case(s): %s (%s); report %s",
         task,

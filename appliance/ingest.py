@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from appliance.audit import AuditEvent
 from appliance.store import NewInstance, Store
 from dicom_bridge.instance import ReceivedInstance
-from dicom_bridge.listener import Rejection
+from dicom_bridge.listener import AcceptedAssociation, Rejection
 from dicom_bridge.uids import short_ref
 
 LOG = logging.getLogger(__name__)
@@ -26,6 +27,16 @@ class Ingest:
                 short_ref(received.key.sop_uid),
                 short_ref(received.key.series_uid),
             )
+
+    def on_association(self, association: AcceptedAssociation) -> None:
+        self.store.audit.record(
+            AuditEvent.ASSOCIATION,
+            outcome="accepted",
+            calling_ae=association.calling_ae,
+            called_ae=association.called_ae,
+            peer=f"{association.peer_host}:{association.peer_port}",
+            tls=association.tls,
+        )
 
     def on_rejection(self, rejection: Rejection) -> None:
         self.store.record_rejection(

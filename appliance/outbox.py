@@ -94,7 +94,9 @@ class OutboxSender:
             return
         for item, result in zip(present, results, strict=True):
             if result.ok:
-                self.store.mark_sent(item.id, result.status)
+                self.store.mark_sent(
+                    item.id, result.status, peer=f"{node.ae_title}@{node.host}:{node.port}"
+                )
                 LOG.info(
                     "outbox %d: %s sent to %s (status 0x%04X)",
                     item.id,

@@ -14,6 +14,7 @@ from appliance.config import AppConfig
 from appliance.ingest import Ingest, to_new_instance
 from appliance.models_service import register_shipped
 from appliance.outbox import OutboxLoop, OutboxSender
+from appliance.retention import RetentionLoop
 from appliance.scheduler import Scheduler
 from appliance.store import Store
 from appliance.worker import Worker
@@ -43,6 +44,7 @@ def listener_settings(config: AppConfig) -> ListenerSettings:
         allowed_callers=tuple(AllowedCaller(c.ae_title, c.host) for c in d.allowed_callers),
         tls=tls,
         max_pdu_size=d.max_pdu_size,
+        min_free_bytes=config.storage.min_free_mb * 2**20,
     )
 
 
@@ -80,7 +82,11 @@ class Service:
         self.spool = Spool(storage.spool_dir, fsync=storage.fsync)
         self.ingest = Ingest(self.store)
         self.listener = Listener(
-            listener_settings(config), self.spool, self.ingest.on_instance, self.ingest.on_rejection
+            listener_settings(config),
+            self.spool,
+            self.ingest.on_instance,
+            self.ingest.on_rejection,
+            self.ingest.on_association,
         )
         self._threads: list[threading.Thread] = []
         self._federation: JoinScheduler | None = None
@@ -108,6 +114,8 @@ class Service:
                 self.stop_event,
             ),
         ]
+        if self.config.retention.interval_hours > 0:
+            self._threads.append(RetentionLoop(self.store, self.config, self.stop_event))
         for thread in self._threads:
             thread.start()
         self._start_federation_schedule()

@@ -10,6 +10,7 @@ for process crashes (WAL frames reach the OS before commit returns); after a pow
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -19,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.audit import AuditEvent, AuditLog, audit_path
 from appliance.case_states import CaseOrigin, CaseSplit, CaseState
 from appliance.errors import NotFoundError, StoreError
 from appliance.states import JobState, ModelState, OutboxState, SeriesState
 
-SCHEMA_VERSION = 3  # 2: models, model_activations, jobs; 3: cases, case_refusals
+SCHEMA_VERSION = 4  # 2: models, model_activations, jobs; 3: cases, case_refusals; 4: purges
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -172,6 +174,14 @@ CREATE TABLE IF NOT EXISTS case_refusals (
 );
 """,
     ),
+    (
+        4,
+        """
+ALTER TABLE series ADD COLUMN purged_at REAL;
+ALTER TABLE jobs ADD COLUMN results_purged_at REAL;
+ALTER TABLE cases ADD COLUMN purged_at REAL;
+""",
+    ),
 )
 
 
@@ -229,6 +239,39 @@ class SeriesRecord:
     detail: str | None
     result_generation: int | None
     result: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSeries:
+    """A series with stored instances, as retention sees it (:meth:`Store.retention_series`)."""
+
+    series_uid: str
+    study_uid: str
+    modality: str
+    state: SeriesState
+    generation: int
+    updated_at: float
+    files: int
+    bytes: int
+    sends: int  # outbox items of the series (its SEG/SR to destinations)
+    unsent: int  # of which not yet acknowledged (pending, sending or dead)
+    delivered_at: float | None  # the last acknowledgement
+    open_jobs: int  # queued or running
+    job_finished_at: float | None  # the current generation's job, when it has finished
+    job_state: JobState | None
+    in_training_set: bool  # the source (or the SEG) of an active case
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionJob:
+    job_id: int
+    series_uid: str
+    generation: int
+    state: JobState
+    finished_at: float
+    sends: int
+    unsent: int
+    delivered_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +428,9 @@ class Store:
     """Thread-safe access to the appliance database (one connection, one lock)."""
 
     def __init__(self, path: Path, *, clock: Any = time.time) -> None:
+        """Open (or create) the database at ``path``; its audit trail is
+        ``<path's folder>/audit/audit.jsonl`` (:mod:`appliance.audit`), keyed with the
+        site's audit key (generated on first use, kept in ``meta``)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
@@ -409,6 +455,8 @@ class Store:
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {self.path}: {exc}") from exc
+        key = self.meta_setdefault("audit_key", secrets.token_hex(32))
+        self.audit = AuditLog(audit_path(self.path), bytes.fromhex(key), clock=clock)
 
     def _migrate(self) -> None:
         """Apply the schema steps newer than the recorded version, each in a transaction."""
@@ -539,6 +587,7 @@ class Store:
                 db.execute(
                     """UPDATE series SET instances = instances + 1, last_instance_at = ?,
                            updated_at = ?, state = ?, generation = generation + ?,
+                           purged_at = NULL,
                            reason = CASE WHEN ? THEN NULL ELSE reason END,
                            detail = CASE WHEN ? THEN NULL ELSE detail END
                        WHERE series_uid = ?""",
@@ -589,9 +638,23 @@ class Store:
         with self._tx() as db:
             rows = db.execute(
                 """UPDATE series SET state = ?, updated_at = ?
-                   WHERE state = ? AND last_instance_at <= ? RETURNING series_uid""",
+                   WHERE state = ? AND last_instance_at <= ?
+                   RETURNING series_uid, study_uid, modality, instances, generation""",
                 (SeriesState.COMPLETE, self._clock(), SeriesState.RECEIVING, cutoff),
             ).fetchall()
+        for r in rows:
+            callers = self._query(
+                "SELECT DISTINCT calling_ae FROM instances WHERE series_uid = ?", (r[0],)
+            )
+            self.audit.record(
+                AuditEvent.SERIES_RECEIVED,
+                study=self.audit.ref(r[1]),
+                series=self.audit.ref(r[0]),
+                modality=r[2],
+                instances=int(r[3]),
+                generation=int(r[4]),
+                calling_ae=sorted(c[0] for c in callers),
+            )
         return [r[0] for r in rows]
 
     def claim_complete_series(self) -> Claim | None:
@@ -700,7 +763,41 @@ class Store:
                             job_id,
                         ),
                     )
-            return current
+        if job_id is not None and job_outputs is not None:
+            self._audit_job(job_id, queued=len(enqueue) if current else 0)
+        else:
+            self.audit.record(
+                AuditEvent.SERIES_FINISHED,
+                series=self.audit.ref(claim.series_uid),
+                generation=claim.generation,
+                state=state.value,
+                reason=reason,
+                current=current,
+            )
+        return current
+
+    def _audit_job(self, job_id: int, **extra: Any) -> None:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            return
+        job = _job(rows[0])
+        outputs = {k: v for k, v in job.outputs.items() if k.endswith("_sop_uid")}
+        self.audit.record(
+            AuditEvent.JOB_FINISHED,
+            job=job.id,
+            study=self.audit.ref(job.study_uid),
+            series=self.audit.ref(job.series_uid),
+            generation=job.generation,
+            task=job.task,
+            state=job.state.value,
+            reason=job.reason,
+            model=job.model_name,
+            model_version=job.model_version,
+            model_sha256=job.model_sha256,
+            federated_round=job.federated_round,
+            outputs={k: self.audit.ref(str(v)) for k, v in sorted(outputs.items())},
+            **extra,
+        )
 
     def requeue_interrupted(self) -> int:
         """After a restart: series left PROCESSING go back to COMPLETE (their jobs QUEUED)."""
@@ -737,6 +834,22 @@ class Store:
                 """INSERT INTO rejections (at, scope, reason, status, calling_ae, peer_host, ref)
                    VALUES (?,?,?,?,?,?,?)""",
                 (self._clock(), scope, reason, status, calling_ae, peer_host, ref),
+            )
+        if scope == "association":
+            self.audit.record(
+                AuditEvent.ASSOCIATION,
+                outcome="refused",
+                reason=reason,
+                calling_ae=calling_ae,
+                peer=peer_host,
+            )
+        else:
+            self.audit.record(
+                AuditEvent.INSTANCE_REJECTED,
+                reason=reason,
+                status=None if status is None else f"0x{status:04X}",
+                calling_ae=calling_ae,
+                peer=peer_host,
             )
 
     def recent_rejections(self, limit: int = 20) -> list[RejectionRecord]:
@@ -781,13 +894,29 @@ class Store:
             ).fetchall()
         return sorted((_outbox(r) for r in rows), key=lambda item: item.id)
 
-    def mark_sent(self, item_id: int, status: int | None) -> None:
+    def mark_sent(self, item_id: int, status: int | None, *, peer: str | None = None) -> None:
+        """``peer``: where it went (``AE@host:port``), for the audit trail."""
         with self._tx() as db:
-            db.execute(
+            row = db.execute(
                 """UPDATE outbox SET state = ?, attempts = attempts + 1, last_status = ?,
-                       last_error = NULL, updated_at = ? WHERE id = ?""",
+                       last_error = NULL, updated_at = ? WHERE id = ? RETURNING *""",
                 (OutboxState.SENT, status, self._clock(), item_id),
-            )
+            ).fetchone()
+        if row is not None:
+            self._audit_outbox(AuditEvent.OBJECT_SENT, _outbox(row), peer=peer, status=status)
+
+    def _audit_outbox(self, event: AuditEvent, item: OutboxItem, **extra: Any) -> None:
+        status = extra.pop("status", None)
+        self.audit.record(
+            event,
+            outbox=item.id,
+            object=self.audit.ref(item.sop_uid),
+            series=None if item.series_uid is None else self.audit.ref(item.series_uid),
+            destination=item.destination,
+            status=None if status is None else f"0x{int(status):04X}",
+            attempts=item.attempts,
+            **extra,
+        )
 
     def mark_send_failed(
         self, item_id: int, error: str, status: int | None, *, retry_at: float | None
@@ -800,6 +929,10 @@ class Store:
                        last_status = ?, next_attempt_at = COALESCE(?, next_attempt_at),
                        updated_at = ? WHERE id = ?""",
                 (state, error, status, retry_at, self._clock(), item_id),
+            )
+        if state is OutboxState.DEAD:
+            self._audit_outbox(
+                AuditEvent.SEND_FAILED, self.get_outbox(item_id), status=status, error=error
             )
         return state
 
@@ -904,6 +1037,16 @@ class Store:
                 )
             if state is ModelState.ACTIVE:
                 self._activate(db, task, version, action="activate", forced=False)
+        self.audit.record(
+            AuditEvent.MODEL_REGISTERED,
+            task=task,
+            version=version,
+            model=name,
+            model_sha256=weights_sha256,
+            federated_round=federated_round,
+            origin=origin,
+            state=state.value,
+        )
         return self.get_model(task, version)
 
     def get_model(self, task: str, version: str) -> ModelRecord:
@@ -942,7 +1085,16 @@ class Store:
                 "UPDATE models SET state = ?, updated_at = ? WHERE task = ? AND version = ?",
                 (state, self._clock(), task, version),
             )
-        return self.get_model(task, version)
+        record = self.get_model(task, version)
+        self.audit.record(
+            AuditEvent.MODEL_STATE,
+            task=task,
+            version=version,
+            model_sha256=record.weights_sha256,
+            previous=current.value,
+            state=state.value,
+        )
+        return record
 
     def activate(self, task: str, version: str, *, force: bool = False) -> ModelRecord:
         """Make ``task/version`` the active model; the previous one becomes RETIRED.
@@ -951,8 +1103,25 @@ class Store:
         gate is bypassed); never from REJECTED.
         """
         with self._tx() as db:
-            self._activate(db, task, version, action="activate", forced=force)
-        return self.get_model(task, version)
+            previous = self._activate(db, task, version, action="activate", forced=force)
+        return self._audit_activation(task, version, previous, "activate", force)
+
+    def _audit_activation(
+        self, task: str, version: str, previous: str | None, action: str, forced: bool
+    ) -> ModelRecord:
+        record = self.get_model(task, version)
+        self.audit.record(
+            AuditEvent.MODEL_ACTIVATED,
+            task=task,
+            version=version,
+            model=record.name,
+            model_sha256=record.weights_sha256,
+            federated_round=record.federated_round,
+            previous=previous,
+            action=action,
+            forced=forced,
+        )
+        return record
 
     def rollback(self, task: str) -> ModelRecord:
         """Re-activate the model that was active before the current one (history-wise:
@@ -974,11 +1143,12 @@ class Store:
                     f"{task}/{current[0]} has no previous active model to roll back to"
                 )
             self._activate(db, task, target, action="rollback", forced=False)
-        return self.get_model(task, target)
+        return self._audit_activation(task, target, current[0], "rollback", False)
 
     def _activate(
         self, db: sqlite3.Connection, task: str, version: str, *, action: str, forced: bool
-    ) -> None:
+    ) -> str | None:
+        """Activate inside ``db``'s transaction; returns the version active before."""
         row = db.execute(
             "SELECT state FROM models WHERE task = ? AND version = ?", (task, version)
         ).fetchone()
@@ -999,6 +1169,7 @@ class Store:
             "SELECT version FROM models WHERE task = ? AND state = 'active'", (task,)
         ).fetchone()
         previous: str | None = current[0] if current else None
+        replaced = previous
         if action == "rollback":
             # The rolled-back-to version's own predecessor, so a second rollback goes further.
             back = db.execute(
@@ -1021,6 +1192,7 @@ class Store:
                VALUES (?,?,?,?,?,?)""",
             (task, version, previous, action, int(forced), now),
         )
+        return replaced
 
     def activation_history(self, task: str, limit: int = 50) -> list[ActivationRecord]:
         rows = self._query(
@@ -1096,6 +1268,7 @@ class Store:
                     job_id,
                 ),
             )
+        self._audit_job(job_id)
 
     def set_job_timing(self, job_id: int, key: str, seconds: float) -> None:
         with self._tx() as db:
@@ -1223,7 +1396,18 @@ class Store:
                     now,
                 ),
             ).fetchone()
-        return _case(row), tuple(sorted(int(r[0]) for r in superseded))
+        record = _case(row)
+        self.audit.record(
+            AuditEvent.CASE_ADDED,
+            case=record.id,
+            task=record.task,
+            study=self.audit.ref(record.study_uid),
+            series=self.audit.ref(record.source_series_uid),
+            origin=record.origin.value,
+            split=record.split.value,
+            superseded=sorted(int(r[0]) for r in superseded),
+        )
+        return record, tuple(sorted(int(r[0]) for r in superseded))
 
     def get_case(self, case_id: int) -> CaseRecord:
         rows = self._query("SELECT * FROM cases WHERE id = ?", (case_id,))
@@ -1348,6 +1532,145 @@ class Store:
             )
             found.extend(_instance(r) for r in rows)
         return found
+
+    # -- retention ----------------------------------------------------------------------
+    def retention_series(self) -> list[RetentionSeries]:
+        """Every series with stored instances, with what retention needs to decide."""
+        rows = self._query(
+            """SELECT s.series_uid, s.study_uid, s.modality, s.state, s.generation,
+                   s.updated_at,
+                   (SELECT count(*) FROM instances i WHERE i.series_uid = s.series_uid) AS files,
+                   (SELECT COALESCE(sum(size), 0) FROM instances i
+                        WHERE i.series_uid = s.series_uid) AS bytes,
+                   (SELECT count(*) FROM outbox o WHERE o.series_uid = s.series_uid) AS sends,
+                   (SELECT count(*) FROM outbox o WHERE o.series_uid = s.series_uid
+                        AND o.state != 'sent') AS unsent,
+                   (SELECT max(updated_at) FROM outbox o WHERE o.series_uid = s.series_uid
+                        AND o.state = 'sent') AS delivered_at,
+                   (SELECT count(*) FROM jobs j WHERE j.series_uid = s.series_uid
+                        AND j.state IN ('queued', 'running')) AS open_jobs,
+                   (SELECT max(finished_at) FROM jobs j WHERE j.series_uid = s.series_uid
+                        AND j.generation = s.generation) AS job_finished_at,
+                   (SELECT j.state FROM jobs j WHERE j.series_uid = s.series_uid
+                        AND j.generation = s.generation ORDER BY j.id DESC LIMIT 1) AS job_state,
+                   EXISTS (SELECT 1 FROM cases c WHERE c.state = 'active' AND (
+                        c.source_series_uid = s.series_uid OR c.seg_sop_uid IN
+                        (SELECT sop_uid FROM instances i WHERE i.series_uid = s.series_uid)))
+                        AS in_training_set
+               FROM series s
+               WHERE EXISTS (SELECT 1 FROM instances i WHERE i.series_uid = s.series_uid)
+               ORDER BY s.updated_at"""
+        )
+        return [
+            RetentionSeries(
+                series_uid=r["series_uid"],
+                study_uid=r["study_uid"],
+                modality=r["modality"],
+                state=SeriesState(r["state"]),
+                generation=int(r["generation"]),
+                updated_at=float(r["updated_at"]),
+                files=int(r["files"]),
+                bytes=int(r["bytes"]),
+                sends=int(r["sends"]),
+                unsent=int(r["unsent"]),
+                delivered_at=None if r["delivered_at"] is None else float(r["delivered_at"]),
+                open_jobs=int(r["open_jobs"]),
+                job_finished_at=(
+                    None if r["job_finished_at"] is None else float(r["job_finished_at"])
+                ),
+                job_state=None if r["job_state"] is None else JobState(r["job_state"]),
+                in_training_set=bool(r["in_training_set"]),
+            )
+            for r in rows
+        ]
+
+    def purge_series_instances(
+        self, series_uid: str, generation: int, planned_at: float
+    ) -> list[InstanceRecord]:
+        """Forget the stored instances of a finished series (for retention) and return them
+        so their files can go. Nothing happens (empty list) when the series has moved on
+        since ``planned_at``: a new generation, an instance received (even a repeat), a
+        send not yet acknowledged, a job queued, or a training case made from it."""
+        with self._tx() as db:
+            row = db.execute(
+                """SELECT 1 FROM series s WHERE s.series_uid = ? AND s.generation = ?
+                       AND s.updated_at <= ?
+                       AND s.state IN ('done', 'rejected', 'failed', 'skipped')
+                       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid
+                                       AND j.state IN ('queued', 'running'))
+                       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.series_uid = s.series_uid
+                                       AND o.state != 'sent')
+                       AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.state = 'active' AND (
+                            c.source_series_uid = s.series_uid OR c.seg_sop_uid IN
+                            (SELECT sop_uid FROM instances i WHERE i.series_uid = s.series_uid)))
+                """,
+                (series_uid, generation, planned_at),
+            ).fetchone()
+            if row is None:
+                return []
+            rows = db.execute(
+                "DELETE FROM instances WHERE series_uid = ? RETURNING *", (series_uid,)
+            ).fetchall()
+            db.execute(
+                "UPDATE series SET instances = 0, purged_at = ? WHERE series_uid = ?",
+                (self._clock(), series_uid),
+            )
+        return [_instance(r) for r in rows]
+
+    def retention_jobs(self) -> list[RetentionJob]:
+        """Finished jobs whose result files are still kept."""
+        rows = self._query(
+            """SELECT j.id, j.series_uid, j.generation, j.state, j.finished_at,
+                   (SELECT count(*) FROM outbox o WHERE o.series_uid = j.series_uid
+                        AND o.state != 'sent') AS unsent,
+                   (SELECT count(*) FROM outbox o WHERE o.series_uid = j.series_uid) AS sends,
+                   (SELECT max(updated_at) FROM outbox o WHERE o.series_uid = j.series_uid
+                        AND o.state = 'sent') AS delivered_at
+               FROM jobs j WHERE j.state IN ('done', 'failed') AND j.results_purged_at IS NULL
+                   AND j.finished_at IS NOT NULL
+               ORDER BY j.id"""
+        )
+        return [
+            RetentionJob(
+                job_id=int(r["id"]),
+                series_uid=r["series_uid"],
+                generation=int(r["generation"]),
+                state=JobState(r["state"]),
+                finished_at=float(r["finished_at"]),
+                sends=int(r["sends"]),
+                unsent=int(r["unsent"]),
+                delivered_at=None if r["delivered_at"] is None else float(r["delivered_at"]),
+            )
+            for r in rows
+        ]
+
+    def mark_results_purged(self, job_id: int) -> bool:
+        """Record that a job's result files are gone; False when they still have sends
+        waiting (then nothing may be removed)."""
+        with self._tx() as db:
+            cur = db.execute(
+                """UPDATE jobs SET results_purged_at = ? WHERE id = ? AND NOT EXISTS
+                       (SELECT 1 FROM outbox o WHERE o.series_uid = jobs.series_uid
+                        AND o.state != 'sent')""",
+                (self._clock(), job_id),
+            )
+            return cur.rowcount == 1
+
+    def retention_cases(self) -> list[CaseRecord]:
+        """Cases out of the training set (excluded, superseded) whose files are kept."""
+        rows = self._query(
+            "SELECT * FROM cases WHERE state != 'active' AND purged_at IS NULL ORDER BY id"
+        )
+        return [_case(r) for r in rows]
+
+    def mark_case_purged(self, case_id: int) -> bool:
+        """Record that a case's files are gone; False when it is in a training set again."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE cases SET purged_at = ? WHERE id = ? AND state != 'active'",
+                (self._clock(), case_id),
+            )
+            return cur.rowcount == 1
 
     def is_own_output(self, sop_uid: str) -> bool:
         """True when a job of this appliance wrote the SEG or SR with this SOP UID."""

@@ -10,6 +10,7 @@ service carry on. Handlers never raise and never log patient data.
 from __future__ import annotations
 
 import logging
+import shutil
 import ssl
 import threading
 from collections.abc import Callable
@@ -49,6 +50,7 @@ class StoreStatus(IntEnum):
 
     SUCCESS = 0x0000
     OUT_OF_RESOURCES = 0xA700
+    DISK_LOW = 0xA702  # refused: out of resources, free space below the watermark
     DATASET_MISMATCH = 0xA900  # dataset does not match the SOP class / instance in the request
     CANNOT_UNDERSTAND = 0xC000  # the dataset cannot be parsed
     INVALID_UID = 0xC001  # a UID is missing or unsafe
@@ -88,6 +90,9 @@ class ListenerSettings:
     allowed_callers: tuple[AllowedCaller, ...] = ()  # empty: any caller
     tls: TlsServerSettings | None = None
     max_pdu_size: int = 131072
+    #: refuse C-STOREs (0xA702) while the spool's file system has less free space than
+    #: this (plus the instance); 0 turns the check off
+    min_free_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +107,28 @@ class Rejection:
     sop_ref: str | None = None  # short hash of the SOP Instance UID, when known
 
 
+@dataclass(frozen=True, slots=True)
+class AcceptedAssociation:
+    """An association this listener accepted, for the record."""
+
+    calling_ae: str
+    called_ae: str
+    peer_host: str
+    peer_port: int
+    tls: bool
+
+
+FreeSpaceProbe = Callable[[Path], int]
+
+
+def free_bytes(path: Path) -> int:
+    """Free space for unprivileged writers on ``path``'s file system."""
+    return shutil.disk_usage(path).free
+
+
 InstanceCallback = Callable[[ReceivedInstance], None]
 RejectionCallback = Callable[[Rejection], None]
+AssociationCallback = Callable[[AcceptedAssociation], None]
 
 
 class Listener:
@@ -115,13 +140,20 @@ class Listener:
         spool: Spool,
         on_instance: InstanceCallback,
         on_rejection: RejectionCallback | None = None,
+        on_association: AssociationCallback | None = None,
+        *,
+        free_space: FreeSpaceProbe = free_bytes,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self._on_instance = on_instance
         self._on_rejection = on_rejection
+        self._on_association = on_association
+        self._free_space = free_space
         self._server: Any = None
         self._lock = threading.Lock()
+        self._disk_low = False  # for logging the transitions only
+        self.disk_refusals = 0
         quiet_identifiers()
 
     # -- life cycle ---------------------------------------------------------------------
@@ -138,6 +170,7 @@ class Listener:
         handlers = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
             (evt.EVT_REQUESTED, self._handle_requested),
+            (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
         ]
@@ -189,6 +222,23 @@ class Listener:
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
         event.assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
 
+    def _handle_accepted(self, event: evt.Event) -> None:
+        if self._on_association is None:
+            return
+        requestor = event.assoc.requestor
+        try:
+            self._on_association(
+                AcceptedAssociation(
+                    calling_ae=str(requestor.ae_title).strip(),
+                    called_ae=str(event.assoc.acceptor.ae_title).strip(),
+                    peer_host=str(requestor.address),
+                    peer_port=int(requestor.port or 0),
+                    tls=self.settings.tls is not None,
+                )
+            )
+        except Exception:  # recording must not break the association
+            LOG.exception("could not record an accepted association")
+
     # -- C-STORE ------------------------------------------------------------------------
     def _handle_store(self, event: evt.Event) -> int:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
@@ -196,11 +246,18 @@ class Listener:
         request = cast(C_STORE, event.request)
         sop_ref = _safe_ref(request.AffectedSOPInstanceUID)
         try:
+            self._check_disk(request)
             received = self._accept(event, calling_ae, peer_host)
         except InstanceRejectedError as exc:
             status = exc.status
-            LOG.warning(
-                "C-STORE %s from %s refused (0x%04X): %s", sop_ref, calling_ae, status, exc.reason
+            # Low disk is logged once when it starts (see _check_disk), not per instance.
+            LOG.log(
+                logging.DEBUG if status == StoreStatus.DISK_LOW else logging.WARNING,
+                "C-STORE %s from %s refused (0x%04X): %s",
+                sop_ref,
+                calling_ae,
+                status,
+                exc.reason,
             )
             self._record(
                 Rejection("instance", exc.reason, int(status), calling_ae, peer_host, sop_ref)
@@ -222,6 +279,49 @@ class Listener:
             return int(StoreStatus.OUT_OF_RESOURCES)
         LOG.debug("stored %s (%d bytes) from %s", sop_ref, received.size, calling_ae)
         return int(StoreStatus.SUCCESS)
+
+    def _check_disk(self, request: C_STORE) -> None:
+        """Refuse, before anything is written, while free space is below the watermark.
+        Nothing already stored is ever removed to make room; ingest resumes by itself as
+        soon as space returns (each C-STORE checks again)."""
+        watermark = self.settings.min_free_bytes
+        if watermark <= 0:
+            return
+        incoming = len(cast(BytesIO, request.DataSet).getbuffer())
+        try:
+            free = self._free_space(self.spool.root)
+        except OSError as exc:
+            raise _rejected(
+                f"cannot measure free disk space: {exc.strerror}", StoreStatus.DISK_LOW
+            ) from exc
+        with self._lock:
+            if free - incoming < watermark:
+                self.disk_refusals += 1
+                if not self._disk_low:
+                    self._disk_low = True
+                    LOG.error(
+                        "disk space low: %d MiB free, watermark %d MiB; refusing new "
+                        "C-STOREs (0xA702) until space returns",
+                        free // 2**20,
+                        watermark // 2**20,
+                    )
+                raise _rejected(
+                    f"free disk space below the watermark ({free // 2**20} MiB free, "
+                    f"{watermark // 2**20} MiB required)",
+                    StoreStatus.DISK_LOW,
+                )
+            if self._disk_low:
+                self._disk_low = False
+                LOG.warning(
+                    "disk space back above the watermark (%d MiB free): accepting C-STOREs "
+                    "again after %d refusals",
+                    free // 2**20,
+                    self.disk_refusals,
+                )
+
+    @property
+    def disk_low(self) -> bool:
+        return self._disk_low
 
     def _accept(self, event: evt.Event, calling_ae: str, peer_host: str) -> ReceivedInstance:
         request = cast(C_STORE, event.request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from appliance.cli import (
+    audit,
     cases,
     config_cmd,
     demo,
@@ -20,6 +21,7 @@ from appliance.cli import (
     send,
     serve,
     status,
+    storage,
     train,
 )
 
@@ -46,6 +48,8 @@ app.add_typer(models.app, name="models")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(federate.app, name="federate")
 app.add_typer(cases.app, name="cases")
+app.add_typer(audit.app, name="audit")
+app.add_typer(storage.app, name="storage")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,16 +24,56 @@ ConfigOption = Annotated[
 ]
 
 
-def load(config_path: Path | None) -> AppConfig:
-    """Load and validate the config or exit with code 2 listing every problem."""
+def load(config_path: Path | None, *, audit: bool = True) -> AppConfig:
+    """Load and validate the config or exit with code 2 listing every problem; record the
+    command in the audit trail (``audit``, see :func:`record_command`)."""
     from appliance.config import load_config
     from appliance.errors import ConfigError
 
     try:
-        return load_config(config_path)
+        config = load_config(config_path)
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
+    if audit:
+        record_command(config)
+    return config
+
+
+_SAFE_VALUE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
+
+
+def record_command(config: AppConfig) -> None:
+    """The audit trail's record of this admin command: the command and its options.
+    Values are kept only when they are plain names (a task, a version, a strategy);
+    anything else (paths, UIDs, free text) is recorded as given, without its value.
+    Nothing is recorded when the appliance's storage does not exist (yet) here."""
+    import click
+
+    from appliance.audit import AuditEvent
+    from appliance.errors import ApplianceError
+
+    context = click.get_current_context(silent=True)
+    if context is None or not config.storage.database.is_file():
+        return
+    params: dict[str, object] = {}
+    for name, value in sorted(context.params.items()):
+        if name == "config" or value is None or value is False or value == ():
+            continue
+        if isinstance(value, bool | int | float) or (
+            isinstance(value, str) and _SAFE_VALUE.match(value)
+        ):
+            params[name] = value
+        else:
+            params[name] = "<given>"
+    try:
+        store = open_store(config)
+    except ApplianceError:
+        return  # the command itself reports an unusable store
+    try:
+        store.audit.record(AuditEvent.ADMIN_COMMAND, command=context.command_path, params=params)
+    finally:
+        store.close()
 
 
 def open_store(config: AppConfig) -> Store:

@@ -33,7 +33,7 @@ def healthcheck(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
 ) -> None:
     """C-ECHO the appliance's own listener; exit 0 when it answers Success."""
-    cfg = load(config)
+    cfg = load(config, audit=False)  # runs every 30 s under Docker: not an admin action
     from dicom_bridge.errors import DicomBridgeError
     from dicom_bridge.sender import RemoteNode, TlsClientSettings
     from dicom_bridge.sender import echo as c_echo

@@ -11,5 +11,5 @@ def serve(config: ConfigOption = None) -> None:
     from appliance.logs import configure_logging
     from appliance.service import Service
 
-    configure_logging(cfg.logging.level)
+    configure_logging(cfg.logging.level, cfg.logging.format)
     Service(cfg).run_forever()

@@ -112,6 +112,7 @@ def join(
             for run_id in sorted(_ended_runs(directory) - before - set(runs)):
                 runs.append(run_id)
                 say(f"run {run_id} ended; site record in {directory / 'runs' / run_id}")
+                _audit_run(config, directory, run_id)
                 if hand_off:
                     _hand_off(config, directory, run_id, handed, errors, say)
             if runs and not stay:
@@ -124,6 +125,38 @@ def join(
     finally:
         node.stop()
     return JoinOutcome(tuple(runs), tuple(handed), tuple(errors), stop.is_set())
+
+
+def _audit_run(config: AppConfig, directory: Path, run_id: str) -> None:
+    """The audit trail's record of a federated run this site took part in."""
+    from appliance.audit import AuditEvent
+    from appliance.errors import ApplianceError
+    from appliance.federation.outputs import site_result
+    from appliance.store import Store
+
+    details: dict[str, Any] = {}
+    try:
+        result = site_result(directory, run_id)
+        details = {
+            "strategy": result.strategy,
+            "rounds": result.rounds,
+            "task": result.task,
+            "sites": len(result.sites),
+            "weights_sha256": result.weights_sha256,
+        }
+    except (ApplianceError, FederationError, OSError) as exc:
+        details = {"record": f"unreadable: {exc}"[:200]}
+    store = Store(config.storage.database)
+    try:
+        store.audit.record(
+            AuditEvent.FEDERATION_JOINED,
+            run=run_id,
+            site=site_name(config),
+            coordinator=config.federation.coordinator,
+            **details,
+        )
+    finally:
+        store.close()
 
 
 def _hand_off(
