@@ -66,6 +66,12 @@ root = "/var/lib/appliance"
 [models]
 root = "/var/lib/appliance-models"
 device = "auto"
+
+# /healthz and /metrics, inside the container only (publish the port to scrape /metrics)
+[http]
+enabled = true
+bind = "127.0.0.1"
+port = 8080
 EOF_CONFIG
 
 # A non-root user owns the state; the image's code stays read-only to it.
@@ -82,7 +88,8 @@ VOLUME ["/var/lib/appliance", "/var/lib/appliance-models"]
 # DICOM (C-ECHO, C-STORE SCP).
 EXPOSE 11112
 
-# Healthy when the appliance's own listener answers C-ECHO (config from APPLIANCE_CONFIG).
+# Healthy when /healthz says so: listener, worker, database, disk above the watermark and
+# the active models loaded (config from APPLIANCE_CONFIG; see appliance/health.py).
 HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
     CMD ["appliance", "healthcheck", "--quiet", "--timeout", "10"]
 

@@ -264,6 +264,7 @@ def run_gate(
         seconds=round(time.perf_counter() - start, 3),
     )
     path = write_report(config, report)
+    store.bump("gate_decisions", decision.value)
     store.audit.record(
         AuditEvent.GATE_DECISION,
         task=task,

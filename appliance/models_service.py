@@ -252,6 +252,10 @@ class NetworkCache:
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str, str], LoadedModel] = {}
 
+    def is_loaded(self, record: ModelRecord) -> bool:
+        with self._lock:
+            return (record.task, record.version, record.weights_sha256) in self._cache
+
     def device(self) -> torch.device:
         wanted = self.config.models.device
         return resolve_device(None if wanted == "auto" else wanted)

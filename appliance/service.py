@@ -8,11 +8,14 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import AppConfig
+from appliance.health import check_health, report
+from appliance.http_endpoint import StatusServer
 from appliance.ingest import Ingest, to_new_instance
-from appliance.models_service import register_shipped
+from appliance.metrics import Metrics
+from appliance.models_service import NetworkCache, register_shipped
 from appliance.outbox import OutboxLoop, OutboxSender
 from appliance.retention import RetentionLoop
 from appliance.scheduler import Scheduler
@@ -90,6 +93,10 @@ class Service:
         )
         self._threads: list[threading.Thread] = []
         self._federation: JoinScheduler | None = None
+        self.metrics = Metrics(self.store, config)
+        self.networks = NetworkCache(config)
+        self.worker: Worker | None = None
+        self.http: StatusServer | None = None
 
     def start(self) -> None:
         requeued = self.store.requeue_interrupted()
@@ -105,9 +112,16 @@ class Service:
                     "(appliance models import/activate)",
                     task,
                 )
+        self.worker = Worker(
+            self.store,
+            self.stop_event,
+            self.config,
+            networks=self.networks,
+            on_job_timings=self.metrics.observe_job,
+        )
         self._threads = [
             Scheduler(self.store, self.config.dicom.series_quiet_seconds, self.stop_event),
-            Worker(self.store, self.stop_event, self.config),
+            self.worker,
             OutboxLoop(
                 OutboxSender(self.store, self.config),
                 self.config.outbox.poll_seconds,
@@ -120,6 +134,23 @@ class Service:
             thread.start()
         self._start_federation_schedule()
         self.listener.start()
+        if self.config.http.enabled:
+            http = self.config.http
+            self.http = StatusServer(http.bind, http.port, self.health, self.metrics.render)
+            self.http.start()
+
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: every check of :mod:`appliance.health`, and the overall status."""
+        return report(
+            check_health(
+                config=self.config,
+                store=self.store,
+                listener_port=self.listener.port,
+                threads=self._threads,
+                networks=self.networks,
+                load_errors=self.worker.preload_errors if self.worker else {},
+            )
+        )
 
     def _start_federation_schedule(self) -> None:
         """``federation.schedule``: join the federation at its cron times, only when the
@@ -140,6 +171,8 @@ class Service:
     def stop(self, timeout: float = 10.0) -> None:
         LOG.info("stopping: no new associations; finishing current work")
         self.listener.stop()
+        if self.http is not None:
+            self.http.stop()
         self.stop_event.set()
         deadline = time.monotonic() + timeout
         if self._federation is not None:  # its SuperNode gets SIGTERM, by PID, then SIGKILL

@@ -25,7 +25,7 @@ from appliance.case_states import CaseOrigin, CaseSplit, CaseState
 from appliance.errors import NotFoundError, StoreError
 from appliance.states import JobState, ModelState, OutboxState, SeriesState
 
-SCHEMA_VERSION = 4  # 2: models, model_activations, jobs; 3: cases, case_refusals; 4: purges
+SCHEMA_VERSION = 4  # 2: models, activations, jobs; 3: cases, refusals; 4: purges, counters
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -180,6 +180,12 @@ CREATE TABLE IF NOT EXISTS case_refusals (
 ALTER TABLE series ADD COLUMN purged_at REAL;
 ALTER TABLE jobs ADD COLUMN results_purged_at REAL;
 ALTER TABLE cases ADD COLUMN purged_at REAL;
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT NOT NULL,
+    label TEXT NOT NULL DEFAULT '',
+    value INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (name, label)
+);
 """,
     ),
 )
@@ -597,6 +603,7 @@ class Store:
                 db.execute(
                     "UPDATE series SET updated_at = ? WHERE series_uid = ?", (now, item.series_uid)
                 )
+            self._bump(db, "instances_received", "new" if is_new else "repeat")
         return is_new
 
     def _recount(self, db: sqlite3.Connection, series_uid: str, now: float) -> None:
@@ -811,6 +818,36 @@ class Store:
                 (JobState.QUEUED, self._clock(), JobState.RUNNING),
             )
             return cur.rowcount
+
+    # -- counters (for /metrics; kept across restarts and shared by every process) ------
+    def _bump(self, db: sqlite3.Connection, name: str, label: str = "", n: int = 1) -> None:
+        db.execute(
+            """INSERT INTO counters (name, label, value) VALUES (?, ?, ?)
+               ON CONFLICT(name, label) DO UPDATE SET value = value + excluded.value""",
+            (name, label, n),
+        )
+
+    def bump(self, name: str, label: str = "", n: int = 1) -> None:
+        """Add ``n`` to the counter ``name{label}``."""
+        with self._tx() as db:
+            self._bump(db, name, label, n)
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        return {
+            (r[0], r[1]): int(r[2]) for r in self._query("SELECT name, label, value FROM counters")
+        }
+
+    def rejection_counts(self) -> dict[tuple[str, int | None], int]:
+        """Refused associations and instances by (scope, DICOM status)."""
+        rows = self._query("SELECT scope, status, count(*) FROM rejections GROUP BY scope, status")
+        return {(r[0], None if r[1] is None else int(r[1])): int(r[2]) for r in rows}
+
+    def outbox_failed_attempts(self) -> int:
+        """Send attempts that failed, over all outbox items (each retry follows one)."""
+        rows = self._query(
+            "SELECT COALESCE(sum(attempts), 0) - COALESCE(sum(state = 'sent'), 0) FROM outbox"
+        )
+        return int(rows[0][0])
 
     def series_counts(self) -> dict[str, int]:
         rows = self._query("SELECT state, count(*) FROM series GROUP BY state")

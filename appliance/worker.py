@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from appliance.config import AppConfig
 from appliance.models_service import NetworkCache
@@ -27,6 +29,7 @@ class Worker(threading.Thread):
         *,
         networks: NetworkCache | None = None,
         idle_seconds: float = 0.2,
+        on_job_timings: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         super().__init__(name="worker", daemon=True)
         self.store = store
@@ -34,8 +37,25 @@ class Worker(threading.Thread):
         self.networks = networks if networks is not None else NetworkCache(config)
         self.stop_event = stop
         self.idle_seconds = idle_seconds
+        self.on_job_timings = on_job_timings
+        self.preload_errors: dict[str, str] = {}  # task -> why its active model did not load
+
+    def preload(self) -> None:
+        """Load the active model of every routed task, so the first job does not wait and
+        ``/healthz`` can say the models are loaded."""
+        for task in sorted({rule.task for rule in self.config.routing}):
+            record = self.store.active_model(task)
+            if record is None:
+                continue
+            try:
+                self.networks.get(record)
+                self.preload_errors.pop(task, None)
+            except Exception as exc:  # reported by /healthz and at the first job
+                self.preload_errors[task] = f"{type(exc).__name__}: {exc}"[:300]
+                LOG.error("active model %s/%s did not load: %s", task, record.version, exc)
 
     def run(self) -> None:
+        self.preload()
         while not self.stop_event.is_set():
             try:
                 worked = self.run_once()
@@ -90,6 +110,8 @@ class Worker(threading.Thread):
             )
         elif outcome.job is not None:
             timings = outcome.timings
+            if self.on_job_timings is not None and outcome.job_outputs is not None:
+                self.on_job_timings(timings)
             stages = ", ".join(
                 f"{k.removesuffix('_s')} {v:.2f}s"
                 for k, v in timings.items()

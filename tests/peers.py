@@ -454,3 +454,27 @@ def orthanc(
         yield handle
     finally:
         proc.stop(timeout=15)
+
+
+# --- TLS certificates ----------------------------------------------------------------------
+
+
+def make_pki(directory: Path) -> Path:
+    """A test CA (``ca.pem``) and, signed by it for 127.0.0.1/localhost, a server and a
+    client key pair (``server.pem``/``server.key``, ``client.pem``/``client.key``), made
+    with openssl in ``directory``."""
+    exe = require_program("openssl")
+
+    def run(*args: str) -> None:
+        subprocess.run([exe, *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext",
+            "-out", f"{name}.pem")  # fmt: skip
+    return directory

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,7 @@ def test_image_config_is_valid(tmp_path: Path) -> None:
     assert cfg.dicom.port == 11112
     assert cfg.storage.root == Path("/var/lib/appliance")
     assert cfg.models_root == Path("/var/lib/appliance-models")
+    assert cfg.http.enabled and cfg.http.bind == "127.0.0.1"  # the HEALTHCHECK asks /healthz
 
 
 def test_dockerignore_keeps_the_build_context_small() -> None:
@@ -139,7 +141,12 @@ def _local(command: list[str], config: Path) -> list[str]:
 @pytest.mark.slow
 def test_entrypoint_serves_and_healthcheck_reports(tmp_path: Path) -> None:
     port = free_port()
-    config = write_config(tmp_path / "appliance.toml", port=port, root=tmp_path / "root")
+    config = write_config(
+        tmp_path / "appliance.toml",
+        port=port,
+        root=tmp_path / "root",
+        extra=f"[http]\nenabled = true\nport = {free_port()}\n",  # as in the image
+    )
     env = {**os.environ, "APPLIANCE_CONFIG": str(config)}
     health = _local(_exec_form("HEALTHCHECK"), config)
 
@@ -154,7 +161,12 @@ def test_entrypoint_serves_and_healthcheck_reports(tmp_path: Path) -> None:
         echo(
             RemoteNode(ae_title="SEGAPPLIANCE", host="127.0.0.1", port=port, calling_ae="ECHOTEST")
         )
-        up = subprocess.run(health, env=env, capture_output=True, text=True, timeout=60)
+        deadline = time.monotonic() + 60  # the image's start period: models load
+        while True:
+            up = subprocess.run(health, env=env, capture_output=True, text=True, timeout=60)
+            if up.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert up.returncode == 0, up.stderr
         verbose = subprocess.run(
             [*_local(["appliance", "healthcheck"], config)],
@@ -163,7 +175,15 @@ def test_entrypoint_serves_and_healthcheck_reports(tmp_path: Path) -> None:
             text=True,
             timeout=60,
         )
-        assert verbose.returncode == 0 and "healthy" in verbose.stdout
+        assert verbose.returncode == 0 and "checks ok" in verbose.stdout
+        dicom = subprocess.run(
+            [*_local(["appliance", "healthcheck", "--dicom"], config)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert dicom.returncode == 0 and "C-ECHO" in dicom.stdout
     finally:
         process.stop()
 

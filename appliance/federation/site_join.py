@@ -148,6 +148,9 @@ def _audit_run(config: AppConfig, directory: Path, run_id: str) -> None:
         details = {"record": f"unreadable: {exc}"[:200]}
     store = Store(config.storage.database)
     try:
+        strategy = str(details.get("strategy", "unknown"))
+        store.bump("federation_runs", strategy)
+        store.bump("federation_rounds", strategy, int(details.get("rounds", 0)))
         store.audit.record(
             AuditEvent.FEDERATION_JOINED,
             run=run_id,

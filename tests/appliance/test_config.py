@@ -188,7 +188,7 @@ def test_bad_allowed_callers() -> None:
     )
 
 
-@pytest.mark.parametrize("section", ["dicom", "storage", "outbox", "logging"])
+@pytest.mark.parametrize("section", ["dicom", "storage", "outbox", "logging", "retention", "http"])
 def test_unknown_key_in_each_section(section: str) -> None:
     message = one_issue({section: {"colour": "blue"}}, f"{section}.colour")
     assert "unknown key" in message and "allowed here" in message
@@ -330,6 +330,44 @@ def test_tls_on_destination_files_must_exist(tmp_path: Path) -> None:
 def test_bad_logging_level() -> None:
     message = one_issue({"logging": {"level": "LOUD"}}, "logging.level")
     assert "DEBUG" in message and "ERROR" in message
+
+
+def test_operations_sections_defaults_and_values() -> None:
+    cfg = parse_config({})
+    assert cfg.storage.min_free_mb == 1024 and cfg.logging.format == "text"
+    assert not cfg.http.enabled and cfg.http.bind == "127.0.0.1"
+    assert cfg.retention.source_days == 30 and cfg.retention.results_days is None
+    cfg = parse_config(
+        {
+            "storage": {"min_free_mb": 0},
+            "logging": {"format": "JSON"},
+            "http": {"enabled": True, "bind": "0.0.0.0", "port": 9100},
+            "retention": {"source_days": 7.5, "results_days": "forever", "interval_hours": 0},
+        }
+    )
+    assert cfg.storage.min_free_mb == 0 and cfg.logging.format == "json"
+    assert cfg.http.port == 9100 and cfg.http.bind == "0.0.0.0"
+    assert cfg.retention.source_days == 7.5 and cfg.retention.interval_hours == 0
+
+
+def test_operations_sections_bad_values_name_the_key() -> None:
+    found = issues_of(
+        {
+            "storage": {"min_free_mb": -1},
+            "logging": {"format": "xml"},
+            "http": {"port": 70000, "enabled": "yes"},
+            "retention": {"source_days": "soon", "excluded_cases_days": True},
+        }
+    )
+    assert "text, json" in found["logging.format"]
+    assert "forever" in found["retention.source_days"]
+    for key in (
+        "storage.min_free_mb",
+        "http.port",
+        "http.enabled",
+        "retention.excluded_cases_days",
+    ):
+        assert key in found, found
 
 
 def test_backoff_max_below_initial() -> None:

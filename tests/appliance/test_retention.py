@@ -243,7 +243,7 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
 
 
 def test_usage_reports_categories_and_the_watermark(env: tuple[Path, Store, Clock]) -> None:
-    config_path, store, clock = env
+    config_path, store, _ = env
     config = load_config(config_path)
     spool = Spool(config.storage.spool_dir, fsync=False)
     _series(store, spool, "31", n=2)
