@@ -43,6 +43,8 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python warnings go through logging too, so a JSON log stays one object per line.
+    logging.captureWarnings(True)
     # pynetdicom logs PDUs and, at DEBUG, whole datasets: keep it to warnings.
     for name in ("pynetdicom", "highdicom"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -169,3 +169,22 @@ def test_site_trains_on_its_annotated_cases_and_validates_the_result(tmp_path: P
     ).stdout
     assert "gate: " in shown and "on 1 held-out case(s)" in shown
     assert '"strategy": "fedavg"' in shown and f'"run_id": "{run_id}"' in shown
+
+    # the site's audit trail: the run it joined, the candidate, the gate's decision
+    audit = [
+        json.loads(line)
+        for line in (tmp_path / "site" / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
+    (joined,) = [e for e in audit if e["event"] == "federation_joined"]
+    assert joined["run"] == run_id and joined["strategy"] == "fedavg" and joined["rounds"] == 1
+    registered = [e for e in audit if e["event"] == "model_registered"]
+    assert any(e["version"] == candidate["version"] for e in registered)
+    (gate,) = [e for e in audit if e["event"] == "gate_decision"]
+    assert gate["version"] == candidate["version"] and gate["decision"] in {"promoted", "rejected"}
+    metrics_store = Store(tmp_path / "site" / "appliance.sqlite3")
+    try:
+        counters = metrics_store.counters()
+    finally:
+        metrics_store.close()
+    assert counters[("federation_runs", "fedavg")] == 1
+    assert counters[("gate_decisions", gate["decision"])] == 1
