@@ -220,17 +220,14 @@ def purge(store: Store, config: AppConfig, todo: Plan) -> PurgeResult:
             for record in records:
                 size += _remove_file(record.path, trash, started)
                 files += 1
-        elif item.category is Category.RESULTS:
-            assert item.job_id is not None and item.path is not None
-            if not store.mark_results_purged(item.job_id):
-                skipped += 1
-                continue
-            files += item.files
-            size += item.bytes
-            shutil.rmtree(item.path, ignore_errors=True)
-        else:
-            assert item.case_id is not None and item.path is not None
-            if not store.mark_case_purged(item.case_id):
+        else:  # a folder: a job's results or a case's files; the store says if it may go
+            assert item.path is not None
+            allowed = (
+                store.mark_results_purged(item.job_id)
+                if item.job_id is not None
+                else item.case_id is not None and store.mark_case_purged(item.case_id)
+            )
+            if not allowed:
                 skipped += 1
                 continue
             files += item.files

@@ -138,8 +138,17 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 
 #: Schema steps by the version that introduced them. Each runs once, in order, on a
 #: database whose recorded version is older (``_migrate``); a new database gets them all.
-_MIGRATIONS: tuple[tuple[int, str], ...] = (
-    (
+@dataclass(frozen=True, slots=True)
+class _Migration:
+    """One schema step: columns to add (skipped where present) and idempotent DDL."""
+
+    version: int
+    script: str
+    columns: tuple[tuple[str, str, str], ...] = ()  # (table, column, declaration)
+
+
+_MIGRATIONS: tuple[_Migration, ...] = (
+    _Migration(
         3,
         """
 CREATE TABLE IF NOT EXISTS cases (
@@ -174,12 +183,9 @@ CREATE TABLE IF NOT EXISTS case_refusals (
 );
 """,
     ),
-    (
+    _Migration(
         4,
         """
-ALTER TABLE series ADD COLUMN purged_at REAL;
-ALTER TABLE jobs ADD COLUMN results_purged_at REAL;
-ALTER TABLE cases ADD COLUMN purged_at REAL;
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT NOT NULL,
     label TEXT NOT NULL DEFAULT '',
@@ -187,6 +193,11 @@ CREATE TABLE IF NOT EXISTS counters (
     PRIMARY KEY (name, label)
 );
 """,
+        columns=(
+            ("series", "purged_at", "REAL"),
+            ("jobs", "results_purged_at", "REAL"),
+            ("cases", "purged_at", "REAL"),
+        ),
     ),
 )
 
@@ -473,10 +484,22 @@ class Store:
                 f"database {self.path} has schema version {current}, newer than this "
                 f"software's {SCHEMA_VERSION}; upgrade the software"
             )
-        for version, script in _MIGRATIONS:
-            if version > current:
-                # executescript commits first; the DDL is idempotent (IF NOT EXISTS).
-                self._db.executescript(f"BEGIN IMMEDIATE;\n{script}\nCOMMIT;")
+        for step in _MIGRATIONS:
+            if step.version <= current:
+                continue
+            # A step may have been half applied by an interrupted upgrade, so every part is
+            # idempotent: tables IF NOT EXISTS, and a column only where it is missing.
+            alters = [
+                f"ALTER TABLE {table} ADD COLUMN {column} {declaration};"
+                for table, column, declaration in step.columns
+                if column not in self._columns(table)
+            ]
+            # executescript commits first; the step then runs in one transaction.
+            script = "\n".join([step.script, *alters])
+            self._db.executescript(f"BEGIN IMMEDIATE;\n{script}\nCOMMIT;")
+
+    def _columns(self, table: str) -> set[str]:
+        return {str(row[1]) for row in self._db.execute(f"PRAGMA table_info({table})")}
 
     @property
     def schema_version(self) -> int:

@@ -35,7 +35,7 @@ from appliance.cli import app
 from appliance.config import AppConfig, CasesConfig, StorageConfig, parse_config
 from appliance.errors import ConfigError
 from appliance.states import SeriesState
-from appliance.store import Store
+from appliance.store import SCHEMA_VERSION, Store
 from dicom_bridge import codes as C
 from dicom_bridge.seg_annotation import codes_equivalent, read_seg_header
 from dicom_bridge.seg_reader import SegmentInfo, read_seg_labelmap
@@ -182,24 +182,55 @@ def test_cases_config_is_validated() -> None:
 # --- the store -------------------------------------------------------------------------------
 
 
-def test_a_version_2_database_is_migrated(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite3"
-    Store(path).close()
+def _downgrade_to_version_2(path: Path) -> None:
+    """Turn a current database into what version 2 of the software left behind."""
     db = sqlite3.connect(path)
     db.executescript(
-        """DROP TABLE cases; DROP TABLE case_refusals;
+        """DROP TABLE cases; DROP TABLE case_refusals; DROP TABLE counters;
+           ALTER TABLE series DROP COLUMN purged_at;
+           ALTER TABLE jobs DROP COLUMN results_purged_at;
            UPDATE meta SET value = '2' WHERE key = 'schema_version';
            INSERT INTO rejections (at, scope, reason) VALUES (1.0, 'association', 'kept');"""
     )
     db.commit()
     db.close()
+
+
+def _check_current(store: Store) -> None:
+    assert store.schema_version == SCHEMA_VERSION
+    assert store.list_cases() == [] and store.list_case_refusals() == []
+    assert store.recent_rejections()[0].reason == "kept"
+    # The columns the retention purge needs are there.
+    assert store.retention_series() == [] and store.retention_jobs() == []
+    assert store.retention_cases() == []
+
+
+def test_a_version_2_database_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    Store(path).close()
+    _downgrade_to_version_2(path)
     store = Store(path)
     try:
-        assert store.schema_version == 3
-        assert store.list_cases() == [] and store.list_case_refusals() == []
-        assert store.recent_rejections()[0].reason == "kept"
+        _check_current(store)
     finally:
         store.close()
+
+
+def test_a_half_applied_upgrade_is_finished(tmp_path: Path) -> None:
+    """An upgrade cut off after some columns were added still completes on the next start."""
+    path = tmp_path / "db.sqlite3"
+    Store(path).close()
+    _downgrade_to_version_2(path)
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE series ADD COLUMN purged_at REAL")
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        _check_current(store)
+    finally:
+        store.close()
+    Store(path).close()  # and opening it again changes nothing
 
 
 # --- SEG -> case ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from appliance.cli import app
 from appliance.states import ModelState, SeriesState
 from appliance.store import Claim, NewInstance, Store
 from tests.appliance.conftest import Clock
+from tests.appliance.test_models_cli import CONFIG
 
 STUDY = "1.2.826.0.1.3680043.8.498.111"
 SERIES = "1.2.826.0.1.3680043.8.498.222"
@@ -179,17 +180,6 @@ def test_store_records_series_jobs_sends_and_models(store: Store, clock: Clock) 
     # studies and series by keyed hash only: no UID anywhere in the file
     text = store.audit.path.read_text()
     assert STUDY not in text and SERIES not in text and "1.2.3.4" not in text
-
-
-CONFIG = """\
-[storage]
-root = "{root}"
-fsync = false
-
-[models]
-shipped = ""
-device = "cpu"
-"""
 
 
 def test_cli_export_since_and_verify(tmp_path: Path) -> None:

@@ -45,7 +45,8 @@ from dicom_bridge.spool import Spool
 from dicom_bridge.synthetic import SeriesGeometry, write_series
 from tests.peers import free_port
 
-pytestmark = pytest.mark.slow
+# pydicom warns about the garbled values it reads, quoting them (the service turns that off).
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning:pydicom.*")]
 
 EXAMPLES = int(os.environ.get("APPLIANCE_FUZZ_EXAMPLES", "10000"))
 OURS = {int(s) for s in StoreStatus}

@@ -19,7 +19,7 @@ from appliance.config import load_config
 from appliance.pipeline import result_dir_for
 from appliance.retention import Category, _remove_file, plan, purge
 from appliance.states import SeriesState
-from appliance.store import NewCase, NewInstance, Store
+from appliance.store import CaseRecord, NewCase, NewInstance, Store
 from dicom_bridge.spool import Spool, SpoolKey
 from tests.appliance.conftest import Clock
 
@@ -97,6 +97,29 @@ def _finish(store: Store, clock: Clock, series: str, *, sent: bool | None) -> No
             store.mark_sent(item, 0)
 
 
+def _case(store: Store, tmp_path: Path, name: str, series: str) -> tuple[Path, CaseRecord]:
+    """An active training case drawn on ``series``, with its label file."""
+    labels = tmp_path / "data" / "cases" / name / "labels.npz"
+    labels.parent.mkdir(parents=True)
+    labels.write_bytes(bytes(10))
+    case, _ = store.add_case(
+        NewCase(
+            task="liver_ct",
+            source_series_uid=series,
+            study_uid=series.replace(".2", ".1"),
+            study_ref=name,
+            annotation_ref=f"{series}.77",
+            seg_sop_uid=None,
+            origin=CaseOrigin.CLI,
+            split=CaseSplit.TRAIN,
+            labels_path=labels,
+            labels={"Liver": 5, "Liver tumour": 0},
+            segments=[],
+        )
+    )
+    return labels, case
+
+
 def test_purges_the_right_files_and_keeps_the_protected(
     env: tuple[Path, Store, Clock], tmp_path: Path
 ) -> None:
@@ -114,42 +137,8 @@ def test_purges_the_right_files_and_keeps_the_protected(
     _finish(store, clock, local_only, sent=None)
     training, training_files = _series(store, spool, "14")
     _finish(store, clock, training, sent=True)
-    labels = tmp_path / "data" / "cases" / "c1" / "labels.npz"
-    labels.parent.mkdir(parents=True)
-    labels.write_bytes(bytes(10))
-    case, _ = store.add_case(
-        NewCase(
-            task="liver_ct",
-            source_series_uid=training,
-            study_uid=f"{ROOT}.14.1",
-            study_ref="x",
-            annotation_ref=f"{ROOT}.14.77",
-            seg_sop_uid=None,
-            origin=CaseOrigin.CLI,
-            split=CaseSplit.TRAIN,
-            labels_path=labels,
-            labels={"Liver": 5, "Liver tumour": 0},
-            segments=[],
-        )
-    )
-    old_labels = tmp_path / "data" / "cases" / "c2" / "labels.npz"
-    old_labels.parent.mkdir(parents=True)
-    old_labels.write_bytes(bytes(10))
-    old_case, _ = store.add_case(
-        NewCase(
-            task="liver_ct",
-            source_series_uid=f"{ROOT}.15.2",
-            study_uid=f"{ROOT}.15.1",
-            study_ref="y",
-            annotation_ref=f"{ROOT}.15.77",
-            seg_sop_uid=None,
-            origin=CaseOrigin.CLI,
-            split=CaseSplit.TRAIN,
-            labels_path=old_labels,
-            labels={"Liver": 5, "Liver tumour": 0},
-            segments=[],
-        )
-    )
+    labels, case = _case(store, tmp_path, "c1", training)
+    old_labels, old_case = _case(store, tmp_path, "c2", f"{ROOT}.15.2")
     store.set_case_state(old_case.id, CaseState.EXCLUDED)
 
     clock.advance(29 * DAY)
