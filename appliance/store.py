@@ -136,6 +136,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
 
+
 #: Schema steps by the version that introduced them. Each runs once, in order, on a
 #: database whose recorded version is older (``_migrate``); a new database gets them all.
 @dataclass(frozen=True, slots=True)
