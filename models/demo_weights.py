@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,12 +39,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import ModelsError
 from .evaluation import CaseMetrics, EvaluationSummary, evaluate_case, summarize
 from .inference import segment
-from .model_card import DEMO_INTENDED_USE, labels_for_task, preprocessing_for_task
+from .model_card import DEMO_INTENDED_USE, labels_for_task, preprocessing_for_task, thaw
 from .networks import DEFAULT_NETWORK, NetworkConfig, build_network, network_architecture
-from .phantoms import CT_DEFAULT, MR_DEFAULT, PhantomKind, SiteProfile, generate_phantom
-from .registry import ModelBundle, ModelRegistry
+from .phantoms import (
+    CT_DEFAULT,
+    CT_FINE,
+    MR_DEFAULT,
+    PhantomKind,
+    SiteProfile,
+    generate_phantom,
+)
+from .registry import BundleNotFoundError, ModelBundle, ModelRegistry
 from .tasks import TaskName, TaskSpec, get_task
 from .training import StepInfo, TrainConfig, TrainingCase, TrainReport, train
 
@@ -54,6 +63,10 @@ DEMO_VERSION = "0.1.0"
 #: Seeds of the phantom generator: training and evaluation never share one.
 TRAIN_PHANTOM_SEED = 7001
 EVAL_PHANTOM_SEED = 8001
+
+
+class DemoWeightsError(ModelsError, ValueError):
+    """A demo-weights run that cannot start as asked (unknown profile, parent bundle)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +99,27 @@ RECIPES: dict[TaskName, DemoRecipe] = {
         class_ratios=(0.3, 0.7),
     ),
 }
+
+
+#: Phantom profiles ``--profile`` may name, per task (the recipe's own comes first).
+PROFILES: dict[TaskName, tuple[SiteProfile, ...]] = {
+    TaskName.LIVER_CT: (CT_DEFAULT, CT_FINE),
+    TaskName.GLIOMA_MR: (MR_DEFAULT,),
+}
+
+
+def named_profile(task: TaskName | str, name: str | None) -> SiteProfile:
+    """The task's phantom profile called ``name`` (``None``: the recipe's)."""
+    task = TaskName(task)
+    if name is None:
+        return RECIPES[task].profile
+    for profile in PROFILES[task]:
+        if profile.name == name:
+            return profile
+    allowed = ", ".join(p.name for p in PROFILES[task])
+    raise DemoWeightsError(
+        f"--profile {name!r} is not a {task} phantom profile; use one of: {allowed}"
+    )
 
 
 def phantom_cases(
@@ -135,13 +169,34 @@ def train_demo_weights(
     version: str = DEMO_VERSION,
     network: NetworkConfig = DEFAULT_NETWORK,
     profile: SiteProfile | None = None,
+    init_from: str | None = None,
+    lr: float | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> ModelBundle:
     """Generate phantoms, train, evaluate on fresh phantoms, register the bundle
-    ``task/version`` under ``out_registry_root`` (see the module docstring)."""
+    ``task/version`` under ``out_registry_root`` (see the module docstring).
+
+    ``init_from``: a version of the same task in that registry whose (verified) weights
+    the training starts from instead of a random initialisation - fine-tuning; the new
+    card names it as its parent. ``lr``: the initial learning rate (default: training's).
+    """
     spec = get_task(task)
     recipe = RECIPES[spec.name]
+    registry = ModelRegistry(Path(out_registry_root))
+    parent = None
+    if init_from is not None:
+        try:
+            parent = registry.get(str(spec.name), init_from)
+        except BundleNotFoundError as exc:
+            raise DemoWeightsError(
+                f"--init-from {init_from}: no {spec.name} bundle of that version under "
+                f"{out_registry_root}"
+            ) from exc
+        if thaw(parent.card.architecture) != network_architecture(spec, network):
+            raise DemoWeightsError(
+                f"--init-from {parent.ref}: its architecture differs from the network being trained"
+            )
     start = time.perf_counter()
     train_seed = TRAIN_PHANTOM_SEED + 1000 * seed
     training = phantom_cases(spec.name, seed=train_seed, cases=cases, profile=profile)
@@ -149,6 +204,9 @@ def train_demo_weights(
 
     torch.manual_seed(seed)
     model = build_network(spec, network)
+    if parent is not None:
+        model.load_state_dict(registry.load_state_dict(parent), strict=True)
+        log(f"[{spec.name}] starting from {parent.ref} (sha256 {parent.card.weights_sha256[:12]})")
     config = TrainConfig(
         steps=steps,
         batch_size=batch_size,
@@ -157,6 +215,8 @@ def train_demo_weights(
         crop_foreground=recipe.crop_foreground,
         balance_lesions=recipe.balance_lesions,
     )
+    if lr is not None:
+        config = replace(config, lr=lr)
 
     def _progress(info: StepInfo) -> None:
         if on_step is not None:
@@ -189,16 +249,26 @@ def train_demo_weights(
     metrics["train_final_loss"] = report.final_loss
     kinds = ", ".join(str(k) for k in recipe.kinds)
     site = profile if profile is not None else recipe.profile
+    origin = (
+        ""
+        if parent is None
+        else f"Fine-tuned from {parent.ref} (weights sha256 {parent.card.weights_sha256}). "
+    )
     training_data = (
-        f"Synthetic phantoms only ({kinds}; profile {site.name!r}, spacing "
+        f"{origin}Synthetic phantoms only ({kinds}; profile {site.name!r}, spacing "
         f"{site.spacing_mm} mm, matrix {site.matrix}), {cases} cases, phantom seed "
         f"{train_seed}; no patient data. Metrics: {eval_cases} fresh phantoms (seed "
         f"{eval_seed}), via models.inference.segment with post-processing. Trained with "
         f"models.training.train: {steps} steps x {batch_size} patches, seed {seed}, "
+        f"initial learning rate {config.lr:g}, "
         f"class ratios {recipe.class_ratios}"
         f"{', lesion-balanced sampling' if recipe.balance_lesions else ''}."
     )
-    registry = ModelRegistry(Path(out_registry_root))
+    options = "" if profile is None else f" --profile {site.name}"
+    if parent is not None:
+        options += f" --init-from {parent.card.version}"
+    if lr is not None:
+        options += f" --lr {lr:g}"
     bundle = registry.add(
         str(spec.name),
         version,
@@ -210,12 +280,13 @@ def train_demo_weights(
         intended_use=DEMO_INTENDED_USE,
         training_data=training_data,
         metrics=metrics,
+        parent_version=None if parent is None else parent.card.version,
         source={
             "kind": "demo-weights",
             "command": (
                 f"appliance train --task {spec.name} --out <registry> --seed {seed} "
                 f"--steps {steps} --cases {cases} --eval-cases {eval_cases} "
-                f"--batch-size {batch_size} --version {version}"
+                f"--batch-size {batch_size} --version {version}{options}"
             ),
             "synthetic": True,
             "clinical_use": False,
@@ -232,6 +303,7 @@ def evaluate_bundle(
     version: str | None = None,
     seed: int = 0,
     eval_cases: int = 10,
+    profile: SiteProfile | None = None,
     log: Callable[[str], None] = print,
 ) -> EvaluationSummary:
     """Re-run the fresh-phantom evaluation of a registered bundle (the latest version by
@@ -246,14 +318,17 @@ def evaluate_bundle(
     if bundle is None:
         raise FileNotFoundError(f"no bundle for {spec.name} under {registry_root}")
     model = registry.load_network(bundle)
-    fresh = phantom_cases(spec.name, seed=EVAL_PHANTOM_SEED + 1000 * seed, cases=eval_cases)
+    fresh = phantom_cases(
+        spec.name, seed=EVAL_PHANTOM_SEED + 1000 * seed, cases=eval_cases, profile=profile
+    )
 
     def _case(number: int, metrics: CaseMetrics, seconds: float) -> None:
         dice_text = " ".join(f"{k}={v:.3f}" for k, v in metrics.dice.items())
         log(f"[{spec.name}] eval case {number}: {dice_text} ({seconds:.1f}s)")
 
     summary = evaluate_model(model, spec, fresh, on_case=_case)
-    log(f"[{spec.name}] {bundle.ref} on {eval_cases} fresh phantoms")
+    site = profile if profile is not None else RECIPES[spec.name].profile
+    log(f"[{spec.name}] {bundle.ref} on {eval_cases} fresh phantoms (profile {site.name!r})")
     log(summary.format_table())
     return summary
 
@@ -272,6 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", default=DEMO_VERSION)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument(
+        "--profile", default=None, help="phantom profile (default: the task's demo profile)"
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="VERSION",
+        help="fine-tune: start from this registered version of the task in --out",
+    )
+    parser.add_argument("--lr", type=float, default=None, help="initial learning rate")
+    parser.add_argument(
         "--evaluate-only",
         action="store_true",
         help="do not train: evaluate the bundle already in --out on fresh phantoms",
@@ -281,8 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``appliance train`` (and ``python -m models.demo_weights``)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
+    try:
+        profile = None if args.profile is None else named_profile(args.task, args.profile)
+    except DemoWeightsError as exc:
+        parser.error(str(exc))
+    if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
+        parser.error(f"--lr must be a finite number > 0, not {args.lr}")
     if args.evaluate_only:
         evaluate_bundle(
             args.task,
@@ -290,9 +382,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=args.version,
             seed=args.seed,
             eval_cases=args.eval_cases,
+            profile=profile,
             log=lambda line: print(line, flush=True),
         )
         return 0
+    try:
+        _train_from_args(args, profile)
+    except DemoWeightsError as exc:
+        parser.error(str(exc))
+    return 0
+
+
+def _train_from_args(args: argparse.Namespace, profile: SiteProfile | None) -> None:
     train_demo_weights(
         args.task,
         args.out,
@@ -302,9 +403,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_cases=args.eval_cases,
         batch_size=args.batch_size,
         version=args.version,
+        profile=profile,
+        init_from=args.init_from,
+        lr=args.lr,
         log=lambda line: print(line, flush=True),
     )
-    return 0
 
 
 if __name__ == "__main__":
