@@ -3,6 +3,8 @@
 The weights under ``models/bundles/<task>/<version>/`` were made with::
 
     appliance train --task liver_ct  --out models/bundles --seed 0 --steps 3600 --cases 24
+    appliance train --task liver_ct  --out models/bundles --seed 0 --steps 1500 --cases 24 \
+        --version 0.2.0 --profile ct_fine --init-from 0.1.0 --lr 0.001
     appliance train --task glioma_mr --out models/bundles --seed 0 --steps 2000 --cases 24
 
 which is this module's :func:`main` (``python -m models.demo_weights --task ... --out
@@ -11,15 +13,22 @@ which is this module's :func:`main` (``python -m models.demo_weights --task ... 
 bundle already registered (the quality check of issue 3). Each run:
 
 1. generates ``cases`` training phantoms (:func:`models.phantoms.generate_phantom`) from
-   the task's demo profile (:data:`CT_DEFAULT` / :data:`MR_DEFAULT` with a training seed;
-   MR cases alternate T1 post-contrast and FLAIR, since the task accepts either);
+   the task's demo profile (:data:`CT_DEFAULT` / :data:`MR_DEFAULT`, or ``--profile``,
+   e.g. :data:`CT_FINE`) with a training seed; MR cases alternate T1 post-contrast and
+   FLAIR, since the task accepts either;
 2. trains the default network (:data:`models.networks.DEFAULT_NETWORK`) with
-   :func:`models.training.train` at the task's spacing and patch size;
+   :func:`models.training.train` at the task's spacing and patch size, from random
+   weights or, with ``--init-from VERSION``, from a bundle already in the registry;
 3. evaluates on ``eval_cases`` **fresh** phantoms (another seed, never seen in
    training) through the clinical inference path (:func:`models.inference.segment`,
    post-processing included), with :mod:`models.evaluation`;
 4. registers the bundle with a model card that says it was trained on synthetic
    phantoms and is not for clinical use, and records the fresh-phantom metrics.
+
+``liver_ct`` 0.2.0 is 0.1.0 fine-tuned on the same patients drawn on the model's own grid
+(2 mm slices, 1.5 mm pixels, profile ``ct_fine``) instead of 2.5 mm voxels, where a 5 mm
+lesion spans two voxels. Being the highest version, it is the one a first start
+activates; 0.1.0 stays registered for rollback.
 
 Results depend on the seed (and, through floating point, slightly on the CPU's math
 library); the numbers measured when the shipped bundles were made are in their cards.
