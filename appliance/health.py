@@ -31,8 +31,7 @@ class Check:
 def _listener(host: str, port: int, timeout: float = 2.0) -> Check:
     target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     try:
-        with socket.create_connection((target, port), timeout=timeout):
-            pass
+        socket.create_connection((target, port), timeout=timeout).close()
     except OSError as exc:
         return Check("listener", False, f"{target}:{port} does not accept connections: {exc}")
     return Check("listener", True, f"accepting on {target}:{port}")
