@@ -16,7 +16,8 @@ bundle already registered (the quality check of issue 3). Each run:
    the task's demo profile (:data:`CT_DEFAULT` / :data:`MR_DEFAULT`, or ``--profile``,
    e.g. :data:`CT_FINE`) with a training seed; MR cases alternate T1 post-contrast and
    FLAIR, since the task accepts either;
-2. trains the default network (:data:`models.networks.DEFAULT_NETWORK`) with
+2. trains the default network (:data:`models.networks.DEFAULT_NETWORK`; ``--network`` and
+   ``--filters`` pick another MONAI architecture, e.g. a DynUNet for a GPU) with
    :func:`models.training.train` at the task's spacing and patch size, from random
    weights or, with ``--init-from VERSION``, from a bundle already in the registry;
 3. evaluates on ``eval_cases`` **fresh** phantoms (another seed, never seen in
@@ -48,11 +49,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ModelsError
+from .errors import ModelsError, NetworkConfigError
 from .evaluation import CaseMetrics, EvaluationSummary, evaluate_case, summarize
 from .inference import segment
 from .model_card import DEMO_INTENDED_USE, labels_for_task, preprocessing_for_task, thaw
-from .networks import DEFAULT_NETWORK, NetworkConfig, build_network, network_architecture
+from .networks import (
+    DEFAULT_NETWORK,
+    Architecture,
+    NetworkConfig,
+    build_network,
+    network_architecture,
+)
 from .phantoms import (
     CT_DEFAULT,
     CT_FINE,
@@ -153,12 +160,14 @@ def evaluate_model(
     cases: Sequence[tuple[TrainingCase, np.ndarray]],
     *,
     on_case: Callable[[int, CaseMetrics, float], None] | None = None,
+    device: str | None = None,
 ) -> EvaluationSummary:
-    """Segment each case through :func:`models.inference.segment` and score it."""
+    """Segment each case through :func:`models.inference.segment` (on CUDA, with its
+    autocast, where there is a GPU, unless ``device`` says otherwise) and score it."""
     results: list[CaseMetrics] = []
     for number, (case, lesion_map) in enumerate(cases):
         start = time.perf_counter()
-        mask = segment(model, spec, case.image, case.affine, device="cpu").mask
+        mask = segment(model, spec, case.image, case.affine, device=device).mask
         metrics = evaluate_case(mask, case.labels, case.affine, spec, lesion_map=lesion_map)
         results.append(metrics)
         if on_case is not None:
@@ -278,6 +287,8 @@ def train_demo_weights(
         options += f" --init-from {parent.card.version}"
     if lr is not None:
         options += f" --lr {lr:g}"
+    if network != DEFAULT_NETWORK:
+        options += f" --network {network.name} --filters {','.join(map(str, network.filters))}"
     bundle = registry.add(
         str(spec.name),
         version,
@@ -366,6 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--lr", type=float, default=None, help="initial learning rate")
     parser.add_argument(
+        "--network",
+        choices=[str(a) for a in Architecture],
+        default=str(DEFAULT_NETWORK.name),
+        help="MONAI architecture (default: the shipped UNet; federated runs train UNets)",
+    )
+    parser.add_argument(
+        "--filters",
+        default=",".join(map(str, DEFAULT_NETWORK.filters)),
+        help="feature channels per resolution level, comma-separated (2 to 5 levels)",
+    )
+    parser.add_argument(
         "--evaluate-only",
         action="store_true",
         help="do not train: evaluate the bundle already in --out on fresh phantoms",
@@ -384,6 +406,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr must be a finite number > 0, not {args.lr}")
+    try:
+        network = _network_from_args(args)
+    except NetworkConfigError as exc:
+        parser.error(f"--network/--filters: {exc}")
     if args.evaluate_only:
         evaluate_bundle(
             args.task,
@@ -396,13 +422,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     try:
-        _train_from_args(args, profile)
+        _train_from_args(args, profile, network)
     except DemoWeightsError as exc:
         parser.error(str(exc))
     return 0
 
 
-def _train_from_args(args: argparse.Namespace, profile: SiteProfile | None) -> None:
+def _network_from_args(args: argparse.Namespace) -> NetworkConfig:
+    """``--network``/``--filters`` as a config that fits the task's patch size."""
+    try:
+        filters = tuple(int(f) for f in str(args.filters).split(","))
+    except ValueError as exc:
+        raise NetworkConfigError(f"filters must be integers, not {args.filters!r}") from exc
+    network = NetworkConfig(name=Architecture(args.network), filters=filters)
+    build_network(get_task(args.task), network)  # MONAI's own checks, and the patch must fit
+    return network
+
+
+def _train_from_args(
+    args: argparse.Namespace, profile: SiteProfile | None, network: NetworkConfig
+) -> None:
     train_demo_weights(
         args.task,
         args.out,
@@ -412,6 +451,7 @@ def _train_from_args(args: argparse.Namespace, profile: SiteProfile | None) -> N
         eval_cases=args.eval_cases,
         batch_size=args.batch_size,
         version=args.version,
+        network=network,
         profile=profile,
         init_from=args.init_from,
         lr=args.lr,

@@ -66,6 +66,43 @@ def test_cli_refuses_an_unknown_profile_and_a_bad_lr(
         main(["--task", "liver_ct", "--out", str(tmp_path), "--lr", "-1"])
     assert exit_info.value.code == 2
     assert "--lr" in capsys.readouterr().err
+    for bad, says in (
+        (["--network", "resnet"], "'dynunet', 'segresnet', 'unet'"),
+        (["--filters", "16,x"], "filters must be integers"),
+        (["--network", "segresnet", "--filters", "16,24"], "must double"),
+        (["--filters", "16,32,64,128,256,512"], "2 to 5 resolution levels"),
+        (["--network", "dynunet", "--filters", "16,32"], "no less than 3"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--task", "liver_ct", "--out", str(tmp_path), *bad])
+        assert exit_info.value.code == 2
+        assert says in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing generated or registered
+
+
+def test_another_architecture_is_trained_and_recorded(tmp_path: Path) -> None:
+    _train(tmp_path, "0.1.0")
+    dyn = NetworkConfig(name="dynunet", filters=(4, 8, 16))
+    train_demo_weights(
+        TaskName.LIVER_CT,
+        tmp_path,
+        cases=1,
+        eval_cases=1,
+        steps=1,
+        batch_size=1,
+        version="0.2.0",
+        network=dyn,
+        profile=TINY_CT,
+        log=lambda _line: None,
+    )
+    registry = ModelRegistry(tmp_path)
+    default, other = registry.get("liver_ct", "0.1.0"), registry.get("liver_ct", "0.2.0")
+    assert default is not None and other is not None
+    assert default.card.architecture["network"] == "UNet"
+    assert default.card.source["command"].endswith("--profile tiny --network unet --filters 4,8")
+    assert other.card.architecture["network"] == "DynUNet"
+    assert other.card.source["command"].endswith("--network dynunet --filters 4,8,16")
+    assert type(registry.load_network(other)).__name__ == "DynUNet"
 
 
 def test_fine_tuning_starts_from_the_parent_and_says_so(tmp_path: Path) -> None:
