@@ -15,7 +15,7 @@ from models.demo_weights import (
     named_profile,
     train_demo_weights,
 )
-from models.networks import NetworkConfig
+from models.networks import Architecture, NetworkConfig
 from models.phantoms import CT_DEFAULT, CT_FINE
 from models.registry import ModelRegistry
 from models.tasks import TaskName
@@ -25,7 +25,7 @@ TINY_CT = replace(CT_DEFAULT, name="tiny", spacing_mm=(5.0, 5.0, 5.0), matrix=(3
 TINY_NET = NetworkConfig(filters=(4, 8), num_res_units=0)
 
 
-def _train(root: Path, version: str, **kwargs: object) -> None:
+def _train(root: Path, version: str, network: NetworkConfig = TINY_NET, **kwargs: object) -> None:
     train_demo_weights(
         TaskName.LIVER_CT,
         root,
@@ -34,7 +34,7 @@ def _train(root: Path, version: str, **kwargs: object) -> None:
         steps=1,
         batch_size=1,
         version=version,
-        network=TINY_NET,
+        network=network,
         profile=TINY_CT,
         log=lambda _line: None,
         **kwargs,  # type: ignore[arg-type]
@@ -82,19 +82,7 @@ def test_cli_refuses_an_unknown_profile_and_a_bad_lr(
 
 def test_another_architecture_is_trained_and_recorded(tmp_path: Path) -> None:
     _train(tmp_path, "0.1.0")
-    dyn = NetworkConfig(name="dynunet", filters=(4, 8, 16))
-    train_demo_weights(
-        TaskName.LIVER_CT,
-        tmp_path,
-        cases=1,
-        eval_cases=1,
-        steps=1,
-        batch_size=1,
-        version="0.2.0",
-        network=dyn,
-        profile=TINY_CT,
-        log=lambda _line: None,
-    )
+    _train(tmp_path, "0.2.0", network=NetworkConfig(name=Architecture.DYNUNET, filters=(4, 8, 16)))
     registry = ModelRegistry(tmp_path)
     default, other = registry.get("liver_ct", "0.1.0"), registry.get("liver_ct", "0.2.0")
     assert default is not None and other is not None
@@ -140,17 +128,10 @@ def test_fine_tuning_needs_a_parent_of_the_same_architecture(tmp_path: Path) -> 
         _train(tmp_path, "0.2.0", init_from="9.9.9")
     _train(tmp_path, "0.1.0")
     with pytest.raises(DemoWeightsError, match="architecture differs"):
-        train_demo_weights(
-            TaskName.LIVER_CT,
+        _train(
             tmp_path,
-            cases=1,
-            eval_cases=1,
-            steps=1,
-            batch_size=1,
-            version="0.2.0",
+            "0.2.0",
             network=NetworkConfig(filters=(4, 8, 16), num_res_units=0),
-            profile=TINY_CT,
             init_from="0.1.0",
-            log=lambda _line: None,
         )
     assert [b.version for b in ModelRegistry(tmp_path).list("liver_ct")] == ["0.1.0"]
