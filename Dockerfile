@@ -89,7 +89,7 @@ VOLUME ["/var/lib/appliance", "/var/lib/appliance-models"]
 EXPOSE 11112
 
 # Healthy when /healthz says so: listener, worker, database, disk above the watermark and
-# the active models loaded (config from APPLIANCE_CONFIG; see appliance/health.py).
+# the active models loaded (config from APPLIANCE_CONFIG; see appliance/ops/health.py).
 HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
     CMD ["appliance", "healthcheck", "--quiet", "--timeout", "10"]
 

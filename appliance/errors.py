@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from appliance.states import Refusal
+
 
 class ApplianceError(Exception):
     """Base of every error raised by ``appliance``."""
@@ -35,3 +37,13 @@ class StoreError(ApplianceError):
 
 class NotFoundError(ApplianceError):
     """A named thing (destination, outbox item, series) does not exist."""
+
+
+class CaseRefused(ApplianceError):
+    """An annotation was refused; ``reason`` is a :class:`Refusal`, ``detail`` explains."""
+
+    def __init__(self, reason: Refusal, detail: str, *, source_series_uid: str | None = None):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.source_series_uid = source_series_uid

@@ -11,16 +11,16 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from appliance.config import AppConfig
-from appliance.health import check_health, report
-from appliance.http_endpoint import StatusServer
-from appliance.ingest import Ingest, to_new_instance
-from appliance.metrics import Metrics
-from appliance.models_service import NetworkCache, register_shipped
-from appliance.outbox import OutboxLoop, OutboxSender
-from appliance.retention import RetentionLoop
-from appliance.scheduler import Scheduler
+from appliance.flow.ingest import Ingest, to_new_instance
+from appliance.flow.outbox import OutboxLoop, OutboxSender
+from appliance.flow.scheduler import Scheduler
+from appliance.flow.worker import Worker
+from appliance.ops.health import check_health, report
+from appliance.ops.http import StatusServer
+from appliance.ops.metrics import Metrics
+from appliance.ops.retention import RetentionLoop
+from appliance.site_models.registry import NetworkCache, register_shipped
 from appliance.store import Store
-from appliance.worker import Worker
 from dicom_bridge.errors import DicomBridgeError
 from dicom_bridge.instance import describe_spooled_file
 from dicom_bridge.listener import AllowedCaller, Listener, ListenerSettings, TlsServerSettings
@@ -140,7 +140,7 @@ class Service:
             self.http.start()
 
     def health(self) -> dict[str, Any]:
-        """``/healthz``: every check of :mod:`appliance.health`, and the overall status."""
+        """``/healthz``: every check of :mod:`appliance.ops.health`, and the overall status."""
         return report(
             check_health(
                 config=self.config,

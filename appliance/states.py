@@ -1,4 +1,4 @@
-"""The states that series, jobs and outbox items move through (stored as text in SQLite).
+"""The states that series, jobs, outbox items and cases move through (stored as text in SQLite).
 
 A series' state covers ingest, routing and the volume: DONE means it was routed, its volume
 was built and a segmentation job was recorded for it. How the segmentation went is the
@@ -36,13 +36,36 @@ class JobState(StrEnum):
     FAILED = "failed"  # reason recorded (incl. no_active_model, superseded); retryable
 
 
-class ModelState(StrEnum):
-    """Lifecycle of a registered model version at this site: the vocabulary of
-    ``models.registry.BundleState`` (kept here so the store needs no torch import; a test
-    keeps the two in step)."""
+# --- annotated cases (see appliance.cases) ---
+class CaseState(StrEnum):
+    ACTIVE = "active"  # used for training (split train) or validation (split held_out)
+    EXCLUDED = "excluded"  # taken out by an admin (`appliance cases exclude ID`)
+    SUPERSEDED = "superseded"  # a newer annotation of the same series and task replaced it
 
-    CANDIDATE = "candidate"  # imported or new; not yet through the validation gate
-    VALIDATED = "validated"  # passed the gate on local hold-out cases
-    ACTIVE = "active"  # used for inference; exactly one per task
-    REJECTED = "rejected"  # failed the gate
-    RETIRED = "retired"  # was active, replaced; rollback can make it active again
+
+class CaseSplit(StrEnum):
+    TRAIN = "train"
+    HELD_OUT = "held_out"  # never trained on: the validation gate's local hold-out
+
+
+class CaseOrigin(StrEnum):
+    DICOM = "dicom"  # a SEG received by the listener
+    CLI = "cli"  # `appliance cases import`
+
+
+class Refusal(StrEnum):
+    """Why an annotation did not become a case."""
+
+    UNREADABLE = "unreadable"  # not a readable SEG / NIfTI
+    OWN_OUTPUT = "own_output"  # made by this appliance (CLI import only)
+    SOURCE_NOT_REFERENCED = "source_not_referenced"  # the SEG names no source
+    SOURCE_NOT_STORED = "source_not_stored"  # its source series is not stored here
+    SOURCE_INCOMPLETE = "source_incomplete"  # referenced source images are missing
+    MULTIPLE_SOURCES = "multiple_sources"  # it references several stored series
+    SOURCE_NOT_A_VOLUME = "source_not_a_volume"  # the source series is not one grid
+    FRAME_OF_REFERENCE_MISMATCH = "frame_of_reference_mismatch"
+    GEOMETRY_MISMATCH = "geometry_mismatch"  # frames (or NIfTI voxels) off the source grid
+    NO_MATCHING_SEGMENTS = "no_matching_segments"  # no segment's codes match a task label
+    MODALITY_MISMATCH = "modality_mismatch"  # NIfTI import: task and series modality differ
+    BAD_LABEL_VALUES = "bad_label_values"  # NIfTI import: values that are no label
+    EMPTY_LABELS = "empty_labels"  # the mapped segments hold no voxel

@@ -320,7 +320,7 @@ def time_seg(
     workdir: Path,
     repeats: int,
 ) -> SegTiming:
-    from appliance.pipeline import segment_descriptions
+    from appliance.flow.pipeline import segment_descriptions
     from dicom_bridge.seg import SegOptions, write_seg
     from models.tasks import get_task
 

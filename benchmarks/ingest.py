@@ -437,8 +437,8 @@ def profile_once(
 
     import dicom_bridge.listener as listener_mod
     import dicom_bridge.spool as spool_mod
-    from appliance.ingest import Ingest
-    from appliance.logs import configure_logging
+    from appliance.flow.ingest import Ingest
+    from appliance.ops.logs import configure_logging
     from appliance.store import Store
     from dicom_bridge.listener import Listener, ListenerSettings
     from dicom_bridge.spool import Spool

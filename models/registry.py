@@ -22,9 +22,8 @@ Rules:
 - Weights are loaded only after their sha256 matches the card, from the very bytes that
   were hashed, with ``torch.load(..., weights_only=True)``. A mismatch raises
   :class:`WeightsIntegrityError` naming the bundle.
-- Lifecycle state (:class:`BundleState`: candidate, validated, active, ...) is *not*
-  stored in the bundle: the appliance's store records it. This module only shares the
-  vocabulary and the allowed transitions.
+- Lifecycle state (:class:`models.lifecycle.ModelState`: candidate, validated, active,
+  ...) is *not* stored in the bundle: the appliance's store records it.
 - Networks are rebuilt from a card only for the MONAI classes in
   :data:`ALLOWED_NETWORKS` (:func:`build_network`).
 """
@@ -42,9 +41,7 @@ import secrets
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -69,7 +66,6 @@ __all__ = [
     "BundleCorruptError",
     "BundleExistsError",
     "BundleNotFoundError",
-    "BundleState",
     "InvalidNameError",
     "ModelBundle",
     "ModelRegistry",
@@ -107,42 +103,6 @@ class BundleCorruptError(RegistryError):
 
 class WeightsIntegrityError(RegistryError):
     """A bundle's weights do not match the sha256 recorded in its model card."""
-
-
-# -- lifecycle vocabulary ------------------------------------------------------------------
-
-
-class BundleState(StrEnum):
-    """Lifecycle of a model version at a site; recorded by the appliance's store.
-
-    ``candidate`` (new weights, e.g. after a federated run or an import) ->
-    ``validated`` (passed the gate on local hold-out cases) -> ``active`` (used for
-    inference; one per task) -> ``retired`` (replaced). A candidate failing the gate is
-    ``rejected``. Rollback makes a ``retired`` version ``active`` again.
-    """
-
-    CANDIDATE = "candidate"
-    VALIDATED = "validated"
-    ACTIVE = "active"
-    REJECTED = "rejected"
-    RETIRED = "retired"
-
-    def can_become(self, new: BundleState | str) -> bool:
-        """Whether a version in this state may move to ``new``."""
-        return BundleState(new) in _TRANSITIONS[self]
-
-
-_TRANSITIONS: Mapping[BundleState, frozenset[BundleState]] = MappingProxyType(
-    {
-        BundleState.CANDIDATE: frozenset({BundleState.VALIDATED, BundleState.REJECTED}),
-        BundleState.VALIDATED: frozenset(
-            {BundleState.ACTIVE, BundleState.REJECTED, BundleState.RETIRED}
-        ),
-        BundleState.ACTIVE: frozenset({BundleState.RETIRED}),
-        BundleState.RETIRED: frozenset({BundleState.ACTIVE}),
-        BundleState.REJECTED: frozenset(),
-    }
-)
 
 
 # -- networks ------------------------------------------------------------------------------

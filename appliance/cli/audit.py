@@ -1,4 +1,4 @@
-"""``appliance audit export|verify``: the append-only audit trail (:mod:`appliance.audit`)."""
+"""``appliance audit export|verify``: the append-only audit trail (:mod:`appliance.store.audit`)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def export(
 ) -> None:
     """Write the audit entries from --since on as JSON lines."""
     cfg = load(config)
-    from appliance.audit import AuditError, entries_since, parse_since
+    from appliance.store.audit import AuditError, entries_since, parse_since
 
     try:
         start = parse_since(since)
@@ -61,7 +61,7 @@ def verify_cmd(config: ConfigOption = None) -> None:
     """Check the audit file's hash chain: exit 1 at the first removed, reordered or
     edited entry."""
     cfg = load(config)
-    from appliance.audit import verify
+    from appliance.store.audit import verify
 
     result = verify(cfg.storage.audit_file)
     if not result.ok:

@@ -107,14 +107,14 @@ def import_case(
         if path is not None and not path.is_file():
             raise fail(f"{path} is not a file", 2)
     cfg = load(config)
-    from appliance.annotations import (
+    from appliance.cases.from_seg import (
         case_from_nifti,
         case_from_seg,
         ingest_files,
         parse_label_map,
     )
-    from appliance.case_states import CaseOrigin
     from appliance.errors import ApplianceError
+    from appliance.states import CaseOrigin
     from models.tasks import TASKS
 
     spec = None
@@ -208,8 +208,8 @@ def list_cases(
 
 def _set_state(case_id: int, config: Path | None, state_name: str) -> None:
     cfg = load(config)
-    from appliance.case_states import CaseState
     from appliance.errors import NotFoundError, StoreError
+    from appliance.states import CaseState
 
     store = open_store(cfg)
     try:

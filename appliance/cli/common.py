@@ -50,8 +50,8 @@ def record_command(config: AppConfig) -> None:
     Nothing is recorded when the appliance's storage does not exist (yet) here."""
     import click
 
-    from appliance.audit import AuditEvent
     from appliance.errors import ApplianceError
+    from appliance.store.audit import AuditEvent
 
     context = click.get_current_context(silent=True)
     if context is None or not config.storage.database.is_file():

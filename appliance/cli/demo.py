@@ -18,8 +18,8 @@ def demo(
     ] = None,
 ) -> None:
     """Phantom CT + MR through a running appliance; SEG + SR back to a PACS; Dice and timings."""
-    from appliance.demo import run_demo
-    from appliance.logs import configure_logging
+    from appliance.ops.logs import configure_logging
+    from appliance.tools.demo import run_demo
 
     configure_logging("WARNING")
     try:

@@ -17,7 +17,7 @@ def echo(
     """Check that a destination answers C-ECHO."""
     cfg = load(config)
     from appliance.errors import NotFoundError
-    from appliance.outbox import remote_node
+    from appliance.flow.outbox import remote_node
     from dicom_bridge.errors import SendError
     from dicom_bridge.sender import echo as c_echo
 

@@ -1,7 +1,7 @@
 """``appliance evaluate-real``: Dice of the shipped models on the real labelled cases.
 
 Evaluation only (issue 3): the cases in ``../shared/data`` are never used for training and
-no threshold is applied. See :mod:`appliance.real_evaluation`.
+no threshold is applied. See :mod:`appliance.tools.real_evaluation`.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def evaluate_real(
     """
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("allowed: auto, cpu, cuda", param_hint="--device")
-    from appliance.real_cases import default_data_root
+    from appliance.tools.real_cases import default_data_root
 
     data_root = data if data is not None else default_data_root()
     if not data_root.is_dir():
@@ -118,7 +118,7 @@ def evaluate_real(
     import torch
 
     from appliance.errors import ApplianceError
-    from appliance.real_evaluation import evaluate_real as run
+    from appliance.tools.real_evaluation import evaluate_real as run
     from models.errors import ModelsError
 
     torch.set_num_threads(threads)

@@ -348,9 +348,9 @@ def simulate(
     from dataclasses import replace
 
     from appliance.federation.errors import FederationError
-    from appliance.federation.sim_config import Method, load_config
-    from appliance.federation.sim_report import write_report
-    from appliance.federation.simulate import simulate as run_benchmark
+    from appliance.federation.simulation.config import Method, load_config
+    from appliance.federation.simulation.report import write_report
+    from appliance.federation.simulation.run import simulate as run_benchmark
 
     try:
         config = load_config(bench)

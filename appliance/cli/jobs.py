@@ -26,8 +26,8 @@ def list_jobs(
     """List jobs, newest first, with model, per-stage timings and failure reasons."""
     cfg = load(config)
     from appliance.cli.status import job_note
+    from appliance.ops.status import job_entry
     from appliance.states import JobState
-    from appliance.status_report import job_entry
 
     states = None
     if state is not None:

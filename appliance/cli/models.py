@@ -3,7 +3,7 @@
 A model version is a registry bundle (weights + model card with sha256) under
 ``models.root``; its lifecycle state (candidate, validated, active, rejected, retired) is
 recorded in the store, with exactly one active version per task. ``validate`` runs the
-validation gate (:mod:`appliance.gate`) on the site's held-out annotated cases.
+validation gate (:mod:`appliance.site_models.gate`) on the site's held-out annotated cases.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def show(
         card = ModelCard.from_json((record.path / CARD_FILE).read_bytes())
     except (OSError, ModelCardError) as exc:
         raise fail(f"cannot read the model card: {exc}") from exc
-    from appliance.gate import latest_reports
+    from appliance.site_models.gate import latest_reports
 
     for report in latest_reports(cfg, task):
         if report.get("candidate_version") == version:
@@ -125,7 +125,7 @@ def validate(
     than models.gate_margin; otherwise rejected. Exit code 0 when promoted, 1 otherwise."""
     cfg = load(config)
     from appliance.errors import NotFoundError, StoreError
-    from appliance.gate import GateDecision, GateError, load_held_out, run_gate
+    from appliance.site_models.gate import GateDecision, GateError, load_held_out, run_gate
 
     store = open_store(cfg)
     try:
@@ -166,7 +166,7 @@ def import_model(
     """Import a model as a CANDIDATE (not used until activated)."""
     cfg = load(config)
     from appliance.errors import StoreError
-    from appliance.models_service import ModelImportError, import_bundle
+    from appliance.site_models.registry import ModelImportError, import_bundle
 
     store = open_store(cfg)
     try:

@@ -54,7 +54,7 @@ def generate(
     """Write phantom studies as DICOM series, each with a truth.npz, and print a table."""
     if kind not in _KINDS:
         raise typer.BadParameter(f"choose one of {', '.join(_KINDS)}", param_hint="--kind")
-    from appliance.phantoms_cli_impl import GeneratedCase, generate_cases, site_names
+    from appliance.tools.phantom_studies import GeneratedCase, generate_cases, site_names
 
     if site not in site_names():
         raise typer.BadParameter(f"choose one of {', '.join(site_names())}", param_hint="--site")

@@ -42,8 +42,8 @@ def preview(
         raise typer.BadParameter(str(exc), param_hint="SERIES_UID") from exc
     cfg = load(config)
     from appliance.errors import NotFoundError
-    from appliance.preview import find_latest_seg, preview_series
     from appliance.store import Store
+    from appliance.tools.preview import find_latest_seg, preview_series
 
     store = Store(cfg.storage.database)
     try:

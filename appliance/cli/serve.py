@@ -8,7 +8,7 @@ from appliance.cli.common import ConfigOption, load
 def serve(config: ConfigOption = None) -> None:
     """Run the appliance until SIGTERM/SIGINT (config from --config or $APPLIANCE_CONFIG)."""
     cfg = load(config)
-    from appliance.logs import configure_logging
+    from appliance.ops.logs import configure_logging
     from appliance.service import Service
 
     configure_logging(cfg.logging.level, cfg.logging.format)

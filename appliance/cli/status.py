@@ -18,7 +18,7 @@ def status(
 ) -> None:
     """Show what the appliance holds and what it is doing."""
     cfg = load(config)
-    from appliance.status_report import build_status
+    from appliance.ops.status import build_status
 
     store = open_store(cfg)
     try:

@@ -10,7 +10,7 @@ import typer
 from appliance.cli.common import ConfigOption, load, open_store
 
 if TYPE_CHECKING:
-    from appliance.retention import Item
+    from appliance.ops.retention import Item
 
 app = typer.Typer(help="Disk usage and retention (the [retention] policies).", no_args_is_help=True)
 
@@ -37,7 +37,7 @@ def usage(
 ) -> None:
     """Bytes on disk by category (kept or due for purging), free space and the watermark."""
     cfg = load(config)
-    from appliance.retention import disk_usage, plan
+    from appliance.ops.retention import disk_usage, plan
 
     store = open_store(cfg)
     try:
@@ -76,7 +76,7 @@ def purge_cmd(
     """Apply the retention policies now (the service also does, every
     retention.interval_hours)."""
     cfg = load(config)
-    from appliance.retention import plan, purge
+    from appliance.ops.retention import plan, purge
 
     store = open_store(cfg)
     try:

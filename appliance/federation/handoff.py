@@ -5,7 +5,7 @@ model, and (``federation.auto_validate``) the validation gate decides on it.
 (:func:`appliance.federation.outputs.site_result`: for fedbn the global weights merged
 with the site's normalisation entries, for gossip the site's own model), checks that the
 run's network is the architecture of the site's ACTIVE model of the task (the parent),
-and registers the weights with :func:`appliance.models_service.register_candidate`:
+and registers the weights with :func:`appliance.site_models.registry.register_candidate`:
 
 - version :func:`candidate_version`: the parent's next patch with the pre-release
   ``fed.<run id>`` (parent ``0.1.0``, run ``42`` -> ``0.1.1-fed.42``): valid, derived
@@ -15,7 +15,7 @@ and registers the weights with :func:`appliance.models_service.register_candidat
 - card ``source`` = ``{"kind": "federated", "strategy", "run_id", "rounds", "site"}``,
   ``federated_round`` = rounds, ``parent_version`` = the active model's version.
 
-Then the gate runs on the site's held-out cases (:func:`appliance.gate.load_held_out`,
+Then the gate runs on the site's held-out cases (:func:`appliance.site_models.gate.load_held_out`,
 the same cases as ``appliance models validate``) and its decision is logged. Used by
 ``appliance federate join`` and by ``appliance serve``'s scheduled joins. No Flower
 import.
@@ -36,11 +36,11 @@ import torch
 from appliance.config import AppConfig
 from appliance.federation.errors import FederationError
 from appliance.federation.outputs import FederatedResult, site_result
-from appliance.gate import GateCase, GateReport, load_held_out, run_gate
-from appliance.models_service import ModelImportError, register_candidate, registry_for
-from appliance.states import ModelState
+from appliance.site_models.gate import GateCase, GateReport, load_held_out, run_gate
+from appliance.site_models.registry import ModelImportError, register_candidate, registry_for
 from appliance.store import ModelRecord, Store
 from models.errors import ModelsError
+from models.lifecycle import ModelState
 from models.model_card import Version, check_version, thaw
 
 LOG = logging.getLogger(__name__)

@@ -81,7 +81,7 @@ def initial_from_active(
     """The active model of ``task`` as the run's start (``None`` when there is none)."""
     from appliance.federation.handoff import describe_difference, state_signature
     from appliance.federation.settings import RunSettings
-    from appliance.models_service import registry_for
+    from appliance.site_models.registry import registry_for
     from models.networks import build_network
     from models.registry import build_network as build_from_card
 

@@ -1,6 +1,6 @@
 """Scheduled joins for ``appliance serve`` (``federation.schedule``, a cron expression).
 
-At each fire time (:func:`appliance.federation.cron.next_fire`, the appliance's local
+At each fire time (:func:`appliance.config.cron.next_fire`, the appliance's local
 time) the :class:`JoinScheduler` joins the federation (the same code path as
 ``appliance federate join``: :func:`appliance.federation.site_join.join`), but only
 when the inference queue is empty (:func:`inference_busy`): while it is busy the
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from appliance.config import AppConfig
-from appliance.federation.cron import next_fire
+from appliance.config.cron import next_fire
 from appliance.states import JobState, SeriesState
 from appliance.store import Store
 

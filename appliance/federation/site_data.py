@@ -8,7 +8,7 @@ The last ``phantom-held-out`` cases (default 1; none when the site has one case)
 out for evaluation and never trained on.
 
 ``store`` (an appliance joining with ``appliance federate join``): the site's ACTIVE
-annotated cases of the task from its store (:func:`appliance.cases.load_cases`): the
+annotated cases of the task from its store (:func:`appliance.cases.loading.load_cases`): the
 ``train`` split for training, the ``held_out`` split for evaluation only.
 """
 
@@ -46,8 +46,8 @@ def load_site_cases(site: SiteSettings, spec: TaskSpec) -> SiteCases:
 
 
 def _store_cases(site: SiteSettings, spec: TaskSpec) -> SiteCases:
-    from appliance.case_states import CaseSplit
-    from appliance.cases import load_cases
+    from appliance.cases.loading import load_cases
+    from appliance.states import CaseSplit
     from appliance.store import Store
 
     if site.database is None or not site.database.is_file():

@@ -129,10 +129,10 @@ def join(
 
 def _audit_run(config: AppConfig, directory: Path, run_id: str) -> None:
     """The audit trail's record of a federated run this site took part in."""
-    from appliance.audit import AuditEvent
     from appliance.errors import ApplianceError
     from appliance.federation.outputs import site_result
     from appliance.store import Store
+    from appliance.store.audit import AuditEvent
 
     details: dict[str, Any] = {}
     try:

@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from appliance.annotations import split_for
-from appliance.case_states import CaseSplit
+from appliance.cases.from_seg import split_for
 from appliance.cli import app
 from appliance.config import load_config
-from appliance.models_service import register_shipped
+from appliance.site_models.registry import register_shipped
+from appliance.states import CaseSplit
 from appliance.store import Store
 from dicom_bridge.phantom_series import write_phantom_series
 from dicom_bridge.synthetic import SeriesIdentity
 from models.phantoms import MR_DEFAULT, generate_phantom
-from tests.appliance.test_gate_cli import _viewer_seg
+from tests.appliance.cli.test_gate_cli import _viewer_seg
 from tests.peers import free_port, require_program
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]

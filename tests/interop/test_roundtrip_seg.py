@@ -199,7 +199,7 @@ class Returned:
 
 
 def phantom_case(name: str, kind: str, site: str, matrix: tuple[int, int, int], out: Path) -> Case:
-    from appliance.phantoms_cli_impl import generate_cases
+    from appliance.tools.phantom_studies import generate_cases
     from dicom_bridge.phantom_series import load_truth
 
     (generated,) = generate_cases(kind, site, 1, out / name, matrix=matrix)

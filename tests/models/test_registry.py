@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from models.errors import ModelsError, NetworkConfigError
+from models.lifecycle import ModelState, activation_refusal
 from models.model_card import (
     DEMO_INTENDED_USE,
     CardLabel,
@@ -35,7 +36,6 @@ from models.registry import (
     BundleCorruptError,
     BundleExistsError,
     BundleNotFoundError,
-    BundleState,
     ModelRegistry,
     RegistryError,
     WeightsIntegrityError,
@@ -317,20 +317,30 @@ def test_errors_share_the_models_base() -> None:
 # -- lifecycle vocabulary ------------------------------------------------------------------
 
 
-def test_bundle_states_and_transitions() -> None:
-    assert [s.value for s in BundleState] == [
+def test_model_states_and_transitions() -> None:
+    assert [s.value for s in ModelState] == [
         "candidate",
         "validated",
         "active",
         "rejected",
         "retired",
     ]
-    assert BundleState.CANDIDATE.can_become("validated")
-    assert BundleState.VALIDATED.can_become(BundleState.ACTIVE)
-    assert BundleState.ACTIVE.can_become(BundleState.RETIRED)
-    assert BundleState.RETIRED.can_become(BundleState.ACTIVE)  # rollback
-    assert not BundleState.CANDIDATE.can_become(BundleState.ACTIVE)  # the gate comes first
-    assert not BundleState.REJECTED.can_become(BundleState.ACTIVE)
+    assert ModelState.CANDIDATE.can_become("validated")
+    assert ModelState.CANDIDATE.can_become(ModelState.REJECTED)
+    assert ModelState.VALIDATED.can_become(ModelState.RETIRED)
+    # becoming active (or leaving it) is an activation, never a plain state change
+    assert not any(state.can_become(ModelState.ACTIVE) for state in ModelState)
+    assert not ModelState.ACTIVE.can_become(ModelState.RETIRED)
+    assert not ModelState.REJECTED.can_become(ModelState.VALIDATED)
+
+
+def test_activation_rules() -> None:
+    assert activation_refusal(ModelState.VALIDATED, forced=False) is None
+    assert activation_refusal(ModelState.RETIRED, forced=False) is None  # rollback
+    assert activation_refusal(ModelState.CANDIDATE, forced=True) is None  # gate bypassed
+    assert "--force" in (activation_refusal(ModelState.CANDIDATE, forced=False) or "")
+    assert activation_refusal(ModelState.REJECTED, forced=True) is not None
+    assert activation_refusal(ModelState.ACTIVE, forced=True) is not None
 
 
 # -- networks ------------------------------------------------------------------------------

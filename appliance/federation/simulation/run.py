@@ -1,0 +1,327 @@
+"""``appliance federate simulate``: the federated benchmark on simulated hospitals.
+
+For each task and seed of a :class:`~appliance.federation.simulation.config.SimConfig`:
+
+1. the simulated sites' phantom cases are drawn exactly as their ClientApps draw them
+   (:func:`appliance.federation.settings.simulated_node_config` +
+   :func:`appliance.federation.site_data.phantom_site_cases`);
+2. the baselines (``local``, ``centralised``) train in-process
+   (:mod:`appliance.federation.simulation.baselines`);
+3. each federated strategy runs as a real Flower run: a ``flower-superlink
+   --simulation`` started here, the production ServerApp and ClientApp submitted with
+   ``flwr run``, one virtual SuperNode per site on Flower's simulation runtime (Ray);
+4. every site's final weights (what the site would turn into a candidate model: global
+   weights, for fedbn with the site's own normalisation, for gossip its own model) are
+   scored on that site's held-out cases (:func:`appliance.federation.scoring.score_site`).
+
+Each finished (task, seed, method) is kept as JSON under the work dir, so an interrupted
+benchmark resumes where it stopped (``--resume``). The report
+(:mod:`appliance.federation.simulation.report`) is written from those records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.federation import runner
+from appliance.federation.errors import FederationError
+from appliance.federation.outputs import site_weights
+from appliance.federation.params import load_into
+from appliance.federation.scoring import score_site
+from appliance.federation.settings import (
+    RunSettings,
+    SiteSettings,
+    StrategyName,
+    simulated_node_config,
+)
+from appliance.federation.simulation.baselines import (
+    BaselineResult,
+    SiteData,
+    run_centralised,
+    run_local,
+)
+from appliance.federation.simulation.config import Method, SimConfig
+from appliance.federation.site_data import held_out_count, phantom_site_cases
+
+Log = Callable[[str], None]
+
+
+class SimulationLink:
+    """A ``flower-superlink --simulation`` on loopback that runs one submitted run at a
+    time on ``num_supernodes`` virtual SuperNodes; stopped by PID on :meth:`close`."""
+
+    def __init__(self, workdir: Path, config: SimConfig) -> None:
+        self.workdir = workdir
+        self.config = config
+        self.flwr_home = workdir / "flwr"
+        port = runner.free_port()
+        self.process = runner.start_superlink(
+            workdir / "superlink", host="127.0.0.1", port=port, tls=None, simulation=True
+        )
+        try:
+            runner.wait_listening("127.0.0.1", port, self.process)
+            runner.write_cli_config(self.flwr_home, f"127.0.0.1:{port}", None)
+            self.app_dir = runner.write_app(workdir / "app")
+        except BaseException:
+            self.process.stop()
+            raise
+
+    def federation_config(self) -> dict[str, Any]:
+        c = self.config
+        gpu = c.device == "cuda"
+        return {
+            "num-supernodes": len(c.sites),
+            "client-resources-num-cpus": 1,
+            "client-resources-num-gpus": (1.0 / c.workers) if gpu else 0.0,
+            "init-args-num-cpus": c.workers,
+            "init-args-num-gpus": 1 if gpu else 0,
+        }
+
+    def run(self, settings: RunSettings) -> dict[str, Any]:
+        run_id = runner.submit_run(
+            self.flwr_home, self.app_dir, settings, federation_config=self.federation_config()
+        )
+        progress = runner.wait_run(
+            Path(settings.output_dir),
+            run_id,
+            timeout=settings.timeout_s,
+            flwr_home=self.flwr_home,
+            watch=[self.process],
+        )
+        if progress.get("status") != "finished":
+            raise FederationError(
+                f"{settings.strategy} run {run_id} failed: {progress.get('error')}\n"
+                f"{self.process.tail(2000)}"
+            )
+        return progress
+
+    def close(self) -> None:
+        self.process.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedSite:
+    data: SiteData
+    #: held-out cases with their lesion maps (for small-lesion metrics)
+    scored: tuple[tuple[Any, np.ndarray], ...]
+    train_bytes: int
+
+
+def base_settings(
+    config: SimConfig, task: str, seed: int, timeout_s: float, phantom_cache: Path | None = None
+) -> RunSettings:
+    setup = config.task_setup[task]
+    settings = RunSettings(
+        rounds=config.rounds,
+        min_sites=len(config.sites),
+        task=task,
+        local_steps=config.local_steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=seed,
+        net_filters=config.filters,
+        net_res_units=config.res_units,
+        net_norm=config.norm,
+        patch_size=setup.patch_size,
+        target_spacing=setup.target_spacing_mm,
+        prox_mu=config.prox_mu,
+        timeout_s=timeout_s,
+        sim_sites=config.sim_sites(),
+        sim_threads=config.threads_per_site,
+        sim_phantom_cache=str(phantom_cache) if phantom_cache is not None else "",
+    )
+    settings.validate()
+    return settings
+
+
+def simulated_sites(settings: RunSettings) -> list[SimulatedSite]:
+    """The sites of ``settings.sim_sites`` with the cases their ClientApps will load."""
+    spec = settings.task_spec()
+    out = []
+    for index in range(len(settings.sim_sites.split(","))):
+        site = SiteSettings.from_config(simulated_node_config(settings, index))
+        phantoms = phantom_site_cases(site, spec.modality)
+        split = len(phantoms) - held_out_count(site)
+        train = tuple(p.case for p in phantoms[:split])
+        held = phantoms[split:]
+        out.append(
+            SimulatedSite(
+                data=SiteData(site.site, train, tuple(p.case for p in held)),
+                scored=tuple((p.case, p.lesion_map) for p in held),
+                train_bytes=sum(int(c.image.nbytes) + int(c.labels.nbytes) for c in train),
+            )
+        )
+    return out
+
+
+def config_fingerprint(config: SimConfig, task: str, seed: int) -> str:
+    payload = dict(config.to_dict())
+    payload.pop("seeds")
+    payload.pop("methods")
+    payload.pop("description")
+    payload.pop("name")
+    payload["task_run"] = [task, seed]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _history_from_progress(progress: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for entry in progress.get("history", []):
+        if entry.get("phase") != "evaluate":
+            continue
+        sites = {
+            name: float(m["dice"])
+            for name, m in (entry.get("sites") or {}).items()
+            if isinstance(m, Mapping) and float(m.get("dice", -1.0)) >= 0
+        }
+        out.append({"round": int(entry["round"]), "sites": sites})
+    return out
+
+
+def _bytes_from_progress(progress: Mapping[str, Any], key: str) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for entry in progress.get("history", []):
+        for name, metrics in (entry.get("sites") or {}).items():
+            if isinstance(metrics, Mapping):
+                totals[name] = totals.get(name, 0) + int(metrics.get(key, 0))
+    return totals
+
+
+def _score(
+    settings: RunSettings, sites: Sequence[SimulatedSite], weights: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    from models.networks import build_network
+
+    spec = settings.task_spec()
+    model = build_network(spec, settings.network_config())
+    scores = {}
+    for site in sites:
+        load_into(model, weights[site.data.name])
+        scores[site.data.name] = score_site(model, spec, site.scored).to_dict()
+    return scores
+
+
+def run_method(
+    config: SimConfig,
+    method: Method,
+    settings: RunSettings,
+    sites: Sequence[SimulatedSite],
+    workdir: Path,
+    link: Callable[[], SimulationLink],
+    log: Log,
+) -> dict[str, Any]:
+    """Train one method on the simulated sites and score it; the JSON-ready record."""
+    start = time.perf_counter()
+    data = [s.data for s in sites]
+    names = [s.data.name for s in sites]
+    extra: dict[str, Any] = {}
+    if method is Method.LOCAL or method is Method.CENTRALISED:
+        train = run_local if method is Method.LOCAL else run_centralised
+        baseline: BaselineResult = train(settings, data, device=config.device, log=log)
+        weights: Mapping[str, Any] = baseline.weights
+        history = baseline.history
+        if method is Method.CENTRALISED:  # pooling sends each site's images and labels
+            sent = {s.data.name: s.train_bytes for s in sites}
+        else:
+            sent = dict.fromkeys(names, 0)
+        received = dict.fromkeys(names, 0)
+    else:
+        run_dir = workdir / "runs" / settings.task / f"seed{settings.seed}" / method.value
+        run = replace(
+            settings,
+            strategy=StrategyName(method.value),
+            output_dir=str(run_dir / "server"),
+            sim_state_root=str(run_dir / "sites"),
+        )
+        progress = link().run(run)
+        run_id = str(progress["run_id"])
+        weights = {n: site_weights(run_dir / "sites" / n, run_id) for n in names}
+        history = _history_from_progress(progress)
+        sent = _bytes_from_progress(progress, "bytes-sent")
+        received = _bytes_from_progress(progress, "bytes-received")
+        extra = {"run_id": run_id, **(progress.get("result") or {})}
+        extra.pop("directory", None)
+    train_s = time.perf_counter() - start
+    scores = _score(settings, sites, weights)
+    return {
+        "task": settings.task,
+        "seed": settings.seed,
+        "method": method.value,
+        "sites": scores,
+        "history": history,
+        "bytes_sent": {n: int(sent.get(n, 0)) for n in names},
+        "bytes_received": {n: int(received.get(n, 0)) for n in names},
+        "wall_s": round(train_s, 1),
+        "score_s": round(time.perf_counter() - start - train_s, 1),
+        "extra": {k: v for k, v in extra.items() if isinstance(v, str | int | float | list)},
+    }
+
+
+def simulate(
+    config: SimConfig,
+    workdir: Path,
+    *,
+    resume: bool = False,
+    log: Log = print,
+) -> list[dict[str, Any]]:
+    """Run every (task, seed, method) of ``config``; returns the records (also kept as
+    ``<workdir>/records/<task>-seed<seed>-<method>.json``)."""
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FederationError(
+                f"device: config {config.name!r} needs a CUDA GPU and none is visible "
+                "(use --config quick on CPU)"
+            )
+    workdir.mkdir(parents=True, exist_ok=True)
+    records_dir = workdir / "records"
+    records_dir.mkdir(exist_ok=True)
+    link: SimulationLink | None = None
+
+    def get_link() -> SimulationLink:
+        nonlocal link
+        if link is None:
+            log("starting flower-superlink --simulation")
+            link = SimulationLink(workdir / "flower", config)
+        return link
+
+    records: list[dict[str, Any]] = []
+    try:
+        for task in config.tasks:
+            for seed in config.seeds:
+                settings = base_settings(config, task, seed, config.timeout_s, workdir / "phantoms")
+                fingerprint = config_fingerprint(config, task, seed)
+                sites: list[SimulatedSite] | None = None
+                for method in config.methods:
+                    path = records_dir / f"{task}-seed{seed}-{method.value}.json"
+                    if resume and path.is_file():
+                        kept = json.loads(path.read_text(encoding="utf-8"))
+                        if kept.get("fingerprint") == fingerprint:
+                            log(f"[{task} seed {seed}] {method}: kept from an earlier run")
+                            records.append(kept)
+                            continue
+                    if sites is None:
+                        sites = simulated_sites(settings)
+                    log(f"[{task} seed {seed}] {method} ...")
+                    record = run_method(config, method, settings, sites, workdir, get_link, log)
+                    record["fingerprint"] = fingerprint
+                    path.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
+                    mean = np.mean([s["dice_mean"] for s in record["sites"].values()])
+                    log(
+                        f"[{task} seed {seed}] {method}: mean Dice {mean:.3f} "
+                        f"({record['wall_s']:.0f} s training, {record['score_s']:.0f} s scoring)"
+                    )
+                    records.append(record)
+    finally:
+        if link is not None:
+            link.close()
+    return records

@@ -1,0 +1,145 @@
+"""``appliance models ...`` and ``appliance jobs ...`` through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from appliance.cli import app
+from appliance.config import load_config
+from appliance.flow.ingest import to_new_instance
+from appliance.flow.worker import Worker
+from appliance.store import Store
+from dicom_bridge.instance import describe_spooled_file
+from dicom_bridge.synthetic import SeriesGeometry, write_series
+from tests.appliance.tiny_models import make_tiny_bundle
+
+CONFIG = """\
+[storage]
+root = "{root}"
+fsync = false
+
+[models]
+shipped = ""
+device = "cpu"
+
+[[destinations]]
+name = "pacs"
+ae_title = "PACS"
+host = "127.0.0.1"
+port = 1
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "appliance.toml"
+    path.write_text(CONFIG.format(root=tmp_path / "data"), encoding="utf-8")
+    return path
+
+
+def run(config_file: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, [*args, "--config", str(config_file)])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_import_activate_rollback(tmp_path: Path, config_file: Path) -> None:
+    first = make_tiny_bundle(tmp_path / "src", version="1.0.0")
+    second = make_tiny_bundle(tmp_path / "src", version="1.1.0", seed=1)
+
+    code, out, err = run(config_file, "models", "import", str(first.path), "--task", "liver_ct")
+    assert code == 0, err
+    assert "liver_ct/1.0.0" in out and "candidate" in out
+    code, out, err = run(config_file, "models", "activate", "liver_ct", "1.0.0")
+    assert code == 1 and "--force" in err
+    code, out, err = run(config_file, "models", "activate", "liver_ct", "1.0.0", "--force")
+    assert code == 0 and "1.0.0 is active" in out, err
+
+    code, out, err = run(config_file, "models", "import", str(second.path), "--task", "liver_ct")
+    assert code == 0, err
+    code, out, err = run(config_file, "models", "activate", "liver_ct", "1.1.0", "--force")
+    assert code == 0 and "was 1.0.0" in out, err
+    code, out, err = run(config_file, "models", "list", "--json")
+    listed = {m["version"]: m["state"] for m in json.loads(out)}
+    assert listed == {"1.0.0": "retired", "1.1.0": "active"}
+
+    code, out, err = run(config_file, "models", "rollback", "liver_ct")
+    assert code == 0 and "rolled back to 1.0.0" in out, err
+    code, out, err = run(config_file, "models", "show", "liver_ct", "1.0.0")
+    assert code == 0, err
+    assert "liver_ct/1.0.0: active" in out and first.card.weights_sha256 in out
+    code, out, err = run(config_file, "models", "list")
+    assert "1.1.0" in out and "retired" in out
+
+    # the same version twice, a wrong task, a folder that is no bundle
+    code, _, err = run(config_file, "models", "import", str(first.path), "--task", "liver_ct")
+    assert code == 1 and "already" in err
+    code, _, err = run(config_file, "models", "import", str(first.path), "--task", "glioma_mr")
+    assert code == 1 and "liver_ct" in err
+    code, _, err = run(config_file, "models", "import", str(tmp_path), "--task", "liver_ct")
+    assert code == 1 and "neither" in err
+
+
+def test_jobs_list_and_retry(tmp_path: Path, config_file: Path) -> None:
+    config = load_config(config_file)
+    store = Store(config.storage.database)
+    try:
+        for path in write_series(tmp_path / "ct", SeriesGeometry(slices=12, rows=32, columns=32)):
+            store.record_instance(to_new_instance(describe_spooled_file(path)))
+        store.complete_quiet_series(-1.0)
+        assert Worker(store, threading.Event(), config).run_once()
+    finally:
+        store.close()
+
+    code, out, err = run(config_file, "jobs", "list", "--json")
+    assert code == 0, err
+    (job,) = json.loads(out)
+    assert job["state"] == "failed" and job["reason"] == "no_active_model"
+    code, out, _ = run(config_file, "jobs", "list")
+    assert "no_active_model" in out
+    code, out, err = run(config_file, "status")
+    assert code == 0 and "no_active_model" in out, err
+
+    bundle = make_tiny_bundle(tmp_path / "src")
+    assert run(config_file, "models", "import", str(bundle.path), "--task", "liver_ct")[0] == 0
+    assert run(config_file, "models", "activate", "liver_ct", "0.0.1-test", "--force")[0] == 0
+    code, out, err = run(config_file, "jobs", "retry", str(job["id"]))
+    assert code == 0 and "queued" in out, err
+    code, _, err = run(config_file, "jobs", "retry", str(job["id"]))
+    assert code == 1 and "only failed jobs" in err
+    code, _, err = run(config_file, "jobs", "retry", "999")
+    assert code == 1 and "no job 999" in err
+
+    store = Store(config.storage.database)
+    try:
+        assert Worker(store, threading.Event(), config).run_once()
+    finally:
+        store.close()
+    code, out, err = run(config_file, "status", "--json")
+    report = json.loads(out)
+    (entry,) = report["jobs"]
+    assert entry["state"] == "done" and entry["attempts"] == 2
+    assert entry["model"]["version"] == "0.0.1-test"
+    assert {"volume_s", "inference_s", "seg_s", "sr_s", "enqueue_s"} <= set(entry["timings"])
+    code, out, _ = run(config_file, "status")
+    assert "active models: liver_ct 0.0.1-test" in out and "inference" in out
+
+
+def test_import_a_monai_bundle_folder(tmp_path: Path, config_file: Path) -> None:
+    from tests.models.test_bundle_import import write_bundle
+
+    src = write_bundle(tmp_path / "monai_bundle")
+    code, out, err = run(
+        config_file, "models", "import", str(src), "--task", "liver_ct", "--version", "2.0.0"
+    )
+    assert code == 0, err
+    assert "liver_ct/2.0.0" in out and "candidate" in out
+    code, out, _ = run(config_file, "models", "list", "--json")
+    (model,) = json.loads(out)
+    assert model["origin"] == "monai_bundle" and model["state"] == "candidate"
+    code, out, err = run(config_file, "models", "show", "liver_ct", "2.0.0")
+    assert code == 0 and '"network": "DynUNet"' in out, err

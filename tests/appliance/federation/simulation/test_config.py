@@ -1,0 +1,232 @@
+"""The federated benchmark's configs and the simulated sites' settings: the shipped
+configs parse, bad values name the file and key, a virtual SuperNode becomes the site its
+partition names, with the held-out split and seed the benchmark scores on."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from appliance.federation.errors import FederationError
+from appliance.federation.params import from_record, to_record
+from appliance.federation.settings import (
+    RunSettings,
+    SiteSettings,
+    parse_sim_sites,
+    run_config_map,
+    simulated_node_config,
+)
+from appliance.federation.simulation.config import (
+    REPO_CONFIG_DIR,
+    Method,
+    load_config,
+    parse_config,
+    resolve_config_path,
+)
+from appliance.federation.site_data import load_site_cases, phantom_site_cases
+from models.tasks import Modality, get_task
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _minimal(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "t",
+        "seeds": [0],
+        "tasks": ["glioma_mr"],
+        "methods": ["local", "fedavg"],
+        "rounds": 2,
+        "local_steps": 3,
+        "task": {
+            "glioma_mr": {
+                "patch_size": [16, 16, 16],
+                "target_spacing_mm": [6.0, 6.0, 6.0],
+                "most_shifted_site": "site_b",
+            }
+        },
+        "site": [
+            {"preset": "site_a", "train": 2, "held_out": 1},
+            {"preset": "site_b", "train": 1, "held_out": 1},
+        ],
+    }
+    data.update(changes)
+    return data
+
+
+def test_shipped_configs_parse_and_compare_every_method() -> None:
+    for name in ("quick", "full"):
+        config = load_config(name)
+        assert config.name == name
+        assert set(config.methods) == set(Method)
+        assert len(config.sites) == 4
+        assert config.smallest_site == "site_d"
+        assert len(config.seeds) >= 3
+        # every site has held-out cases and one is much smaller than the others
+        sizes = sorted(s.train for s in config.sites)
+        assert sizes[0] * 3 <= sizes[1]
+    assert load_config("quick").device == "cpu"
+    assert load_config("full").device == "cuda"
+    assert set(load_config("full").tasks) == {"liver_ct", "glioma_mr"}
+
+
+def test_config_by_path_and_unknown_name(tmp_path: Path) -> None:
+    assert resolve_config_path("quick") == REPO_CONFIG_DIR / "quick.toml"
+    with pytest.raises(FederationError, match=r"--config: .*shipped: full, quick"):
+        resolve_config_path("nonsense")
+    path = tmp_path / "mine.toml"
+    path.write_text((REPO_CONFIG_DIR / "quick.toml").read_text().replace('"quick"', '"mine"'))
+    assert load_config(str(path)).name == "mine"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"methods": ["fedavg", "fedsgd"]}, r"methods: must be some of local, centralised"),
+        ({"seeds": [0, 0]}, r"seeds: a seed is listed twice"),
+        ({"seeds": [-1]}, r"seeds: must be a non-empty list of integers >= 0"),
+        ({"tasks": ["spleen"]}, r"tasks: must be some of liver_ct, glioma_mr"),
+        ({"rounds": 0}, r"rounds: must be >= 1"),
+        ({"lr": "fast"}, r"lr: must be float"),
+        ({"device": "tpu"}, r"device: must be cpu or cuda"),
+        ({"network": {"filters": [8]}}, r"network.filters: must be >= 2 positive integers"),
+        ({"network": {"norm": "layer"}}, r"network.norm: must be batch or instance"),
+        ({"site": [{"preset": "site_a", "train": 2, "held_out": 1}]}, r"site: .*at least 2"),
+        (
+            {"site": [{"preset": "site_q", "train": 2, "held_out": 1}] * 2},
+            r"site: unknown preset 'site_q'",
+        ),
+        (
+            {"site": [{"preset": "site_a", "train": 0, "held_out": 1}] * 2},
+            r"site: .*>= 1 training",
+        ),
+        ({"task": {}}, r"task.glioma_mr: is required"),
+    ],
+)
+def test_bad_values_name_the_key(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(FederationError, match=message) as info:
+        parse_config(_minimal(**changes), source="bench.toml")
+    assert str(info.value).startswith("bench.toml: ")
+
+
+def test_most_shifted_site_must_be_a_site() -> None:
+    data = _minimal()
+    data["task"]["glioma_mr"]["most_shifted_site"] = "site_c"
+    with pytest.raises(FederationError, match=r"task.glioma_mr.most_shifted_site: 'site_c'"):
+        parse_config(data)
+
+
+def test_sim_sites_map_virtual_supernodes_to_sites(tmp_path: Path) -> None:
+    run = RunSettings(
+        task="glioma_mr", seed=3, sim_sites="site_a:2:1,site_d:1:2", sim_state_root=str(tmp_path)
+    )
+    # the run config carries the sim keys through Flower (they must be in the app's defaults)
+    assert RunSettings.from_config(run_config_map(run)) == run
+    node = simulated_node_config(run, 1)
+    site = SiteSettings.from_config({**node, "partition-id": 1, "num-partitions": 2})
+    assert site.site == "site_d" and site.phantom_preset == "site_d"
+    assert site.phantom_cases == 3 and site.phantom_held_out == 2 and site.phantom_seed == 3
+    assert site.state_dir == tmp_path / "site_d"
+    with pytest.raises(FederationError, match="virtual SuperNode 2 has no site"):
+        simulated_node_config(run, 2)
+    assert simulated_node_config(RunSettings(), 0) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("site_a:2", "entries are preset:train:held_out"),
+        ("site_a:x:1", "entries are preset:train:held_out"),
+        ("site_a:2:0", "needs >= 1 training and >= 1 held-out"),
+        ("site_a:2:1,site_a:3:1", "listed twice"),
+        ("nowhere:2:1", "unknown preset"),
+    ],
+)
+def test_sim_sites_errors(text: str, message: str) -> None:
+    with pytest.raises(FederationError, match=f"sim-sites: .*{message}"):
+        parse_sim_sites(text)
+    with pytest.raises(FederationError, match="sim-sites"):
+        RunSettings.from_config({"sim-sites": text})
+
+
+def test_phantom_site_holds_out_the_last_cases_and_seed_changes_patients() -> None:
+    spec = get_task("glioma_mr")
+    base = {"phantom-preset": "site_a", "phantom-matrix": "24,32,32", "phantom-spacing": "6,6,6"}
+    site = SiteSettings.from_config({**base, "phantom-cases": 4, "phantom-held-out": 2})
+    cases = load_site_cases(site, spec)
+    assert len(cases.train) == 2 and len(cases.held_out) == 2
+    everything = phantom_site_cases(site, Modality.MR)
+    assert np.array_equal(cases.held_out[1].image, everything[3].case.image)
+    assert everything[3].lesion_map.shape == everything[3].case.labels.shape
+    other = SiteSettings.from_config({**base, "phantom-cases": 4, "phantom-seed": 1})
+    assert not np.array_equal(
+        phantom_site_cases(other, Modality.MR)[0].case.image, everything[0].case.image
+    )
+    with pytest.raises(FederationError, match="phantom-held-out"):
+        SiteSettings.from_config({**base, "phantom-cases": 2, "phantom-held-out": 2})
+
+
+def test_array_records_keep_zero_dimensional_entries() -> None:
+    # BatchNorm's num_batches_tracked is 0-d; FedBN merges it back by shape
+    state = {"bn.num_batches_tracked": np.array(7, dtype=np.int64), "w": np.ones((2, 3))}
+    back = from_record(to_record(state))
+    assert back["bn.num_batches_tracked"].shape == ()
+    assert int(back["bn.num_batches_tracked"]) == 7
+    assert back["w"].shape == (2, 3)
+
+
+def test_image_ships_the_benchmark_configs() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    copy = re.search(r"^COPY benchmarks/federation (\S+)$", text, re.M)
+    env = re.search(r"^ENV APPLIANCE_BENCHMARK_DIR=(\S+)$", text, re.M)
+    assert copy is not None and env is not None and copy.group(1) == env.group(1)
+    ignore = (REPO / ".dockerignore").read_text().split()
+    assert "!benchmarks/federation" in ignore
+
+
+def test_phantom_cache_gives_the_same_cases_from_disk(tmp_path: Path) -> None:
+    base = {
+        "phantom-preset": "site_b",
+        "phantom-cases": 2,
+        "phantom-matrix": "20,28,28",
+        "phantom-spacing": "6,6,6",
+        "phantom-seed": 5,
+    }
+    fresh = phantom_site_cases(SiteSettings.from_config(base), Modality.MR)
+    cached_site = SiteSettings.from_config({**base, "phantom-cache": str(tmp_path)})
+    first = phantom_site_cases(cached_site, Modality.MR)
+    assert len(list(tmp_path.glob("site_b-*.npz"))) == 2
+    # a new process would read the files: clear the in-process cache, then compare
+    from appliance.federation import site_data
+
+    site_data._phantoms.cache_clear()
+    again = phantom_site_cases(cached_site, Modality.MR)
+    for a, b, c in zip(fresh, first, again, strict=True):
+        for x in (b, c):
+            assert np.array_equal(a.case.image, x.case.image)
+            assert np.array_equal(a.case.labels, x.case.labels)
+            assert np.array_equal(a.case.affine, x.case.affine)
+            assert np.array_equal(a.lesion_map, x.lesion_map)
+    # a torn file is made again, not trusted
+    victim = sorted(tmp_path.glob("site_b-*.npz"))[0]
+    victim.write_bytes(b"torn")
+    site_data._phantoms.cache_clear()
+    healed = phantom_site_cases(cached_site, Modality.MR)
+    assert np.array_equal(healed[0].case.image, fresh[0].case.image)
+
+
+def test_gpu_config_refuses_a_machine_without_cuda(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from appliance.federation.simulation.run import simulate
+
+    # the probe says what a CPU-only machine says (CI's, and this one's)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FederationError, match="device: config 'full' needs a CUDA GPU"):
+        simulate(load_config("full"), tmp_path / "work")
+    assert not (tmp_path / "work").exists()

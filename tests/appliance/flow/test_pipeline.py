@@ -1,0 +1,328 @@
+"""The pipeline end to end in-process: series -> model -> SEG + SR -> outbox, with a tiny
+untrained model (tests assert structure, provenance and alignment, not quality)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from appliance.config import AppConfig, parse_config
+from appliance.flow.ingest import to_new_instance
+from appliance.flow.pipeline import discard_result, process_series
+from appliance.flow.worker import Worker
+from appliance.ops.status import build_status
+from appliance.site_models.registry import NetworkCache, import_bundle, register_shipped
+from appliance.states import JobState, OutboxState, SeriesState
+from appliance.store import SCHEMA_VERSION, NewInstance, Store
+from dicom_bridge.instance import describe_spooled_file
+from dicom_bridge.seg_reader import read_seg_labelmap
+from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
+from models.lifecycle import ModelState
+from models.registry import ModelRegistry
+from tests.appliance.tiny_models import make_tiny_bundle
+
+GEOMETRY = SeriesGeometry(slices=24, rows=64, columns=64)
+
+
+def make_config(root: Path, **output: object) -> AppConfig:
+    return parse_config(
+        {
+            "storage": {"root": str(root / "data"), "fsync": False},
+            "models": {"shipped": "", "device": "cpu"},
+            "destinations": [
+                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104},
+                {"name": "other", "ae_title": "OTHER", "host": "127.0.0.1", "port": 105},
+            ],
+            "output": dict(output),
+        }
+    )
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> AppConfig:
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+def app_store(config: AppConfig) -> Store:
+    store = Store(config.storage.database)
+    yield store  # type: ignore[misc]
+    store.close()
+
+
+def activate_tiny(store: Store, config: AppConfig, tmp: Path, version: str = "0.0.1-test") -> str:
+    bundle = make_tiny_bundle(tmp / f"src-{version}", version=version)
+    record = import_bundle(store, config, bundle.path, task="liver_ct")
+    assert record.state is ModelState.CANDIDATE
+    store.activate("liver_ct", record.version, force=True)
+    return record.version
+
+
+def ingest(store: Store, files: list[Path]) -> None:
+    for path in files:
+        store.record_instance(to_new_instance(describe_spooled_file(path)))
+    store.complete_quiet_series(-1.0)
+
+
+def run_worker(store: Store, config: AppConfig) -> None:
+    assert Worker(store, threading.Event(), config).run_once()
+
+
+def test_complete_ct_series_becomes_seg_and_sr_queued_to_the_destination(
+    tmp_path: Path, config: AppConfig, app_store: Store
+) -> None:
+    version = activate_tiny(app_store, config, tmp_path)
+    identity = SeriesIdentity()
+    files = write_series(tmp_path / "ct", GEOMETRY, identity=identity)
+    ingest(app_store, files)
+    run_worker(app_store, config)
+
+    series = app_store.get_series(identity.series_uid)
+    assert series.state is SeriesState.DONE and series.result is not None
+    assert series.result["job_state"] == "done"
+    (job,) = app_store.list_jobs()
+    assert job.state is JobState.DONE and job.task == "liver_ct" and job.attempts == 1
+    assert job.model_version == version and job.federated_round == 2
+    sha = ModelRegistry(config.models_root).get("liver_ct", version).card.weights_sha256
+    assert job.model_sha256 == sha
+    for stage in ("volume_s", "model_s", "inference_s", "seg_s", "sr_s", "save_s", "enqueue_s"):
+        assert job.timings[stage] >= 0, stage
+    assert set(job.timings["inference"]) >= {"preprocess", "inference", "invert", "postprocess"}
+
+    seg_path, sr_path = Path(job.outputs["seg_path"]), Path(job.outputs["sr_path"])
+    assert seg_path.parent == (
+        config.storage.root / "results" / identity.series_uid / f"gen-{series.generation}"
+    )
+    seg = dcmread(seg_path)
+    assert seg.Modality == "SEG"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == identity.series_uid
+    assert seg.FrameOfReferenceUID == dcmread(files[0]).FrameOfReferenceUID
+    assert seg.StudyInstanceUID == identity.study_uid
+    assert seg.SeriesDescription.startswith("RESEARCH USE ONLY")
+    assert sha in seg.ImageComments and version in seg.ImageComments
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmVersion == version
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Liver", "Liver tumour"]
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    sr = dcmread(sr_path)
+    assert sr.Modality == "SR"
+    evidence = {
+        str(sop.ReferencedSOPInstanceUID)
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series_item in study.ReferencedSeriesSequence
+        for sop in series_item.ReferencedSOPSequence
+    }
+    assert seg.SOPInstanceUID in evidence  # the SR references the SEG
+    assert job.outputs["seg_sop_uid"] == seg.SOPInstanceUID
+    assert job.outputs["sr_sop_uid"] == sr.SOPInstanceUID
+
+    queued = app_store.list_outbox()
+    assert {(i.destination, i.sop_uid) for i in queued} == {
+        ("pacs", seg.SOPInstanceUID),
+        ("pacs", sr.SOPInstanceUID),
+    }  # default: the first destination only
+    assert all(i.state is OutboxState.PENDING for i in queued)
+
+    produced = np.load(job.outputs["mask_path"])["mask"]
+    assert produced.shape == (24, 64, 64)
+    back = read_seg_labelmap(seg_path, files)
+    np.testing.assert_array_equal(back.labelmap, produced)
+
+    report = build_status(app_store)
+    (entry,) = report["jobs"]
+    assert entry["state"] == "done" and entry["model"]["version"] == version
+    assert entry["timings"]["inference_s"] == job.timings["inference_s"]
+    assert report["models"]["liver_ct"]["version"] == version
+
+
+def test_output_destinations_and_labelmap_come_from_config(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path, destinations=["pacs", "other"], seg_type="LABELMAP", research_only=False
+    )
+    store = Store(config.storage.database)
+    try:
+        activate_tiny(store, config, tmp_path)
+        ingest(store, write_series(tmp_path / "ct", GEOMETRY))
+        run_worker(store, config)
+        (job,) = store.list_jobs()
+        assert job.state is JobState.DONE, job
+        assert sorted(i.destination for i in store.list_outbox()) == [
+            "other",
+            "other",
+            "pacs",
+            "pacs",
+        ]
+        seg = dcmread(job.outputs["seg_path"])
+        assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"  # label map SEG
+        assert "RESEARCH" not in seg.SeriesDescription
+    finally:
+        store.close()
+
+
+def test_no_active_model_is_recorded_and_retry_runs_it_after_activation(
+    tmp_path: Path, config: AppConfig, app_store: Store
+) -> None:
+    identity = SeriesIdentity()
+    ingest(app_store, write_series(tmp_path / "ct", GEOMETRY, identity=identity))
+    run_worker(app_store, config)
+    (job,) = app_store.list_jobs()
+    assert job.state is JobState.FAILED and job.reason == "no_active_model"
+    assert "no active model for liver_ct; run appliance models import/activate" in (
+        job.detail or ""
+    )
+    assert app_store.list_outbox() == []
+    assert app_store.get_series(identity.series_uid).result["job_state"] == "failed"  # type: ignore[index]
+
+    activate_tiny(app_store, config, tmp_path)
+    queued = app_store.retry_job(job.id)
+    assert queued.state is JobState.QUEUED
+    assert app_store.get_series(identity.series_uid).state is SeriesState.COMPLETE
+    run_worker(app_store, config)
+    again = app_store.get_job(job.id)
+    assert again.state is JobState.DONE and again.attempts == 2 and again.reason is None
+    assert len(app_store.list_outbox()) == 2
+
+
+def test_tampered_weights_fail_the_job_with_the_reason(
+    tmp_path: Path, config: AppConfig, app_store: Store
+) -> None:
+    version = activate_tiny(app_store, config, tmp_path)
+    weights = ModelRegistry(config.models_root).get("liver_ct", version).weights_path
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    ingest(app_store, write_series(tmp_path / "ct", GEOMETRY))
+    run_worker(app_store, config)
+    (job,) = app_store.list_jobs()
+    assert job.state is JobState.FAILED and job.reason == "model_load_failed"
+    assert "sha256" in (job.detail or "")
+    assert app_store.retry_job(job.id).state is JobState.QUEUED
+    with pytest.raises(Exception, match="only failed jobs"):
+        app_store.retry_job(job.id)
+
+
+def test_series_reopened_during_processing_discards_the_stale_result(
+    tmp_path: Path, config: AppConfig, app_store: Store
+) -> None:
+    activate_tiny(app_store, config, tmp_path)
+    identity = SeriesIdentity()
+    files = write_series(tmp_path / "ct", GEOMETRY, identity=identity)
+    ingest(app_store, files[:-1])
+    claim = app_store.claim_complete_series()
+    assert claim is not None
+    outcome = process_series(app_store, claim, config, NetworkCache(config))
+    assert outcome.job_outputs is not None and outcome.result_dir is not None
+    # The last slice arrives while the job runs: the series is re-opened (generation 2).
+    late = describe_spooled_file(files[-1])
+    app_store.record_instance(to_new_instance(late))
+    current = app_store.finish_series(
+        claim,
+        outcome.state,
+        result=outcome.result,
+        job_id=outcome.job.id if outcome.job else None,
+        job_outputs=outcome.job_outputs,
+        enqueue=outcome.enqueue,
+    )
+    assert current is False
+    discard_result(outcome.result_dir)
+    assert not outcome.result_dir.exists()
+    stale = app_store.get_job(outcome.job.id)  # type: ignore[union-attr]
+    assert stale.state is JobState.FAILED and stale.reason == "superseded"
+    assert app_store.list_outbox() == []
+    with pytest.raises(Exception, match="superseded by generation 2"):
+        app_store.retry_job(stale.id)
+
+    app_store.complete_quiet_series(-1.0)
+    run_worker(app_store, config)
+    newest = app_store.list_jobs()[0]
+    assert newest.generation == 2 and newest.state is JobState.DONE
+    assert len(app_store.list_outbox()) == 2
+
+
+def test_shipped_bundles_are_registered_once_and_the_newest_activated(
+    tmp_path: Path, app_store: Store
+) -> None:
+    shipped = tmp_path / "shipped"
+    make_tiny_bundle(shipped, version="1.0.0")
+    make_tiny_bundle(shipped, version="1.1.0", seed=1)
+    config = parse_config(
+        {"storage": {"root": str(tmp_path / "data")}, "models": {"shipped": str(shipped)}}
+    )
+    added = register_shipped(app_store, config)
+    assert [(r.version, r.state) for r in added] == [
+        ("1.0.0", ModelState.VALIDATED),
+        ("1.1.0", ModelState.ACTIVE),
+    ]
+    active = app_store.active_model("liver_ct")
+    assert active is not None and active.path.is_relative_to(config.models_root)
+    assert register_shipped(app_store, config) == []  # the task has models now
+
+
+def test_models_lifecycle_activate_and_rollback(app_store: Store) -> None:
+    def add(version: str) -> None:
+        app_store.register_model(
+            task="liver_ct",
+            version=version,
+            name="m",
+            weights_sha256="0" * 64,
+            federated_round=None,
+            path=Path("/nowhere"),
+            origin="test",
+        )
+
+    for v in ("1.0.0", "1.1.0", "1.2.0"):
+        add(v)
+    with pytest.raises(Exception, match="--force"):
+        app_store.activate("liver_ct", "1.0.0")
+    app_store.activate("liver_ct", "1.0.0", force=True)
+    app_store.set_model_state("liver_ct", "1.1.0", ModelState.VALIDATED)
+    app_store.activate("liver_ct", "1.1.0")
+    app_store.activate("liver_ct", "1.2.0", force=True)
+    states = {m.version: m.state for m in app_store.list_models("liver_ct")}
+    assert states == {
+        "1.0.0": ModelState.RETIRED,
+        "1.1.0": ModelState.RETIRED,
+        "1.2.0": ModelState.ACTIVE,
+    }
+    assert app_store.rollback("liver_ct").version == "1.1.0"
+    assert app_store.rollback("liver_ct").version == "1.0.0"
+    with pytest.raises(Exception, match="no previous active model"):
+        app_store.rollback("liver_ct")
+    assert [m.version for m in app_store.list_models() if m.state is ModelState.ACTIVE] == ["1.0.0"]
+    add("2.0.0")
+    app_store.set_model_state("liver_ct", "2.0.0", ModelState.REJECTED)
+    with pytest.raises(Exception, match="rejected"):
+        app_store.activate("liver_ct", "2.0.0", force=True)
+    history = app_store.activation_history("liver_ct")
+    assert [h.action for h in history][:2] == ["rollback", "rollback"]
+
+
+def test_database_of_schema_1_gains_the_new_tables(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '1');"
+    )
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        assert store.list_models() == [] and store.list_jobs() == []
+        assert store.job_counts()["failed"] == 0
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    assert version == str(SCHEMA_VERSION)
+    db.close()
+
+
+def test_new_instance_type_is_unchanged() -> None:
+    assert "modality" in NewInstance.__dataclass_fields__
