@@ -47,3 +47,35 @@ class CaseRefused(ApplianceError):
         self.reason = reason
         self.detail = detail
         self.source_series_uid = source_series_uid
+
+
+class AuditError(ApplianceError):
+    """The audit file cannot be read, or a ``--since`` value is not understood."""
+
+
+class CaseLoadError(ApplianceError):
+    """A recorded case can no longer be loaded (its files or its source series changed)."""
+
+
+class ModelImportError(ApplianceError):
+    """A folder could not be imported as a model."""
+
+
+class GateError(ApplianceError):
+    """The gate could not run (unknown model, wrong state, no cases)."""
+
+
+class FederationError(ApplianceError):
+    """A federated run could not be configured, started, or completed."""
+
+
+class HandoffError(FederationError):
+    """A finished run's weights cannot become a candidate at this site."""
+
+
+class RealDataError(ApplianceError):
+    """A real case cannot be loaded, or its image and labels do not share a grid."""
+
+
+class RealEvaluationError(ApplianceError):
+    """The evaluation cannot run (no model for a task, unknown dataset, no data root)."""

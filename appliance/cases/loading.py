@@ -15,17 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from appliance.cases.from_seg import read_labels
-from appliance.errors import ApplianceError
+from appliance.errors import CaseLoadError
 from appliance.states import CaseSplit, CaseState
 from appliance.store import CaseRecord, Store
 from dicom_bridge.errors import VolumeError
 from dicom_bridge.sop_classes import VOLUME_CLASSES
 from dicom_bridge.volume import load_series_volume
 from models.training import TrainingCase
-
-
-class CaseLoadError(ApplianceError):
-    """A recorded case can no longer be loaded (its files or its source series changed)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)

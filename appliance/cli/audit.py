@@ -35,7 +35,8 @@ def export(
 ) -> None:
     """Write the audit entries from --since on as JSON lines."""
     cfg = load(config)
-    from appliance.store.audit import AuditError, entries_since, parse_since
+    from appliance.errors import AuditError
+    from appliance.store.audit import entries_since, parse_since
 
     try:
         start = parse_since(since)

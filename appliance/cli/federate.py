@@ -76,7 +76,7 @@ def _from_active(
 ) -> tuple[dict[str, Any], str]:
     """Run settings that start from this site's active model of ``task`` (its weights,
     architecture and pre-processing), or none (a fresh network) when it has none."""
-    from appliance.federation.errors import FederationError
+    from appliance.errors import FederationError
     from appliance.federation.initial import initial_from_active
     from appliance.store import Store
 
@@ -149,8 +149,8 @@ def start(
     ] = None,
 ) -> None:
     """Coordinator: run the SuperLink and one federated run; wait until it ends."""
+    from appliance.errors import FederationError
     from appliance.federation import runner
-    from appliance.federation.errors import FederationError
     from appliance.federation.progress import read_progress
     from appliance.federation.settings import RunSettings
 
@@ -287,8 +287,8 @@ def join(
     import dataclasses
     import threading
 
+    from appliance.errors import FederationError
     from appliance.federation import site_join
-    from appliance.federation.errors import FederationError
 
     config = load(config_path)
     if no_validate:
@@ -347,7 +347,7 @@ def simulate(
     import tempfile
     from dataclasses import replace
 
-    from appliance.federation.errors import FederationError
+    from appliance.errors import FederationError
     from appliance.federation.simulation.config import Method, load_config
     from appliance.federation.simulation.report import write_report
     from appliance.federation.simulation.run import simulate as run_benchmark

@@ -124,8 +124,8 @@ def validate(
     held-out cases. Promoted (made active) only if no label's mean Dice is worse by more
     than models.gate_margin; otherwise rejected. Exit code 0 when promoted, 1 otherwise."""
     cfg = load(config)
-    from appliance.errors import NotFoundError, StoreError
-    from appliance.site_models.gate import GateDecision, GateError, load_held_out, run_gate
+    from appliance.errors import GateError, NotFoundError, StoreError
+    from appliance.site_models.gate import GateDecision, load_held_out, run_gate
 
     store = open_store(cfg)
     try:
@@ -165,8 +165,8 @@ def import_model(
 ) -> None:
     """Import a model as a CANDIDATE (not used until activated)."""
     cfg = load(config)
-    from appliance.errors import StoreError
-    from appliance.site_models.registry import ModelImportError, import_bundle
+    from appliance.errors import ModelImportError, StoreError
+    from appliance.site_models.registry import import_bundle
 
     store = open_store(cfg)
     try:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from appliance.federation.errors import FederationError
+from appliance.errors import FederationError
 
 State = dict[str, np.ndarray]
 

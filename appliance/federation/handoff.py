@@ -34,20 +34,16 @@ import numpy as np
 import torch
 
 from appliance.config import AppConfig
-from appliance.federation.errors import FederationError
+from appliance.errors import HandoffError, ModelImportError
 from appliance.federation.outputs import FederatedResult, site_result
 from appliance.site_models.gate import GateCase, GateReport, load_held_out, run_gate
-from appliance.site_models.registry import ModelImportError, register_candidate, registry_for
+from appliance.site_models.registry import register_candidate, registry_for
 from appliance.store import ModelRecord, Store
 from models.errors import ModelsError
 from models.lifecycle import ModelState
 from models.model_card import Version, check_version, thaw
 
 LOG = logging.getLogger(__name__)
-
-
-class HandoffError(FederationError):
-    """A finished run's weights cannot become a candidate at this site."""
 
 
 @dataclass(frozen=True, slots=True)

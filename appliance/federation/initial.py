@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import AppConfig
-from appliance.federation.errors import FederationError
+from appliance.errors import FederationError
 from appliance.federation.site_state import save_state
 from appliance.store import ModelRecord, Store
 from models.errors import ModelsError

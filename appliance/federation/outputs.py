@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from appliance.errors import FederationError
 from appliance.federation.aggregation import State
-from appliance.federation.errors import FederationError
 from appliance.federation.site_state import (
     load_site_norm,
     load_state,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.federation.errors import FederationError
+from appliance.errors import FederationError
 from appliance.federation.progress import RunStatus, read_progress
 from appliance.federation.settings import RunSettings, run_config_map
 

@@ -168,7 +168,7 @@ def scheduled_join(
 ) -> Callable[[threading.Event, datetime], object]:
     """The join a scheduled fire runs: :func:`appliance.federation.site_join.join`, with
     its hand-off, connected until a run has ended here or the next fire time comes."""
-    from appliance.federation.errors import FederationError
+    from appliance.errors import FederationError
     from appliance.federation.site_join import join
 
     def _run(stop: threading.Event, until: datetime) -> object:

@@ -26,7 +26,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from appliance.federation.errors import FederationError
+from appliance.errors import FederationError
 from appliance.federation.outputs import write_result
 from appliance.federation.params import from_record, model_state, to_record
 from appliance.federation.progress import ProgressLog

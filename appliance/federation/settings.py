@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from appliance.federation.errors import FederationError
+from appliance.errors import FederationError
 
 
 class StrategyName(StrEnum):

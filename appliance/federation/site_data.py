@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.federation.errors import FederationError
+from appliance.errors import FederationError
 from appliance.federation.settings import CaseSource, SiteSettings
 from models.phantoms import SITE_PRESETS, PhantomKind, generate_phantom
 from models.tasks import Modality, TaskSpec

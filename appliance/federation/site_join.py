@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import AppConfig
-from appliance.federation.errors import FederationError
+from appliance.errors import FederationError
 from appliance.federation.outputs import RESULT_FILE
 from appliance.federation.runner import Tls, free_port, start_supernode
 

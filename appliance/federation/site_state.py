@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from appliance.errors import FederationError
 from appliance.federation.aggregation import State
-from appliance.federation.errors import FederationError
 
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 

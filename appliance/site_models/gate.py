@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from appliance.config import AppConfig
-from appliance.errors import ApplianceError
+from appliance.errors import GateError
 from appliance.site_models.registry import NetworkCache
 from appliance.store import ModelRecord, Store
 from appliance.store.audit import AuditEvent
@@ -46,10 +46,6 @@ from models.lifecycle import ModelState
 from models.tasks import get_task
 
 LOG = logging.getLogger(__name__)
-
-
-class GateError(ApplianceError):
-    """The gate could not run (unknown model, wrong state, no cases)."""
 
 
 class GateDecision(StrEnum):
@@ -172,7 +168,8 @@ class HeldOutCases:
 def load_held_out(store: Store, task: str) -> HeldOutCases:
     """The ACTIVE held-out cases of ``task`` (:func:`appliance.cases.loading.load_case`); a case
     whose files no longer fit is skipped with its reason rather than stopping the gate."""
-    from appliance.cases.loading import CaseLoadError, load_case
+    from appliance.cases.loading import load_case
+    from appliance.errors import CaseLoadError
     from appliance.states import CaseSplit, CaseState
 
     cases: list[GateCase] = []

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from appliance.config import AppConfig
-from appliance.errors import ApplianceError, NotFoundError
+from appliance.errors import ModelImportError, NotFoundError
 from appliance.store import ModelRecord, Store
 from models.bundle_import import METADATA_FILE, import_monai_bundle
 from models.errors import ModelsError
@@ -43,10 +43,6 @@ from models.model_card import (
 from models.registry import CARD_FILE, ModelBundle, ModelRegistry, build_network
 
 LOG = logging.getLogger(__name__)
-
-
-class ModelImportError(ApplianceError):
-    """A folder could not be imported as a model."""
 
 
 def registry_for(config: AppConfig) -> ModelRegistry:

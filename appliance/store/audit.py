@@ -35,16 +35,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ApplianceError
+from appliance.errors import AuditError
 
 LOG = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 _TAIL = 65536  # bytes read back to find the last line (a line is far shorter)
-
-
-class AuditError(ApplianceError):
-    """The audit file cannot be read, or a ``--since`` value is not understood."""
 
 
 class AuditEvent(StrEnum):

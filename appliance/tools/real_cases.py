@@ -42,7 +42,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from appliance.errors import ApplianceError
+from appliance.errors import RealDataError
 from models.tasks import TaskName, get_task
 
 __all__ = [
@@ -65,10 +65,6 @@ _LPS_RAS: Final = np.diag([-1.0, -1.0, 1.0, 1.0])
 GRID_TOLERANCE_VOXELS: Final = 0.05
 #: Largest relative difference between slice steps that :func:`read_lenient_series` accepts.
 LENIENT_SPACING_RTOL: Final = 0.01
-
-
-class RealDataError(ApplianceError):
-    """A real case cannot be loaded, or its image and labels do not share a grid."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -27,13 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from appliance.errors import ApplianceError
-from appliance.tools.real_cases import DATASETS, RealCase, RealDataError
+from appliance.errors import RealDataError, RealEvaluationError
+from appliance.tools.real_cases import DATASETS, RealCase
 from models.tasks import TaskName, get_task
-
-
-class RealEvaluationError(ApplianceError):
-    """The evaluation cannot run (no model for a task, unknown dataset, no data root)."""
 
 
 class SkipReason(StrEnum):

@@ -49,7 +49,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from appliance.federation.errors import FederationError
+from appliance.errors import FederationError
 from appliance.federation.settings import SimSite, StrategyName, parse_sim_sites
 
 #: Where the shipped configs live in a checkout (``--config quick`` is

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from appliance.errors import FederationError
 from appliance.federation import runner
-from appliance.federation.errors import FederationError
 from appliance.federation.outputs import site_weights
 from appliance.federation.params import load_into
 from appliance.federation.scoring import score_site

@@ -41,6 +41,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from appliance.errors import FederationError
 from appliance.federation.aggregation import (
     State,
     consensus_distance,
@@ -49,7 +50,6 @@ from appliance.federation.aggregation import (
     merge_kept,
     transfer_schedule,
 )
-from appliance.federation.errors import FederationError
 from appliance.federation.params import from_record, to_record
 from appliance.federation.progress import ProgressLog
 from appliance.federation.settings import RunSettings, StrategyName

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from appliance.errors import FederationError
 from appliance.federation.aggregation import (
     consensus_distance,
     fedgs_apply,
@@ -18,7 +19,6 @@ from appliance.federation.aggregation import (
     weighted_average,
     without_keys,
 )
-from appliance.federation.errors import FederationError
 
 
 def _state(value: float) -> dict[str, np.ndarray]:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from appliance.config import AppConfig, load_config
-from appliance.federation.handoff import HandoffError, candidate_version, hand_off
+from appliance.errors import HandoffError
+from appliance.federation.handoff import candidate_version, hand_off
 from appliance.federation.initial import initial_from_active
 from appliance.federation.outputs import write_result
 from appliance.federation.settings import RunSettings

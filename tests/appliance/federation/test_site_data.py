@@ -10,7 +10,7 @@ import pytest
 
 from appliance.cases.from_seg import case_from_seg, ingest_files
 from appliance.config import AppConfig, CasesConfig, StorageConfig
-from appliance.federation.errors import FederationError
+from appliance.errors import FederationError
 from appliance.federation.settings import SiteSettings
 from appliance.federation.site_data import load_site_cases
 from appliance.states import CaseOrigin

@@ -16,7 +16,7 @@ from flwr.app import (
     RecordDict,
 )
 
-from appliance.federation.errors import FederationError
+from appliance.errors import FederationError
 from appliance.federation.outputs import read_result, site_weights, write_result
 from appliance.federation.params import from_record, to_record
 from appliance.federation.progress import ProgressLog, read_progress

@@ -13,16 +13,9 @@ import pytest
 import torch
 
 from appliance.config import AppConfig, load_config
-from appliance.site_models.gate import (
-    GateCase,
-    GateDecision,
-    GateError,
-    decide,
-    latest_reports,
-    run_gate,
-)
+from appliance.errors import GateError, ModelImportError
+from appliance.site_models.gate import GateCase, GateDecision, decide, latest_reports, run_gate
 from appliance.site_models.registry import (
-    ModelImportError,
     NetworkCache,
     register_candidate,
     register_shipped,

@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from appliance.cli import app
+from appliance.errors import AuditError
 from appliance.states import SeriesState
 from appliance.store import Claim, NewInstance, Store
 from appliance.store.audit import (
-    AuditError,
     AuditEvent,
     AuditLog,
     entries_since,

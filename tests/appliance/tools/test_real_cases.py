@@ -21,10 +21,10 @@ import pytest
 from typer.testing import CliRunner
 
 from appliance.cli import app
+from appliance.errors import RealDataError
 from appliance.tools.real_cases import (
     DATASETS,
     RealCase,
-    RealDataError,
     align_to_grid,
     nifti_to_boundary,
     nrrd_to_boundary,

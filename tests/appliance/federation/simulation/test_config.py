@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from appliance.federation.errors import FederationError
+from appliance.errors import FederationError
 from appliance.federation.params import from_record, to_record
 from appliance.federation.settings import (
     RunSettings,
