@@ -153,7 +153,7 @@ def shipped_bundles_dir() -> Path:
     found without importing it (no torch at config time)."""
     spec = importlib.util.find_spec("models")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    base = Path(locations[0]) if locations else Path(__file__).resolve().parents[1] / "models"
+    base = Path(locations[0]) if locations else Path(__file__).resolve().parents[2] / "models"
     return base / "bundles"
 
 

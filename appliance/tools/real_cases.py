@@ -637,4 +637,4 @@ DATASETS: Mapping[str, RealDataset] = MappingProxyType(
 
 def default_data_root() -> Path:
     """``shared/data`` beside the repository checkout (``<repo>/../shared/data``)."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"

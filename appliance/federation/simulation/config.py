@@ -54,7 +54,7 @@ from appliance.federation.settings import SimSite, StrategyName, parse_sim_sites
 
 #: Where the shipped configs live in a checkout (``--config quick`` is
 #: ``<this>/quick.toml``); an installed image sets ``APPLIANCE_BENCHMARK_DIR`` instead.
-REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "federation"
+REPO_CONFIG_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "federation"
 
 
 def config_dir() -> Path:
