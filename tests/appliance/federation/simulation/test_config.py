@@ -30,7 +30,7 @@ from appliance.federation.simulation.config import (
 from appliance.federation.site_data import load_site_cases, phantom_site_cases
 from models.tasks import Modality, get_task
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def _minimal(**changes: Any) -> dict[str, Any]:
