@@ -1,6 +1,6 @@
 # Two entry points, each doing its own set-up on a fresh machine:
 #   make demo   - run the appliance's main job end to end on the embedded defaults
-#   make test   - lint, type-check and run the tests
+#   make test   - lint, type-check, check the import rules and run the tests
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 # pip fetch the CUDA build with gigabytes of dependencies.
 PIP    := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: install demo test lint typecheck clean
+.PHONY: install demo test lint typecheck imports clean
 
 install: $(STAMP)
 
@@ -29,9 +29,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The import rules of DESIGN.md as import-linter contracts ([tool.importlinter] in
+# pyproject.toml): layers between the packages and the rooms of appliance/.
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
 # OMP_WAIT_POLICY=PASSIVE: the tests start appliance and Flower processes beside pytest;
 # spinning OpenMP threads would burn the CPUs they wait for.
-test: lint typecheck
+test: lint typecheck imports
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q
 
 clean:

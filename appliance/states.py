@@ -19,6 +19,17 @@ class SeriesState(StrEnum):
     FAILED = "failed"  # processing raised an unexpected error (reason recorded)
     SKIPPED = "skipped"  # not for processing (e.g. a SEG or SR series); reason recorded
 
+    @property
+    def finished(self) -> bool:
+        """Whether processing is over (with or without a result): a claim ends in one of
+        these, and only a finished series may have its instances purged."""
+        return self in _FINISHED_SERIES
+
+
+_FINISHED_SERIES = frozenset(
+    {SeriesState.DONE, SeriesState.REJECTED, SeriesState.FAILED, SeriesState.SKIPPED}
+)
+
 
 class OutboxState(StrEnum):
     PENDING = "pending"  # waiting for its next attempt
@@ -34,6 +45,11 @@ class JobState(StrEnum):
     RUNNING = "running"  # the worker has it
     DONE = "done"  # SEG and SR written and queued to the output destinations
     FAILED = "failed"  # reason recorded (incl. no_active_model, superseded); retryable
+
+    @property
+    def retryable(self) -> bool:
+        """Whether an admin may re-queue the job (`appliance jobs retry ID`): failed ones."""
+        return self is JobState.FAILED
 
 
 # --- annotated cases (see appliance.cases) ---

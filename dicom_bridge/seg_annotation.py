@@ -10,7 +10,8 @@ Two steps, so that the layer above can decide which segments mean what in betwee
    caller assigns it. It applies the same geometric rules as
    :func:`dicom_bridge.seg_reader.read_seg_labelmap` (same Frame of Reference; each
    frame's orientation, pixel spacing and matrix equal to the source's; each frame on a
-   source slice, not between slices or shifted in-plane), and it shares their code.
+   source slice, not between slices or shifted in-plane): its frame loop is the reader's
+   own, :func:`dicom_bridge.seg_reader.frames_on_grid`.
    Where chosen segments overlap (a BINARY SEG may draw a tumour inside the liver
    segment), the higher assigned value wins, whatever the segment numbers.
 
@@ -34,20 +35,14 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from dicom_bridge.codes import CodeValue
-from dicom_bridge.seg import (
-    SourceGrid,
-    identifying_values,
-    read_source_grid,
-    redact,
-)
+from dicom_bridge.seg import SourceGrid, read_source_grid
 from dicom_bridge.seg_reader import (
     BACKGROUND,
     SegmentationReadError,
     SegmentInfo,
-    _frame_labels,
-    _segment_info,
-    _slice_of_frame,
+    frames_on_grid,
     open_seg_on_grid,
+    segment_info,
 )
 from dicom_bridge.sop_classes import SEGMENTATION_CLASSES
 
@@ -103,7 +98,7 @@ def read_seg_header(path: Path) -> SegHeader:
     if sop_class not in SEGMENTATION_CLASSES:
         raise SegmentationReadError(f"SOP class {sop_class or '(none)'} is not a Segmentation")
     try:
-        infos = tuple(_segment_info(item) for item in ds.get("SegmentSequence") or [])
+        infos = tuple(segment_info(item) for item in ds.get("SegmentSequence") or [])
     except (AttributeError, TypeError, ValueError) as exc:
         raise SegmentationReadError(f"the Segment Sequence cannot be read ({exc})") from exc
     segments = tuple(
@@ -188,7 +183,6 @@ def place_segments(
         raise ValueError("values must map segment numbers to label values in 1..255")
     grid = grid if grid is not None else read_source_grid(source_paths)
     seg, seg_type, infos, background = open_seg_on_grid(seg_path, grid)
-    identifiers = identifying_values(grid.datasets[:1])
     described = {i.number for i in infos} - background
     unknown = sorted(set(values) - described)
     if unknown:
@@ -200,40 +194,11 @@ def place_segments(
     for number, value in values.items():
         lookup[number] = value
     labels = np.zeros(grid.shape, dtype=np.uint8)
-    inverse = np.linalg.inv(grid.affine)
     placed = 0
-    n_frames = int(seg.get("NumberOfFrames", 1) or 1)
-    for index in range(n_frames):
-        k = _slice_of_frame(seg, index, grid, inverse)
-        try:
-            stored = np.asarray(seg.get_stored_frame(index + 1))
-        except Exception as exc:  # decoders raise many types
-            raise SegmentationReadError(
-                f"frame {index + 1} of the SEG cannot be decoded "
-                f"({redact(_short(exc), identifiers)})"
-            ) from exc
-        numbers = _frame_labels(seg, seg_type, index, stored, fractional_threshold, background)
-        present = numbers != 0
-        if present.any():
-            undescribed = set(np.unique(numbers[present]).tolist()) - described
-            if undescribed:
-                raise SegmentationReadError(
-                    f"frame {index + 1} has pixel values {sorted(undescribed)[:5]} that no "
-                    "segment describes"
-                )
-        if not 0 <= k < grid.shape[0]:
-            if present.any():
-                raise SegmentationReadError(
-                    f"frame {index + 1} is segmented but lies outside the source series "
-                    f"(slice position {k} of 0..{grid.shape[0] - 1})"
-                )
-            continue
-        mapped = lookup[numbers]
-        np.maximum(labels[k], mapped, out=labels[k])
+    for frame in frames_on_grid(
+        seg, seg_type, grid, described, background, fractional_threshold=fractional_threshold
+    ):
+        k = frame.slice_index
+        np.maximum(labels[k], lookup[frame.numbers], out=labels[k])
         placed += 1
     return PlacedSegments(labels=labels, affine=grid.affine.copy(), frames_placed=placed)
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -27,11 +27,14 @@ Where segments overlap, ``overlap`` decides: ``"error"`` (default) raises, ``"hi
 keeps the highest segment number (highdicom's convention when it skips overlap checks).
 Voxels outside every frame are 0. Errors are :class:`SegmentationReadError`; a source
 series that is not one regular grid raises :class:`dicom_bridge.seg.SourceSeriesError`.
+
+The frame loop (placement and per-frame checks) is :func:`frames_on_grid`, shared with
+:func:`dicom_bridge.seg_annotation.place_segments`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -58,7 +61,10 @@ __all__ = [
     "SegLabelMap",
     "SegmentInfo",
     "SegmentationReadError",
+    "frames_on_grid",
+    "open_seg_on_grid",
     "read_seg_labelmap",
+    "segment_info",
 ]
 
 #: The property type of a label map's background segment.
@@ -138,7 +144,7 @@ def open_seg_on_grid(
             if frame_of_reference
             else "the SEG has no Frame of Reference: its frames cannot be placed"
         )
-    infos = tuple(_segment_info(item) for item in seg.get("SegmentSequence", []))
+    infos = tuple(segment_info(item) for item in seg.get("SegmentSequence", []))
     background = {
         i.number for i in infos if i.property_type and BACKGROUND.same_concept(i.property_type)
     }
@@ -156,7 +162,6 @@ def read_seg_labelmap(
     policy = OverlapPolicy(overlap)
     grid = read_source_grid(source_paths)
     seg, seg_type, infos, background = open_seg_on_grid(seg_path, grid)
-    identifiers = identifying_values(grid.datasets[:1])
     segments = tuple(i for i in infos if i.number not in background)
     if not segments:
         raise SegmentationReadError("the SEG describes no segment")
@@ -167,27 +172,11 @@ def read_seg_labelmap(
     max_number = max(described)
     dtype = np.uint8 if max_number <= 255 else np.uint16
     labelmap = np.zeros(grid.shape, dtype=dtype)
-    n_frames = int(seg.get("NumberOfFrames", 1) or 1)
-    inverse = np.linalg.inv(grid.affine)
     placed = 0
-    for index in range(n_frames):
-        k = _slice_of_frame(seg, index, grid, inverse)
-        try:
-            stored = np.asarray(seg.get_stored_frame(index + 1))
-        except Exception as exc:  # decoders raise many types
-            raise SegmentationReadError(
-                f"frame {index + 1} of the SEG cannot be decoded "
-                f"({redact(_short(exc), identifiers)})"
-            ) from exc
-        values = _frame_labels(seg, seg_type, index, stored, fractional_threshold, background)
-        if not 0 <= k < grid.shape[0]:
-            if values.any():
-                raise SegmentationReadError(
-                    f"frame {index + 1} is segmented but lies outside the source series "
-                    f"(slice position {k} of 0..{grid.shape[0] - 1})"
-                )
-            continue  # an empty frame beyond the series: nothing to place
-        _paint(labelmap[k], values, described, policy, index)
+    for frame in frames_on_grid(
+        seg, seg_type, grid, described, background, fractional_threshold=fractional_threshold
+    ):
+        _paint(labelmap[frame.slice_index], frame.numbers, policy)
         placed += 1
     return SegLabelMap(
         labelmap=labelmap,
@@ -199,6 +188,61 @@ def read_seg_labelmap(
         series_description=str(seg.get("SeriesDescription", "") or ""),
         frames_placed=placed,
     )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FrameOnGrid:
+    """One SEG frame placed on the source grid: its index in the SEG (0-based), the source
+    slice it lies on, and the segment number of each of its pixels (0: none)."""
+
+    index: int
+    slice_index: int
+    numbers: np.ndarray
+
+
+def frames_on_grid(
+    seg: hd.seg.Segmentation,
+    seg_type: str,
+    grid: SourceGrid,
+    described: set[int],
+    background: set[int],
+    *,
+    fractional_threshold: float = 0.5,
+) -> Iterator[FrameOnGrid]:
+    """The frames of ``seg`` (from :func:`open_seg_on_grid`) that lie on ``grid``, in
+    frame order, each checked: its plane is on a source slice (orientation, pixel spacing,
+    matrix; not between slices, not shifted in-plane), it decodes, a segmented frame is not
+    outside the source series, and every value is a ``described`` segment. An empty frame
+    beyond the series is skipped. Raises :class:`SegmentationReadError`."""
+    identifiers = identifying_values(grid.datasets[:1])
+    n_frames = int(seg.get("NumberOfFrames", 1) or 1)
+    inverse = np.linalg.inv(grid.affine)
+    for index in range(n_frames):
+        k = _slice_of_frame(seg, index, grid, inverse)
+        try:
+            stored = np.asarray(seg.get_stored_frame(index + 1))
+        except Exception as exc:  # decoders raise many types
+            raise SegmentationReadError(
+                f"frame {index + 1} of the SEG cannot be decoded "
+                f"({redact(_short(exc), identifiers)})"
+            ) from exc
+        numbers = _frame_labels(seg, seg_type, index, stored, fractional_threshold, background)
+        present = numbers != 0
+        if not 0 <= k < grid.shape[0]:
+            if present.any():
+                raise SegmentationReadError(
+                    f"frame {index + 1} is segmented but lies outside the source series "
+                    f"(slice position {k} of 0..{grid.shape[0] - 1})"
+                )
+            continue  # an empty frame beyond the series: nothing to place
+        if present.any():
+            undescribed = set(np.unique(numbers[present]).tolist()) - described
+            if undescribed:
+                raise SegmentationReadError(
+                    f"frame {index + 1} has pixel values {sorted(undescribed)[:5]} that no "
+                    "segment describes"
+                )
+        yield FrameOnGrid(index, k, numbers)
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
@@ -216,7 +260,7 @@ def _code(item: Dataset, keyword: str) -> CodeValue | None:
         return None
 
 
-def _segment_info(item: Dataset) -> SegmentInfo:
+def segment_info(item: Dataset) -> SegmentInfo:
     algorithm: Any = (item.get("SegmentationAlgorithmIdentificationSequence") or [None])[0]
 
     def text(keyword: str) -> str | None:
@@ -317,23 +361,11 @@ def _frame_labels(
     return np.where(on, number, 0)
 
 
-def _paint(
-    target: np.ndarray,
-    values: np.ndarray,
-    described: set[int],
-    policy: OverlapPolicy,
-    index: int,
-) -> None:
+def _paint(target: np.ndarray, values: np.ndarray, policy: OverlapPolicy) -> None:
     """Write the non-zero ``values`` into ``target`` (one slice of the label map)."""
     present = values != 0
     if not present.any():
         return
-    undescribed = set(np.unique(values[present]).tolist()) - described
-    if undescribed:
-        raise SegmentationReadError(
-            f"frame {index + 1} has pixel values {sorted(undescribed)[:5]} that no segment "
-            "describes"
-        )
     clash = present & (target != 0) & (target != values)
     if clash.any():
         if policy is OverlapPolicy.ERROR:

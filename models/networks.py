@@ -210,10 +210,6 @@ def norm_parameter_names(model: nn.Module) -> set[str]:
     return names
 
 
-def parameter_count(model: nn.Module) -> int:
-    return sum(int(p.numel()) for p in model.parameters())
-
-
 def state_dict_bytes(model: nn.Module) -> int:
     """Bytes of the tensors in the state dict (the size of saved weights, roughly)."""
     return sum(

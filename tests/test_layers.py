@@ -86,7 +86,7 @@ IDS = [_rel(p) for p in FILES]
 def test_the_walker_sees_imports() -> None:
     """Guard against a vacuous pass: known imports are found, relative ones resolved."""
     assert len(FILES) > 10
-    assert "sqlite3" in _roots(imports_of(REPO / "appliance" / "store" / "__init__.py"))
+    assert "sqlite3" in _roots(imports_of(REPO / "appliance" / "store" / "db.py"))
     assert "typer" in _roots(imports_of(REPO / "appliance" / "cli" / "__init__.py"))
     # lazy imports inside functions count too
     assert "dicom_bridge.sender" in imports_of(REPO / "appliance" / "cli" / "echo.py")
@@ -153,3 +153,49 @@ def test_dicom_bridge_imports_alone() -> None:
     assert "dicom_bridge.sender" in loaded and "pydicom" in loaded
     leaked = sorted(name for name in loaded if name.split(".")[0] in FORBIDDEN["dicom_bridge"])
     assert not leaked, f"importing dicom_bridge loads {leaked[:10]}"
+
+
+# -- the size rules of the appliance's layout (issue 13) ------------------------------------
+
+MAX_MODULE_LINES = 600
+MAX_CLASS_LINES = 400
+MAX_ROOT_MODULES = 8
+APPLIANCE_FILES = [p for p in FILES if _rel(p).startswith("appliance/")]
+
+
+def test_the_appliance_root_holds_few_modules() -> None:
+    """The folders tell the story; only the service, its errors, states and routing sit
+    at the root (plus ``__init__``/``__main__``)."""
+    root = sorted(p.name for p in (REPO / "appliance").glob("*.py"))
+    assert len(root) <= MAX_ROOT_MODULES, f"appliance/ has {len(root)} modules: {root}"
+
+
+def size_problems(path: Path) -> list[str]:
+    """Why ``path`` breaks the size rules (empty when it keeps them)."""
+    text = path.read_text(encoding="utf-8")
+    problems = []
+    lines = text.count("\n") + (0 if text.endswith("\n") else 1)
+    if lines > MAX_MODULE_LINES:
+        problems.append(f"{path.name} has {lines} lines (at most {MAX_MODULE_LINES})")
+    for node in ast.walk(ast.parse(text, filename=str(path))):
+        if isinstance(node, ast.ClassDef):
+            size = (node.end_lineno or node.lineno) - node.lineno + 1
+            if size > MAX_CLASS_LINES:
+                problems.append(f"class {node.name} spans {size} lines (at most {MAX_CLASS_LINES})")
+    return problems
+
+
+@pytest.mark.parametrize("path", APPLIANCE_FILES, ids=[_rel(p) for p in APPLIANCE_FILES])
+def test_modules_and_classes_stay_small(path: Path) -> None:
+    assert not size_problems(path), f"{_rel(path)}: {size_problems(path)}"
+
+
+def test_the_size_rules_can_fail(tmp_path: Path) -> None:
+    """Guard against a vacuous pass: an over-long class and module are reported."""
+    big = tmp_path / "big.py"
+    big.write_text("class Big:\n" + "    x = 1\n" * MAX_MODULE_LINES, encoding="utf-8")
+    problems = size_problems(big)
+    assert len(problems) == 2 and "class Big" in problems[1], problems
+    small = tmp_path / "small.py"
+    small.write_text("class Small:\n    x = 1\n", encoding="utf-8")
+    assert size_problems(small) == []

@@ -5,7 +5,7 @@ site's held-out split, each as a :class:`models.training.TrainingCase` (the sour
 volume from the spooled files, the labels from the case's label file, the LPS affine)
 plus its case id. Held-out cases come back only when asked for by name
 (``CaseSplit.HELD_OUT``, for evaluation): a trainer asks for ``CaseSplit.TRAIN``.
-How cases are made: :mod:`appliance.cases.from_seg`.
+How cases are made: :mod:`appliance.cases.from_seg` and :mod:`appliance.cases.from_nifti`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appliance.cases.from_seg import read_labels
+from appliance.cases.recording import read_labels
 from appliance.errors import CaseLoadError
 from appliance.states import CaseSplit, CaseState
 from appliance.store import CaseRecord, Store

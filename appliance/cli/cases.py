@@ -107,13 +107,10 @@ def import_case(
         if path is not None and not path.is_file():
             raise fail(f"{path} is not a file", 2)
     cfg = load(config)
-    from appliance.cases.from_seg import (
-        case_from_nifti,
-        case_from_seg,
-        ingest_files,
-        parse_label_map,
-    )
+    from appliance.cases.from_nifti import case_from_nifti, parse_label_map
+    from appliance.cases.from_seg import case_from_seg
     from appliance.errors import ApplianceError
+    from appliance.flow.ingest import ingest_files
     from appliance.states import CaseOrigin
     from models.tasks import TASKS
 

@@ -42,7 +42,7 @@ def usage(
     store = open_store(cfg)
     try:
         todo = plan(store, cfg)
-        disk = disk_usage(store, cfg, todo)
+        disk = disk_usage(cfg, todo)
     finally:
         store.close()
     if as_json:

@@ -34,9 +34,7 @@ import numpy as np
 from appliance.errors import FederationError
 from appliance.federation.aggregation import State
 from appliance.federation.site_state import (
-    load_site_norm,
     load_state,
-    merge_site_norm,
     run_dir,
     save_state,
 )
@@ -149,15 +147,10 @@ def site_result(site_state_dir: Path, run_id: str) -> FederatedResult:
     """The site's own record of run ``run_id``: written by the site's ClientApp when the
     ServerApp hands out the final model. Its weights are what this site should turn into
     a candidate model: the final global weights, for fedbn merged with the site's own
-    normalisation entries (:func:`merge_site_norm`), for gossip the site's own model."""
+    normalisation entries (:func:`~appliance.federation.site_state.merge_site_norm`), for
+    gossip the site's own model."""
     return read_result(run_dir(site_state_dir, run_id))
 
 
 def site_weights(site_state_dir: Path, run_id: str) -> State:
     return site_result(site_state_dir, run_id).load_weights()
-
-
-def with_site_norm(state: Mapping[str, np.ndarray], site_state_dir: Path, task: str) -> State:
-    """``state`` with this site's persisted FedBN normalisation entries, if it has any."""
-    norm = load_site_norm(site_state_dir, task)
-    return dict(state) if norm is None else merge_site_norm(state, norm)

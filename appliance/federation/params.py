@@ -21,10 +21,6 @@ def state_to_numpy(state: Mapping[str, torch.Tensor]) -> State:
     return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
 
 
-def numpy_to_state(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()}
-
-
 def to_record(arrays: Mapping[str, np.ndarray], *, exclude: Iterable[str] = ()) -> ArrayRecord:
     """``ArrayRecord`` of ``arrays`` without the ``exclude`` keys (order kept). Shapes
     are kept exactly: a 0-d entry (BatchNorm's ``num_batches_tracked``) stays 0-d, which

@@ -127,13 +127,3 @@ def read_progress(directory: Path, run_id: str | None = None) -> dict[str, Any] 
     if not path.is_file():
         return None
     return dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def list_runs(directory: Path) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(directory.glob("progress-*.json")):
-        try:
-            out.append(dict(json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError):
-            continue
-    return sorted(out, key=lambda d: str(d.get("started", "")))

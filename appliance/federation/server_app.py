@@ -26,11 +26,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from appliance.config import StrategyName
 from appliance.errors import FederationError
 from appliance.federation.outputs import write_result
 from appliance.federation.params import from_record, model_state, to_record
 from appliance.federation.progress import ProgressLog
-from appliance.federation.settings import RunSettings, StrategyName
+from appliance.federation.settings import RunSettings
 from appliance.federation.site_state import load_state
 from appliance.federation.strategies import SiteBook, build_strategy, train_mode
 

@@ -16,20 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import FederationError
-
-
-class StrategyName(StrEnum):
-    FEDAVG = "fedavg"
-    FEDPROX = "fedprox"
-    FEDBN = "fedbn"
-    CWT = "cwt"
-    SWT = "swt"
-    GOSSIP = "gossip"
-    FEDGS = "fedgs"
-    FEDMEDIAN = "fedmedian"
-    FEDTRIMMEDAVG = "fedtrimmedavg"
-    KRUM = "krum"
+from appliance.config import ConfigReader, StrategyName
+from appliance.errors import ConfigIssue, FederationError
 
 
 class CaseSource(StrEnum):
@@ -41,43 +29,43 @@ ConfigMap = Mapping[str, Any]
 _SITE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def _get(config: ConfigMap, key: str, kind: type, default: Any) -> Any:
-    if key not in config:
-        return default
-    value = config[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise FederationError(f"{key}: must be {kind.__name__}, got {value!r}")
-    return value
+def _error(issue: ConfigIssue) -> FederationError:
+    return FederationError(str(issue))  # "<key>: <what is wrong>"
 
 
-def _ints(config: ConfigMap, key: str, count: int | None) -> tuple[int, ...] | None:
-    text = _get(config, key, str, "")
-    if not text:
-        return None
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(","))
-    except ValueError as exc:
-        raise FederationError(f"{key}: must be comma-separated integers, got {text!r}") from exc
-    if (count is not None and len(values) != count) or min(values) < 1:
-        raise FederationError(f"{key}: need {count or 'some'} positive integers, got {text!r}")
-    return values
+class _Reader(ConfigReader):
+    """The config reader over a flat Flower user-config map: the first problem raises
+    :class:`FederationError`; an integral float is an int (Flower's numbers)."""
 
+    def __init__(self, config: ConfigMap) -> None:
+        super().__init__(config, fail=_error)
 
-def _floats(config: ConfigMap, key: str, count: int) -> tuple[float, ...] | None:
-    text = _get(config, key, str, "")
-    if not text:
-        return None
-    try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(","))
-    except ValueError as exc:
-        raise FederationError(f"{key}: must be comma-separated numbers, got {text!r}") from exc
-    if len(values) != count or not all(math.isfinite(v) and v > 0 for v in values):
-        raise FederationError(f"{key}: need {count} positive numbers, got {text!r}")
-    return values
+    def get(self, key: str, kind: type, default: Any) -> Any:
+        return self.typed(key, kind, default, integral_floats=True)
+
+    def ints(self, key: str, count: int | None) -> tuple[int, ...] | None:
+        text = self.get(key, str, "")
+        if not text:
+            return None
+        try:
+            values = tuple(int(v) for v in text.replace(" ", "").split(","))
+        except ValueError as exc:
+            raise self.fail(key, f"must be comma-separated integers, got {text!r}") from exc
+        if (count is not None and len(values) != count) or min(values) < 1:
+            raise self.fail(key, f"need {count or 'some'} positive integers, got {text!r}")
+        return values
+
+    def floats(self, key: str, count: int) -> tuple[float, ...] | None:
+        text = self.get(key, str, "")
+        if not text:
+            return None
+        try:
+            values = tuple(float(v) for v in text.replace(" ", "").split(","))
+        except ValueError as exc:
+            raise self.fail(key, f"must be comma-separated numbers, got {text!r}") from exc
+        if len(values) != count or not all(math.isfinite(v) and v > 0 for v in values):
+            raise self.fail(key, f"need {count} positive numbers, got {text!r}")
+        return values
 
 
 def _res_units(value: int) -> int | None:
@@ -133,44 +121,40 @@ class RunSettings:
     @classmethod
     def from_config(cls, config: ConfigMap) -> RunSettings:
         d = cls()
-        try:
-            strategy = StrategyName(_get(config, "strategy", str, d.strategy.value))
-        except ValueError as exc:
-            allowed = ", ".join(s.value for s in StrategyName)
-            raise FederationError(f"strategy: must be one of {allowed}") from exc
-        order = _get(config, "site-order", str, "")
+        r = _Reader(config)
+        order = r.get("site-order", str, "")
         settings = cls(
-            strategy=strategy,
-            rounds=_get(config, "num-rounds", int, d.rounds),
-            min_sites=_get(config, "min-sites", int, d.min_sites),
-            task=_get(config, "task", str, d.task),
-            local_steps=_get(config, "local-steps", int, d.local_steps),
-            batch_size=_get(config, "batch-size", int, d.batch_size),
-            lr=_get(config, "lr", float, d.lr),
-            seed=_get(config, "seed", int, d.seed),
-            evaluate=_get(config, "evaluate", bool, d.evaluate),
-            net_filters=_ints(config, "net-filters", None),
-            net_res_units=_res_units(_get(config, "net-res-units", int, -1)),
-            net_norm=_get(config, "net-norm", str, ""),
-            patch_size=_ints(config, "patch-size", 3),
-            target_spacing=_floats(config, "target-spacing", 3),
+            strategy=r.enum("strategy", StrategyName, d.strategy),
+            rounds=r.get("num-rounds", int, d.rounds),
+            min_sites=r.get("min-sites", int, d.min_sites),
+            task=r.get("task", str, d.task),
+            local_steps=r.get("local-steps", int, d.local_steps),
+            batch_size=r.get("batch-size", int, d.batch_size),
+            lr=r.get("lr", float, d.lr),
+            seed=r.get("seed", int, d.seed),
+            evaluate=r.get("evaluate", bool, d.evaluate),
+            net_filters=r.ints("net-filters", None),
+            net_res_units=_res_units(r.get("net-res-units", int, -1)),
+            net_norm=r.get("net-norm", str, ""),
+            patch_size=r.ints("patch-size", 3),
+            target_spacing=r.floats("target-spacing", 3),
             site_order=tuple(s for s in order.replace(" ", "").split(",") if s),
-            prox_mu=_get(config, "prox-mu", float, d.prox_mu),
-            fedgs_threshold=_get(config, "fedgs-threshold", float, d.fedgs_threshold),
-            fedgs_base=_get(config, "fedgs-base", float, d.fedgs_base),
-            server_lr=_get(config, "server-lr", float, d.server_lr),
-            server_momentum=_get(config, "server-momentum", float, d.server_momentum),
-            trim_beta=_get(config, "trim-beta", float, d.trim_beta),
-            krum_byzantine=_get(config, "krum-byzantine", int, d.krum_byzantine),
-            dp_clipping_norm=_get(config, "dp-clipping-norm", float, d.dp_clipping_norm),
-            dp_noise_multiplier=_get(config, "dp-noise-multiplier", float, d.dp_noise_multiplier),
-            output_dir=_get(config, "output-dir", str, ""),
-            initial_weights=_get(config, "initial-weights", str, ""),
-            timeout_s=_get(config, "timeout-s", float, d.timeout_s),
-            sim_sites=_get(config, "sim-sites", str, ""),
-            sim_state_root=_get(config, "sim-state-root", str, ""),
-            sim_threads=_get(config, "sim-threads", int, d.sim_threads),
-            sim_phantom_cache=_get(config, "sim-phantom-cache", str, ""),
+            prox_mu=r.get("prox-mu", float, d.prox_mu),
+            fedgs_threshold=r.get("fedgs-threshold", float, d.fedgs_threshold),
+            fedgs_base=r.get("fedgs-base", float, d.fedgs_base),
+            server_lr=r.get("server-lr", float, d.server_lr),
+            server_momentum=r.get("server-momentum", float, d.server_momentum),
+            trim_beta=r.get("trim-beta", float, d.trim_beta),
+            krum_byzantine=r.get("krum-byzantine", int, d.krum_byzantine),
+            dp_clipping_norm=r.get("dp-clipping-norm", float, d.dp_clipping_norm),
+            dp_noise_multiplier=r.get("dp-noise-multiplier", float, d.dp_noise_multiplier),
+            output_dir=r.get("output-dir", str, ""),
+            initial_weights=r.get("initial-weights", str, ""),
+            timeout_s=r.get("timeout-s", float, d.timeout_s),
+            sim_sites=r.get("sim-sites", str, ""),
+            sim_state_root=r.get("sim-state-root", str, ""),
+            sim_threads=r.get("sim-threads", int, d.sim_threads),
+            sim_phantom_cache=r.get("sim-phantom-cache", str, ""),
         )
         settings.validate()
         return settings
@@ -391,35 +375,33 @@ class SiteSettings:
 
     @classmethod
     def from_config(cls, config: ConfigMap, *, fallback_site: str = "site") -> SiteSettings:
-        site = _get(config, "site-name", str, "")
+        r = _Reader(config)
+        site = r.get("site-name", str, "")
         if not site and "partition-id" in config:  # simulation runtime
             site = f"site_{int(config['partition-id'])}"
         site = site or fallback_site
         if not _SITE_RE.match(site) or site in (".", ".."):
             raise FederationError(f"site-name: 1-64 letters, digits, '.', '_' or '-', got {site!r}")
-        state = _get(config, "state-dir", str, "")
+        state = r.get("state-dir", str, "")
         if not state:
             import tempfile
 
             state = str(Path(tempfile.gettempdir()) / "appliance-federation" / site)
-        try:
-            source = CaseSource(_get(config, "case-source", str, CaseSource.PHANTOM.value))
-        except ValueError as exc:
-            allowed = ", ".join(s.value for s in CaseSource)
-            raise FederationError(f"case-source: must be one of {allowed}") from exc
+        cache = r.get("phantom-cache", str, "")
+        database = r.get("database", str, "")
         settings = cls(
             site=site,
             state_dir=Path(state),
-            source=source,
-            phantom_preset=_get(config, "phantom-preset", str, _default_preset(config)),
-            phantom_cases=_get(config, "phantom-cases", int, 3),
-            phantom_matrix=_ints(config, "phantom-matrix", 3),
-            phantom_spacing=_floats(config, "phantom-spacing", 3),
-            phantom_held_out=_get(config, "phantom-held-out", int, 1),
-            phantom_seed=_get(config, "phantom-seed", int, 0),
-            phantom_cache=Path(c) if (c := _get(config, "phantom-cache", str, "")) else None,
-            threads=_get(config, "threads", int, 1),
-            database=Path(db) if (db := _get(config, "database", str, "")) else None,
+            source=r.enum("case-source", CaseSource, CaseSource.PHANTOM),
+            phantom_preset=r.get("phantom-preset", str, _default_preset(config)),
+            phantom_cases=r.get("phantom-cases", int, 3),
+            phantom_matrix=r.ints("phantom-matrix", 3),
+            phantom_spacing=r.floats("phantom-spacing", 3),
+            phantom_held_out=r.get("phantom-held-out", int, 1),
+            phantom_seed=r.get("phantom-seed", int, 0),
+            phantom_cache=Path(cache) if cache else None,
+            threads=r.get("threads", int, 1),
+            database=Path(database) if database else None,
         )
         if settings.phantom_cases < 1:
             raise FederationError("phantom-cases: must be >= 1")

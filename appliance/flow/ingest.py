@@ -1,11 +1,18 @@
-"""The listener's callbacks: record durable instances and rejections in the store."""
+"""Instances into the store: the listener's callbacks (durable instances, associations and
+rejections) and :func:`ingest_files`, DICOM files given on the command line put into the
+spool and the store as if they had been received (``appliance cases import --series DIR``)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 
-from appliance.store import NewInstance, Store
+from appliance.config import AppConfig
+from appliance.errors import ApplianceError
+from appliance.store import InstanceRecord, NewInstance, Store
 from appliance.store.audit import AuditEvent
+from dicom_bridge.errors import DicomBridgeError
 from dicom_bridge.instance import ReceivedInstance
 from dicom_bridge.listener import AcceptedAssociation, Rejection
 from dicom_bridge.uids import short_ref
@@ -66,3 +73,47 @@ def to_new_instance(received: ReceivedInstance) -> NewInstance:
         instance_number=received.instance_number,
         number_of_frames=received.number_of_frames,
     )
+
+
+def ingest_files(store: Store, config: AppConfig, files: Sequence[Path]) -> list[InstanceRecord]:
+    """Put DICOM files into the spool and the store as if they had been received
+    (calling AE ``CLI-IMPORT``); returns their records. Raises ApplianceError naming the
+    file by its position when one is not a storable DICOM instance."""
+    from pydicom import dcmread
+
+    from dicom_bridge.instance import describe
+    from dicom_bridge.spool import Spool, SpoolKey
+    from dicom_bridge.uids import validate_uid
+
+    spool = Spool(config.storage.spool_dir, fsync=config.storage.fsync)
+    prepared = []
+    for index, path in enumerate(files):
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            key = SpoolKey(
+                validate_uid(ds.get("StudyInstanceUID"), what="StudyInstanceUID"),
+                validate_uid(ds.get("SeriesInstanceUID"), what="SeriesInstanceUID"),
+                validate_uid(ds.get("SOPInstanceUID"), what="SOPInstanceUID"),
+            )
+        except DicomBridgeError as exc:
+            raise ApplianceError(f"file {index + 1} ({Path(path).name}): {exc}") from exc
+        except Exception as exc:
+            raise ApplianceError(
+                f"file {index + 1} ({Path(path).name}) is not DICOM ({type(exc).__name__})"
+            ) from exc
+        prepared.append((path, ds, key))
+    records = []
+    for path, ds, key in prepared:
+        final = spool.write(key, (Path(path).read_bytes(),))
+        received = describe(
+            ds,
+            key=key,
+            transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
+            path=final,
+            size=final.stat().st_size,
+            calling_ae="CLI-IMPORT",
+            peer_host="",
+        )
+        store.record_instance(to_new_instance(received))
+        records.append(key.sop_uid)
+    return store.instances_by_sop(records)

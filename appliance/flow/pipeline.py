@@ -1,7 +1,8 @@
-"""The readable end-to-end processing of one complete series.
+"""The readable end-to-end processing of one claimed series: :func:`run_claim`.
 
-complete series -> route -> volume -> active model of the task -> segment -> DICOM SEG ->
-TID 1500 SR -> saved under ``<storage.root>/results/<series>/gen-<n>/`` -> outbox.
+claim -> route -> volume -> start job -> model -> inference -> DICOM SEG -> TID 1500 SR ->
+saved under ``<storage.root>/results/<series>/gen-<n>/`` -> outputs queued -> job done /
+failed.
 
 This is also where a volume crosses from ``dicom_bridge`` (DICOM) to ``models``: only a
 numpy array ``(slice, row, column)`` and a 4x4 affine to DICOM LPS millimetres go in, and
@@ -10,8 +11,11 @@ a uint8 label map on the same grid comes back. Coded concepts cross the same way
 
 The series' state covers routing and the volume; the segmentation is a job (one per
 series, generation and task) whose state, model, per-stage timings, failure reason and
-output UIDs the store records. The job's result reaches the outbox only in the same
-transaction that finds its series generation still current (``Store.finish_series``).
+output UIDs the store records. This module owns the job from ``Store.start_job`` to its
+end: whatever happens after it started (no active model, a failed stage, an unexpected
+error), the job ends DONE or FAILED with a reason, never left RUNNING. The job's result
+reaches the outbox only in the same transaction that finds its series generation still
+current (``Store.finish_series``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,8 +36,8 @@ from appliance.cases.from_seg import annotate_seg_series
 from appliance.config import AppConfig
 from appliance.routing import SeriesFacts, route
 from appliance.site_models.registry import NetworkCache
-from appliance.states import SeriesState
-from appliance.store import Claim, Enqueue, JobRecord, ModelRecord, SeriesRecord, Store
+from appliance.states import JobState, SeriesState
+from appliance.store import Claim, Enqueue, JobRecord, SeriesRecord, Store
 from dicom_bridge.codes import CodeValue
 from dicom_bridge.errors import VolumeError
 from dicom_bridge.seg import AlgorithmInfo, SegmentDescription, SegOptions, write_seg
@@ -48,16 +52,110 @@ LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Finished:
+    """What became of one claimed series (and of its job, when it got one)."""
+
+    series_state: SeriesState
+    current: bool  # False: the series was re-opened meanwhile; its result was discarded
+    reason: str | None = None
+    job_id: int | None = None
+    job_state: JobState | None = None  # DONE or FAILED; None: the series got no job
+    timings: Mapping[str, Any] = field(default_factory=dict)
+
+
+def run_claim(store: Store, claim: Claim, config: AppConfig, networks: NetworkCache) -> Finished:
+    """Take one claimed series from start to finish, and say what became of it.
+
+    Bad input never raises: it ends as a recorded series state or job failure. Once the
+    job has started it ends DONE or FAILED with a reason, whatever happens; only a store
+    that fails to record that can raise out of here (a restart re-queues the series).
+    """
+    start = time.perf_counter()
+    # route -> volume -> start job
+    started = _route_and_start_job(store, claim, config)
+    if isinstance(started, _NoJob):  # an annotation, skipped, rejected, or an error
+        return _finish_without_job(store, claim, started, start)
+    routed, job = started
+    try:
+        # active model -> model -> inference -> SEG -> SR -> saved
+        produced = _run_stages(store, job, routed, config, networks)
+        # outputs queued and job DONE, in one transaction, if the generation is current
+        mark = time.perf_counter()
+        current = store.finish_series(
+            claim,
+            SeriesState.DONE,
+            result=routed.result,
+            job_id=job.id,
+            job_outputs=produced.outputs,
+            job_timings=routed.timings,
+            enqueue=produced.enqueue,
+        )
+    except _JobFailed as exc:  # no active model, or a stage failed: recorded, series DONE
+        return _fail_job(store, claim, job, routed, exc, SeriesState.DONE, start)
+    except Exception as exc:  # anything else: the job fails with it, and so does the series
+        LOG.exception("series %s job %d failed", short_ref(claim.series_uid), job.id)
+        failure = _JobFailed.from_exception("internal_error", exc)
+        return _fail_job(store, claim, job, routed, failure, SeriesState.FAILED, start)
+    if current:  # job done
+        store.set_job_timing(job.id, "enqueue_s", _since(mark))
+        store.set_job_timing(job.id, "total_s", _since(start))
+    else:  # superseded by a newer generation: job FAILED, its files go
+        discard_result(produced.result_dir)
+    return _report(claim, job, routed, SeriesState.DONE, current, None, start)
+
+
+@dataclass(frozen=True, slots=True)
+class _NoJob:
+    """A series that ends without a job: an annotation, not for inference, unreadable, or
+    an unexpected error before its job started."""
+
     state: SeriesState
     reason: str | None = None
     detail: str | None = None
     result: dict[str, Any] | None = None
-    timings: dict[str, Any] = field(default_factory=dict)
-    job: JobRecord | None = None
-    job_outputs: dict[str, Any] | None = None  # set when the job succeeded
-    enqueue: tuple[Enqueue, ...] = ()
-    result_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    """A series routed to a task, its volume built: what its job works on."""
+
+    series: SeriesRecord
+    task: str
+    volume: SeriesVolume
+    image_paths: tuple[Path, ...]
+    result: dict[str, Any]  # recorded with the series; holds ``timings`` and the job's id
+    timings: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Produced:
+    """A job's saved outputs, ready to be queued."""
+
+    outputs: dict[str, Any]
+    enqueue: tuple[Enqueue, ...]
+    result_dir: Path
+
+
+class _JobFailed(Exception):
+    """The job failed: ``reason`` names the stage (or why it could not run), ``detail``
+    says why."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+    @classmethod
+    def from_exception(cls, reason: str, exc: BaseException) -> _JobFailed:
+        return cls(reason, _detail(exc))
+
+
+def _detail(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _since(mark: float) -> float:
+    return round(time.perf_counter() - mark, 4)
 
 
 def volume_summary(volume: SeriesVolume) -> dict[str, Any]:
@@ -72,21 +170,35 @@ def volume_summary(volume: SeriesVolume) -> dict[str, Any]:
     }
 
 
-def process_series(
-    store: Store, claim: Claim, config: AppConfig, networks: NetworkCache
-) -> Outcome:
-    """Take one complete series as far as the pipeline goes; never raises for bad input."""
+def _route_and_start_job(
+    store: Store, claim: Claim, config: AppConfig
+) -> _NoJob | tuple[_Routed, JobRecord]:
+    """claim -> route -> volume -> start job; or why the series gets no job."""
+    try:
+        routed = _route_series(store, claim, config)
+        if isinstance(routed, _NoJob):
+            return routed
+        job = store.start_job(claim, routed.series.study_uid, routed.task)
+    except Exception as exc:  # a bug, or the store: recorded; the worker goes on
+        LOG.exception("series %s failed", short_ref(claim.series_uid))
+        return _NoJob(SeriesState.FAILED, "internal_error", _detail(exc))
+    routed.result["job_id"] = job.id
+    return routed, job
+
+
+def _route_series(store: Store, claim: Claim, config: AppConfig) -> _NoJob | _Routed:
+    """The task of a series (by the routing rules) and its volume, or why it has none."""
     series = store.get_series(claim.series_uid)
     instances = store.series_instances(claim.series_uid)
     seg_paths = [i.path for i in instances if i.sop_class_uid in SEGMENTATION_CLASSES]
     if seg_paths and len(seg_paths) == len(instances):
         # A SEG series (a viewer's or the PACS'): an annotation, not an inference input.
         note = annotate_seg_series(store, config, seg_paths)
-        return Outcome(note.state, note.reason, note.detail, result=note.result)
-    image_paths = [i.path for i in instances if i.sop_class_uid in VOLUME_CLASSES]
+        return _NoJob(note.state, note.reason, note.detail, result=note.result)
+    image_paths = tuple(i.path for i in instances if i.sop_class_uid in VOLUME_CLASSES)
     if not image_paths:
         classes = sorted({i.sop_class_uid for i in instances})
-        return Outcome(
+        return _NoJob(
             SeriesState.SKIPPED,
             "not_an_image_series",
             f"no CT/MR image instances (SOP classes: {', '.join(classes)})",
@@ -100,13 +212,13 @@ def process_series(
     )
     decision = route(facts, config.routing)
     if decision.task is None:
-        return Outcome(SeriesState.SKIPPED, "no_matching_rule", decision.reason)
+        return _NoJob(SeriesState.SKIPPED, "no_matching_rule", decision.reason)
     timings: dict[str, Any] = {}
     start = time.perf_counter()
     try:
         volume = load_series_volume(image_paths)
     except VolumeError as exc:
-        return Outcome(SeriesState.REJECTED, exc.reason, exc.detail)
+        return _NoJob(SeriesState.REJECTED, exc.reason, exc.detail)
     timings["volume_s"] = _since(start)
     result = volume_summary(volume)
     result["task"] = decision.task
@@ -120,64 +232,215 @@ def process_series(
         "x".join(str(v) for v in result["shape"]),
         timings["volume_s"],
     )
+    return _Routed(series, decision.task, volume, image_paths, result, timings)
 
-    job = store.start_job(claim, series.study_uid, decision.task)
-    result["job_id"] = job.id
-    record = store.active_model(decision.task)
+
+def _run_stages(
+    store: Store, job: JobRecord, routed: _Routed, config: AppConfig, networks: NetworkCache
+) -> _Produced:
+    """The job's active model -> model -> inference -> SEG -> SR -> saved; raises
+    :class:`_JobFailed` naming the stage that failed."""
+    record = store.active_model(routed.task)
     if record is None:
-        detail = (
-            f"no active model for {decision.task}; run appliance models import/activate, "
-            f"then appliance jobs retry {job.id}"
+        raise _JobFailed(
+            "no_active_model",
+            f"no active model for {routed.task}; run appliance models import/activate, "
+            f"then appliance jobs retry {job.id}",
         )
-        store.fail_job(job.id, "no_active_model", detail, timings)
-        result["job_state"] = "failed"
-        LOG.warning("series %s not segmented: %s", short_ref(series.series_uid), detail)
-        return Outcome(SeriesState.DONE, result=result, timings=timings, job=job)
     store.set_job_model(
         job.id, record.name, record.version, record.weights_sha256, record.federated_round
     )
+    timings = routed.timings
+    mark = time.perf_counter()
     try:
-        segmented = _segment_series(
-            series, claim, volume, image_paths, record, config, networks, timings
+        loaded = networks.get(record)
+        spec = task_spec_for(record.task, loaded.bundle.card.preprocessing)
+    except Exception as exc:
+        raise _JobFailed.from_exception("model_load_failed", exc) from exc
+    timings["model_s"] = _since(mark)
+
+    # The boundary: numpy (slice, row, column) + 4x4 LPS affine in, uint8 label map out.
+    volume = routed.volume
+    image: np.ndarray = volume.array
+    affine_lps: np.ndarray = volume.affine
+    mark = time.perf_counter()
+    try:
+        segmentation = segment(loaded.network, spec, image, affine_lps, device=loaded.device)
+    except Exception as exc:
+        raise _JobFailed.from_exception("inference_failed", exc) from exc
+    timings["inference_s"] = _since(mark)
+    timings["inference"] = {k: round(float(v), 4) for k, v in segmentation.timings_s.items()}
+    timings["device"] = segmentation.device
+    mask = segmentation.mask
+
+    card = loaded.bundle.card
+    segments = segment_descriptions(spec)
+    research_only = config.output.research_only
+    mark = time.perf_counter()
+    try:
+        # The card's provenance must fit the SEG's algorithm identification (e.g. a name
+        # of at most 64 printable characters): checked here, as the SEG is built.
+        algorithm = AlgorithmInfo(
+            name=card.name,
+            version=card.version,
+            weights_sha256=card.weights_sha256,
+            federated_round=card.federated_round,
         )
-    except _StageError as exc:
-        store.fail_job(job.id, exc.reason, exc.detail, timings)
-        result["job_state"] = "failed"
-        LOG.error(
-            "series %s job %d failed at %s: %s",
-            short_ref(series.series_uid),
+        seg = write_seg(
+            routed.image_paths,
+            mask,
+            segments,
+            algorithm,
+            SegOptions(segmentation_type=config.output.seg_type, research_only=research_only),
+            slice_uids=volume.sop_instance_uids,
+        )
+    except Exception as exc:
+        raise _JobFailed.from_exception("seg_failed", exc) from exc
+    timings["seg_s"] = _since(mark)
+
+    mark = time.perf_counter()
+    try:
+        sr = write_sr(
+            seg, mask, affine_lps, segments, algorithm, SrOptions(research_only=research_only)
+        )
+    except Exception as exc:
+        raise _JobFailed.from_exception("sr_failed", exc) from exc
+    timings["sr_s"] = _since(mark)
+
+    mark = time.perf_counter()
+    try:
+        out_dir = result_dir_for(config, job.series_uid, job.generation)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        seg_path, sr_path, mask_path = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "mask.npz"
+        _save_dataset(seg, seg_path)
+        _save_dataset(sr, sr_path)
+        tmp_mask = out_dir / ".mask.tmp.npz"
+        np.savez_compressed(tmp_mask, mask=mask, affine_lps=affine_lps)
+        os.replace(tmp_mask, mask_path)
+    except Exception as exc:
+        raise _JobFailed.from_exception("save_failed", exc) from exc
+    timings["save_s"] = _since(mark)
+
+    seg_uid, sr_uid = str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)
+    destinations = config.output_destinations
+    enqueue = tuple(
+        Enqueue(dest, path, uid)
+        for dest in destinations
+        for path, uid in ((seg_path, seg_uid), (sr_path, sr_uid))
+    )
+    counts = np.bincount(mask.ravel(), minlength=spec.num_classes)
+    outputs = {
+        "seg_sop_uid": seg_uid,
+        "seg_series_uid": str(seg.SeriesInstanceUID),
+        "sr_sop_uid": sr_uid,
+        "sr_series_uid": str(sr.SeriesInstanceUID),
+        "seg_path": str(seg_path),
+        "sr_path": str(sr_path),
+        "mask_path": str(mask_path),
+        "destinations": list(destinations),
+        "voxels": {label.name: int(counts[label.index]) for label in spec.labels},
+    }
+    routed.result["job_state"] = "done"
+    return _Produced(outputs, enqueue, out_dir)
+
+
+def _fail_job(
+    store: Store,
+    claim: Claim,
+    job: JobRecord,
+    routed: _Routed,
+    failure: _JobFailed,
+    series_state: SeriesState,
+    start: float,
+) -> Finished:
+    """End the job FAILED with the reason, then its series: DONE for a recorded job
+    failure, FAILED (with the reason too) for an unexpected error."""
+    routed.result["job_state"] = "failed"
+    ref = short_ref(claim.series_uid)
+    if failure.reason == "no_active_model":
+        LOG.warning("series %s not segmented: %s", ref, failure.detail)
+    elif failure.reason != "internal_error":  # that one was logged with its traceback
+        LOG.error("series %s job %d failed at %s: %s", ref, job.id, failure.reason, failure.detail)
+    store.fail_job(job.id, failure.reason, failure.detail, routed.timings)
+    failed = series_state is SeriesState.FAILED
+    current = store.finish_series(
+        claim,
+        series_state,
+        reason=failure.reason if failed else None,
+        detail=failure.detail if failed else None,
+        result=routed.result,
+    )
+    return _report(claim, job, routed, series_state, current, failure.reason, start)
+
+
+def _report(
+    claim: Claim,
+    job: JobRecord,
+    routed: _Routed,
+    series_state: SeriesState,
+    current: bool,
+    failure: str | None,
+    start: float,
+) -> Finished:
+    """The one log line of a job, with its timings."""
+    elapsed = time.perf_counter() - start
+    timings = routed.timings
+    if not current:
+        _log_reopened(claim)
+    else:
+        stages = ", ".join(
+            f"{k.removesuffix('_s')} {v:.2f}s"
+            for k, v in timings.items()
+            if k.endswith("_s") and isinstance(v, int | float)
+        )
+        LOG.info(
+            "job %d series %s generation %d %s -> %s in %.2f s (%s)",
             job.id,
-            exc.reason,
-            exc.detail,
+            short_ref(claim.series_uid),
+            claim.generation,
+            routed.task,
+            "failed" if failure else "done",
+            elapsed,
+            stages,
         )
-        return Outcome(SeriesState.DONE, result=result, timings=timings, job=job)
-    outputs, enqueue, result_dir = segmented
-    result["job_state"] = "done"
-    return Outcome(
-        SeriesState.DONE,
-        result=result,
+    done = current and failure is None
+    return Finished(
+        series_state,
+        current,
+        reason=failure or (None if current else "superseded"),
+        job_id=job.id,
+        job_state=JobState.DONE if done else JobState.FAILED,
         timings=timings,
-        job=job,
-        job_outputs=outputs,
-        enqueue=enqueue,
-        result_dir=result_dir,
     )
 
 
-class _StageError(Exception):
-    """A pipeline stage failed: ``reason`` names the stage, ``detail`` says why."""
+def _finish_without_job(store: Store, claim: Claim, ended: _NoJob, start: float) -> Finished:
+    current = store.finish_series(
+        claim, ended.state, reason=ended.reason, detail=ended.detail, result=ended.result
+    )
+    if not current:
+        _log_reopened(claim)
+    else:
+        LOG.info(
+            "series %s generation %d -> %s%s in %.2f s",
+            short_ref(claim.series_uid),
+            claim.generation,
+            ended.state.value,
+            f" ({ended.reason})" if ended.reason else "",
+            time.perf_counter() - start,
+        )
+    return Finished(ended.state, current, reason=ended.reason)
 
-    def __init__(self, reason: str, exc: BaseException) -> None:
-        self.reason = reason
-        self.detail = f"{type(exc).__name__}: {exc}"[:500]
-        super().__init__(self.detail)
+
+def _log_reopened(claim: Claim) -> None:
+    LOG.info(
+        "series %s re-opened while processing; result of generation %d discarded",
+        short_ref(claim.series_uid),
+        claim.generation,
+    )
 
 
-def _since(mark: float) -> float:
-    return round(time.perf_counter() - mark, 4)
-
-
-def task_spec_for(task: str, record: ModelRecord, card_preprocessing: Any) -> TaskSpec:
+def task_spec_for(task: str, card_preprocessing: Mapping[str, Any]) -> TaskSpec:
     """The task spec, with the patch size and spacing the model card records (a model
     imported from elsewhere may have been trained with others)."""
     spec = get_task(task)
@@ -225,105 +488,6 @@ def _save_dataset(ds: Dataset, path: Path) -> None:
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-
-
-def _segment_series(
-    series: SeriesRecord,
-    claim: Claim,
-    volume: SeriesVolume,
-    image_paths: Sequence[Path],
-    record: ModelRecord,
-    config: AppConfig,
-    networks: NetworkCache,
-    timings: dict[str, Any],
-) -> tuple[dict[str, Any], tuple[Enqueue, ...], Path]:
-    mark = time.perf_counter()
-    try:
-        loaded = networks.get(record)
-        spec = task_spec_for(record.task, record, loaded.bundle.card.preprocessing)
-    except Exception as exc:
-        raise _StageError("model_load_failed", exc) from exc
-    timings["model_s"] = _since(mark)
-
-    # The boundary: numpy (slice, row, column) + 4x4 LPS affine in, uint8 label map out.
-    image: np.ndarray = volume.array
-    affine_lps: np.ndarray = volume.affine
-    mark = time.perf_counter()
-    try:
-        segmentation = segment(loaded.network, spec, image, affine_lps, device=loaded.device)
-    except Exception as exc:
-        raise _StageError("inference_failed", exc) from exc
-    timings["inference_s"] = _since(mark)
-    timings["inference"] = {k: round(float(v), 4) for k, v in segmentation.timings_s.items()}
-    timings["device"] = segmentation.device
-    mask = segmentation.mask
-
-    card = loaded.bundle.card
-    segments = segment_descriptions(spec)
-    algorithm = AlgorithmInfo(
-        name=card.name,
-        version=card.version,
-        weights_sha256=card.weights_sha256,
-        federated_round=card.federated_round,
-    )
-    research_only = config.output.research_only
-    mark = time.perf_counter()
-    try:
-        seg = write_seg(
-            image_paths,
-            mask,
-            segments,
-            algorithm,
-            SegOptions(segmentation_type=config.output.seg_type, research_only=research_only),
-            slice_uids=volume.sop_instance_uids,
-        )
-    except Exception as exc:
-        raise _StageError("seg_failed", exc) from exc
-    timings["seg_s"] = _since(mark)
-
-    mark = time.perf_counter()
-    try:
-        sr = write_sr(
-            seg, mask, affine_lps, segments, algorithm, SrOptions(research_only=research_only)
-        )
-    except Exception as exc:
-        raise _StageError("sr_failed", exc) from exc
-    timings["sr_s"] = _since(mark)
-
-    mark = time.perf_counter()
-    try:
-        out_dir = result_dir_for(config, series.series_uid, claim.generation)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        seg_path, sr_path, mask_path = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "mask.npz"
-        _save_dataset(seg, seg_path)
-        _save_dataset(sr, sr_path)
-        tmp_mask = out_dir / ".mask.tmp.npz"
-        np.savez_compressed(tmp_mask, mask=mask, affine_lps=affine_lps)
-        os.replace(tmp_mask, mask_path)
-    except Exception as exc:
-        raise _StageError("save_failed", exc) from exc
-    timings["save_s"] = _since(mark)
-
-    seg_uid, sr_uid = str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)
-    destinations = config.output_destinations
-    enqueue = tuple(
-        Enqueue(dest, path, uid)
-        for dest in destinations
-        for path, uid in ((seg_path, seg_uid), (sr_path, sr_uid))
-    )
-    counts = np.bincount(mask.ravel(), minlength=spec.num_classes)
-    outputs = {
-        "seg_sop_uid": seg_uid,
-        "seg_series_uid": str(seg.SeriesInstanceUID),
-        "sr_sop_uid": sr_uid,
-        "sr_series_uid": str(sr.SeriesInstanceUID),
-        "seg_path": str(seg_path),
-        "sr_path": str(sr_path),
-        "mask_path": str(mask_path),
-        "destinations": list(destinations),
-        "voxels": {label.name: int(counts[label.index]) for label in spec.labels},
-    }
-    return outputs, enqueue, out_dir
 
 
 def discard_result(result_dir: Path | None) -> None:

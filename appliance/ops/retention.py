@@ -276,7 +276,7 @@ def _remove_file(path: Path, trash: Path, since_ns: int) -> int:
     return moved.st_size
 
 
-def disk_usage(store: Store, config: AppConfig, todo: Plan) -> dict[str, Any]:
+def disk_usage(config: AppConfig, todo: Plan) -> dict[str, Any]:
     """Bytes by category (and how many are due for purging), other state, free space."""
     categories: dict[str, dict[str, int]] = {
         c.value: {"files": 0, "bytes": 0, "due_bytes": 0} for c in Category

@@ -104,8 +104,9 @@ class Federation:
         return self.root / site
 
     def run(self, strategy: str, **overrides: Any) -> dict[str, Any]:
+        from appliance.config import StrategyName
         from appliance.federation import runner
-        from appliance.federation.settings import RunSettings, StrategyName
+        from appliance.federation.settings import RunSettings
 
         settings = RunSettings(
             strategy=StrategyName(strategy),

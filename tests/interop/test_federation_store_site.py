@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from appliance.cases.from_seg import split_for
+from appliance.cases.split import split_for
 from appliance.cli import app
 from appliance.config import load_config
 from appliance.site_models.registry import register_shipped

@@ -49,8 +49,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from appliance.config import ConfigReader, StrategyName
 from appliance.errors import FederationError
-from appliance.federation.settings import SimSite, StrategyName, parse_sim_sites
+from appliance.federation.settings import SimSite, parse_sim_sites
 
 #: Where the shipped configs live in a checkout (``--config quick`` is
 #: ``<this>/quick.toml``); an installed image sets ``APPLIANCE_BENCHMARK_DIR`` instead.
@@ -63,17 +64,18 @@ def config_dir() -> Path:
 
 
 class Method(StrEnum):
-    """What the benchmark compares: two baselines and the federated strategies."""
+    """What the benchmark compares: two baselines and federated strategies (named as
+    :class:`~appliance.config.StrategyName` names them)."""
 
     LOCAL = "local"
     CENTRALISED = "centralised"
-    FEDAVG = "fedavg"
-    FEDPROX = "fedprox"
-    FEDBN = "fedbn"
-    CWT = "cwt"
-    SWT = "swt"
-    GOSSIP = "gossip"
-    FEDGS = "fedgs"
+    FEDAVG = StrategyName.FEDAVG.value
+    FEDPROX = StrategyName.FEDPROX.value
+    FEDBN = StrategyName.FEDBN.value
+    CWT = StrategyName.CWT.value
+    SWT = StrategyName.SWT.value
+    GOSSIP = StrategyName.GOSSIP.value
+    FEDGS = StrategyName.FEDGS.value
 
     @property
     def federated(self) -> bool:
@@ -174,45 +176,28 @@ def resolve_config_path(name_or_path: str) -> Path:
     return path
 
 
-class _Reader:
-    def __init__(self, source: str, data: Mapping[str, Any]) -> None:
-        self.source, self.data = source, data
+def _reader(source: str, data: Mapping[str, Any]) -> ConfigReader:
+    """The config reader: the first problem raises ``FederationError("<source>: <key>:
+    <what is wrong>")``."""
+    return ConfigReader(data, fail=lambda issue: FederationError(f"{source}: {issue}"))
 
-    def fail(self, key: str, message: str) -> FederationError:
-        return FederationError(f"{self.source}: {key}: {message}")
 
-    def get(
-        self, key: str, kind: type, default: Any = None, table: Mapping[str, Any] | None = None
-    ) -> Any:
-        data = self.data if table is None else table
-        if key not in data:
-            if default is None:
-                raise self.fail(key, "is required")
-            return default
-        value = data[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise self.fail(key, f"must be {kind.__name__}, got {value!r}")
-        return value
+def _positive_int(r: ConfigReader, key: str, default: int | None = None) -> int:
+    value = int(r.typed(key, int) if default is None else r.typed(key, int, default))
+    if value < 1:
+        raise r.fail(key, f"must be >= 1, got {value}")
+    return value
 
-    def positive_int(self, key: str, default: int | None = None) -> int:
-        value = int(self.get(key, int, default))
-        if value < 1:
-            raise self.fail(key, f"must be >= 1, got {value}")
-        return value
 
-    def numbers(
-        self, key: str, table: Mapping[str, Any], kind: type, count: int
-    ) -> tuple[Any, ...]:
-        values = self.get(key, list, None, table)
-        ok = len(values) == count and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-            for v in values
-        )
-        if not ok or (kind is int and not all(isinstance(v, int) for v in values)):
-            raise self.fail(key, f"must be {count} positive {kind.__name__}s, got {values!r}")
-        return tuple(kind(v) for v in values)
+def _numbers(r: ConfigReader, key: str, kind: type, count: int) -> tuple[Any, ...]:
+    values = r.typed(key, list)
+    ok = len(values) == count and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for v in values
+    )
+    if not ok or (kind is int and not all(isinstance(v, int) for v in values)):
+        raise r.fail(key, f"must be {count} positive {kind.__name__}s, got {values!r}")
+    return tuple(kind(v) for v in values)
 
 
 def load_config(name_or_path: str) -> SimConfig:
@@ -227,19 +212,19 @@ def load_config(name_or_path: str) -> SimConfig:
 def parse_config(data: Mapping[str, Any], *, source: str = "config") -> SimConfig:
     from models.tasks import TaskName
 
-    r = _Reader(source, data)
-    seeds = r.get("seeds", list)
+    r = _reader(source, data)
+    seeds = r.typed("seeds", list)
     if not seeds or not all(
         isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
     ):
         raise r.fail("seeds", f"must be a non-empty list of integers >= 0, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise r.fail("seeds", "a seed is listed twice")
-    tasks = r.get("tasks", list)
+    tasks = r.typed("tasks", list)
     allowed_tasks = [t.value for t in TaskName]
     if not tasks or any(t not in allowed_tasks for t in tasks):
         raise r.fail("tasks", f"must be some of {', '.join(allowed_tasks)}, got {tasks!r}")
-    methods_raw = r.get("methods", list)
+    methods_raw = r.typed("methods", list)
     try:
         methods = tuple(Method(m) for m in methods_raw)
     except ValueError as exc:
@@ -247,43 +232,41 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> SimConfi
         raise r.fail("methods", f"must be some of {allowed}, got {methods_raw!r}") from exc
     if not methods or len(set(methods)) != len(methods):
         raise r.fail("methods", "must list each method once, at least one")
-    device = r.get("device", str, "cpu")
+    device = r.typed("device", str, "cpu")
     if device not in ("cpu", "cuda"):
         raise r.fail("device", f"must be cpu or cuda, got {device!r}")
-    lr = r.get("lr", float, 2e-3)
-    prox_mu = r.get("prox_mu", float, 0.01)
+    lr = r.typed("lr", float, 2e-3)
+    prox_mu = r.typed("prox_mu", float, 0.01)
     if not (math.isfinite(lr) and lr > 0):
         raise r.fail("lr", "must be a number > 0")
     if not (math.isfinite(prox_mu) and prox_mu >= 0):
         raise r.fail("prox_mu", "must be a number >= 0")
-    timeout_s = r.get("timeout_s", float, 3600.0)
+    timeout_s = r.typed("timeout_s", float, 3600.0)
     if not timeout_s > 0:
         raise r.fail("timeout_s", "must be > 0")
 
-    network = r.get("network", dict, {})
-    filters = network.get("filters", [8, 16, 32])
+    network = r.table("network")
+    filters = network.raw("filters", [8, 16, 32])
     if not (
         isinstance(filters, list)
         and len(filters) >= 2
         and all(isinstance(f, int) and not isinstance(f, bool) and f > 0 for f in filters)
     ):
-        raise r.fail("network.filters", f"must be >= 2 positive integers, got {filters!r}")
-    norm = r.get("norm", str, "batch", network)
+        raise network.fail("filters", f"must be >= 2 positive integers, got {filters!r}")
+    norm = network.typed("norm", str, "batch")
     if norm not in ("batch", "instance"):
-        raise r.fail("network.norm", f"must be batch or instance, got {norm!r}")
-    res_units = r.get("res_units", int, 1, network)
+        raise network.fail("norm", f"must be batch or instance, got {norm!r}")
+    res_units = network.typed("res_units", int, 1)
     if res_units < 0:
-        raise r.fail("network.res_units", "must be >= 0")
+        raise network.fail("res_units", "must be >= 0")
 
-    site_tables = r.get("site", list)
     entries = []
-    for number, table in enumerate(site_tables):
+    for number, table in enumerate(r.typed("site", list)):
         if not isinstance(table, dict):
             raise r.fail(f"site[{number}]", "must be a table with preset, train, held_out")
-        preset = r.get("preset", str, None, table)
-        train = r.get("train", int, None, table)
-        held_out = r.get("held_out", int, None, table)
-        entries.append(f"{preset}:{train}:{held_out}")
+        site = r.child(table, f"site[{number}]")
+        preset, train = site.typed("preset", str), site.typed("train", int)
+        entries.append(f"{preset}:{train}:{site.typed('held_out', int)}")
     try:
         sites = parse_sim_sites(",".join(entries))
     except FederationError as exc:
@@ -291,37 +274,38 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> SimConfi
     if len(sites) < 2:
         raise r.fail("site", "a federation needs at least 2 sites")
 
-    task_tables = r.get("task", dict, {})
+    task_tables = r.table("task")
     setups: dict[str, TaskSetup] = {}
     for task in tasks:
-        table = task_tables.get(task)
+        table = task_tables.data.get(task)
         if not isinstance(table, dict):
-            raise r.fail(
-                f"task.{task}", "is required (patch_size, target_spacing_mm, most_shifted_site)"
+            raise task_tables.fail(
+                task, "is required (patch_size, target_spacing_mm, most_shifted_site)"
             )
-        patch = r.numbers("patch_size", table, int, 3)
-        spacing = r.numbers("target_spacing_mm", table, float, 3)
-        shifted = r.get("most_shifted_site", str, None, table)
+        t = task_tables.child(table, task_tables.key(task))
+        patch = _numbers(t, "patch_size", int, 3)
+        spacing = _numbers(t, "target_spacing_mm", float, 3)
+        shifted = t.typed("most_shifted_site", str)
         if shifted not in {s.preset for s in sites}:
-            raise r.fail(f"task.{task}.most_shifted_site", f"{shifted!r} is not one of the sites")
+            raise t.fail("most_shifted_site", f"{shifted!r} is not one of the sites")
         setups[task] = TaskSetup(
             (patch[0], patch[1], patch[2]), (spacing[0], spacing[1], spacing[2]), shifted
         )
 
     return SimConfig(
-        name=r.get("name", str),
-        description=r.get("description", str, ""),
+        name=r.typed("name", str),
+        description=r.typed("description", str, ""),
         device=device,
         seeds=tuple(int(s) for s in seeds),
         tasks=tuple(str(t) for t in tasks),
         methods=methods,
-        rounds=r.positive_int("rounds"),
-        local_steps=r.positive_int("local_steps"),
-        batch_size=r.positive_int("batch_size", 2),
+        rounds=_positive_int(r, "rounds"),
+        local_steps=_positive_int(r, "local_steps"),
+        batch_size=_positive_int(r, "batch_size", 2),
         lr=lr,
         prox_mu=prox_mu,
-        workers=r.positive_int("workers", 2),
-        threads_per_site=r.positive_int("threads_per_site", 1),
+        workers=_positive_int(r, "workers", 2),
+        threads_per_site=_positive_int(r, "threads_per_site", 1),
         timeout_s=timeout_s,
         filters=tuple(int(f) for f in filters),
         res_units=int(res_units),

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from appliance.config import StrategyName
 from appliance.errors import FederationError
 from appliance.federation import runner
 from appliance.federation.outputs import site_weights
@@ -39,7 +40,6 @@ from appliance.federation.scoring import score_site
 from appliance.federation.settings import (
     RunSettings,
     SiteSettings,
-    StrategyName,
     simulated_node_config,
 )
 from appliance.federation.simulation.baselines import (

@@ -18,7 +18,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
-from appliance.cases.from_seg import split_for
+from appliance.cases.split import split_for
 from appliance.cli import app
 from appliance.config import load_config
 from appliance.flow.worker import Worker

@@ -3,7 +3,6 @@ untrained model (tests assert structure, provenance and alignment, not quality).
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,64 +11,18 @@ from pydicom import dcmread
 
 from appliance.config import AppConfig, parse_config
 from appliance.flow.ingest import to_new_instance
-from appliance.flow.pipeline import discard_result, process_series
-from appliance.flow.worker import Worker
+from appliance.flow.pipeline import result_dir_for, run_claim
 from appliance.ops.status import build_status
-from appliance.site_models.registry import NetworkCache, import_bundle, register_shipped
+from appliance.site_models.registry import LoadedModel, NetworkCache, register_shipped
 from appliance.states import JobState, OutboxState, SeriesState
-from appliance.store import SCHEMA_VERSION, NewInstance, Store
+from appliance.store import SCHEMA_VERSION, ModelRecord, NewInstance, Store
 from dicom_bridge.instance import describe_spooled_file
 from dicom_bridge.seg_reader import read_seg_labelmap
-from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
+from dicom_bridge.synthetic import SeriesIdentity, write_series
 from models.lifecycle import ModelState
 from models.registry import ModelRegistry
+from tests.appliance.flow.helpers import GEOMETRY, activate_tiny, ingest, make_config, run_worker
 from tests.appliance.tiny_models import make_tiny_bundle
-
-GEOMETRY = SeriesGeometry(slices=24, rows=64, columns=64)
-
-
-def make_config(root: Path, **output: object) -> AppConfig:
-    return parse_config(
-        {
-            "storage": {"root": str(root / "data"), "fsync": False},
-            "models": {"shipped": "", "device": "cpu"},
-            "destinations": [
-                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104},
-                {"name": "other", "ae_title": "OTHER", "host": "127.0.0.1", "port": 105},
-            ],
-            "output": dict(output),
-        }
-    )
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> AppConfig:
-    return make_config(tmp_path)
-
-
-@pytest.fixture
-def app_store(config: AppConfig) -> Store:
-    store = Store(config.storage.database)
-    yield store  # type: ignore[misc]
-    store.close()
-
-
-def activate_tiny(store: Store, config: AppConfig, tmp: Path, version: str = "0.0.1-test") -> str:
-    bundle = make_tiny_bundle(tmp / f"src-{version}", version=version)
-    record = import_bundle(store, config, bundle.path, task="liver_ct")
-    assert record.state is ModelState.CANDIDATE
-    store.activate("liver_ct", record.version, force=True)
-    return record.version
-
-
-def ingest(store: Store, files: list[Path]) -> None:
-    for path in files:
-        store.record_instance(to_new_instance(describe_spooled_file(path)))
-    store.complete_quiet_series(-1.0)
-
-
-def run_worker(store: Store, config: AppConfig) -> None:
-    assert Worker(store, threading.Event(), config).run_once()
 
 
 def test_complete_ct_series_becomes_seg_and_sr_queued_to_the_destination(
@@ -205,6 +158,19 @@ def test_tampered_weights_fail_the_job_with_the_reason(
         app_store.retry_job(job.id)
 
 
+class ArrivesWhileLoading(NetworkCache):
+    """A real network cache; while it loads the model, one more instance of the series
+    arrives (the series is re-opened as a new generation mid-job)."""
+
+    def __init__(self, config: AppConfig, store: Store, late: Path) -> None:
+        super().__init__(config)
+        self.store, self.late = store, late
+
+    def get(self, record: ModelRecord) -> LoadedModel:
+        self.store.record_instance(to_new_instance(describe_spooled_file(self.late)))
+        return super().get(record)
+
+
 def test_series_reopened_during_processing_discards_the_stale_result(
     tmp_path: Path, config: AppConfig, app_store: Store
 ) -> None:
@@ -214,23 +180,14 @@ def test_series_reopened_during_processing_discards_the_stale_result(
     ingest(app_store, files[:-1])
     claim = app_store.claim_complete_series()
     assert claim is not None
-    outcome = process_series(app_store, claim, config, NetworkCache(config))
-    assert outcome.job_outputs is not None and outcome.result_dir is not None
     # The last slice arrives while the job runs: the series is re-opened (generation 2).
-    late = describe_spooled_file(files[-1])
-    app_store.record_instance(to_new_instance(late))
-    current = app_store.finish_series(
-        claim,
-        outcome.state,
-        result=outcome.result,
-        job_id=outcome.job.id if outcome.job else None,
-        job_outputs=outcome.job_outputs,
-        enqueue=outcome.enqueue,
+    finished = run_claim(
+        app_store, claim, config, ArrivesWhileLoading(config, app_store, files[-1])
     )
-    assert current is False
-    discard_result(outcome.result_dir)
-    assert not outcome.result_dir.exists()
-    stale = app_store.get_job(outcome.job.id)  # type: ignore[union-attr]
+    assert finished.current is False and finished.job_state is JobState.FAILED
+    assert finished.reason == "superseded"
+    assert not result_dir_for(config, identity.series_uid, claim.generation).exists()
+    stale = app_store.get_job(finished.job_id)  # type: ignore[arg-type]
     assert stale.state is JobState.FAILED and stale.reason == "superseded"
     assert app_store.list_outbox() == []
     with pytest.raises(Exception, match="superseded by generation 2"):

@@ -104,6 +104,21 @@ def test_config_by_path_and_unknown_name(tmp_path: Path) -> None:
             r"site: .*>= 1 training",
         ),
         ({"task": {}}, r"task.glioma_mr: is required"),
+        # nested values are named by their whole dotted key
+        ({"network": {"res_units": "x"}}, r"network\.res_units: must be int"),
+        ({"site": [{"train": 2, "held_out": 1}] * 2}, r"site\[0\]\.preset: is required"),
+        (
+            {
+                "task": {
+                    "glioma_mr": {
+                        "patch_size": [16, 16],
+                        "target_spacing_mm": [6.0, 6.0, 6.0],
+                        "most_shifted_site": "site_b",
+                    }
+                }
+            },
+            r"task\.glioma_mr\.patch_size: must be 3 positive ints",
+        ),
     ],
 )
 def test_bad_values_name_the_key(changes: dict[str, Any], message: str) -> None:

@@ -1,4 +1,5 @@
-"""Unit tests for appliance.config: parsing, defaults, validation, environment overrides."""
+"""appliance.config.loading: TOML and environment -> AppConfig: defaults, every problem
+named by its dotted key and collected at once, environment overrides, loading files."""
 
 from __future__ import annotations
 

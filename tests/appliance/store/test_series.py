@@ -1,9 +1,8 @@
-"""Unit tests for appliance.store: instances, series lifecycle, rejections, durability."""
+"""Unit tests for appliance.store.series: instances, series lifecycle, rejections, concurrency."""
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from appliance.errors import NotFoundError
 from appliance.states import SeriesState
-from appliance.store import SCHEMA_VERSION, Claim, NewInstance, Store
+from appliance.store import Claim, NewInstance, Store
 from tests.appliance.conftest import Clock
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -261,32 +260,7 @@ def test_rejections_recorded_newest_first(store: Store, clock: Clock) -> None:
     assert [r.reason for r in store.recent_rejections(limit=2)] == ["missing slices", "invalid UID"]
 
 
-# -- durability and concurrency ----------------------------------------------------------------
-
-
-def test_store_survives_reopen_and_uses_wal(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / "appliance.sqlite3"
-    first = Store(path, clock=clock)
-    first.record_instance(inst(1))
-    first.record_rejection("instance", "bad")
-    item = first.enqueue("pacs", Path("/x.dcm"), "1.2.3")
-    first.close()
-
-    again = Store(path, clock=clock)
-    try:
-        assert again.instance_count() == 1
-        assert again.get_series(SERIES).instances == 1
-        assert len(again.recent_rejections()) == 1
-        assert again.get_outbox(item).sop_uid == "1.2.3"
-        assert again.record_instance(inst(1)) is False
-    finally:
-        again.close()
-
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
-            str(SCHEMA_VERSION),
-        )
+# -- concurrency ----------------------------------------------------------------
 
 
 def test_concurrent_record_instance(store: Store) -> None:
@@ -318,3 +292,12 @@ def test_concurrent_record_instance(store: Store) -> None:
     assert store.get_series("1.2.3.0").instances == threads * per_thread // 2
     assert store.get_series("1.2.3.1").instances == threads * per_thread // 2
     assert len(store.series_instances("1.2.3.0")) == threads * per_thread // 2
+
+
+def test_finished_states() -> None:
+    assert {state for state in SeriesState if state.finished} == {
+        SeriesState.DONE,
+        SeriesState.REJECTED,
+        SeriesState.FAILED,
+        SeriesState.SKIPPED,
+    }

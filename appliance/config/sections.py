@@ -1,0 +1,331 @@
+"""The sections of the configuration: frozen dataclasses that check themselves.
+
+Each section checks its own values in ``__post_init__`` (with the one
+:class:`~appliance.config.reader.ConfigReader`) and raises :class:`ConfigError` naming
+every bad key, so a section built in code is as valid as one read from TOML. Top-level
+sections name their keys in full (``dicom.port``); the items of lists and nested tables
+(:class:`TlsConfig`, :class:`CallerConfig`, :class:`DestinationConfig`) name them
+relative to the item (``port``), and whoever reads the item puts it in place
+(``destinations[0].port``). Accepted values are normalised: numbers become floats, AE
+titles are stripped, choices take their canonical case, strings become paths.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.config.reader import ConfigReader
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+MODEL_DEVICES = ("auto", "cpu", "cuda")
+SEG_TYPES = ("BINARY", "LABELMAP")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS of a DICOM association (``dicom.tls``, ``destinations[i].tls``): the files
+    must exist; ``require_client_cert`` needs ``ca_file``."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self)
+        r.path("cert_file", required=True, must_exist=True)
+        r.path("key_file", required=True, must_exist=True)
+        ca = r.path("ca_file", must_exist=True)
+        require = r.boolean("require_client_cert")
+        r.check(
+            not require or ca is not None, "ca_file", "is required when require_client_cert is true"
+        )
+        r.raise_issues()
+
+
+@dataclass(frozen=True, slots=True)
+class CallerConfig:
+    """A caller allowed to store (``dicom.allowed_callers[i]``): its AE title, and the
+    host it must come from (any when ``None``)."""
+
+    ae_title: str
+    host: str | None = None
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self)
+        r.ae_title("ae_title")
+        r.host("host")
+        r.raise_issues()
+
+
+@dataclass(frozen=True, slots=True)
+class DicomConfig:
+    ae_title: str = "SEGAPPLIANCE"
+    port: int = 11112
+    bind: str = "0.0.0.0"
+    max_associations: int = 10
+    max_pdu_size: int = 131072
+    allowed_callers: tuple[CallerConfig, ...] = ()
+    series_quiet_seconds: float = 30.0
+    tls: TlsConfig | None = None
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self, "dicom")
+        r.ae_title("ae_title")
+        r.integer("port", 1, 65535)
+        r.host("bind", required=True)
+        r.integer("max_associations", 1, 1000)
+        r.integer("max_pdu_size", 4096, 2**24)
+        r.instances(
+            "allowed_callers",
+            CallerConfig,
+            "must be a list of AE titles or {ae_title, host} tables",
+        )
+        r.number("series_quiet_seconds", 0.1, 86400.0)
+        r.instance("tls", TlsConfig, optional=True)
+        r.raise_issues()
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """``root``: spool, database, results, cases, audit trail. ``fsync``: make every
+    received instance durable before it is acknowledged. ``min_free_mb``: the disk
+    watermark: while the file system of ``root`` has less free space than this, new
+    C-STOREs are refused with 0xA702 (out of resources) and nothing is written; ingest
+    resumes by itself when space returns (0 turns the check off; default 1024)."""
+
+    root: Path = Path("/var/lib/appliance")
+    fsync: bool = True
+    min_free_mb: int = 1024
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self, "storage")
+        r.path("root", required=True)
+        r.boolean("fsync")
+        r.integer("min_free_mb", 0, 10**8)
+        r.raise_issues()
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "appliance.sqlite3"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.root / "volumes"
+
+    @property
+    def audit_file(self) -> Path:
+        return self.root / "audit" / "audit.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationConfig:
+    """Where results can be sent (``[[destinations]]``)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae: str | None = None  # default: dicom.ae_title
+    timeout_seconds: float = 30.0
+    tls: TlsConfig | None = None
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self)
+        r.name("name", required=True)
+        r.ae_title("ae_title")
+        r.host("host", required=True)
+        r.integer("port", 1, 65535)
+        r.ae_title("calling_ae", required=False)
+        r.number("timeout_seconds", 0.5, 3600.0)
+        r.instance("tls", TlsConfig, optional=True)
+        r.raise_issues()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    max_attempts: int = 8
+    backoff_initial_seconds: float = 5.0
+    backoff_max_seconds: float = 600.0
+    poll_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self, "outbox")
+        r.integer("max_attempts", 1, 1000)
+        before = len(r.issues)
+        initial = r.number("backoff_initial_seconds", 0.01, 86400.0)
+        maximum = r.number("backoff_max_seconds", 0.01, 7 * 86400.0)
+        if len(r.issues) == before:
+            r.check(
+                maximum >= initial,
+                "backoff_max_seconds",
+                "must be at least backoff_initial_seconds",
+            )
+        r.number("poll_seconds", 0.05, 60.0)
+        r.raise_issues()
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    """``level``; ``format``: ``text`` (default) or ``json`` (one JSON object per line,
+    for log collectors)."""
+
+    level: str = "INFO"
+    format: str = "text"
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self, "logging")
+        r.choice("level", LOG_LEVELS, "INFO", case=str.upper)
+        r.choice("format", LOG_FORMATS, "text", case=str.lower)
+        r.raise_issues()
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """What is kept on disk, and for how long (``appliance storage usage|purge``).
+
+    ``source_days``: received images are purged this many days after their results were
+    delivered (every SEG/SR acknowledged by its destinations; with no destination, after
+    the job finished), or after their series finished without a result (rejected,
+    skipped, failed). Default 30. ``results_days``: result files (SEG, SR) are purged
+    this many days after delivery; ``excluded_cases_days``: training cases taken out of
+    the training set (excluded, superseded) are purged this many days after that. Both
+    default to ``"forever"``. Annotated cases in a training set, and the images they
+    were drawn on, are never purged; neither is anything not yet delivered.
+    ``interval_hours``: how often ``serve`` applies the policies (default 6; 0: only
+    ``appliance storage purge`` does). Days are numbers or ``"forever"`` (``None``).
+    """
+
+    source_days: float | None = 30.0  # None: forever
+    results_days: float | None = None
+    excluded_cases_days: float | None = None
+    interval_hours: float = 6.0
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self, "retention")
+        r.days("source_days")
+        r.days("results_days")
+        r.days("excluded_cases_days")
+        r.number("interval_hours", 0.0, 24 * 365)
+        r.raise_issues()
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The health and metrics endpoint (``/healthz``, ``/metrics``): off unless
+    ``enabled``; bound to loopback unless ``bind`` says otherwise."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = 8080
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self, "http")
+        r.boolean("enabled")
+        r.host("bind", required=True)
+        r.integer("port", 1, 65535)
+        r.raise_issues()
+
+
+def shipped_bundles_dir() -> Path:
+    """``models/bundles`` of the installed ``models`` package (source checkout or wheel),
+    found without importing it (no torch at config time)."""
+    spec = importlib.util.find_spec("models")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    base = Path(locations[0]) if locations else Path(__file__).resolve().parents[2] / "models"
+    return base / "bundles"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsConfig:
+    """Where models live and where they run.
+
+    ``root``: the site's model registry (default ``<storage.root>/models``). ``shipped``:
+    registry-layout folder of bundles shipped with the software (default: the ``models``
+    package's ``bundles``); on first start a task with no registered model gets them,
+    the highest version active. ``device``: ``auto`` (CUDA when available), ``cpu``,
+    ``cuda``. ``gate_margin``: the validation gate promotes a candidate only if no label's
+    mean Dice on the held-out cases is below the active model's by more than this (0 to
+    1, default 0.01); ``gate_min_cases``: fewer held-out cases than this and the gate
+    decides nothing (default 3).
+    """
+
+    root: Path | None = None  # None: <storage.root>/models
+    shipped: Path | None = field(default_factory=shipped_bundles_dir)
+    device: str = "auto"
+    gate_margin: float = 0.01
+    gate_min_cases: int = 3
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self, "models")
+        r.path("root")
+        r.path("shipped")
+        r.choice("device", MODEL_DEVICES, "auto", case=str.lower)
+        r.number("gate_margin", 0.0, 1.0)
+        r.integer("gate_min_cases", 1, 10_000)
+        r.raise_issues()
+
+    def registry_root(self, storage: StorageConfig) -> Path:
+        return self.root if self.root is not None else storage.root / "models"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    """What the pipeline writes and where it goes.
+
+    ``destinations``: names of ``[[destinations]]`` that receive every SEG and SR;
+    ``None`` (not configured) means the first destination, or none when there is none
+    (results are then only stored under ``<storage.root>/results``). ``research_only``
+    (default true): outputs say RESEARCH USE ONLY - NOT FOR DIAGNOSIS until the site
+    configures otherwise. ``seg_type``: BINARY (default, empty frames omitted) or LABELMAP.
+    That the destinations exist is checked by :class:`~appliance.config.AppConfig`.
+    """
+
+    destinations: tuple[str, ...] | None = None
+    research_only: bool = True
+    seg_type: str = "BINARY"
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self, "output")
+        names = self.destinations
+        if names is not None:
+            if isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
+                object.__setattr__(self, "destinations", tuple(dict.fromkeys(names)))
+            else:
+                r.err("destinations", "must be a list of destination names")
+        r.boolean("research_only")
+        r.choice("seg_type", SEG_TYPES, "BINARY", case=str.upper)
+        r.raise_issues()
+
+
+@dataclass(frozen=True, slots=True)
+class CasesConfig:
+    """Annotated cases (``appliance.cases.from_seg``).
+
+    ``held_out_fraction`` (0 to 0.9, default 0.2): the share of studies whose cases are
+    held out, never trained on, for the validation gate. ``split_key``: the site's secret
+    key of the keyed hash (HMAC-SHA256 of the Study Instance UID) that decides the split;
+    at least 16 characters. When not configured, one is generated on first use and kept
+    in the store (``appliance cases list`` does not show it), so the split stays fixed.
+    """
+
+    held_out_fraction: float = 0.2
+    split_key: str | None = None
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self, "cases")
+        r.number("held_out_fraction", 0.0, 0.9)
+        key = self.split_key
+        if key is not None:
+            if isinstance(key, str) and len(key.strip()) >= 16:
+                object.__setattr__(self, "split_key", key.strip())
+            else:
+                r.err("split_key", "must be a secret string of at least 16 characters")
+        r.raise_issues()

@@ -1,0 +1,58 @@
+"""What every strategy needs: which node is which site, and replies read in site order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import Message
+
+from appliance.errors import FederationError
+
+
+@dataclass
+class SiteBook:
+    """Node ids -> site names and case counts (from the ``query.info`` round)."""
+
+    names: dict[int, str] = field(default_factory=dict)
+    cases: dict[int, int] = field(default_factory=dict)
+
+    def name(self, node_id: int) -> str:
+        return self.names.get(node_id, f"node_{node_id}")
+
+    def node_of(self, site: str) -> int:
+        for node, name in self.names.items():
+            if name == site:
+                return node
+        raise FederationError(f"site-order: no connected site is named {site!r}")
+
+
+def site_of(msg: Message, book: SiteBook) -> str:
+    """The site a reply comes from: the name it gives, else the book's name of its node."""
+    if "site" in msg.content.config_records:
+        return str(msg.content.config_records["site"].get("site", ""))
+    return book.name(msg.metadata.src_node_id)
+
+
+def metrics_of(msg: Message) -> dict[str, Any]:
+    """A reply's metrics (its first ``MetricRecord``), or its error as ``{"error": ...}``."""
+    if msg.has_error():
+        return {"error": str(msg.error.reason)}
+    records = msg.content.metric_records
+    return dict(next(iter(records.values()))) if records else {}
+
+
+def in_site_order(replies: Iterable[Message], book: SiteBook) -> list[Message]:
+    """Replies sorted by site name (then node id). Replies arrive in whatever order the
+    sites finish; floating-point sums depend on the order of their terms, so aggregating
+    in arrival order would make two runs with the same seed differ in the last bits, and
+    over rounds in the Dice."""
+    return sorted(replies, key=lambda m: (site_of(m, book), m.metadata.src_node_id))
+
+
+def check_replies(replies: list[Message], book: SiteBook, what: str) -> None:
+    """Raise :class:`FederationError` naming every site whose reply is an error."""
+    failed = [f"{site_of(m, book)}: {m.error.reason}" for m in replies if m.has_error()]
+    if failed:
+        raise FederationError(f"{what} failed at " + "; ".join(failed))

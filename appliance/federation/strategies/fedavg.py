@@ -1,0 +1,200 @@
+"""The FedAvg family: Flower's ``FedAvg``, ``FedProx`` and robust aggregators
+(``FedMedian``, ``FedTrimmedAvg``, ``Krum``) with the site bookkeeping every strategy of
+ours adds, and the two pieces the federation's own FedAvg-based strategies
+(:mod:`.fedbn`, :mod:`.fedgs`) build on:
+
+- :class:`Recording`, first in a strategy's bases: replies aggregated in site order,
+  per-site metrics and the aggregate recorded to the run's progress log;
+- :class:`SeededFedAvg`, last in its bases: Flower's node sampling drawn from the
+  strategy's own ``random.Random`` instead of Python's global one.
+
+A strategy's Flower options that come from the run settings (FedProx's ``proximal_mu``,
+...) are given by the strategy table in :mod:`appliance.federation.strategies`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Mapping
+from logging import INFO
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
+
+from appliance.federation.progress import ProgressLog
+from appliance.federation.settings import RunSettings
+from appliance.federation.strategies.common import (
+    SiteBook,
+    check_replies,
+    in_site_order,
+    metrics_of,
+    site_of,
+)
+
+
+def fedavg_kwargs(run: RunSettings, weighted_by: str = "num-examples") -> dict[str, Any]:
+    """``FedAvg`` constructor options: every site trains (and evaluates, if the run
+    evaluates) every round; ``weighted_by`` names the reply metric that weights a site."""
+    return {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0 if run.evaluate else 0.0,
+        "min_train_nodes": run.min_sites,
+        "min_evaluate_nodes": run.min_sites if run.evaluate else 0,
+        "min_available_nodes": run.min_sites,
+        "weighted_by_key": weighted_by,
+    }
+
+
+class Recording(FedAvg):
+    """First base of a FedAvg-family strategy: built from the run settings, it aggregates
+    replies in site order (:func:`in_site_order`), fails the round on a site's error, and
+    records each site's metrics and the aggregate to ``progress``.
+
+    ``options`` are the Flower class's own constructor options (``proximal_mu``, ...).
+    The strategy's node sampling draws from ``rng``, seeded with the run's seed (see
+    :class:`SeededFedAvg`)."""
+
+    def __init__(
+        self,
+        run: RunSettings,
+        book: SiteBook,
+        progress: ProgressLog | None,
+        *,
+        weighted_by: str = "num-examples",
+        **options: Any,
+    ) -> None:
+        super().__init__(**fedavg_kwargs(run, weighted_by), **options)
+        self.book, self.progress = book, progress
+        self.rng = random.Random(run.seed)
+
+    def _record(
+        self,
+        server_round: int,
+        phase: str,
+        replies: list[Message],
+        aggregate: Mapping[str, Any] | None,
+        **extra: Any,
+    ) -> None:
+        if self.progress is None:
+            return
+        sites = {site_of(m, self.book): metrics_of(m) for m in replies}
+        self.progress.add(server_round, phase, sites, aggregate, **extra)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = in_site_order(replies, self.book)
+        check_replies(replies, self.book, f"round {server_round} training")
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        self._record(
+            server_round,
+            "train",
+            replies,
+            dict(metrics) if metrics is not None else None,
+            **self._train_extra(replies),
+        )
+        return arrays, metrics
+
+    def _train_extra(self, replies: list[Message]) -> dict[str, Any]:
+        return {}
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = [
+            m
+            for m in in_site_order(replies, self.book)
+            if m.has_error() or int(metrics_of(m).get("num-examples", 0)) > 0
+        ]
+        if not replies:
+            return None
+        metrics = super().aggregate_evaluate(server_round, replies)
+        self._record(
+            server_round, "evaluate", replies, dict(metrics) if metrics is not None else None
+        )
+        return metrics
+
+
+class SeededFedAvg(FedAvg):
+    """Last base of a FedAvg-family strategy: Flower's ``FedAvg.configure_train`` and
+    ``configure_evaluate`` (Flower 1.42), drawing the node sample from the strategy's own
+    ``rng`` (set by :class:`Recording`).
+
+    Flower's versions sample with ``strategy_utils.sample_nodes``, which calls the
+    module-level ``random.sample``, i.e. Python's global generator, and takes no
+    generator to use instead (the strategy factory used to reseed the global generator
+    with the run's seed for it, changing global state for all code in the process). Here
+    the same draw, ``rng.sample(all_nodes, sample_size)`` with ``rng =
+    random.Random(seed)`` (the sequence ``random.seed(seed)`` gave), is made on the
+    strategy's own generator, so a run's sample depends on its seed alone and global
+    ``random`` is never touched. With ``fraction_train`` 1.0 the sample is every
+    connected node and the draw only decides their order (replies are aggregated in site
+    order regardless).
+
+    Being last in the bases, a Flower subclass's own ``configure_train`` (``FedProx``
+    adds ``proximal-mu`` to the config) still runs before this one."""
+
+    rng: random.Random
+
+    def _sample(self, grid: Grid, fraction: float, min_nodes: int, what: str) -> list[int]:
+        num_nodes = int(len(list(grid.get_node_ids())) * fraction)
+        sample_size = max(num_nodes, min_nodes)
+        min_available = max(self.min_available_nodes, sample_size)
+        while len(all_nodes := list(grid.get_node_ids())) < min_available:
+            log(
+                INFO,
+                "Waiting for nodes to connect: %d connected (minimum required: %d).",
+                len(all_nodes),
+                min_available,
+            )
+            time.sleep(1)
+        sampled = self.rng.sample(all_nodes, sample_size)
+        log(INFO, "%s: Sampled %s nodes (out of %s)", what, len(sampled), len(all_nodes))
+        return sampled
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.fraction_train == 0.0:
+            return []
+        nodes = self._sample(grid, self.fraction_train, self.min_train_nodes, "configure_train")
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, nodes, MessageType.TRAIN)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.fraction_evaluate == 0.0:
+            return []
+        nodes = self._sample(
+            grid, self.fraction_evaluate, self.min_evaluate_nodes, "configure_evaluate"
+        )
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, nodes, MessageType.EVALUATE)
+
+
+class SiteFedAvg(Recording, SeededFedAvg):
+    """FedAvg (McMahan et al. 2017): average weighted by each site's training cases."""
+
+
+class SiteFedProx(Recording, FedProx, SeededFedAvg):
+    """FedProx (Li et al. 2020): FedAvg that sends ``proximal-mu``; sites add the
+    proximal term to their loss."""
+
+
+class SiteFedMedian(Recording, FedMedian, SeededFedAvg):
+    """Coordinate-wise median of the sites' weights (Yin et al. 2018)."""
+
+
+class SiteFedTrimmedAvg(Recording, FedTrimmedAvg, SeededFedAvg):
+    """Coordinate-wise trimmed mean of the sites' weights (Yin et al. 2018)."""
+
+
+class SiteKrum(Recording, Krum, SeededFedAvg):
+    """Krum (Blanchard et al. 2017): the site model closest to its neighbours."""

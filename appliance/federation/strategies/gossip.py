@@ -1,0 +1,184 @@
+"""Decentralised gossip averaging: no global model, each site averages with a random peer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from appliance.errors import FederationError
+from appliance.federation.aggregation import consensus_distance, gossip_peers
+from appliance.federation.params import from_record
+from appliance.federation.progress import ProgressLog
+from appliance.federation.settings import RunSettings
+from appliance.federation.strategies.common import (
+    SiteBook,
+    check_replies,
+    metrics_of,
+    site_of,
+)
+
+
+class Gossip(Strategy):
+    """Decentralised gossip averaging: each site keeps its own model; every round each
+    site trains, then is paired with a random peer and averages its model with the
+    peer's, weighted by case counts. The coordinator only relays the peer's model with
+    the next message; it never forms a global model. After the last round the sites'
+    consensus distance is reported."""
+
+    def __init__(self, run: RunSettings, book: SiteBook, progress: ProgressLog | None) -> None:
+        if len(book.names) < 2:
+            raise FederationError("gossip needs at least two sites")
+        self.run, self.book, self.progress = run, book, progress
+        self.rng = np.random.default_rng(run.seed)
+        self.nodes = sorted(book.names, key=book.name)
+        self.pairings: list[dict[str, str]] = []
+        self.consensus: float | None = None
+
+    def summary(self) -> None:
+        return None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        raise FederationError("gossip sends per-site messages; use start()")
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return None, None  # there is no aggregate
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config["server-round"] = server_round
+        return [
+            Message(
+                RecordDict({"arrays": ArrayRecord(), "config": config}), n, MessageType.EVALUATE
+            )
+            for n in self.nodes
+        ]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        if self.progress is not None:
+            self.progress.add(
+                server_round,
+                "evaluate",
+                {site_of(m, self.book): metrics_of(m) for m in replies},
+                None,
+            )
+        return None
+
+    def _send(
+        self, grid: Grid, messages: list[Message], timeout: float, what: str
+    ) -> dict[int, Message]:
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        check_replies(replies, self.book, what)
+        return {m.metadata.src_node_id: m for m in replies}
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Any = None,
+    ) -> Result:
+        result = Result()
+        models: dict[int, ArrayRecord] = {}
+        peers: list[int] | None = None
+        for server_round in range(1, num_rounds + 1):
+            messages = []
+            for i, node in enumerate(self.nodes):
+                config = ConfigRecord(dict(train_config or {}))
+                config["server-round"] = server_round
+                if peers is None:
+                    arrays, config["has-peer"] = initial_arrays, False
+                else:
+                    peer = self.nodes[peers[i]]
+                    arrays, config["has-peer"] = models[peer], True
+                    config["peer-cases"] = self.book.cases.get(peer, 1)
+                messages.append(
+                    Message(
+                        RecordDict({"arrays": arrays, "config": config}), node, MessageType.TRAIN
+                    )
+                )
+            replies = self._send(grid, messages, timeout, f"gossip round {server_round}")
+            models = {node: replies[node].content.array_records["arrays"] for node in self.nodes}
+            peers = gossip_peers(len(self.nodes), self.rng)
+            pairing = {
+                self.book.name(node): self.book.name(self.nodes[peers[i]])
+                for i, node in enumerate(self.nodes)
+            }
+            self.pairings.append(pairing)
+            if self.progress is not None:
+                self.progress.add(
+                    server_round,
+                    "train",
+                    {self.book.name(n): metrics_of(replies[n]) for n in self.nodes},
+                    None,
+                    peers=pairing,
+                )
+            if self.run.evaluate and server_round < num_rounds:
+                evaluated = self._send(
+                    grid,
+                    list(
+                        self.configure_evaluate(
+                            server_round,
+                            ArrayRecord(),
+                            ConfigRecord(dict(evaluate_config or {})),
+                            grid,
+                        )
+                    ),
+                    timeout,
+                    "gossip evaluation",
+                )
+                self.aggregate_evaluate(server_round, list(evaluated.values()))
+        # the last pairing's averaging, then the consensus distance of the sites' models
+        assert peers is not None
+        messages = []
+        for i, node in enumerate(self.nodes):
+            peer = self.nodes[peers[i]]
+            config = ConfigRecord(dict(train_config or {}))
+            config["server-round"] = num_rounds
+            config["peer-cases"] = self.book.cases.get(peer, 1)
+            messages.append(
+                Message(
+                    RecordDict({"arrays": models[peer], "config": config}),
+                    node,
+                    f"{MessageType.TRAIN}.average",
+                )
+            )
+        replies = self._send(grid, messages, timeout, "gossip averaging")
+        final = [from_record(replies[n].content.array_records["arrays"]) for n in self.nodes]
+        self.consensus = consensus_distance(final)
+        if self.progress is not None:
+            self.progress.add(
+                num_rounds,
+                "average",
+                {self.book.name(n): metrics_of(replies[n]) for n in self.nodes},
+                {"consensus_distance": self.consensus},
+            )
+        if self.run.evaluate:
+            evaluated = self._send(
+                grid,
+                list(
+                    self.configure_evaluate(
+                        num_rounds, ArrayRecord(), ConfigRecord(dict(evaluate_config or {})), grid
+                    )
+                ),
+                timeout,
+                "gossip evaluation",
+            )
+            self.aggregate_evaluate(num_rounds, list(evaluated.values()))
+        result.arrays = ArrayRecord()  # no global model
+        return result

@@ -1,0 +1,144 @@
+"""Weight transfer (Chang et al. 2018): the model travels from site to site in a fixed
+order; nothing is averaged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from appliance.errors import FederationError
+from appliance.federation.aggregation import transfer_schedule
+from appliance.federation.progress import ProgressLog
+from appliance.federation.settings import RunSettings
+from appliance.federation.strategies.common import (
+    SiteBook,
+    check_replies,
+    metrics_of,
+    site_of,
+)
+
+
+class WeightTransfer(Strategy):
+    """Cyclic (``cwt``, Chang et al. 2018) or single (``swt``) weight transfer: one site
+    trains at a time and hands the model to the next in ``order``; nothing is averaged.
+    cwt: each round is one cycle through all sites (``rounds`` = cycles, each site met
+    ``rounds`` times). swt: the model meets each site once and spends ``rounds`` local
+    rounds there before moving on."""
+
+    def __init__(
+        self,
+        run: RunSettings,
+        book: SiteBook,
+        progress: ProgressLog | None,
+        *,
+        single: bool,
+    ) -> None:
+        self.run, self.book, self.progress, self.single = run, book, progress, single
+        order = list(run.site_order) or sorted(book.names.values())
+        for site in order:
+            book.node_of(site)
+        if len(set(order)) != len(order):
+            raise FederationError("site-order: a site is listed twice")
+        self.order = order
+        self.visits: list[str] = []
+
+    def summary(self) -> None:
+        return None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        site = self._next_site
+        config["server-round"] = server_round
+        record = RecordDict({"arrays": arrays, "config": config})
+        return [Message(record, self.book.node_of(site), MessageType.TRAIN)]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        check_replies(replies, self.book, f"round {server_round} training")
+        if len(replies) != 1:
+            raise FederationError(f"weight transfer expected one reply, got {len(replies)}")
+        msg = replies[0]
+        return msg.content.array_records["arrays"], MetricRecord(metrics_of(msg))
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config["server-round"] = server_round
+        record = RecordDict({"arrays": arrays, "config": config})
+        return [Message(record, node, MessageType.EVALUATE) for node in self.book.names]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        metrics = [(metrics_of(m), site_of(m, self.book)) for m in replies]
+        if self.progress is not None:
+            self.progress.add(server_round, "evaluate", {s: m for m, s in metrics}, None)
+        valid = [m for m, _ in metrics if "dice" in m and m.get("num-examples", 0) > 0]
+        if not valid:
+            return None
+        total = sum(float(m["num-examples"]) for m in valid)
+        return MetricRecord(
+            {"dice": sum(float(m["dice"]) * float(m["num-examples"]) for m in valid) / total}
+        )
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Any = None,
+    ) -> Result:
+        result = Result()
+        arrays = initial_arrays
+        schedule = transfer_schedule(self.order, num_rounds, single=self.single)
+        if self.progress is not None and len(schedule) != num_rounds:
+            self.progress.data["rounds"] = len(schedule)  # swt: rounds at each site
+            self.progress.save()
+        for server_round, sites in enumerate(schedule, start=1):
+            for site in sites:
+                self._next_site = site
+                config = ConfigRecord(dict(train_config or {}))
+                replies = list(
+                    grid.send_and_receive(
+                        self.configure_train(server_round, arrays, config, grid), timeout=timeout
+                    )
+                )
+                new, metrics = self.aggregate_train(server_round, replies)
+                if new is None:
+                    raise FederationError(f"site {site} returned no weights")
+                arrays = new
+                self.visits.append(site)
+                if self.progress is not None:
+                    self.progress.add(
+                        server_round,
+                        "train",
+                        {site: dict(metrics or {})},
+                        None,
+                        visits=[site],
+                    )
+                if metrics is not None:
+                    result.train_metrics_clientapp[len(self.visits)] = metrics
+            result.arrays = arrays
+            if self.run.evaluate:
+                config = ConfigRecord(dict(evaluate_config or {}))
+                replies = list(
+                    grid.send_and_receive(
+                        self.configure_evaluate(server_round, arrays, config, grid),
+                        timeout=timeout,
+                    )
+                )
+                evaluated = self.aggregate_evaluate(server_round, replies)
+                if evaluated is not None:
+                    result.evaluate_metrics_clientapp[server_round] = evaluated
+        return result

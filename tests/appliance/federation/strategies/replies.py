@@ -1,0 +1,67 @@
+"""Hand-made Flower messages and a stand-in ``Grid`` for strategy tests (no SuperLink)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+
+from appliance.federation.params import to_record
+from appliance.federation.strategies import SiteBook
+
+NORM = frozenset({"norm.weight"})
+
+
+def reply(
+    node: int,
+    arrays: Mapping[str, np.ndarray],
+    metrics: dict[str, float],
+    message_type: str = MessageType.TRAIN,
+) -> Message:
+    """Site ``site_<node>``'s reply from node ``node``."""
+    content = RecordDict(
+        {
+            "arrays": to_record(arrays),
+            "metrics": MetricRecord(metrics),
+            "site": ConfigRecord({"site": f"site_{node}"}),
+        }
+    )
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"m{node}",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id=f"i{node}",
+        group_id="1",
+        created_at=0.0,
+        ttl=60.0,
+        message_type=message_type,
+    )
+    return Message(content=content, metadata=metadata)
+
+
+def book(n: int = 2) -> SiteBook:
+    """Nodes ``1..n`` named ``site_<node>`` with ``<node>`` cases."""
+    return SiteBook({i: f"site_{i}" for i in range(1, n + 1)}, {i: i for i in range(1, n + 1)})
+
+
+class FakeGrid:
+    """The part of Flower's ``Grid`` the strategies use: the connected nodes, and replies
+    made by ``answer`` to each message sent (messages kept in ``sent``)."""
+
+    def __init__(
+        self, nodes: Iterable[int], answer: Callable[[Message], Message] | None = None
+    ) -> None:
+        self.nodes = list(nodes)
+        self.answer = answer
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float) -> list[Message]:
+        assert self.answer is not None
+        sent = list(messages)
+        self.sent.extend(sent)
+        return [self.answer(m) for m in sent]
