@@ -307,7 +307,7 @@ class OutputConfig:
 
 @dataclass(frozen=True, slots=True)
 class CasesConfig:
-    """Annotated cases (``appliance.cases.from_seg``).
+    """Annotated cases (``appliance.cases``; the split key: ``appliance.cases.split``).
 
     ``held_out_fraction`` (0 to 0.9, default 0.2): the share of studies whose cases are
     held out, never trained on, for the validation gate. ``split_key``: the site's secret

@@ -444,7 +444,8 @@ def _markdown(ev: RealEvaluation) -> str:
         "",
         "## How the cases are read",
         "",
-        "`appliance/tools/real_cases.py` turns each dataset into the boundary format "
+        "`appliance/tools/real_cases.py` (with `real_readers.py`) turns each dataset into "
+        "the boundary format "
         "(`(slice, row, column)` float32 + index -> LPS affine): DICOM through "
         "`dicom_bridge.volume.load_series_volume`, the dcmqi SEG through "
         "`dicom_bridge.seg_reader.read_seg_labelmap`, NIfTI with nibabel (RAS -> LPS), NRRD "
