@@ -61,6 +61,10 @@ class ModelImportError(ApplianceError):
     """A folder could not be imported as a model."""
 
 
+class ModelLoadError(ApplianceError):
+    """A registered model's weights do not load into its network, or the network does not run."""
+
+
 class GateError(ApplianceError):
     """The gate could not run (unknown model, wrong state, no cases)."""
 

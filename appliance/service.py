@@ -76,9 +76,9 @@ def reconcile_spool(store: Store, spool: Spool) -> int:
 class Service:
     """The running appliance. ``start()`` returns once the listener is bound."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, *, stop_event: threading.Event | None = None) -> None:
         self.config = config
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event if stop_event is not None else threading.Event()
         storage = config.storage
         storage.root.mkdir(parents=True, exist_ok=True)
         self.store = Store(storage.database)
@@ -98,13 +98,27 @@ class Service:
         self.worker: Worker | None = None
         self.http: StatusServer | None = None
 
+    def _stopping(self, step: str) -> bool:
+        if self.stop_event.is_set():
+            LOG.info("stop requested during start-up (before %s)", step)
+            return True
+        return False
+
     def start(self) -> None:
+        """Start every part. Each step first checks ``stop_event``: a stop requested during
+        start-up skips the remaining steps (``stop()`` then stops what did start)."""
+        if self._stopping("resuming"):
+            return
         requeued = self.store.requeue_interrupted()
         resent = self.store.requeue_sending()
         if requeued or resent:
             LOG.info("resuming: %d series and %d outbox items were interrupted", requeued, resent)
         reconcile_spool(self.store, self.spool)
+        if self._stopping("registering shipped models"):
+            return
         register_shipped(self.store, self.config)
+        if self._stopping("starting the workers"):
+            return
         for task in sorted({rule.task for rule in self.config.routing}):
             if self.store.active_model(task) is None:
                 LOG.warning(
@@ -133,8 +147,10 @@ class Service:
         for thread in self._threads:
             thread.start()
         self._start_federation_schedule()
+        if self._stopping("listening"):
+            return
         self.listener.start()
-        if self.config.http.enabled:
+        if self.config.http.enabled and not self._stopping("the HTTP endpoint"):
             http = self.config.http
             self.http = StatusServer(http.bind, http.port, self.health, self.metrics.render)
             self.http.start()
@@ -192,11 +208,13 @@ class Service:
         signal.signal(signal.SIGTERM, _signal)
         signal.signal(signal.SIGINT, _signal)
         self.start()
-        LOG.info(
-            "appliance ready: AE %s on %s:%d",
-            self.config.dicom.ae_title,
-            self.config.dicom.bind,
-            self.listener.port,
-        )
-        self.stop_event.wait()
+        if not self.stop_event.is_set():
+            LOG.info(
+                "appliance ready: AE %s on %s:%d",
+                self.config.dicom.ae_title,
+                self.config.dicom.bind,
+                self.listener.port,
+            )
+        while not self.stop_event.wait(0.5):  # a timeout: the wait never outlives a signal
+            pass
         self.stop()

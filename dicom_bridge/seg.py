@@ -79,6 +79,7 @@ from dicom_bridge.codes import (
     CodeValue,
 )
 from dicom_bridge.errors import DicomBridgeError, InvalidUIDError
+from dicom_bridge.patient import sanitized_sources
 from dicom_bridge.sop_classes import VOLUME_CLASSES
 from dicom_bridge.uids import validate_uid
 
@@ -588,7 +589,8 @@ def write_seg(
     try:
         with sanitized_warnings(identifiers):
             seg = hd.seg.Segmentation(
-                source_images=list(grid.datasets),
+                # copies with invalid patient/study values fixed or dropped
+                source_images=list(sanitized_sources(grid.datasets)),
                 pixel_array=pixels,
                 segmentation_type=hd.seg.SegmentationTypeValues(kind.value),
                 segment_descriptions=descriptions,

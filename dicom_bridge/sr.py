@@ -64,6 +64,7 @@ from dicom_bridge.codes import (
     CodeValue,
 )
 from dicom_bridge.errors import DicomBridgeError, InvalidUIDError
+from dicom_bridge.patient import sanitized_sources
 from dicom_bridge.seg import (
     AlgorithmInfo,
     SegmentDescription,
@@ -214,9 +215,10 @@ def write_sr(
         raise ReportWriteError("the SEG references no source series") from exc
     measured = measure_segments(mask, affine, segments, connectivity=options.connectivity)
     identifiers = identifying_values([seg_ds])
+    (evidence,) = sanitized_sources([seg_ds])  # invalid patient values: fixed or dropped
     try:
         with sanitized_warnings(identifiers):
-            return _report(seg_ds, source_series, segments, measured, algorithm, options)
+            return _report(evidence, source_series, segments, measured, algorithm, options)
     except (ValueError, TypeError, AttributeError) as exc:
         text = redact(" ".join(str(exc).split())[:300], identifiers)
         raise ReportWriteError(f"highdicom refused the SR: {type(exc).__name__}: {text}") from exc

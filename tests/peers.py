@@ -221,10 +221,16 @@ class ApplianceProcess:
     log: Path
     process: Process | None = None
 
-    def start(self) -> ApplianceProcess:
+    def start_process(self) -> ApplianceProcess:
+        """Start ``appliance serve`` without waiting for its port."""
         self.process = Process(
             [sys.executable, "-m", "appliance", "serve", "--config", str(self.config)], self.log
         )
+        return self
+
+    def start(self) -> ApplianceProcess:
+        self.start_process()
+        assert self.process is not None
         wait_port(self.port, proc=self.process.proc, log=self.log)
         return self
 

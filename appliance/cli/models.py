@@ -196,14 +196,19 @@ def activate(
     ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Make a validated (or retired) version the active model of its task."""
+    """Make a validated (or retired) version the active model of its task. Its weights
+    are test-loaded first (one forward pass); a model that does not load is refused."""
     cfg = load(config)
-    from appliance.errors import NotFoundError, StoreError
+    from appliance.errors import ModelLoadError, NotFoundError, StoreError
+    from appliance.site_models.registry import check_loadable
 
     store = open_store(cfg)
     try:
         previous = store.active_model(task)
+        check_loadable(store.get_model(task, version))
         record = store.activate(task, version, force=force)
+    except ModelLoadError as exc:
+        raise fail(f"refusing to activate: {exc}") from exc
     except (NotFoundError, StoreError) as exc:
         raise fail(str(exc)) from exc
     finally:

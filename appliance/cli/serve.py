@@ -6,10 +6,31 @@ from appliance.cli.common import ConfigOption, load
 
 
 def serve(config: ConfigOption = None) -> None:
-    """Run the appliance until SIGTERM/SIGINT (config from --config or $APPLIANCE_CONFIG)."""
+    """Run the appliance until SIGTERM/SIGINT (config from --config or $APPLIANCE_CONFIG).
+
+    The signal handlers come first, before the config, the heavy imports and the start-up
+    steps, so a SIGTERM at any moment of start-up is a clean stop within seconds."""
+    import logging
+    import os
+    import signal
+    import threading
+    from types import FrameType
+
+    stop = threading.Event()
+
+    def _early(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _early)
+    signal.signal(signal.SIGINT, _early)
     cfg = load(config)
     from appliance.ops.logs import configure_logging
-    from appliance.service import Service
 
     configure_logging(cfg.logging.level, cfg.logging.format)
-    Service(cfg).run_forever()
+    logging.getLogger("appliance.service").info("appliance starting (pid %d)", os.getpid())
+    if stop.is_set():
+        logging.getLogger("appliance.service").info("stopped before start-up")
+        return
+    from appliance.service import Service
+
+    Service(cfg, stop_event=stop).run_forever()

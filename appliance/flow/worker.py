@@ -44,10 +44,13 @@ class Worker(threading.Thread):
         """Load the active model of every routed task, so the first job does not wait and
         ``/healthz`` can say the models are loaded."""
         for task in sorted({rule.task for rule in self.config.routing}):
+            if self.stop_event.is_set():
+                return
             record = self.store.active_model(task)
             if record is None:
                 continue
             try:
+                LOG.info("loading model %s/%s", task, record.version)
                 self.networks.get(record)
                 self.preload_errors.pop(task, None)
             except Exception as exc:  # reported by /healthz and at the first job

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from appliance.config import AppConfig
-from appliance.errors import ModelImportError, NotFoundError
+from appliance.errors import ModelImportError, ModelLoadError, NotFoundError
 from appliance.store import ModelRecord, Store
 from models.bundle_import import METADATA_FILE, import_monai_bundle
 from models.errors import ModelsError
@@ -40,6 +40,7 @@ from models.model_card import (
     check_version,
     thaw,
 )
+from models.probe import probe_bundle
 from models.registry import CARD_FILE, ModelBundle, ModelRegistry, build_network
 
 LOG = logging.getLogger(__name__)
@@ -90,9 +91,29 @@ def import_bundle(
         registry.verify(bundle)
     except ModelsError as exc:
         raise ModelImportError(str(exc)) from exc
+    try:  # the weights must load into the card's network and run before they are accepted
+        probe_bundle(registry, bundle)
+    except ModelsError as exc:
+        shutil.rmtree(bundle.path, ignore_errors=True)
+        raise ModelImportError(f"refused {src.name} ({task}/{bundle.version}): {exc}") from exc
     record = _record(store, bundle, origin)
     LOG.info("imported model %s as a candidate (%s)", bundle.ref, origin)
     return record
+
+
+def check_loadable(record: ModelRecord) -> None:
+    """Test-load ``record``'s bundle as :func:`import_bundle` does (card sha256 against the
+    registered one, weights into the card's network, one forward pass on the CPU);
+    :class:`ModelLoadError` naming the model and why when it does not load or run."""
+    try:
+        bundle = ModelRegistry(record.path.parent.parent).get(record.task, record.version)
+        if bundle.card.weights_sha256 != record.weights_sha256:
+            raise ModelLoadError(
+                f"model {bundle.ref}: its card's sha256 differs from the one registered at import"
+            )
+        probe_bundle(ModelRegistry(record.path.parent.parent), bundle)
+    except ModelsError as exc:
+        raise ModelLoadError(f"model {record.task}/{record.version} does not load: {exc}") from exc
 
 
 def register_candidate(

@@ -143,3 +143,78 @@ def test_import_a_monai_bundle_folder(tmp_path: Path, config_file: Path) -> None
     assert model["origin"] == "monai_bundle" and model["state"] == "candidate"
     code, out, err = run(config_file, "models", "show", "liver_ct", "2.0.0")
     assert code == 0 and '"network": "DynUNet"' in out, err
+
+
+def _rewrite(bundle_dir: Path, *, weights: bytes | None = None, **card_changes: object) -> None:
+    """Edit a registry bundle on disk and make its card vouch for the result (its sha256)."""
+    import hashlib
+
+    card_path = bundle_dir / "model_card.json"
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    weights_path = bundle_dir / card["weights_file"]
+    if weights is not None:
+        weights_path.write_bytes(weights)
+    card.update(card_changes)
+    card["weights_sha256"] = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    card_path.write_text(json.dumps(card), encoding="utf-8")
+
+
+def _nan_weights(bundle_dir: Path) -> bytes:
+    import io
+
+    import torch
+
+    state = torch.load(bundle_dir / "weights.pt", weights_only=True)
+    buffer = io.BytesIO()
+    torch.save({k: torch.full_like(v, float("nan")) for k, v in state.items()}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "nan"])
+def test_import_refuses_a_bundle_whose_card_vouches_for_unloadable_weights(
+    tmp_path: Path, config_file: Path, damage: str
+) -> None:
+    bundle = make_tiny_bundle(tmp_path / "src", version="1.0.0")
+    bad = b"not a torch file\n" * 64 if damage == "garbage" else _nan_weights(bundle.path)
+    _rewrite(bundle.path, weights=bad)
+
+    code, out, err = run(config_file, "models", "import", str(bundle.path), "--task", "liver_ct")
+    assert code == 1, out
+    assert "1.0.0" in err and "liver_ct" in err
+    assert ("cannot load" if damage == "garbage" else "not finite") in err
+    code, out, _ = run(config_file, "models", "list", "--json")
+    assert json.loads(out) == []
+    registry_root = load_config(config_file).models_root
+    assert not registry_root.exists() or not any(registry_root.rglob("model_card.json"))
+
+
+def test_activate_force_refuses_a_bundle_made_unloadable_after_import(
+    tmp_path: Path, config_file: Path
+) -> None:
+    first = make_tiny_bundle(tmp_path / "src", version="1.0.0")
+    second = make_tiny_bundle(tmp_path / "src", version="1.1.0", seed=1)
+    for bundle in (first, second):
+        code, _, err = run(config_file, "models", "import", str(bundle.path), "--task", "liver_ct")
+        assert code == 0, err
+    code, out, err = run(config_file, "models", "activate", "liver_ct", "1.0.0", "--force")
+    assert code == 0, err
+    listed_models = json.loads(run(config_file, "models", "list", "--json")[1])
+    (installed,) = (Path(m["path"]) for m in listed_models if m["version"] == "1.1.0")
+
+    # garbage weights, card hash fixed: the card no longer matches the registration
+    original = (installed / "weights.pt").read_bytes()
+    _rewrite(installed, weights=b"garbage" * 100)
+    code, _, err = run(config_file, "models", "activate", "liver_ct", "1.1.0", "--force")
+    assert code == 1 and "refusing to activate" in err and "liver_ct/1.1.0" in err
+
+    # weights as registered, but the card's network no longer fits them
+    _rewrite(installed, weights=original)
+    arch = json.loads((installed / "model_card.json").read_text())["architecture"]
+    arch["kwargs"]["channels"] = [8, 16]
+    _rewrite(installed, architecture=arch)
+    code, _, err = run(config_file, "models", "activate", "liver_ct", "1.1.0", "--force")
+    assert code == 1 and "refusing to activate" in err and "do not fit" in err
+
+    code, out, _ = run(config_file, "models", "list", "--json")
+    listed = {m["version"]: m["state"] for m in json.loads(out)}
+    assert listed == {"1.0.0": "active", "1.1.0": "candidate"}
