@@ -104,7 +104,7 @@ def test_reindex_marks_delivered_series_done_and_holds_the_rest(
 def test_reindex_keeps_an_unreadable_database_aside(
     site: tuple[Path, SeriesIdentity, SeriesIdentity],
 ) -> None:
-    config_path, delivered, _ = site
+    config_path, _, _ = site
     database = config_path.parent / "data" / "appliance.sqlite3"
     database.write_bytes(b"not a database " * 500)
     code, output = _run(config_path)

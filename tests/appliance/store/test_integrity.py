@@ -82,9 +82,8 @@ def test_move_aside_keeps_the_files(tmp_path: Path) -> None:
 
 def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     db = tmp_path / "appliance.sqlite3"
-    with ServiceLock(db):
-        with pytest.raises(StoreError, match="in use by a running appliance"):
-            ServiceLock(db).acquire()
+    with ServiceLock(db), pytest.raises(StoreError, match="in use by a running appliance"):
+        ServiceLock(db).acquire()
     ServiceLock(db).acquire().release()
 
 
