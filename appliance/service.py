@@ -11,7 +11,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from appliance.config import AppConfig
-from appliance.flow.ingest import Ingest, to_new_instance
+from appliance.errors import StoreError
+from appliance.flow.ingest import Ingest
+from appliance.flow.ingest import index_spool as reconcile_spool
 from appliance.flow.outbox import OutboxLoop, OutboxSender
 from appliance.flow.scheduler import Scheduler
 from appliance.flow.worker import Worker
@@ -21,8 +23,7 @@ from appliance.ops.metrics import Metrics
 from appliance.ops.retention import RetentionLoop
 from appliance.site_models.registry import NetworkCache, register_shipped
 from appliance.store import Store
-from dicom_bridge.errors import DicomBridgeError
-from dicom_bridge.instance import describe_spooled_file
+from appliance.store.integrity import DatabaseCondition, ServiceLock, check_database
 from dicom_bridge.listener import AllowedCaller, Listener, ListenerSettings, TlsServerSettings
 from dicom_bridge.spool import Spool
 
@@ -51,26 +52,29 @@ def listener_settings(config: AppConfig) -> ListenerSettings:
     )
 
 
-def reconcile_spool(store: Store, spool: Spool) -> int:
-    """Index spool files that have no row (possible only after a power loss)."""
-    removed = spool.remove_partials()
-    if removed:
-        LOG.info("removed %d partial spool files from an interrupted write", removed)
-    known = store.instance_uids()
-    added = 0
-    for path in spool.iter_files():
-        if path.stem in known:
-            continue
-        try:
-            received = describe_spooled_file(path)
-        except DicomBridgeError as exc:
-            LOG.warning("spool file without a record could not be re-indexed: %s", exc)
-            continue
-        store.record_instance(to_new_instance(received))
-        added += 1
-    if added:
-        LOG.warning("re-indexed %d spool files that had no database row", added)
-    return added
+def check_startup(config: AppConfig) -> None:
+    """Refuse to start on a missing, empty or unreadable database when the spool or the
+    results already hold data: starting as on a first start would index every spooled
+    series again and process and send it to the PACS once more, and the cases, model
+    history and keys kept in the database would be gone. Raises one-line
+    :class:`StoreError`; a true first start (no data, no database) passes."""
+    storage = config.storage
+    check = check_database(storage.database)
+    if check.condition is DatabaseCondition.HOLDS_DATA or not _holds_data(config):
+        return
+    raise StoreError(
+        f"database {storage.database} is {check.detail} but {storage.root} holds received "
+        "data; refusing to start as a first start (every series would be processed and "
+        "sent again). Rebuild the index from the spool with `appliance storage reindex`, "
+        "or stop and restore a backup (docs/operations.md, Backup and restore)"
+    )
+
+
+def _holds_data(config: AppConfig) -> bool:
+    spool_dir, results = config.storage.spool_dir, config.results_dir
+    if spool_dir.is_dir() and next(Spool(spool_dir, fsync=False).iter_files(), None):
+        return True
+    return results.is_dir() and next(results.iterdir(), None) is not None
 
 
 class Service:
@@ -81,7 +85,13 @@ class Service:
         self.stop_event = stop_event if stop_event is not None else threading.Event()
         storage = config.storage
         storage.root.mkdir(parents=True, exist_ok=True)
-        self.store = Store(storage.database)
+        self.lock = ServiceLock(storage.database).acquire()
+        try:
+            check_startup(config)
+            self.store = Store(storage.database)
+        except BaseException:
+            self.lock.release()
+            raise
         self.spool = Spool(storage.spool_dir, fsync=storage.fsync)
         self.ingest = Ingest(self.store)
         self.listener = Listener(
@@ -196,6 +206,7 @@ class Service:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.store.close()
+        self.lock.release()
         LOG.info("stopped")
 
     def run_forever(self) -> None:

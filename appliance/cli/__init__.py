@@ -30,6 +30,8 @@ app = typer.Typer(
     help="DICOM segmentation appliance: receive, segment, send back, learn.",
     no_args_is_help=True,
     add_completion=False,
+    # An error's traceback must never show local variables (keys, paths, patient data).
+    pretty_exceptions_show_locals=False,
 )
 app.command("serve")(serve.serve)
 app.command("status")(status.status)
@@ -53,4 +55,14 @@ app.add_typer(storage.app, name="storage")
 
 
 def main() -> None:
-    app()
+    from appliance.errors import StoreError
+
+    try:
+        app()
+    except StoreError as exc:  # a database that fails mid-command: one line, no traceback
+        typer.echo(
+            f"error: {exc}; restore a backup or rebuild it with `appliance storage reindex` "
+            "(docs/operations.md, Backup and restore)",
+            err=True,
+        )
+        raise SystemExit(1) from None

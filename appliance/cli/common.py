@@ -47,14 +47,16 @@ def record_command(config: AppConfig) -> None:
     """The audit trail's record of this admin command: the command and its options.
     Values are kept only when they are plain names (a task, a version, a strategy);
     anything else (paths, UIDs, free text) is recorded as given, without its value.
-    Nothing is recorded when the appliance's storage does not exist (yet) here."""
+    Nothing is recorded when the appliance's database does not exist (yet) here or is an
+    empty file (opening it would create a schema and a new audit key)."""
     import click
 
     from appliance.errors import ApplianceError
     from appliance.store.audit import AuditEvent
 
     context = click.get_current_context(silent=True)
-    if context is None or not config.storage.database.is_file():
+    database = config.storage.database
+    if context is None or not database.is_file() or database.stat().st_size == 0:
         return
     params: dict[str, object] = {}
     for name, value in sorted(context.params.items()):
@@ -77,9 +79,18 @@ def record_command(config: AppConfig) -> None:
 
 
 def open_store(config: AppConfig) -> Store:
+    """The store, or exit 1 with one line naming the database when it cannot be opened
+    (not an SQLite file, corrupt, newer schema)."""
+    from appliance.errors import StoreError
     from appliance.store import Store
 
-    return Store(config.storage.database)
+    try:
+        return Store(config.storage.database)
+    except StoreError as exc:
+        raise fail(
+            f"{exc}; restore a backup or rebuild it with `appliance storage reindex` "
+            "(docs/operations.md, Backup and restore)"
+        ) from None
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

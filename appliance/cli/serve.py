@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from appliance.cli.common import ConfigOption, load
+from appliance.cli.common import ConfigOption, fail, load
 
 
 def serve(config: ConfigOption = None) -> None:
     """Run the appliance until SIGTERM/SIGINT (config from --config or $APPLIANCE_CONFIG).
 
     The signal handlers come first, before the config, the heavy imports and the start-up
-    steps, so a SIGTERM at any moment of start-up is a clean stop within seconds."""
+    steps, so a SIGTERM at any moment of start-up is a clean stop within seconds. Refuses
+    to start (exit 1, one line) when the database is missing, empty or unreadable while
+    the spool holds data, or when another `appliance serve` holds the database."""
     import logging
     import os
     import signal
@@ -24,6 +26,7 @@ def serve(config: ConfigOption = None) -> None:
     signal.signal(signal.SIGTERM, _early)
     signal.signal(signal.SIGINT, _early)
     cfg = load(config)
+    from appliance.errors import StoreError
     from appliance.ops.logs import configure_logging
 
     configure_logging(cfg.logging.level, cfg.logging.format)
@@ -33,4 +36,8 @@ def serve(config: ConfigOption = None) -> None:
         return
     from appliance.service import Service
 
-    Service(cfg, stop_event=stop).run_forever()
+    try:
+        service = Service(cfg, stop_event=stop)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    service.run_forever()

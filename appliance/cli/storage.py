@@ -1,18 +1,23 @@
-"""``appliance storage usage|purge``: what the appliance keeps on disk, and retention."""
+"""``appliance storage usage|purge|backup|reindex``: what the appliance keeps on disk,
+retention, an online backup of the database, and rebuilding a lost database's index."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from appliance.cli.common import ConfigOption, load, open_store
+from appliance.cli.common import ConfigOption, fail, load, open_store, record_command
 
 if TYPE_CHECKING:
     from appliance.ops.retention import Item
 
-app = typer.Typer(help="Disk usage and retention (the [retention] policies).", no_args_is_help=True)
+app = typer.Typer(
+    help="Disk usage, retention (the [retention] policies), backup and reindex.",
+    no_args_is_help=True,
+)
 
 
 def _mib(n: int) -> str:
@@ -110,3 +115,61 @@ def purge_cmd(
             f"purged {result.items} item(s): {result.files} file(s), {_mib(result.bytes)}"
             + (f"; {result.skipped} left alone (changed meanwhile)" if result.skipped else "")
         )
+
+
+@app.command("backup")
+def backup(
+    file: Annotated[Path, typer.Argument(help="The new backup file (never overwritten).")],
+    config: ConfigOption = None,
+) -> None:
+    """Copy the database to FILE with SQLite's online backup API: consistent, and safe
+    while `appliance serve` runs. The spool, results, cases and audit folders are plain
+    files: back them up with the file system (docs/operations.md, Backup and restore)."""
+    cfg = load(config)
+    from appliance.errors import StoreError
+    from appliance.store.integrity import backup_database
+
+    try:
+        size = backup_database(cfg.storage.database, file)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"backed up {cfg.storage.database} to {file} ({_mib(size)})")
+
+
+@app.command("reindex")
+def reindex_cmd(
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Run on a readable database that holds records (adds only)."),
+    ] = False,
+    process_unfinished: Annotated[
+        bool,
+        typer.Option(
+            "--process-unfinished",
+            help="Process (and send) series without a result on disk instead of holding them.",
+        ),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Rebuild a missing, empty or unreadable database from the spool, sending nothing
+    twice: series with a result on disk become done (reason reindexed) and are not sent
+    again; series without one are held (skipped, reason reindexed) unless
+    --process-unfinished. Refused while `appliance serve` runs."""
+    cfg = load(config, audit=False)
+    from appliance.errors import StoreError
+    from appliance.ops.reindex import reindex
+
+    try:
+        result = reindex(cfg, force=force, process_unfinished=process_unfinished)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    record_command(cfg)
+    if result.moved_aside is not None:
+        typer.echo(f"the unreadable database was kept as {result.moved_aside}")
+    typer.echo(
+        f"reindexed {result.database} (was {result.condition.value}): "
+        f"{result.instances} spool file(s); {result.series_done} series with a result "
+        f"marked done (reindexed, not sent again); {result.series_held} series without a "
+        f"result held (skipped, reindexed); "
+        f"{result.series_to_process + result.released} series to process"
+    )

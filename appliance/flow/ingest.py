@@ -13,8 +13,9 @@ from appliance.errors import ApplianceError
 from appliance.store import InstanceRecord, NewInstance, Store
 from appliance.store.audit import AuditEvent
 from dicom_bridge.errors import DicomBridgeError
-from dicom_bridge.instance import ReceivedInstance
+from dicom_bridge.instance import ReceivedInstance, describe_spooled_file
 from dicom_bridge.listener import AcceptedAssociation, Rejection
+from dicom_bridge.spool import Spool
 from dicom_bridge.uids import short_ref
 
 LOG = logging.getLogger(__name__)
@@ -117,3 +118,26 @@ def ingest_files(store: Store, config: AppConfig, files: Sequence[Path]) -> list
         store.record_instance(to_new_instance(received))
         records.append(key.sop_uid)
     return store.instances_by_sop(records)
+
+
+def index_spool(store: Store, spool: Spool) -> int:
+    """Index spool files that have no row: after a power loss (at start-up), or all of
+    them when `appliance storage reindex` rebuilds a lost database. Return how many."""
+    removed = spool.remove_partials()
+    if removed:
+        LOG.info("removed %d partial spool files from an interrupted write", removed)
+    known = store.instance_uids()
+    added = 0
+    for path in spool.iter_files():
+        if path.stem in known:
+            continue
+        try:
+            received = describe_spooled_file(path)
+        except DicomBridgeError as exc:
+            LOG.warning("spool file without a record could not be re-indexed: %s", exc)
+            continue
+        store.record_instance(to_new_instance(received))
+        added += 1
+    if added:
+        LOG.warning("re-indexed %d spool files that had no database row", added)
+    return added

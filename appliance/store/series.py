@@ -271,6 +271,60 @@ class SeriesStore(Database):
             )
         return current
 
+    def series_uids(self) -> set[str]:
+        return {r[0] for r in self._query("SELECT series_uid FROM series")}
+
+    def mark_reindexed(
+        self, series_uid: str, state: SeriesState, *, generation: int, detail: str
+    ) -> bool:
+        """After ``appliance storage reindex``: a series rebuilt from the spool (still
+        RECEIVING) is finished with reason ``reindexed``, without a job or an outbox row.
+        With a DONE ``state`` its newest result on disk (``generation``) is its current
+        one, so a new instance re-opens it as ``generation + 1``. False when the series
+        was not RECEIVING (an instance arrived meanwhile or it was not rebuilt)."""
+        if not SeriesState(state).finished:
+            raise ValueError(f"a finished series cannot be {state}")
+        done = state is SeriesState.DONE
+        with self._tx() as db:
+            cur = db.execute(
+                """UPDATE series SET state = ?, reason = 'reindexed', detail = ?,
+                       generation = MAX(generation, ?),
+                       result_generation = CASE WHEN ? THEN ? ELSE result_generation END,
+                       updated_at = ?
+                   WHERE series_uid = ? AND state = ?""",
+                (
+                    state,
+                    detail,
+                    generation,
+                    done,
+                    generation,
+                    self._clock(),
+                    series_uid,
+                    SeriesState.RECEIVING,
+                ),
+            )
+        if cur.rowcount == 1:
+            self.audit.record(
+                AuditEvent.SERIES_FINISHED,
+                series=self.audit.ref(series_uid),
+                generation=generation,
+                state=SeriesState(state).value,
+                reason="reindexed",
+                current=True,
+            )
+        return cur.rowcount == 1
+
+    def release_reindexed(self) -> int:
+        """Series held by a reindex (SKIPPED, reason ``reindexed``) become COMPLETE: the
+        worker processes them and their results are sent."""
+        with self._tx() as db:
+            cur = db.execute(
+                """UPDATE series SET state = ?, reason = NULL, detail = NULL, updated_at = ?
+                   WHERE state = ? AND reason = 'reindexed'""",
+                (SeriesState.COMPLETE, self._clock(), SeriesState.SKIPPED),
+            )
+            return cur.rowcount
+
     def requeue_interrupted(self) -> int:
         """After a restart: series left PROCESSING go back to COMPLETE (their jobs QUEUED)."""
         with self._tx() as db:
