@@ -46,7 +46,8 @@ def _print_round(entry: dict[str, Any]) -> None:
     sites = entry.get("sites", {})
     parts = []
     for site, metrics in sorted(sites.items()):
-        shown = {k: metrics[k] for k in ("loss", "dice", "steps", "step-scale-max") if k in metrics}
+        keys = ("loss", "dice", "steps", "step-scale-max", "refused")
+        shown = {k: metrics[k] for k in keys if k in metrics}
         parts.append(f"{site} {json.dumps(shown)}")
     aggregate = entry.get("aggregate")
     tail = f" -> {json.dumps(aggregate)}" if aggregate else ""

@@ -54,6 +54,12 @@ class FederationConfig:
     ``auto_validate``: after a run, put the site's candidate through the validation gate
     (default true). ``state_dir``: default ``<storage.root>/federation``.
 
+    What this site accepts from a coordinator's run (a run over any of them is refused
+    before anything is loaded or trained): ``max_local_steps`` (default 10000),
+    ``max_batch_size`` (64), ``max_patch_voxels`` (voxels of one patch, the product of
+    the patch size; 256**3), learning rate from ``min_lr`` to ``max_lr`` (1e-7 to 1.0),
+    ``max_rounds`` (1000).
+
     The files named must exist. That a ``[federation]`` table in a config file names a
     ``tls_ca_file`` or says ``insecure = true`` is checked where the file is read.
     """
@@ -79,6 +85,12 @@ class FederationConfig:
     schedule: str | None = None
     auto_validate: bool = True
     state_dir: Path | None = None
+    max_local_steps: int = 10_000
+    max_batch_size: int = 64
+    max_patch_voxels: int = 256**3
+    min_lr: float = 1e-7
+    max_lr: float = 1.0
+    max_rounds: int = 1000
 
     def __post_init__(self) -> None:
         r = ConfigReader.of(self, "federation")
@@ -127,6 +139,17 @@ class FederationConfig:
         )
         r.boolean("auto_validate")
         r.path("state_dir")
+        r.integer("max_local_steps", 1, 1_000_000)
+        r.integer("max_batch_size", 1, 1024)
+        r.integer("max_patch_voxels", 1, 1024**3)
+        min_lr = r.number("min_lr", 1e-12, 10.0, 1e-7)
+        max_lr = r.number("max_lr", 1e-12, 10.0, 1.0)
+        r.check(
+            min_lr <= max_lr,
+            "max_lr",
+            f"must be at least min_lr ({min_lr:g}); got {max_lr:g}",
+        )
+        r.integer("max_rounds", 1, 100_000)
         r.raise_issues()
 
     def _authorized_keys(self, r: ConfigReader) -> tuple[Path, ...]:

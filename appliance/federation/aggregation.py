@@ -53,6 +53,26 @@ def weighted_average(states: Sequence[Mapping[str, np.ndarray]], weights: Sequen
     return out
 
 
+def weights_problem(
+    state: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]
+) -> str | None:
+    """Why ``state`` is not a model with the entries and ``shapes`` given (a site's check
+    of the weights it receives), or ``None``: names, shapes, and every float value finite."""
+    missing = sorted(set(shapes) - set(state))
+    unexpected = sorted(set(state) - set(shapes))
+    if missing or unexpected:
+        return (
+            f"entries do not match the network (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    for key, value in state.items():
+        array = np.asarray(value)
+        if tuple(array.shape) != tuple(shapes[key]):
+            return f"{key} has shape {list(array.shape)}, the network's is {list(shapes[key])}"
+        if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+            return f"{key} has non-finite values (NaN or infinity)"
+    return None
+
+
 def merge_kept(aggregate: Mapping[str, np.ndarray], previous: Mapping[str, np.ndarray]) -> State:
     """The full model after a partial aggregation: ``aggregate`` where it has a key, the
     previous global value elsewhere (FedBN: normalisation entries are never aggregated)."""

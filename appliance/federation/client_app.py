@@ -48,7 +48,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
-from appliance.federation.aggregation import State, gossip_average, state_delta
+from appliance.errors import FederationError
+from appliance.federation.aggregation import State, gossip_average, state_delta, weights_problem
 from appliance.federation.outputs import write_result
 from appliance.federation.params import from_record, load_into, model_state, to_record
 from appliance.federation.scoring import mean_dice
@@ -97,10 +98,22 @@ class _Site:
         torch.set_num_threads(self.site.threads)
         self.run_id = str(context.run_id)
         self.spec = self.run.task_spec()
+        # before any network is built or case loaded: run settings over this site's limits
+        self.site.limits.refuse(self.run, tuple(self.spec.patch_size))
         self.network = self.run.network_config()
         self.model = build_network(self.spec, self.network)
         self.norm_keys = frozenset(norm_parameter_names(self.model))
         self._cases: SiteCases | None = None
+
+    def received(self, msg: Message) -> State:
+        """The weights the coordinator sent, refused (:class:`FederationError`) unless
+        they are this run's network's entries with its shapes, all finite."""
+        state = from_record(msg.content.array_records["arrays"])
+        shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        problem = weights_problem(state, shapes)
+        if problem is not None:
+            raise FederationError(f"this site refuses the weights it was sent: {problem}")
+        return state
 
     @property
     def cases(self) -> SiteCases:
@@ -266,7 +279,7 @@ def train(msg: Message, context: Context) -> Message:
     s = _Site(context)
     config = _config(msg)
     mode = str(config.get("mode", "full"))
-    received = from_record(msg.content.array_records["arrays"])
+    received = s.received(msg)
     if mode == "gossip":
         own_path = s.own_model_path()
         if bool(config.get("has-peer", False)):
@@ -306,12 +319,7 @@ def average(msg: Message, context: Context) -> Message:
     s = _Site(context)
     config = _config(msg)
     own = load_state(s.own_model_path())
-    merged = gossip_average(
-        own,
-        len(s.cases.train),
-        from_record(msg.content.array_records["arrays"]),
-        float(config["peer-cases"]),
-    )
+    merged = gossip_average(own, len(s.cases.train), s.received(msg), float(config["peer-cases"]))
     save_state(s.own_model_path(), merged)
     return _reply(msg, to_record(merged), {"num-examples": len(s.cases.train)}, s.site.site)
 
@@ -324,7 +332,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if mode == "gossip":
         state = load_state(s.own_model_path())
     else:
-        state = from_record(msg.content.array_records["arrays"])
+        state = s.received(msg)
         if mode == "fedbn":
             state = s.with_local_norm(state)
     load_into(s.model, state)
@@ -344,7 +352,7 @@ def final(msg: Message, context: Context) -> Message:
     if mode == "gossip":
         state = load_state(s.own_model_path())
     else:
-        state = from_record(msg.content.array_records["arrays"])
+        state = s.received(msg)
         if mode == "fedbn":
             state = s.with_local_norm(state)
     result = write_result(

@@ -19,11 +19,14 @@ import appliance.federation.model_stack  # noqa: F401
 
 import tempfile
 import time
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from appliance.config import StrategyName
@@ -38,8 +41,22 @@ from appliance.federation.strategies import SiteBook, build_strategy, train_mode
 app = ServerApp()
 
 
-def discover_sites(grid: Grid, min_sites: int, timeout: float) -> SiteBook:
-    """Wait for ``min_sites`` nodes, then ask every connected node who it is."""
+def _case_count(value: Any, most: int) -> tuple[int, str | None]:
+    """A site's reported training-case count, and why it is refused (``None``: it is
+    not): a whole number from 0 to ``most`` (the run's ``max-site-cases``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0, f"cases={value!r} is not a number"
+    if not (float(value).is_integer() and 0 <= value <= most):
+        return 0, f"cases={value!r} is outside 0..{most} (max-site-cases)"
+    return int(value), None
+
+
+def discover_sites(
+    grid: Grid, min_sites: int, timeout: float, max_site_cases: int = 1_000_000
+) -> SiteBook:
+    """Wait for ``min_sites`` nodes, then ask every connected node who it is. A site
+    whose case count is not a whole number from 0 to ``max_site_cases`` is kept in the
+    book as refused (logged): the strategies refuse every reply of it."""
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < min_sites:
         if time.monotonic() > deadline:
@@ -57,8 +74,13 @@ def discover_sites(grid: Grid, min_sites: int, timeout: float) -> SiteBook:
         if reply.has_error():
             raise FederationError(f"node {node} did not describe itself: {reply.error.reason}")
         book.names[node] = str(reply.content.config_records["site"]["site"])
-        cases = reply.content.metric_records["metrics"]["cases"]
-        book.cases[node] = int(cases) if isinstance(cases, int | float) else 0
+        cases, refused = _case_count(
+            reply.content.metric_records["metrics"].get("cases"), max_site_cases
+        )
+        book.cases[node] = cases
+        if refused is not None:
+            book.refused[node] = refused
+            log(WARNING, "site %s is refused: %s", book.names[node], refused)
     names = list(book.names.values())
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -76,9 +98,12 @@ def _initial_state(run: RunSettings) -> tuple[dict[str, Any], frozenset[str], di
     state = model_state(model)
     if run.initial_weights:
         loaded = load_state(Path(run.initial_weights))
-        if set(loaded) != set(state):
+        if set(loaded) != set(state) or any(
+            np.shape(loaded[k]) != np.shape(v) for k, v in state.items()
+        ):
             raise FederationError("initial-weights: the weights do not fit the network")
-        state = loaded
+        # in the network's own dtypes: the sites' replies are checked against them
+        state = {k: np.asarray(loaded[k]).astype(v.dtype) for k, v in state.items()}
     return state, norm_keys, network.to_dict()
 
 
@@ -108,10 +133,11 @@ def run_federation(grid: Grid, context: Context) -> None:
     progress = ProgressLog(out, run_id, run.strategy.value, rounds)
     try:
         state, norm_keys, network = _initial_state(run)
-        book = discover_sites(grid, run.min_sites, run.timeout_s)
+        book = discover_sites(grid, run.min_sites, run.timeout_s, run.max_site_cases)
         progress.set_sites(
             [
                 {"node_id": node, "site": book.names[node], "cases": book.cases[node]}
+                | ({"refused": book.refused[node]} if node in book.refused else {})
                 for node in sorted(book.names, key=book.name)
             ]
         )

@@ -107,6 +107,10 @@ class RunSettings:
     output_dir: str = ""
     initial_weights: str = ""
     timeout_s: float = 3600.0
+    #: what the coordinator accepts from a site (``strategies.screening``): the most bytes
+    #: of arrays in one reply, the most training cases a site may report at discovery
+    max_update_bytes: int = 512 * 1024 * 1024
+    max_site_cases: int = 1_000_000
     #: simulation runtime only (``appliance federate simulate``): the simulated sites,
     #: ``preset:train cases:held-out cases`` comma-separated, virtual SuperNode ``i``
     #: (Flower's ``partition-id``) being entry ``i``; their state dirs under
@@ -151,6 +155,8 @@ class RunSettings:
             output_dir=r.get("output-dir", str, ""),
             initial_weights=r.get("initial-weights", str, ""),
             timeout_s=r.get("timeout-s", float, d.timeout_s),
+            max_update_bytes=r.get("max-update-bytes", int, d.max_update_bytes),
+            max_site_cases=r.get("max-site-cases", int, d.max_site_cases),
             sim_sites=r.get("sim-sites", str, ""),
             sim_state_root=r.get("sim-state-root", str, ""),
             sim_threads=r.get("sim-threads", int, d.sim_threads),
@@ -177,6 +183,8 @@ class RunSettings:
             (self.dp_noise_multiplier >= 0, "dp-noise-multiplier: must be >= 0"),
             (self.net_norm in ("", "instance", "batch"), "net-norm: instance or batch"),
             (self.timeout_s > 0, "timeout-s: must be > 0"),
+            (self.max_update_bytes >= 1, "max-update-bytes: must be >= 1"),
+            (self.max_site_cases >= 1, "max-site-cases: must be >= 1"),
             (self.sim_threads >= 1, "sim-threads: must be >= 1"),
         ]
         for ok, message in checks:
@@ -255,6 +263,8 @@ def run_config_map(settings: RunSettings) -> dict[str, Any]:
         "output-dir": settings.output_dir,
         "initial-weights": settings.initial_weights,
         "timeout-s": settings.timeout_s,
+        "max-update-bytes": settings.max_update_bytes,
+        "max-site-cases": settings.max_site_cases,
         "net-filters": ",".join(str(v) for v in settings.net_filters or ()),
         "net-res-units": -1 if settings.net_res_units is None else settings.net_res_units,
         "patch-size": ",".join(str(v) for v in settings.patch_size or ()),
@@ -353,6 +363,98 @@ def _default_preset(config: ConfigMap) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class RunLimits:
+    """The run settings a site accepts from the coordinator (its own ``[federation]``
+    ``max_local_steps``, ..., passed to its SuperNode as ``node_config`` ``max-local-steps``,
+    ...). The defaults take the shipped benchmark configs with room to spare."""
+
+    max_local_steps: int = 10_000
+    max_batch_size: int = 64
+    #: voxels of one training/inference patch (the product of ``patch-size``)
+    max_patch_voxels: int = 256**3
+    min_lr: float = 1e-7
+    max_lr: float = 1.0
+    max_rounds: int = 1000
+
+    def __post_init__(self) -> None:
+        for key, value in (
+            ("max-local-steps", self.max_local_steps),
+            ("max-batch-size", self.max_batch_size),
+            ("max-patch-voxels", self.max_patch_voxels),
+            ("max-rounds", self.max_rounds),
+        ):
+            if value < 1:
+                raise FederationError(f"{key}: must be >= 1")
+        if not (0 < self.min_lr <= self.max_lr and math.isfinite(self.max_lr)):
+            raise FederationError("min-lr, max-lr: need 0 < min-lr <= max-lr (finite)")
+
+    @classmethod
+    def from_config(cls, config: ConfigMap) -> RunLimits:
+        d, r = cls(), _Reader(config)
+        return cls(
+            max_local_steps=r.get("max-local-steps", int, d.max_local_steps),
+            max_batch_size=r.get("max-batch-size", int, d.max_batch_size),
+            max_patch_voxels=r.get("max-patch-voxels", int, d.max_patch_voxels),
+            min_lr=r.get("min-lr", float, d.min_lr),
+            max_lr=r.get("max-lr", float, d.max_lr),
+            max_rounds=r.get("max-rounds", int, d.max_rounds),
+        )
+
+    def to_config(self) -> dict[str, int | float]:
+        """The ``node_config`` entries (the inverse of :meth:`from_config`)."""
+        return {
+            "max-local-steps": self.max_local_steps,
+            "max-batch-size": self.max_batch_size,
+            "max-patch-voxels": self.max_patch_voxels,
+            "min-lr": self.min_lr,
+            "max-lr": self.max_lr,
+            "max-rounds": self.max_rounds,
+        }
+
+    def refuse(self, run: RunSettings, patch_size: tuple[int, ...]) -> None:
+        """Raise :class:`FederationError` naming the first run setting over its limit
+        (``patch_size``: the patch the run's task trains and infers with)."""
+        voxels = math.prod(patch_size)
+        problems = [
+            (
+                run.local_steps <= self.max_local_steps,
+                "local-steps",
+                run.local_steps,
+                f"at most max-local-steps={self.max_local_steps}",
+            ),
+            (
+                run.batch_size <= self.max_batch_size,
+                "batch-size",
+                run.batch_size,
+                f"at most max-batch-size={self.max_batch_size}",
+            ),
+            (
+                voxels <= self.max_patch_voxels,
+                "patch-size",
+                "x".join(str(v) for v in patch_size),
+                f"{voxels} voxels, at most max-patch-voxels={self.max_patch_voxels}",
+            ),
+            (
+                self.min_lr <= run.lr <= self.max_lr,
+                "lr",
+                run.lr,
+                f"from min-lr={self.min_lr:g} to max-lr={self.max_lr:g}",
+            ),
+            (
+                run.rounds <= self.max_rounds,
+                "num-rounds",
+                run.rounds,
+                f"at most max-rounds={self.max_rounds}",
+            ),
+        ]
+        for ok, key, value, allowed in problems:
+            if not ok:
+                raise FederationError(
+                    f"this site refuses the run: {key}={value} is outside its limits ({allowed})"
+                )
+
+
+@dataclass(frozen=True, slots=True)
 class SiteSettings:
     """One SuperNode's own settings (Flower ``node_config``)."""
 
@@ -372,6 +474,8 @@ class SiteSettings:
     threads: int = 1
     #: ``store`` source: the appliance's SQLite store
     database: Path | None = None
+    #: the run settings this site accepts
+    limits: RunLimits = RunLimits()
 
     @classmethod
     def from_config(cls, config: ConfigMap, *, fallback_site: str = "site") -> SiteSettings:
@@ -402,6 +506,7 @@ class SiteSettings:
             phantom_cache=Path(cache) if cache else None,
             threads=r.get("threads", int, 1),
             database=Path(database) if database else None,
+            limits=RunLimits.from_config(config),
         )
         if settings.phantom_cases < 1:
             raise FederationError("phantom-cases: must be >= 1")

@@ -23,6 +23,7 @@ from appliance.config import AppConfig
 from appliance.errors import FederationError
 from appliance.federation.outputs import RESULT_FILE
 from appliance.federation.runner import Tls, free_port, start_supernode
+from appliance.federation.settings import RunLimits
 
 LOG = logging.getLogger(__name__)
 
@@ -60,12 +61,23 @@ def site_dir(config: AppConfig) -> Path:
 
 
 def node_config(config: AppConfig) -> dict[str, Any]:
-    """The SuperNode's ``node_config``: the appliance's own cases from its store."""
+    """The SuperNode's ``node_config``: the appliance's own cases from its store, and
+    the run settings it accepts (``federation.max_local_steps``, ...)."""
+    fed = config.federation
+    limits = RunLimits(
+        max_local_steps=fed.max_local_steps,
+        max_batch_size=fed.max_batch_size,
+        max_patch_voxels=fed.max_patch_voxels,
+        min_lr=fed.min_lr,
+        max_lr=fed.max_lr,
+        max_rounds=fed.max_rounds,
+    )
     return {
         "site-name": site_name(config),
         "state-dir": str(site_dir(config)),
         "case-source": "store",
         "database": str(config.storage.database),
+        **limits.to_config(),
     }
 
 

@@ -13,10 +13,13 @@ from appliance.errors import FederationError
 
 @dataclass
 class SiteBook:
-    """Node ids -> site names and case counts (from the ``query.info`` round)."""
+    """Node ids -> site names and case counts (from the ``query.info`` round), and the
+    nodes whose description was refused there (node id -> reason; every reply of theirs
+    is refused, :mod:`.screening`)."""
 
     names: dict[int, str] = field(default_factory=dict)
     cases: dict[int, int] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
 
     def name(self, node_id: int) -> str:
         return self.names.get(node_id, f"node_{node_id}")

@@ -29,11 +29,11 @@ from appliance.federation.progress import ProgressLog
 from appliance.federation.settings import RunSettings
 from appliance.federation.strategies.common import (
     SiteBook,
-    check_replies,
     in_site_order,
     metrics_of,
     site_of,
 )
+from appliance.federation.strategies.screening import Layout, Screen
 
 
 def fedavg_kwargs(run: RunSettings, weighted_by: str = "num-examples") -> dict[str, Any]:
@@ -51,8 +51,9 @@ def fedavg_kwargs(run: RunSettings, weighted_by: str = "num-examples") -> dict[s
 
 class Recording(FedAvg):
     """First base of a FedAvg-family strategy: built from the run settings, it aggregates
-    replies in site order (:func:`in_site_order`), fails the round on a site's error, and
-    records each site's metrics and the aggregate to ``progress``.
+    replies in site order (:func:`in_site_order`), fails the round on a site's error,
+    refuses replies that fail the :class:`~.screening.Screen` (against the model it sent
+    that round) and records each site's metrics and the aggregate to ``progress``.
 
     ``options`` are the Flower class's own constructor options (``proximal_mu``, ...).
     The strategy's node sampling draws from ``rng``, seeded with the run's seed (see
@@ -70,6 +71,42 @@ class Recording(FedAvg):
         super().__init__(**fedavg_kwargs(run, weighted_by), **options)
         self.book, self.progress = book, progress
         self.rng = random.Random(run.seed)
+        self.max_update_bytes = run.max_update_bytes
+        #: a strategy weighting by ``steps`` (FedGS) bounds them by the run's local steps
+        self.max_steps = run.local_steps if weighted_by == "steps" else None
+        #: the layout of the model sent in the current round (see :meth:`configure_train`)
+        self.layout: Layout | None = None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.layout = self._layout_of(arrays)
+        messages: Iterable[Message] = super().configure_train(server_round, arrays, config, grid)
+        return messages
+
+    def _layout_of(self, arrays: ArrayRecord) -> Layout | None:
+        """What the sites' replies to ``arrays`` must look like (FedBN: fewer entries)."""
+        return Layout.of(arrays)
+
+    def _refusal(self, msg: Message) -> str | None:
+        """A strategy's own reason to refuse a reply, besides the :class:`Screen`'s."""
+        return None
+
+    def screen(self, server_round: int, replies: list[Message]) -> list[Message]:
+        """The round's replies that are not refused (:class:`~.screening.Screen`)."""
+        check = Screen(
+            self.book,
+            self.max_update_bytes,
+            layout=self.layout,
+            max_steps=self.max_steps,
+            extra=self._refusal,
+        )
+        return check(
+            replies,
+            f"round {server_round} training",
+            progress=self.progress,
+            server_round=server_round,
+        )
 
     def _record(
         self,
@@ -87,8 +124,7 @@ class Recording(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = in_site_order(replies, self.book)
-        check_replies(replies, self.book, f"round {server_round} training")
+        replies = self.screen(server_round, in_site_order(replies, self.book))
         arrays, metrics = super().aggregate_train(server_round, replies)
         self._record(
             server_round,

@@ -8,13 +8,13 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from appliance.errors import FederationError
 from appliance.federation.aggregation import State, merge_kept
 from appliance.federation.params import from_record, to_record
 from appliance.federation.progress import ProgressLog
 from appliance.federation.settings import RunSettings
-from appliance.federation.strategies.common import SiteBook, in_site_order, site_of
+from appliance.federation.strategies.common import SiteBook
 from appliance.federation.strategies.fedavg import Recording, SeededFedAvg
+from appliance.federation.strategies.screening import Layout
 
 
 class FedBN(Recording, SeededFedAvg):
@@ -42,18 +42,22 @@ class FedBN(Recording, SeededFedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = in_site_order(replies, self.book)
-        for msg in replies:
-            if not msg.has_error():
-                sent = set(msg.content.array_records["arrays"].keys()) & self.norm_keys
-                if sent:
-                    raise FederationError(
-                        f"fedbn: site {site_of(msg, self.book)} sent normalisation entries"
-                    )
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is None or self._current is None:
             return arrays, metrics
         return to_record(merge_kept(from_record(arrays), self._current)), metrics
+
+    def _layout_of(self, arrays: ArrayRecord) -> Layout | None:
+        """Sites reply with every entry but the normalisation ones."""
+        return Layout.of(arrays, exclude=self.norm_keys)
+
+    def _refusal(self, msg: Message) -> str | None:
+        record = msg.content.array_records.get("arrays")
+        sent = sorted(set(record.keys()) & self.norm_keys) if record is not None else []
+        if sent:
+            names = ", ".join(sent[:5])
+            return f"fedbn: it sent normalisation entries ({names}), which stay at the sites"
+        return None
 
     def _train_extra(self, replies: list[Message]) -> dict[str, Any]:
         received = [

@@ -13,7 +13,6 @@ from appliance.federation.progress import ProgressLog
 from appliance.federation.settings import RunSettings
 from appliance.federation.strategies.common import (
     SiteBook,
-    check_replies,
     in_site_order,
     metrics_of,
 )
@@ -41,8 +40,7 @@ class FedGS(Recording, SeededFedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = in_site_order(replies, self.book)
-        check_replies(replies, self.book, f"round {server_round} training")
+        replies = self.screen(server_round, in_site_order(replies, self.book))
         valid = [m for m in replies if not m.has_error()]
         if not valid or self._current is None:
             return None, None

@@ -21,6 +21,7 @@ from appliance.federation.strategies.common import (
     metrics_of,
     site_of,
 )
+from appliance.federation.strategies.screening import Layout, Screen
 
 
 class Gossip(Strategy):
@@ -77,10 +78,22 @@ class Gossip(Strategy):
         return None
 
     def _send(
-        self, grid: Grid, messages: list[Message], timeout: float, what: str
+        self,
+        grid: Grid,
+        messages: list[Message],
+        timeout: float,
+        what: str,
+        *,
+        screen: Screen | None = None,
+        server_round: int = 0,
     ) -> dict[int, Message]:
+        """The replies by node: all of them, or with ``screen`` those it accepts (it
+        fails the round when it accepts none)."""
         replies = list(grid.send_and_receive(messages, timeout=timeout))
-        check_replies(replies, self.book, what)
+        if screen is None:
+            check_replies(replies, self.book, what)
+        else:
+            replies = screen(replies, what, progress=self.progress, server_round=server_round)
         return {m.metadata.src_node_id: m for m in replies}
 
     def start(
@@ -94,6 +107,7 @@ class Gossip(Strategy):
         evaluate_fn: Any = None,
     ) -> Result:
         result = Result()
+        screen = Screen(self.book, self.run.max_update_bytes, layout=Layout.of(initial_arrays))
         models: dict[int, ArrayRecord] = {}
         peers: list[int] | None = None
         for server_round in range(1, num_rounds + 1):
@@ -101,10 +115,10 @@ class Gossip(Strategy):
             for i, node in enumerate(self.nodes):
                 config = ConfigRecord(dict(train_config or {}))
                 config["server-round"] = server_round
-                if peers is None:
+                peer = self.nodes[peers[i]] if peers is not None else None
+                if peer is None or peer not in models:  # first round, or peer refused
                     arrays, config["has-peer"] = initial_arrays, False
                 else:
-                    peer = self.nodes[peers[i]]
                     arrays, config["has-peer"] = models[peer], True
                     config["peer-cases"] = self.book.cases.get(peer, 1)
                 messages.append(
@@ -112,8 +126,12 @@ class Gossip(Strategy):
                         RecordDict({"arrays": arrays, "config": config}), node, MessageType.TRAIN
                     )
                 )
-            replies = self._send(grid, messages, timeout, f"gossip round {server_round}")
-            models = {node: replies[node].content.array_records["arrays"] for node in self.nodes}
+            what = f"gossip round {server_round}"
+            replies = self._send(
+                grid, messages, timeout, what, screen=screen, server_round=server_round
+            )
+            # a refused site's model is relayed to nobody (its peer keeps its own model)
+            models = {n: replies[n].content.array_records["arrays"] for n in replies}
             peers = gossip_peers(len(self.nodes), self.rng)
             pairing = {
                 self.book.name(node): self.book.name(self.nodes[peers[i]])
@@ -124,7 +142,7 @@ class Gossip(Strategy):
                 self.progress.add(
                     server_round,
                     "train",
-                    {self.book.name(n): metrics_of(replies[n]) for n in self.nodes},
+                    {self.book.name(n): metrics_of(replies[n]) for n in self.nodes if n in replies},
                     None,
                     peers=pairing,
                 )
@@ -148,6 +166,8 @@ class Gossip(Strategy):
         messages = []
         for i, node in enumerate(self.nodes):
             peer = self.nodes[peers[i]]
+            if peer not in models:  # its peer's model was refused: nothing to average with
+                continue
             config = ConfigRecord(dict(train_config or {}))
             config["server-round"] = num_rounds
             config["peer-cases"] = self.book.cases.get(peer, 1)
@@ -158,14 +178,22 @@ class Gossip(Strategy):
                     f"{MessageType.TRAIN}.average",
                 )
             )
-        replies = self._send(grid, messages, timeout, "gossip averaging")
-        final = [from_record(replies[n].content.array_records["arrays"]) for n in self.nodes]
-        self.consensus = consensus_distance(final)
+        replies = self._send(
+            grid, messages, timeout, "gossip averaging", screen=screen, server_round=num_rounds
+        )
+        # each site's final model: averaged, or (its peer refused) its last accepted one
+        finals = {n: models[n] for n in models}
+        finals.update({n: m.content.array_records["arrays"] for n, m in replies.items()})
+        if not finals:
+            raise FederationError("gossip: no site has a model that was not refused")
+        self.consensus = consensus_distance(
+            [from_record(finals[n]) for n in self.nodes if n in finals]
+        )
         if self.progress is not None:
             self.progress.add(
                 num_rounds,
                 "average",
-                {self.book.name(n): metrics_of(replies[n]) for n in self.nodes},
+                {self.book.name(n): metrics_of(replies[n]) for n in self.nodes if n in replies},
                 {"consensus_distance": self.consensus},
             )
         if self.run.evaluate:

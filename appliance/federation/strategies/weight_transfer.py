@@ -14,12 +14,8 @@ from appliance.errors import FederationError
 from appliance.federation.aggregation import transfer_schedule
 from appliance.federation.progress import ProgressLog
 from appliance.federation.settings import RunSettings
-from appliance.federation.strategies.common import (
-    SiteBook,
-    check_replies,
-    metrics_of,
-    site_of,
-)
+from appliance.federation.strategies.common import SiteBook, metrics_of, site_of
+from appliance.federation.strategies.screening import Layout, Screen
 
 
 class WeightTransfer(Strategy):
@@ -45,6 +41,8 @@ class WeightTransfer(Strategy):
             raise FederationError("site-order: a site is listed twice")
         self.order = order
         self.visits: list[str] = []
+        #: the layout of the model sent to the site being visited
+        self.layout: Layout | None = None
 
     def summary(self) -> None:
         return None
@@ -54,14 +52,20 @@ class WeightTransfer(Strategy):
     ) -> Iterable[Message]:
         site = self._next_site
         config["server-round"] = server_round
+        self.layout = Layout.of(arrays)
         record = RecordDict({"arrays": arrays, "config": config})
         return [Message(record, self.book.node_of(site), MessageType.TRAIN)]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        check_replies(replies, self.book, f"round {server_round} training")
+        check = Screen(self.book, self.run.max_update_bytes, layout=self.layout)
+        replies = check(
+            list(replies),
+            f"round {server_round} training",
+            progress=self.progress,
+            server_round=server_round,
+        )
         if len(replies) != 1:
             raise FederationError(f"weight transfer expected one reply, got {len(replies)}")
         msg = replies[0]

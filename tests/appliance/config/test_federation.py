@@ -105,3 +105,40 @@ def test_the_vocabulary_lives_in_the_config_package_only() -> None:
     import appliance.config as config
 
     assert not hasattr(config, "FEDERATION_STRATEGIES")
+
+
+def test_federation_site_limits_default_generous_and_are_checked() -> None:
+    config = FederationConfig(insecure=True)
+    assert (config.max_local_steps, config.max_batch_size, config.max_rounds) == (10_000, 64, 1000)
+    assert config.max_patch_voxels == 256**3 and (config.min_lr, config.max_lr) == (1e-7, 1.0)
+    found = issues(
+        insecure=True,
+        max_local_steps=0,
+        max_batch_size=5000,
+        max_patch_voxels=-1,
+        min_lr=0.5,
+        max_lr=0.1,
+        max_rounds=True,
+    )
+    assert "1 to 1000000" in found["federation.max_local_steps"]
+    assert "1 to 1024" in found["federation.max_batch_size"]
+    assert "federation.max_patch_voxels" in found and "federation.max_rounds" in found
+    assert found["federation.max_lr"] == "must be at least min_lr (0.5); got 0.1"
+
+
+def test_the_site_limits_reach_the_supernode_and_take_the_benchmark_runs(tmp_path: Path) -> None:
+    from appliance.federation.settings import RunLimits
+    from appliance.federation.site_join import node_config
+
+    config = parse_config(
+        {
+            "storage": {"root": str(tmp_path)},
+            "federation": {"insecure": True, "max_batch_size": 8, "max_lr": 0.5},
+        },
+        base_dir=tmp_path,
+    )
+    node = node_config(config)
+    assert node["max-batch-size"] == 8 and node["max-lr"] == 0.5
+    limits = RunLimits()
+    for settings in (RunSettings(local_steps=150, batch_size=2, lr=0.002, rounds=20),):
+        limits.refuse(settings, (96, 96, 64))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
@@ -41,9 +41,13 @@ def reply(
     return Message(content=content, metadata=metadata)
 
 
-def book(n: int = 2) -> SiteBook:
-    """Nodes ``1..n`` named ``site_<node>`` with ``<node>`` cases."""
-    return SiteBook({i: f"site_{i}" for i in range(1, n + 1)}, {i: i for i in range(1, n + 1)})
+def book(n: int = 2, cases: Sequence[int] | None = None) -> SiteBook:
+    """Nodes ``1..n`` named ``site_<node>`` with ``cases[node - 1]`` (default ``<node>``)
+    training cases reported at discovery."""
+    counts = list(cases) if cases is not None else list(range(1, n + 1))
+    return SiteBook(
+        {i: f"site_{i}" for i in range(1, n + 1)}, {i: counts[i - 1] for i in range(1, n + 1)}
+    )
 
 
 class FakeGrid:

@@ -23,8 +23,8 @@ def test_aggregation_does_not_depend_on_the_order_replies_arrive(name: str) -> N
     ]
 
     def aggregate(order: list[int]) -> np.ndarray:
-        sites = book(len(sizes))
-        run = RunSettings(min_sites=len(sizes))
+        sites = book(len(sizes), cases=sizes)
+        run = RunSettings(min_sites=len(sizes), local_steps=7 * max(sizes))
         strategy: SiteFedAvg | FedBN | FedGS
         if name == "fedavg":
             strategy = SiteFedAvg(run, sites, None)

@@ -25,7 +25,7 @@ NODES = [41, 17, 23, 8, 35]
 
 def test_fedavg_weights_by_cases_and_records_progress(tmp_path: Path) -> None:
     progress = ProgressLog(tmp_path, "7", "fedavg", 1)
-    strategy = SiteFedAvg(RunSettings(min_sites=2), book(), progress)
+    strategy = SiteFedAvg(RunSettings(min_sites=2), book(cases=[3, 1]), progress)
     replies = [
         reply(1, {"w": np.asarray([1.0])}, {"num-examples": 3, "steps": 2}),
         reply(2, {"w": np.asarray([5.0])}, {"num-examples": 1, "steps": 2}),
