@@ -35,6 +35,13 @@ class StoreError(ApplianceError):
     """The SQLite store failed or holds something unexpected."""
 
 
+class InstanceConflictError(StoreError):
+    """A SOP Instance UID already recorded arrived with other bytes, or under another study
+    or series; the recorded one stands. ``reason`` is ``sop_instance_conflict``."""
+
+    reason = "sop_instance_conflict"
+
+
 class NotFoundError(ApplianceError):
     """A named thing (destination, outbox item, series) does not exist."""
 

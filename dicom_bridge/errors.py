@@ -38,3 +38,7 @@ class VolumeError(DicomBridgeError):
 
 class SendError(DicomBridgeError):
     """A C-STORE/C-ECHO to a remote application entity failed."""
+
+
+class MalformedDatasetError(DicomBridgeError):
+    """A received dataset's encoding is broken (an element runs past its container)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from dicom_bridge.encoding import dataset_sha256
 from dicom_bridge.errors import DicomBridgeError
 from dicom_bridge.spool import SpoolKey
 from dicom_bridge.uids import validate_uid
@@ -30,6 +32,8 @@ class ReceivedInstance:
     image_type: tuple[str, ...]
     instance_number: int | None
     number_of_frames: int
+    #: sha256 (hex) of the encoded dataset as received (after the file meta), when known
+    sha256: str | None = None
 
 
 def describe(
@@ -41,6 +45,7 @@ def describe(
     size: int,
     calling_ae: str,
     peer_host: str,
+    sha256: str | None = None,
 ) -> ReceivedInstance:
     return ReceivedInstance(
         key=key,
@@ -56,13 +61,15 @@ def describe(
         image_type=strings(ds, "ImageType"),
         instance_number=integer(ds, "InstanceNumber"),
         number_of_frames=integer(ds, "NumberOfFrames") or 1,
+        sha256=sha256,
     )
 
 
 def describe_spooled_file(path: Path) -> ReceivedInstance:
     """Describe a file already in the spool (used to re-index after a power loss)."""
     try:
-        ds = dcmread(path, stop_before_pixels=True)
+        raw = path.read_bytes()
+        ds = dcmread(BytesIO(raw), stop_before_pixels=True)
         key = SpoolKey(
             validate_uid(ds.get("StudyInstanceUID"), what="StudyInstanceUID"),
             validate_uid(ds.get("SeriesInstanceUID"), what="SeriesInstanceUID"),
@@ -79,9 +86,10 @@ def describe_spooled_file(path: Path) -> ReceivedInstance:
         key=key,
         transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
         path=path,
-        size=path.stat().st_size,
+        size=len(raw),
         calling_ae="",
         peer_host="",
+        sha256=dataset_sha256(raw),
     )
 
 

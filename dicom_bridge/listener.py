@@ -1,14 +1,18 @@
 """The DICOM listener: a pynetdicom C-ECHO / C-STORE SCP writing to the spool.
 
 A C-STORE is acknowledged with success only after the instance is durable: written
-atomically to the spool by :class:`~dicom_bridge.spool.Spool` and handed to the
-``on_instance`` callback (which records it in the appliance's store). Any failure on the
+to a temporary file by :class:`~dicom_bridge.spool.Spool` and handed to the
+``on_instance`` callback, which records it in the appliance's store and, in the same atomic
+step, publishes it under its final name. What was acknowledged is never replaced: a
+repeat with identical bytes is a success that writes nothing, a conflicting one (other
+bytes, or another study/series) is refused by the callback. Any failure on the
 way gives the peer a DICOM failure status and a logged reason; the association and the
 service carry on. Handlers never raise and never log patient data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import ssl
@@ -31,7 +35,13 @@ from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_bridge.errors import DicomBridgeError, InstanceRejectedError, InvalidUIDError
+from dicom_bridge.encoding import check_lengths, inflate
+from dicom_bridge.errors import (
+    DicomBridgeError,
+    InstanceRejectedError,
+    InvalidUIDError,
+    MalformedDatasetError,
+)
 from dicom_bridge.instance import ReceivedInstance, describe
 from dicom_bridge.netutil import quiet_identifiers, set_tcp_nodelay
 from dicom_bridge.sop_classes import (
@@ -55,6 +65,15 @@ class StoreStatus(IntEnum):
     CANNOT_UNDERSTAND = 0xC000  # the dataset cannot be parsed
     INVALID_UID = 0xC001  # a UID is missing or unsafe
     INVALID_PIXEL_DATA = 0xC002  # uncompressed pixel data shorter than its header says
+    # The SOP Instance UID was already acknowledged with other bytes or in another
+    # study/series. PS3.4 B.2.3 gives C-STORE three failure classes: A7xx "Refused: out of
+    # resources" (senders retry it later: wrong, a retry cannot succeed), A9xx "data set
+    # does not match SOP class" (wrong: the dataset may be a valid instance of its class)
+    # and Cxxx "Error: cannot understand", whose meaning the SCP defines. 0x0111 "duplicate
+    # SOP instance" (PS3.7 C.4) is N-CREATE's and 0x0110 "processing failure" reads as a
+    # transient fault, so a dedicated Cxxx code it is: a non-retryable error that the
+    # sender's log, /metrics and `appliance status` tell apart from other refusals.
+    SOP_INSTANCE_CONFLICT = 0xC003
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +145,14 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-InstanceCallback = Callable[[ReceivedInstance], None]
+Publish = Callable[[], Path]
+#: Records a received instance. ``publish`` moves its staged file to ``received.path``; the
+#: callback calls it inside the atomic step (the store's transaction) that decides the
+#: instance is new. It returns False for an identical repeat (nothing is published, the
+#: peer still gets success) and raises :class:`InstanceRejectedError` to refuse the
+#: instance (e.g. a conflicting repeat). Returning anything else without having called
+#: ``publish`` lets the listener publish the file itself.
+InstanceCallback = Callable[[ReceivedInstance, Publish], bool | None]
 RejectionCallback = Callable[[Rejection], None]
 AssociationCallback = Callable[[AcceptedAssociation], None]
 
@@ -277,7 +303,7 @@ class Listener:
                 )
             )
             return int(StoreStatus.OUT_OF_RESOURCES)
-        LOG.debug("stored %s (%d bytes) from %s", sop_ref, received.size, calling_ae)
+        LOG.debug("received %s (%d bytes) from %s", sop_ref, received.size, calling_ae)
         return int(StoreStatus.SUCCESS)
 
     def _check_disk(self, request: C_STORE) -> None:
@@ -329,19 +355,26 @@ class Listener:
         stream = cast(BytesIO, request.DataSet)
         header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
         if transfer_syntax.is_deflated:
-            # Rare: inflate through pydicom's file reader, store the bytes as received.
-            encoded = header + stream.getvalue()
+            # Rare: inflate (bounded) to check the encoding, parse through pydicom's file
+            # reader, store the bytes as received.
+            received = stream.getvalue()
+            try:
+                inflated = inflate(received, MAX_INFLATED_BYTES)
+            except MalformedDatasetError as exc:
+                raise _rejected(str(exc), StoreStatus.CANNOT_UNDERSTAND) from exc
+            encoded = header + received
             ds = _parse_file(encoded)
+            digest = hashlib.sha256(received).hexdigest()
             return self._store(
-                ds, request, transfer_syntax, (encoded,), None, calling_ae, peer_host
+                ds, request, transfer_syntax, (encoded,), inflated, digest, calling_ae, peer_host
             )
         # Fast path: parse the header only (large values deferred), write the received
         # bytes behind the file meta without copying or re-encoding them.
         ds = _parse_dataset(stream, transfer_syntax)
         with stream.getbuffer() as view:
-            available = len(view)
+            digest = hashlib.sha256(view).hexdigest()
             return self._store(
-                ds, request, transfer_syntax, (header, view), available, calling_ae, peer_host
+                ds, request, transfer_syntax, (header, view), view, digest, calling_ae, peer_host
             )
 
     def _store(
@@ -350,7 +383,8 @@ class Listener:
         request: C_STORE,
         transfer_syntax: UID,
         chunks: tuple[bytes | memoryview, ...],
-        available: int | None,
+        dataset: bytes | memoryview,
+        sha256: str,
         calling_ae: str,
         peer_host: str,
     ) -> ReceivedInstance:
@@ -374,18 +408,28 @@ class Listener:
                 StoreStatus.DATASET_MISMATCH,
             )
         if transfer_syntax in UNCOMPRESSED_SYNTAXES:
+            # Deflated: parsed from the inflated file, so nothing was deferred past its end.
+            available = None if transfer_syntax.is_deflated else len(dataset)
             _check_native_pixel_length(ds, available)
-        path = self.spool.write(key, chunks)
-        received = describe(
-            ds,
-            key=key,
-            transfer_syntax_uid=str(transfer_syntax),
-            path=path,
-            size=sum(len(c) for c in chunks),
-            calling_ae=calling_ae,
-            peer_host=peer_host,
-        )
-        self._on_instance(received)
+        _check_encoding(dataset, transfer_syntax)
+        # Staged first: only the instance the store accepts (atomically, in its transaction)
+        # is renamed into place; a repeat or a refused one leaves nothing in the spool.
+        staged = self.spool.stage(key, chunks)
+        try:
+            received = describe(
+                ds,
+                key=key,
+                transfer_syntax_uid=str(transfer_syntax),
+                path=staged.final,
+                size=sum(len(c) for c in chunks),
+                calling_ae=calling_ae,
+                peer_host=peer_host,
+                sha256=sha256,
+            )
+            if self._on_instance(received, staged.publish) is not False:
+                staged.publish()
+        finally:
+            staged.discard()
         return received
 
     def _record(self, rejection: Rejection) -> None:
@@ -433,6 +477,25 @@ def _parse_file(encoded: bytes) -> Dataset:
     except Exception as exc:
         raise _cannot_parse(exc) from exc
     return ds
+
+
+#: Deflated datasets are inflated at most this far (every size is bounded before use).
+MAX_INFLATED_BYTES = 1 << 30
+
+
+def _check_encoding(data: bytes | memoryview, transfer_syntax: UID) -> None:
+    """Refuse (0xC000) a dataset with an element whose declared length runs past the end
+    of the dataset or of its sequence: pydicom would silently drop what follows."""
+    try:
+        check_lengths(
+            data,
+            implicit_vr=transfer_syntax.is_implicit_VR,
+            little_endian=transfer_syntax.is_little_endian,
+        )
+    except MalformedDatasetError as exc:
+        raise _rejected(
+            f"dataset encoding is broken: {_safe_text(exc)}", StoreStatus.CANNOT_UNDERSTAND
+        ) from exc
 
 
 def _touch(ds: Dataset) -> None:

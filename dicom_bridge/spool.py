@@ -55,17 +55,20 @@ class Spool:
 
         Raises :class:`SpoolError` when the bytes cannot be made durable; then no file
         exists under the final name (an earlier copy, if any, is left untouched).
+        Whether an earlier copy may be replaced is the caller's decision: the listener
+        uses :meth:`stage` and publishes only what the store accepted.
         """
-        final = self.path_for(key)
+        staged = self.stage(key, chunks)
+        try:
+            return staged.publish()
+        finally:
+            staged.discard()
+
+    def stage(self, key: SpoolKey, chunks: tuple[bytes | memoryview, ...]) -> StagedFile:
+        """Write ``chunks`` durably to a temporary file under ``.tmp/``; nothing appears
+        under the final name until :meth:`StagedFile.publish`. Raises :class:`SpoolError`."""
         tmp = self._tmp / f"{key.sop_uid}.{uuid.uuid4().hex}.part"
         try:
-            directory = final.parent
-            if directory not in self._known_dirs:
-                directory.mkdir(parents=True, exist_ok=True)
-                if self.fsync:
-                    _fsync_dir(directory.parent)
-                    _fsync_dir(directory.parent.parent)
-                self._known_dirs.add(directory)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
                 for chunk in chunks:
@@ -77,13 +80,26 @@ class Spool:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
-            if self.fsync:
-                _fsync_dir(directory)
         except (OSError, TypeError, ValueError) as exc:
             tmp.unlink(missing_ok=True)
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise SpoolError(f"could not write instance to spool: {detail}") from exc
+            raise _spool_error(exc) from exc
+        return StagedFile(self, key, tmp)
+
+    def _publish(self, staged: StagedFile) -> Path:
+        final = self.path_for(staged.key)
+        try:
+            directory = final.parent
+            if directory not in self._known_dirs:
+                directory.mkdir(parents=True, exist_ok=True)
+                if self.fsync:
+                    _fsync_dir(directory.parent)
+                    _fsync_dir(directory.parent.parent)
+                self._known_dirs.add(directory)
+            os.replace(staged.tmp, final)
+            if self.fsync:
+                _fsync_dir(directory)
+        except OSError as exc:
+            raise _spool_error(exc) from exc
         return final
 
     def remove_partials(self) -> int:
@@ -102,6 +118,41 @@ class Spool:
             for series in study.iterdir():
                 if series.is_dir():
                     yield from series.glob(f"*{SUFFIX}")
+
+
+class StagedFile:
+    """A complete, durable file in ``.tmp/`` waiting for the decision to keep it.
+
+    :meth:`publish` renames it to its final name (once); :meth:`discard` removes it
+    unless it was published. Use both: publish when accepted, discard in ``finally``.
+    """
+
+    def __init__(self, spool: Spool, key: SpoolKey, tmp: Path) -> None:
+        self.key = key
+        self.tmp = tmp
+        self.final = spool.path_for(key)
+        self._spool = spool
+        self._published = False
+
+    @property
+    def published(self) -> bool:
+        return self._published
+
+    def publish(self) -> Path:
+        """Move the file to its final name (replacing any file there); return that path."""
+        if not self._published:
+            self._spool._publish(self)
+            self._published = True
+        return self.final
+
+    def discard(self) -> None:
+        if not self._published:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _spool_error(exc: Exception) -> SpoolError:
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return SpoolError(f"could not write instance to spool: {detail}")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.config import AppConfig
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, InstanceConflictError
 from appliance.store import InstanceRecord, NewInstance, Store
 from appliance.store.audit import AuditEvent
-from dicom_bridge.errors import DicomBridgeError
+from dicom_bridge.errors import DicomBridgeError, InstanceRejectedError
 from dicom_bridge.instance import ReceivedInstance, describe_spooled_file
-from dicom_bridge.listener import AcceptedAssociation, Rejection
+from dicom_bridge.listener import AcceptedAssociation, Publish, Rejection, StoreStatus
 from dicom_bridge.spool import Spool
 from dicom_bridge.uids import short_ref
 
@@ -27,14 +27,24 @@ class Ingest:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def on_instance(self, received: ReceivedInstance) -> None:
-        is_new = self.store.record_instance(to_new_instance(received))
+    def on_instance(self, received: ReceivedInstance, publish: Publish) -> bool:
+        """Record ``received`` and publish its file in the store's transaction; False for
+        an identical repeat (success, nothing written). A conflicting repeat is refused
+        (:attr:`StoreStatus.SOP_INSTANCE_CONFLICT`); the first copy stays as it was."""
+        try:
+            is_new = self.store.record_instance(to_new_instance(received), publish)
+        except InstanceConflictError as exc:
+            raise InstanceRejectedError(
+                f"{exc.reason}: {exc}", int(StoreStatus.SOP_INSTANCE_CONFLICT)
+            ) from exc
         if not is_new:
             LOG.info(
-                "repeated instance %s in series %s (idempotent)",
+                "repeated instance %s in series %s: identical bytes, acknowledged, "
+                "nothing rewritten",
                 short_ref(received.key.sop_uid),
                 short_ref(received.key.series_uid),
             )
+        return is_new
 
     def on_association(self, association: AcceptedAssociation) -> None:
         self.store.audit.record(
@@ -73,15 +83,18 @@ def to_new_instance(received: ReceivedInstance) -> NewInstance:
         image_type=received.image_type,
         instance_number=received.instance_number,
         number_of_frames=received.number_of_frames,
+        sha256=received.sha256,
     )
 
 
 def ingest_files(store: Store, config: AppConfig, files: Sequence[Path]) -> list[InstanceRecord]:
     """Put DICOM files into the spool and the store as if they had been received
     (calling AE ``CLI-IMPORT``); returns their records. Raises ApplianceError naming the
-    file by its position when one is not a storable DICOM instance."""
+    file by its position when one is not a storable DICOM instance, or repeats an instance
+    already recorded with other bytes or in another series (which stays as it was)."""
     from pydicom import dcmread
 
+    from dicom_bridge.encoding import dataset_sha256
     from dicom_bridge.instance import describe
     from dicom_bridge.spool import Spool, SpoolKey
     from dicom_bridge.uids import validate_uid
@@ -104,18 +117,25 @@ def ingest_files(store: Store, config: AppConfig, files: Sequence[Path]) -> list
             ) from exc
         prepared.append((path, ds, key))
     records = []
-    for path, ds, key in prepared:
-        final = spool.write(key, (Path(path).read_bytes(),))
-        received = describe(
-            ds,
-            key=key,
-            transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
-            path=final,
-            size=final.stat().st_size,
-            calling_ae="CLI-IMPORT",
-            peer_host="",
-        )
-        store.record_instance(to_new_instance(received))
+    for index, (path, ds, key) in enumerate(prepared):
+        raw = Path(path).read_bytes()
+        staged = spool.stage(key, (raw,))
+        try:
+            received = describe(
+                ds,
+                key=key,
+                transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
+                path=staged.final,
+                size=len(raw),
+                calling_ae="CLI-IMPORT",
+                peer_host="",
+                sha256=dataset_sha256(raw),
+            )
+            store.record_instance(to_new_instance(received), staged.publish)
+        except InstanceConflictError as exc:
+            raise ApplianceError(f"file {index + 1} ({Path(path).name}): {exc}") from exc
+        finally:
+            staged.discard()
         records.append(key.sop_uid)
     return store.instances_by_sop(records)
 

@@ -46,7 +46,8 @@ class _StoreCollector(Collector):
 
         rejected = CounterMetricFamily(
             "appliance_instances_rejected",
-            "C-STOREs answered with a failure status, by status (0xA702: disk watermark).",
+            "C-STOREs answered with a failure status, by status (0xA702: disk watermark, "
+            "0xC003: SOP instance conflict).",
             labels=["status"],
         )
         refused = CounterMetricFamily(

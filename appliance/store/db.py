@@ -21,7 +21,8 @@ from typing import Any
 from appliance.errors import StoreError
 from appliance.store.audit import AuditLog, audit_path
 
-SCHEMA_VERSION = 4  # 2: models, activations, jobs; 3: cases, refusals; 4: purges, counters
+SCHEMA_VERSION = 5  # 2: models, activations, jobs; 3: cases, refusals; 4: purges, counters;
+# 5: instances.sha256 (what was acknowledged, to tell identical repeats from conflicts)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -196,6 +197,8 @@ CREATE TABLE IF NOT EXISTS counters (
             ("cases", "purged_at", "REAL"),
         ),
     ),
+    # sha256 of the encoded dataset as received; NULL for rows recorded before version 5.
+    _Migration(5, "", columns=(("instances", "sha256", "TEXT"),)),
 )
 
 

@@ -42,6 +42,7 @@ class InstanceRecord:
     instance_number: int | None
     number_of_frames: int
     received_at: float
+    sha256: str | None = None  # of the encoded dataset as received; None before schema 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class NewInstance:
     image_type: tuple[str, ...] = ()
     instance_number: int | None = None
     number_of_frames: int = 1
+    sha256: str | None = None  # of the encoded dataset as received, when known
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from appliance.errors import NotFoundError
+from appliance.errors import InstanceConflictError, NotFoundError
 from appliance.states import SeriesState
 from appliance.store.audit import AuditEvent
 from appliance.store.db import Database
@@ -29,13 +29,24 @@ from appliance.store.records import (
     from_row,
     multi_value,
 )
+from dicom_bridge.uids import short_ref
 
 
 class SeriesStore(Database):
     """Instances recorded, series completed, claimed, finished and re-queued."""
 
-    def record_instance(self, item: NewInstance) -> bool:
-        """Record a durable instance; return True when it is new (a repeat is idempotent).
+    def record_instance(
+        self, item: NewInstance, publish: Callable[[], object] | None = None
+    ) -> bool:
+        """Record a durable instance; return True when it is new, False for a repeat with
+        identical bytes (nothing is written: no row, no series change).
+
+        What was acknowledged is never replaced: the same SOP Instance UID with other bytes
+        (sha256 of the encoded dataset; where either side has none, the size), or under
+        another study or series, raises :class:`InstanceConflictError` and leaves the
+        recorded instance as it was. ``publish`` (the spool's rename into place) runs
+        inside the transaction, only for a new instance, so the decision and the file are
+        one atomic step even when two associations send the same UID at once.
 
         A new instance for a series that is complete, processing or processed re-opens it
         (state RECEIVING, generation + 1): it will be processed again and the new result
@@ -44,19 +55,18 @@ class SeriesStore(Database):
         now = self._clock()
         with self._tx() as db:
             existing = db.execute(
-                "SELECT series_uid, path FROM instances WHERE sop_uid = ?", (item.sop_uid,)
+                "SELECT study_uid, series_uid, size, sha256 FROM instances WHERE sop_uid = ?",
+                (item.sop_uid,),
             ).fetchone()
+            if existing is not None:
+                _check_repeat(existing, item)
+                self._bump(db, "instances_received", "repeat")
+                return False
             db.execute(
                 """INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid,
                        transfer_syntax_uid, path, size, calling_ae, instance_number,
-                       number_of_frames, received_at)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,?)
-                   ON CONFLICT(sop_uid) DO UPDATE SET series_uid=excluded.series_uid,
-                       study_uid=excluded.study_uid, sop_class_uid=excluded.sop_class_uid,
-                       transfer_syntax_uid=excluded.transfer_syntax_uid, path=excluded.path,
-                       size=excluded.size, calling_ae=excluded.calling_ae,
-                       instance_number=excluded.instance_number,
-                       number_of_frames=excluded.number_of_frames""",
+                       number_of_frames, received_at, sha256)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?)""",
                 (
                     item.sop_uid,
                     item.series_uid,
@@ -69,12 +79,9 @@ class SeriesStore(Database):
                     item.instance_number,
                     item.number_of_frames,
                     now,
+                    item.sha256,
                 ),
             )
-            is_new = existing is None
-            if existing is not None and existing["series_uid"] != item.series_uid:
-                self._recount(db, existing["series_uid"], now)
-                is_new = True
             row = db.execute(
                 "SELECT state, generation FROM series WHERE series_uid = ?", (item.series_uid,)
             ).fetchone()
@@ -99,7 +106,7 @@ class SeriesStore(Database):
                         now,
                     ),
                 )
-            elif is_new:
+            else:
                 reopen = row["state"] != SeriesState.RECEIVING
                 db.execute(
                     """UPDATE series SET instances = instances + 1, last_instance_at = ?,
@@ -110,19 +117,10 @@ class SeriesStore(Database):
                        WHERE series_uid = ?""",
                     (now, now, SeriesState.RECEIVING, int(reopen), reopen, reopen, item.series_uid),
                 )
-            else:
-                db.execute(
-                    "UPDATE series SET updated_at = ? WHERE series_uid = ?", (now, item.series_uid)
-                )
-            self._bump(db, "instances_received", "new" if is_new else "repeat")
-        return is_new
-
-    def _recount(self, db: sqlite3.Connection, series_uid: str, now: float) -> None:
-        db.execute(
-            """UPDATE series SET instances = (SELECT count(*) FROM instances
-                   WHERE series_uid = ?), updated_at = ? WHERE series_uid = ?""",
-            (series_uid, now, series_uid),
-        )
+            if publish is not None:
+                publish()  # a failure rolls the row back: nothing acknowledged, nothing kept
+            self._bump(db, "instances_received", "new")
+        return True
 
     def has_instance(self, sop_uid: str) -> bool:
         return bool(self._query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
@@ -334,6 +332,26 @@ class SeriesStore(Database):
             )
             requeue_running_jobs(db, self._clock())
             return cur.rowcount
+
+
+def _check_repeat(existing: sqlite3.Row, item: NewInstance) -> None:
+    """Raise :class:`InstanceConflictError` unless ``item`` repeats the recorded instance."""
+    ref = short_ref(item.sop_uid)
+    if existing["study_uid"] != item.study_uid or existing["series_uid"] != item.series_uid:
+        raise InstanceConflictError(
+            f"SOP instance {ref} was already acknowledged in series "
+            f"{short_ref(existing['series_uid'])}; the repeat names series "
+            f"{short_ref(item.series_uid)}"
+        )
+    if existing["sha256"] is not None and item.sha256 is not None:
+        same = existing["sha256"] == item.sha256
+    else:  # a row from before schema 5, or a caller without a hash: the size must match
+        same = existing["size"] == item.size
+    if not same:
+        raise InstanceConflictError(
+            f"SOP instance {ref} was already acknowledged with different content "
+            f"({existing['size']} bytes recorded, {item.size} received)"
+        )
 
 
 class RejectionStore(Database):

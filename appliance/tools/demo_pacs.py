@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dicom_bridge.instance import ReceivedInstance
-from dicom_bridge.listener import Listener, ListenerSettings
+from dicom_bridge.listener import Listener, ListenerSettings, Publish
 from dicom_bridge.sender import RemoteNode, send_files
 from dicom_bridge.spool import Spool
 
@@ -70,7 +70,7 @@ class BuiltinPacs:
         )
         self._listener.start()
 
-    def _on_instance(self, inst: ReceivedInstance) -> None:
+    def _on_instance(self, inst: ReceivedInstance, publish: Publish) -> None:
         self._arrivals[inst.key.sop_uid] = time.monotonic()
 
     def push(self, files: Sequence[Path], appliance_port: int) -> int:

@@ -19,6 +19,7 @@ from dicom_bridge.listener import (
     AllowedCaller,
     Listener,
     ListenerSettings,
+    Publish,
     Rejection,
     StoreStatus,
 )
@@ -44,7 +45,7 @@ class Recorder:
         self.rejections: list[Rejection] = []
         self.fail_next = False
 
-    def on_instance(self, inst: ReceivedInstance) -> None:
+    def on_instance(self, inst: ReceivedInstance, publish: Publish) -> None:
         if self.fail_next:
             self.fail_next = False
             raise OSError("database is locked")

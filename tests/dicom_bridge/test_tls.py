@@ -9,7 +9,7 @@ import pytest
 
 from dicom_bridge.errors import SendError
 from dicom_bridge.instance import ReceivedInstance
-from dicom_bridge.listener import Listener, ListenerSettings, TlsServerSettings
+from dicom_bridge.listener import Listener, ListenerSettings, Publish, TlsServerSettings
 from dicom_bridge.sender import RemoteNode, TlsClientSettings, echo, send_files
 from dicom_bridge.spool import Spool
 from dicom_bridge.synthetic import SeriesGeometry, write_series
@@ -25,7 +25,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tls_listener(tmp_path: Path, pki: Path) -> Iterator[tuple[Listener, list[str]]]:
     received: list[str] = []
 
-    def on_instance(inst: ReceivedInstance) -> None:
+    def on_instance(inst: ReceivedInstance, publish: Publish) -> None:
         received.append(inst.key.sop_uid)
 
     tls = TlsServerSettings(

@@ -16,7 +16,7 @@ import pytest
 from pydicom import dcmread
 
 from dicom_bridge.instance import ReceivedInstance
-from dicom_bridge.listener import Listener, ListenerSettings, Rejection, StoreStatus
+from dicom_bridge.listener import Listener, ListenerSettings, Publish, Rejection, StoreStatus
 from dicom_bridge.spool import Spool
 from dicom_bridge.synthetic import SeriesGeometry, write_series
 from tests.peers import free_port, storescu
@@ -52,7 +52,7 @@ def disk_listener(
     received: list[str] = []
     rejections: list[Rejection] = []
 
-    def on_instance(inst: ReceivedInstance) -> None:
+    def on_instance(inst: ReceivedInstance, publish: Publish) -> None:
         received.append(inst.key.sop_uid)
 
     disk = SmallDisk(root, capacity=0)

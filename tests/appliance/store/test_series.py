@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.errors import NotFoundError
+from appliance.errors import InstanceConflictError, NotFoundError
 from appliance.states import SeriesState
 from appliance.store import Claim, NewInstance, Store
 from tests.appliance.conftest import Clock
@@ -74,14 +74,17 @@ def test_record_instance_fields(store: Store, clock: Clock) -> None:
     assert series.last_instance_at == clock()
 
 
-def test_instance_moving_to_another_series_recounts(store: Store) -> None:
+def test_instance_under_another_series_is_a_conflict(store: Store) -> None:
+    # What was acknowledged is never moved (tests/appliance/store/test_instance_conflicts.py).
     other = "1.2.826.0.1.3680043.8.498.3"
     store.record_instance(inst(1))
     moved = dataclasses.replace(inst(1), series_uid=other)
-    assert store.record_instance(moved) is True
+    with pytest.raises(InstanceConflictError):
+        store.record_instance(moved)
     assert store.instance_count() == 1
-    assert store.get_series(SERIES).instances == 0
-    assert store.get_series(other).instances == 1
+    assert store.get_series(SERIES).instances == 1
+    with pytest.raises(NotFoundError):
+        store.get_series(other)
 
 
 def test_get_series_unknown(store: Store) -> None:
