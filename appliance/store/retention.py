@@ -63,8 +63,9 @@ class RetentionStore(Database):
     ) -> list[InstanceRecord]:
         """Forget the stored instances of a finished series (for retention) and return them
         so their files can go. Nothing happens (empty list) when the series has moved on
-        since ``planned_at``: a new generation, an instance received (even a repeat), a
-        send not yet acknowledged, a job queued, or a training case made from it.
+        since ``planned_at``: a new generation, a new instance received (a repeat with
+        identical bytes writes nothing, so it changes nothing here), a send not yet
+        acknowledged, a job queued, or a training case made from it.
 
         The rule, checked in SQL in the purging transaction: the series is finished
         (:attr:`SeriesState.finished`) at the planned generation and not touched since,

@@ -198,13 +198,42 @@ def test_a_series_sent_again_after_planning_is_left_alone(env: tuple[Path, Store
     clock.advance(31 * DAY)
     todo = plan(store, config)
     assert [i.series_uid for i in todo.due] == [series]
-    # the PACS sends the series again before the purge runs (the same instances)
+    # the PACS sends the series again before the purge runs, with one more image
     clock.advance(1)
-    _series(store, spool, "21", old=False)
+    _, again = _series(store, spool, "21", n=4, old=False)
     result = purge(store, config, todo)
     assert result.items == 0 and result.skipped == 1
-    assert all(p.is_file() for p in files)
-    assert len(store.series_instances(series)) == 3
+    assert all(p.is_file() for p in files + again)
+    assert len(store.series_instances(series)) == 4
+
+
+def test_an_identical_repeat_does_not_hold_the_purge(env: tuple[Path, Store, Clock]) -> None:
+    """Acknowledged means immutable: a repeat with identical bytes writes nothing, so it
+    changes nothing retention looks at (the series' result was delivered long ago)."""
+    config_path, store, clock = env
+    config = load_config(config_path)
+    spool = Spool(config.storage.spool_dir, fsync=False)
+    series, files = _series(store, spool, "22")
+    _finish(store, clock, series, sent=True)
+    clock.advance(31 * DAY)
+    todo = plan(store, config)
+    clock.advance(1)
+    for record in store.series_instances(series):  # the same instances, the same bytes
+        repeat = NewInstance(
+            sop_uid=record.sop_uid,
+            series_uid=record.series_uid,
+            study_uid=record.study_uid,
+            sop_class_uid=record.sop_class_uid,
+            transfer_syntax_uid=record.transfer_syntax_uid,
+            path=record.path,
+            size=record.size,
+            calling_ae="CT1",
+            modality="CT",
+        )
+        assert store.record_instance(repeat) is False
+    result = purge(store, config, todo)
+    assert result.items == 1
+    assert not any(p.is_file() for p in files)
 
 
 def test_a_file_replaced_during_the_purge_is_put_back(tmp_path: Path) -> None:
