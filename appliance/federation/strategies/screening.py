@@ -10,8 +10,8 @@ A site is a peer, not a trusted party: its training reply is read only after it 
   bounded by the run's ``max-site-cases``), and where a strategy weights by ``steps``
   (FedGS) a step count outside ``1..local-steps``;
 - arrays over ``max-update-bytes`` in all;
-- arrays whose names, shapes or dtypes differ from the model sent that round
-  (:class:`Layout`);
+- arrays whose names, shapes or dtypes differ from the model sent that round (an
+  integer array may stand for a floating one and back: :class:`Layout`);
 - arrays with a NaN or an infinity.
 
 :func:`screen` applies it to a round's replies: each refused reply is dropped from the
@@ -69,12 +69,26 @@ class Layout:
         for key, array in record.items():
             shape, dtype = tuple(array.shape), str(array.dtype)
             want_shape, want_dtype = self.entries[key]
-            if shape != want_shape or dtype != want_dtype:
+            if shape != want_shape or not _same_numbers(dtype, want_dtype):
                 return (
                     f"array {key} is {dtype} {list(shape)}, the global model's is "
                     f"{want_dtype} {list(want_shape)}"
                 )
         return None
+
+
+def _same_numbers(dtype: str, want: str) -> bool:
+    """Whether an array of ``dtype`` may stand for the global model's ``want``: the same
+    dtype, or an integer one for a floating one and back. Integer buffers (BatchNorm's
+    ``num_batches_tracked``) come out of averaging as floats and go to the sites so,
+    while each site replies in its own model's dtype."""
+    if dtype == want:
+        return True
+    try:
+        kinds = np.dtype(dtype).kind, np.dtype(want).kind
+    except TypeError:
+        return False
+    return sorted(k in "iu" for k in kinds) == [False, True] and all(k in "iuf" for k in kinds)
 
 
 def _listed(names: list[str]) -> str:

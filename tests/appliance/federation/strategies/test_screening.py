@@ -86,6 +86,24 @@ def test_bad_replies_are_refused_with_their_reason_and_the_good_ones_aggregated(
     assert set(trained) == {"site_1"}
 
 
+def test_integer_buffers_may_come_back_as_floats_and_back() -> None:
+    """FedAvg averages BatchNorm's int64 ``num_batches_tracked`` into a float64: the next
+    round sends that, and the sites reply in their model's int64 (a real run's round 2)."""
+    from flwr.app import Array
+
+    from appliance.federation.strategies.screening import Layout
+
+    sent = ArrayRecord({"n": Array(np.asarray(3.0)), "w": Array(np.zeros(2, np.float32))})
+    layout = Layout.of(sent)
+    assert layout is not None
+    back = ArrayRecord({"n": Array(np.asarray(4, np.int64)), "w": Array(np.ones(2, np.float32))})
+    assert layout.mismatch(back) is None
+    wide = ArrayRecord({"n": Array(np.asarray(4.0)), "w": Array(np.ones(2, np.float64))})
+    assert "array w is float64 [2]" in (layout.mismatch(wide) or "")
+    text = ArrayRecord({"n": Array(np.asarray(["x"])), "w": Array(np.ones(2, np.float32))})
+    assert layout.mismatch(text) is not None
+
+
 @pytest.mark.usefixtures("flower_task")
 def test_arrays_that_are_not_the_global_models_names_are_refused() -> None:
     strategy = _strategy(StrategyName.FEDAVG)
