@@ -49,6 +49,8 @@ def listener_settings(config: AppConfig) -> ListenerSettings:
         tls=tls,
         max_pdu_size=d.max_pdu_size,
         min_free_bytes=config.storage.min_free_mb * 2**20,
+        first_pdu_timeout=d.first_pdu_timeout_seconds,
+        max_connections_per_peer=d.max_connections_per_peer,
     )
 
 
@@ -100,6 +102,7 @@ class Service:
             self.ingest.on_instance,
             self.ingest.on_rejection,
             self.ingest.on_association,
+            on_connection_refused=self.ingest.on_connection_refused,
         )
         self._threads: list[threading.Thread] = []
         self._federation: JoinScheduler | None = None

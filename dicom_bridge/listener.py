@@ -35,6 +35,12 @@ from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_bridge.connections import (
+    ConnectionCallback,
+    ConnectionGuard,
+    GuardSettings,
+    start_guarded_server,
+)
 from dicom_bridge.encoding import check_lengths, inflate
 from dicom_bridge.errors import (
     DicomBridgeError,
@@ -112,6 +118,10 @@ class ListenerSettings:
     #: refuse C-STOREs (0xA702) while the spool's file system has less free space than
     #: this (plus the instance); 0 turns the check off
     min_free_bytes: int = 0
+    #: seconds from accept to a complete A-ASSOCIATE-RQ (TLS handshake included)
+    first_pdu_timeout: float = 30.0
+    #: concurrent connections from one peer address; more are closed at once
+    max_connections_per_peer: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +179,7 @@ class Listener:
         on_association: AssociationCallback | None = None,
         *,
         free_space: FreeSpaceProbe = free_bytes,
+        on_connection_refused: ConnectionCallback | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -180,6 +191,14 @@ class Listener:
         self._lock = threading.Lock()
         self._disk_low = False  # for logging the transitions only
         self.disk_refusals = 0
+        self.guard = ConnectionGuard(
+            GuardSettings(
+                first_pdu_timeout=settings.first_pdu_timeout,
+                max_connections_per_peer=settings.max_connections_per_peer,
+                network_timeout=_NETWORK_TIMEOUT,
+            ),
+            on_connection_refused,
+        )
         quiet_identifiers()
 
     # -- life cycle ---------------------------------------------------------------------
@@ -187,7 +206,7 @@ class Listener:
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_associations = self.settings.max_associations
         ae.maximum_pdu_size = self.settings.max_pdu_size
-        ae.network_timeout = 60
+        ae.network_timeout = _NETWORK_TIMEOUT
         ae.dimse_timeout = 60
         ae.acse_timeout = 30
         ae.add_supported_context(Verification)
@@ -201,11 +220,12 @@ class Listener:
             (evt.EVT_C_STORE, self._handle_store),
         ]
         ssl_context = self.settings.tls.context() if self.settings.tls else None
-        self._server = ae.start_server(
+        self._server = start_guarded_server(
+            ae,
             (self.settings.bind, self.settings.port),
-            block=False,
-            evt_handlers=handlers,  # type: ignore[arg-type]
+            evt_handlers=handlers,
             ssl_context=ssl_context,
+            guard=self.guard,
         )
         LOG.info(
             "listener %s on %s:%d (tls=%s, max associations %d)",
@@ -439,6 +459,9 @@ class Listener:
             self._on_rejection(rejection)
         except Exception:  # recording a rejection must not break the association
             LOG.exception("could not record a rejection")
+
+
+_NETWORK_TIMEOUT = 60.0
 
 
 def _handle_echo(event: evt.Event) -> int:

@@ -71,6 +71,10 @@ class DicomConfig:
     allowed_callers: tuple[CallerConfig, ...] = ()
     series_quiet_seconds: float = 30.0
     tls: TlsConfig | None = None
+    #: seconds from accept to a complete A-ASSOCIATE-RQ (TLS handshake included)
+    first_pdu_timeout_seconds: float = 30.0
+    #: concurrent connections from one peer address; more are closed at once
+    max_connections_per_peer: int = 8
 
     def __post_init__(self) -> None:
         r = ConfigReader.of(self, "dicom")
@@ -86,6 +90,8 @@ class DicomConfig:
         )
         r.number("series_quiet_seconds", 0.1, 86400.0)
         r.instance("tls", TlsConfig, optional=True)
+        r.number("first_pdu_timeout_seconds", 1.0, 600.0)
+        r.integer("max_connections_per_peer", 1, 10000)
         r.raise_issues()
 
 

@@ -12,6 +12,7 @@ from appliance.config import AppConfig
 from appliance.errors import ApplianceError, InstanceConflictError
 from appliance.store import InstanceRecord, NewInstance, Store
 from appliance.store.audit import AuditEvent
+from dicom_bridge.connections import RefusedConnection
 from dicom_bridge.errors import DicomBridgeError, InstanceRejectedError
 from dicom_bridge.instance import ReceivedInstance, describe_spooled_file
 from dicom_bridge.listener import AcceptedAssociation, Publish, Rejection, StoreStatus
@@ -55,6 +56,11 @@ class Ingest:
             peer=f"{association.peer_host}:{association.peer_port}",
             tls=association.tls,
         )
+
+    def on_connection_refused(self, refused: RefusedConnection) -> None:
+        """A connection closed before it became an association (per-peer cap, first-PDU
+        timeout, failed TLS handshake): counted for ``/metrics``, by reason."""
+        self.store.bump("connections_refused", str(refused.reason))
 
     def on_rejection(self, rejection: Rejection) -> None:
         self.store.record_rejection(

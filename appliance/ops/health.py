@@ -1,15 +1,14 @@
 """``/healthz``: is every part of the running appliance working?
 
-Checks: the DICOM listener (its socket accepts a TCP connection; no association is
-opened, so nothing lands in the audit trail), the worker, scheduler and outbox threads,
-the database, the disk (free space above the watermark) and the model of every routed
-task (active, its weights loaded). Each check says why it failed.
+Checks: the DICOM listener (a real C-ECHO on loopback, over TLS when configured: see
+:func:`listener_node`; the echo association is audited like any other), the worker,
+scheduler and outbox threads, the database, the disk (free space above the watermark)
+and the model of every routed task (active, its weights loaded). Each check says why it failed.
 """
 
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from appliance.config import AppConfig
 from appliance.errors import ApplianceError
 from appliance.site_models.registry import NetworkCache
 from appliance.store import Store
+from dicom_bridge.errors import DicomBridgeError
+from dicom_bridge.sender import RemoteNode, TlsClientSettings, echo
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +29,43 @@ class Check:
     detail: str
 
 
-def _listener(host: str, port: int, timeout: float = 2.0) -> Check:
-    target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def listener_node(config: AppConfig, port: int, timeout: float = 3.0) -> RemoteNode:
+    """The appliance's own listener as a C-ECHO target on loopback (or the bind address).
+
+    The calling AE is the first allowed caller not pinned to another host (else the
+    appliance's own title). With ``dicom.tls`` the echo runs over TLS, trusting
+    ``dicom.tls.ca_file`` (else the server certificate itself, which works for a
+    self-signed one) and presenting the server's own certificate as the client's when
+    ``require_client_cert`` is set: the server certificate must then verify against
+    that file and name the address checked (``127.0.0.1`` for a wildcard bind).
+    """
+    dicom = config.dicom
+    target = "127.0.0.1" if dicom.bind in ("0.0.0.0", "", "::") else dicom.bind
+    allowed = [c for c in dicom.allowed_callers if c.host is None or c.host in _LOOPBACK]
+    caller = allowed[0].ae_title if allowed else dicom.ae_title
+    tls = None
+    if dicom.tls is not None:
+        tls = TlsClientSettings(
+            ca_file=dicom.tls.ca_file or dicom.tls.cert_file,
+            cert_file=dicom.tls.cert_file if dicom.tls.require_client_cert else None,
+            key_file=dicom.tls.key_file if dicom.tls.require_client_cert else None,
+        )
+    return RemoteNode(dicom.ae_title, target, port, calling_ae=caller, timeout_s=timeout, tls=tls)
+
+
+def _listener(config: AppConfig, port: int, timeout: float = 3.0) -> Check:
+    """A real C-ECHO: the listener accepts, negotiates and answers (over TLS when
+    configured), so a listener whose slots are all held fails the check."""
     try:
-        socket.create_connection((target, port), timeout=timeout).close()
-    except OSError as exc:
-        return Check("listener", False, f"{target}:{port} does not accept connections: {exc}")
-    return Check("listener", True, f"accepting on {target}:{port}")
+        node = listener_node(config, port, timeout)
+        echo(node)
+    except (DicomBridgeError, ValueError, OSError) as exc:
+        return Check("listener", False, f"C-ECHO {config.dicom.ae_title} on port {port}: {exc}")
+    tls = " over TLS" if node.tls is not None else ""
+    return Check("listener", True, f"C-ECHO{tls} {node.host}:{port} ok")
 
 
 def _threads(threads: Sequence[threading.Thread]) -> list[Check]:
@@ -98,7 +129,7 @@ def check_health(
     load_errors: Mapping[str, str],
 ) -> list[Check]:
     return [
-        _listener(config.dicom.bind, listener_port),
+        _listener(config, listener_port),
         *_threads(threads),
         _database(store),
         _disk(config),

@@ -65,6 +65,16 @@ class _StoreCollector(Collector):
         yield rejected
         yield refused
 
+        connections = CounterMetricFamily(
+            "appliance_connections_refused",
+            "Connections closed before they became an association, by reason "
+            "(per_peer_limit, first_pdu_timeout, tls_handshake).",
+            labels=["reason"],
+        )
+        for reason in ("per_peer_limit", "first_pdu_timeout", "tls_handshake"):
+            connections.add_metric([reason], counters.get(("connections_refused", reason), 0))
+        yield connections
+
         for name, doc, counts in (
             ("appliance_series", "Series by state.", store.series_counts()),
             ("appliance_jobs", "Segmentation jobs by state.", store.job_counts()),

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from appliance.config import AppConfig, parse_config
-from appliance.ops.health import Check, check_health, report
+from appliance.ops.health import Check, _listener, check_health, report
 from appliance.ops.http import StatusServer
 from appliance.site_models.registry import NetworkCache
 from appliance.store import Store
+from dicom_bridge.listener import Listener, ListenerSettings
+from dicom_bridge.spool import Spool
 from tests.appliance.flow.helpers import activate_tiny
 
 
@@ -45,11 +47,26 @@ def store(config: AppConfig) -> Iterator[Store]:
 
 
 @pytest.fixture
-def listening() -> Iterator[int]:
-    """A port on loopback that accepts TCP connections (as the DICOM listener does)."""
+def listening(config: AppConfig, tmp_path: Path) -> Iterator[int]:
+    """The appliance's DICOM listener on loopback (the check does a real C-ECHO)."""
+    listener = Listener(
+        ListenerSettings(config.dicom.ae_title, "127.0.0.1", 0),
+        Spool(tmp_path / "health-spool"),
+        lambda inst, publish: None,
+    )
+    listener.start()
+    yield listener.port
+    listener.stop()
+
+
+def test_a_port_that_accepts_tcp_but_does_not_answer_dicom_fails(config: AppConfig) -> None:
     server = socket.create_server(("127.0.0.1", 0))
-    yield server.getsockname()[1]
-    server.close()
+    try:
+        checks = by_name([_listener(config, server.getsockname()[1], timeout=1.0)])
+    finally:
+        server.close()
+    assert not checks["listener"].ok
+    assert "C-ECHO" in checks["listener"].detail
 
 
 def closed_port() -> int:
@@ -121,7 +138,7 @@ def test_every_check_passes_when_all_is_well(
         "model liver_ct",
     ]
     assert all(c.ok for c in checks), checks
-    assert found["listener"].detail == f"accepting on 127.0.0.1:{listening}"
+    assert found["listener"].detail == f"C-ECHO 127.0.0.1:{listening} ok"
     assert found["worker"].detail == "running"
     assert found["database"].detail.startswith("schema version ")
     assert "MiB free" in found["disk"].detail
@@ -146,7 +163,7 @@ def test_each_failing_check_says_why(
         )
     )
     assert not checks["listener"].ok
-    assert f"127.0.0.1:{port} does not accept connections" in checks["listener"].detail
+    assert f"connection refused by 127.0.0.1:{port}" in checks["listener"].detail
     assert not checks["outbox"].ok and checks["outbox"].detail == "thread has stopped"
     assert checks["worker"].ok and checks["scheduler"].ok
     assert not checks["disk"].ok and "new C-STOREs are refused" in checks["disk"].detail
