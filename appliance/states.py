@@ -57,6 +57,9 @@ class CaseState(StrEnum):
     ACTIVE = "active"  # used for training (split train) or validation (split held_out)
     EXCLUDED = "excluded"  # taken out by an admin (`appliance cases exclude ID`)
     SUPERSEDED = "superseded"  # a newer annotation of the same series and task replaced it
+    PENDING = "pending"  # awaiting review (`appliance cases review`): neither trained on nor
+    # used by the gate until an admin accepts it (`appliance cases accept ID`)
+    REJECTED = "rejected"  # a pending case an admin rejected (`appliance cases reject ID`)
 
 
 class CaseSplit(StrEnum):
@@ -85,3 +88,4 @@ class Refusal(StrEnum):
     MODALITY_MISMATCH = "modality_mismatch"  # NIfTI import: task and series modality differ
     BAD_LABEL_VALUES = "bad_label_values"  # NIfTI import: values that are no label
     EMPTY_LABELS = "empty_labels"  # the mapped segments hold no voxel
+    CALLER_NOT_TRUSTED = "caller_not_trusted"  # its calling AE is not in cases.annotation_callers

@@ -17,11 +17,12 @@ def seg_variant(
     manufacturer: str | None = None,
     property_type: tuple[str, str, str] | None = None,
     drop_references: bool = False,
+    fill: bool = False,
 ) -> Path:
     """Copy the SEG at ``source`` with new SOP/Series Instance UIDs and the changes asked
     for: the first frame moved along z by ``shift_frame_mm`` (between source slices), a
     different Frame of Reference, Manufacturer, or segment 1's property type
-    ``(value, scheme, meaning)``."""
+    ``(value, scheme, meaning)``; ``fill``: every pixel of every frame set (a BINARY SEG)."""
     ds = dcmread(source)
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -43,5 +44,7 @@ def seg_variant(
         for frame in ds.PerFrameFunctionalGroupsSequence:
             if "DerivationImageSequence" in frame:
                 del frame.DerivationImageSequence
+    if fill:
+        ds.PixelData = b"\xff" * len(ds.PixelData)
     ds.save_as(target, enforce_file_format=True)
     return target

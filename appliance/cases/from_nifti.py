@@ -259,6 +259,7 @@ def case_from_nifti(
             seg_sop_uid=None,
             origin=CaseOrigin.CLI,
             segments=segments,
+            image=volume.array,
         )
     except CaseRefused as exc:
         return refuse(exc.reason, exc.detail)

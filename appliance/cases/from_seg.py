@@ -11,6 +11,9 @@ A SEG that references a series stored here becomes a case of one task when
    coded concepts**, never by its number
    (:func:`appliance.cases.concepts.map_segments`).
 
+A SEG received over DICOM must come from a caller in ``cases.annotation_callers``, and a
+new case may wait for review (``pending``): :mod:`appliance.cases.trust`.
+
 Otherwise it is refused, and the refusal (reason code + explanation, no patient data) is
 recorded (``appliance cases list`` shows it; a SEG series received over DICOM is also
 ``rejected`` with reason ``annotation_refused`` in ``appliance status``).
@@ -48,6 +51,7 @@ from appliance.cases.recording import (
     record_case,
     record_refusal,
 )
+from appliance.cases.trust import caller_allowed
 from appliance.config import AppConfig
 from appliance.errors import CaseRefused
 from appliance.states import CaseOrigin, Refusal, SeriesState
@@ -128,11 +132,14 @@ def case_from_seg(
     origin: CaseOrigin,
     *,
     keep_copy: bool = False,
+    calling_ae: str | None = None,
 ) -> SegOutcome:
     """Make one SEG instance a case, or record why not (never raises for bad input).
 
     ``keep_copy``: copy the SEG file next to the labels (for a CLI import; a received SEG
-    stays in the spool)."""
+    stays in the spool). ``calling_ae``: who sent a SEG received over DICOM (default: the
+    ``calling_ae`` of its stored instance row); it must be one of
+    ``cases.annotation_callers`` (:mod:`appliance.cases.trust`)."""
     try:
         header = read_seg_header(seg_path)
     except SegmentationReadError as exc:
@@ -151,22 +158,45 @@ def case_from_seg(
                 header,
             )
         )
+    if origin is CaseOrigin.DICOM and calling_ae is None and ref:
+        rows = store.instances_by_sop([ref])
+        calling_ae = rows[0].calling_ae if rows else None
+    caller = calling_ae if origin is CaseOrigin.DICOM else None
+    if not caller_allowed(config, origin, caller):
+        return SegOutcome(
+            refusal=record_refusal(
+                store,
+                origin,
+                Refusal.CALLER_NOT_TRUSTED,
+                f"its caller {caller or '(unknown)'} is not in cases.annotation_callers; "
+                "the SEG is stored, not made a case",
+                header,
+                calling_ae=caller,
+            )
+        )
     existing = store.case_by_annotation(ref) if ref else None
     if existing is not None:
         return SegOutcome(case=existing, existing=True)
     try:
-        case, superseded = _seg_case(store, config, seg_path, header, origin, keep_copy)
+        case, superseded = _seg_case(store, config, seg_path, header, origin, keep_copy, caller)
     except CaseRefused as exc:
         return SegOutcome(
             refusal=record_refusal(
-                store, origin, exc.reason, exc.detail, header, source=exc.source_series_uid
+                store,
+                origin,
+                exc.reason,
+                exc.detail,
+                header,
+                source=exc.source_series_uid,
+                calling_ae=caller,
             )
         )
     LOG.info(
-        "case %d (%s, %s) from SEG %s of series %s: labels %s%s",
+        "case %d (%s, %s, %s) from SEG %s of series %s: labels %s%s",
         case.id,
         case.task,
         case.split.value,
+        case.state.value + (f": {'; '.join(case.review)}" if case.review else ""),
         short_ref(ref),
         short_ref(case.source_series_uid),
         ", ".join(case.labels_present) or "none",
@@ -182,6 +212,7 @@ def _seg_case(
     header: SegHeader,
     origin: CaseOrigin,
     keep_copy: bool,
+    calling_ae: str | None,
 ) -> tuple[CaseRecord, tuple[int, ...]]:
     series, instances = _source_of(store, header)
     source = series.series_uid
@@ -245,6 +276,8 @@ def _seg_case(
         seg_sop_uid=annotation_ref,
         origin=origin,
         segments=[m.as_dict() for m in mapping.segments],
+        image=volume.array,
+        calling_ae=calling_ae,
     )
 
 
@@ -261,14 +294,21 @@ class SeriesNote:
     result: dict[str, Any] | None
 
 
-def annotate_seg_series(store: Store, config: AppConfig, seg_paths: Sequence[Path]) -> SeriesNote:
-    """Every SEG instance of a complete series -> a case or a recorded refusal."""
-    outcomes = [case_from_seg(store, config, path, CaseOrigin.DICOM) for path in seg_paths]
+def annotate_seg_series(
+    store: Store, config: AppConfig, seg_paths: Sequence[Path], *, calling_ae: str | None = None
+) -> SeriesNote:
+    """Every SEG instance of a complete series -> a case or a recorded refusal
+    (``calling_ae``: as for :func:`case_from_seg`)."""
+    outcomes = [
+        case_from_seg(store, config, path, CaseOrigin.DICOM, calling_ae=calling_ae)
+        for path in seg_paths
+    ]
     cases = [o.case for o in outcomes if o.case is not None]
     refusals = [o.refusal for o in outcomes if o.refusal is not None]
     result: dict[str, Any] = {
         "annotation": True,
         "case_ids": [c.id for c in cases],
+        "pending_case_ids": [c.id for c in cases if c.review],
         "refusals": [{"reason": r.reason, "detail": r.detail} for r in refusals],
     }
     if cases:

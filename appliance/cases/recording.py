@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from appliance.cases.split import split_for, split_key
+from appliance.cases.trust import plausibility_review, review_reasons
 from appliance.config import AppConfig
 from appliance.errors import CaseRefused
 from appliance.states import CaseOrigin, Refusal
@@ -92,6 +93,7 @@ def record_refusal(
     source: str | None = None,
     annotation_ref: str | None = None,
     study_uid: str | None = None,
+    calling_ae: str | None = None,
 ) -> CaseRefusal:
     """Record why an annotation is not a case (no patient data) and log it."""
     study = study_uid or (header.study_instance_uid if header is not None else "")
@@ -103,6 +105,7 @@ def record_refusal(
         seg_series_uid=header.series_instance_uid if header else None,
         source_series_uid=source,
         study_ref=short_ref(study) if study else None,
+        calling_ae=calling_ae,
     )
     # The CLI reports its refusal itself; the service logs it.
     level = logging.WARNING if origin is CaseOrigin.DICOM else logging.DEBUG
@@ -122,10 +125,14 @@ def record_case(
     seg_sop_uid: str | None,
     origin: CaseOrigin,
     segments: list[dict[str, Any]],
+    image: np.ndarray | None = None,
+    calling_ae: str | None = None,
 ) -> tuple[CaseRecord, tuple[int, ...]]:
     """Write the case's label map and add the case (with its split) to the store; returns
     it and the ids of the cases it supersedes. :class:`CaseRefused` (``empty_labels``)
-    when no label of the task holds a voxel."""
+    when no label of the task holds a voxel. ``image``: the source volume's values (for
+    the plausibility checks); ``calling_ae``: who sent it over DICOM. A case needing
+    review (:mod:`appliance.cases.trust`) is recorded PENDING."""
     spec = TASKS[next(t for t in TASKS if str(t) == task)]
     counts = np.bincount(labels.ravel(), minlength=spec.num_classes)
     voxels = {label.name: int(counts[label.index]) for label in spec.labels}
@@ -136,6 +143,15 @@ def record_case(
             f"the segments that map to {task} ({mapped}) hold no voxel on the source series",
             source_series_uid=series.series_uid,
         )
+    review = review_reasons(config, origin, calling_ae) + plausibility_review(
+        store,
+        config,
+        task=task,
+        series_uid=series.series_uid,
+        modality=series.modality,
+        labels=labels,
+        image=image,
+    )
     directory = case_dir_for(config, annotation_ref)
     labels_path = write_labels(directory, labels, affine)
     key = split_key(store, config)
@@ -151,5 +167,7 @@ def record_case(
         labels_path=labels_path,
         labels=voxels,
         segments=segments,
+        calling_ae=calling_ae,
+        review=review,
     )
     return store.add_case(case)

@@ -1,4 +1,5 @@
-"""``appliance cases import|list|exclude|include``: annotated training cases."""
+"""``appliance cases import|list|exclude|include|review|accept|reject``: annotated
+training cases and their review."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def case_entry(case: CaseRecord) -> dict[str, Any]:
         "state": case.state.value,
         "split": case.split.value,
         "origin": case.origin.value,
+        "calling_ae": case.calling_ae,
+        "review": case.review,
         "study_ref": case.study_ref,
         "source_series_uid": case.source_series_uid,
         "seg_sop_uid": case.seg_sop_uid,
@@ -46,6 +49,7 @@ def refusal_entry(refusal: CaseRefusal) -> dict[str, Any]:
         "id": refusal.id,
         "at": _iso(refusal.at),
         "origin": refusal.origin.value,
+        "calling_ae": refusal.calling_ae,
         "reason": refusal.reason,
         "detail": refusal.detail,
         "study_ref": refusal.study_ref,
@@ -156,6 +160,8 @@ def import_case(
         typer.echo(json.dumps({"case": case_entry(case), "existing": outcome.existing}, indent=2))
         return
     what = "already recorded as" if outcome.existing else "imported as"
+    if case.review:
+        what = f"{what} (pending review: {'; '.join(case.review)})"
     typer.echo(
         f"{what} case {case.id}: {case.task}, {case.split.value}, labels "
         f"{', '.join(f'{k} {v} voxels' for k, v in case.labels.items())}"
@@ -235,3 +241,65 @@ def include(
     """Make an excluded or superseded case active again (the series' active case of the
     same task, if any, becomes superseded)."""
     _set_state(case_id, config, "active")
+
+
+@app.command("review")
+def review(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the cases pending review, with the reasons they wait (accept or reject them)."""
+    cfg = load(config)
+    from appliance.states import CaseState
+
+    store = open_store(cfg)
+    try:
+        pending = [case_entry(c) for c in store.list_cases(states=[CaseState.PENDING])]
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps({"pending": pending}, indent=2))
+        return
+    if not pending:
+        typer.echo("no cases pending review")
+        return
+    for c in pending:
+        typer.echo(
+            f"case {c['id']}: {c['task']}, {c['split']}, from {c['calling_ae'] or c['origin']}, "
+            f"study {c['study_ref']}, labels {', '.join(c['labels_present']) or '-'}"
+        )
+        for reason in c["review"]:
+            typer.echo(f"  - {reason}")
+
+
+def _review(case_id: int, config: Path | None, accept: bool) -> None:
+    cfg = load(config)
+    from appliance.errors import NotFoundError, StoreError
+
+    store = open_store(cfg)
+    try:
+        case = store.review_case(case_id, accept)
+    except (NotFoundError, StoreError) as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        store.close()
+    typer.echo(f"case {case.id} ({case.task}, {case.split.value}): {case.state.value}")
+
+
+@app.command("accept")
+def accept(
+    case_id: Annotated[int, typer.Argument(metavar="ID", help="Case id (appliance cases review).")],
+    config: ConfigOption = None,
+) -> None:
+    """Accept a pending case: it becomes active (the series' active case of the same task,
+    if any, becomes superseded)."""
+    _review(case_id, config, True)
+
+
+@app.command("reject")
+def reject(
+    case_id: Annotated[int, typer.Argument(metavar="ID", help="Case id (appliance cases review).")],
+    config: ConfigOption = None,
+) -> None:
+    """Reject a pending case: it is used for nothing (its files go with retention)."""
+    _review(case_id, config, False)

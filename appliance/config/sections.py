@@ -320,10 +320,27 @@ class CasesConfig:
     key of the keyed hash (HMAC-SHA256 of the Study Instance UID) that decides the split;
     at least 16 characters. When not configured, one is generated on first use and kept
     in the store (``appliance cases list`` does not show it), so the split stays fixed.
+
+    Trust (``appliance.cases.trust``): ``annotation_callers`` (default empty: none) are
+    the calling AE titles whose SEGs received over DICOM may become cases; a SEG from any
+    other caller is stored but refused as a case (``caller_not_trusted``). A case from a
+    caller not also in ``trusted_callers`` waits for review (``pending``). Plausibility
+    bounds that send a case to review whoever sent it: ``max_label_fraction`` (default
+    0.5) of the volume labelled; ``max_outside_body_fraction`` (default 0.5) of the
+    labelled voxels of a CT below ``outside_body_hu`` (default -500 HU: air);
+    ``prediction_ratio`` (default [0.2, 5.0]): the labelled volume against the active
+    model's prediction for the series, where there is one. ``appliance cases import``
+    is an admin's and needs no trust (its cases are still checked for plausibility).
     """
 
     held_out_fraction: float = 0.2
     split_key: str | None = None
+    annotation_callers: tuple[str, ...] = ()
+    trusted_callers: tuple[str, ...] = ()
+    max_label_fraction: float = 0.5
+    max_outside_body_fraction: float = 0.5
+    outside_body_hu: float = -500.0
+    prediction_ratio: tuple[float, float] = (0.2, 5.0)
 
     def __post_init__(self) -> None:
         r = ConfigReader.of(self, "cases")
@@ -334,4 +351,30 @@ class CasesConfig:
                 object.__setattr__(self, "split_key", key.strip())
             else:
                 r.err("split_key", "must be a secret string of at least 16 characters")
+        for name in ("annotation_callers", "trusted_callers"):
+            titles = r.string_list(name) or ()
+            stripped = tuple(dict.fromkeys(t.strip() for t in titles))
+            if any(not t or len(t) > 16 for t in stripped):
+                r.err(name, "must be a list of AE titles (1 to 16 characters)")
+            else:
+                object.__setattr__(self, name, stripped)
+        untrusted = [t for t in self.trusted_callers if t not in self.annotation_callers]
+        if untrusted:
+            r.err(
+                "trusted_callers",
+                f"{', '.join(untrusted)} must also be in cases.annotation_callers",
+            )
+        r.number("max_label_fraction", 0.01, 1.0, 0.5)
+        r.number("max_outside_body_fraction", 0.01, 1.0, 0.5)
+        r.number("outside_body_hu", -1024.0, 0.0, -500.0)
+        ratio = self.prediction_ratio
+        if (
+            isinstance(ratio, list | tuple)
+            and len(ratio) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in ratio)
+            and 0 < ratio[0] <= 1 <= ratio[1]
+        ):
+            object.__setattr__(self, "prediction_ratio", (float(ratio[0]), float(ratio[1])))
+        else:
+            r.err("prediction_ratio", "must be [low, high] with 0 < low <= 1 <= high")
         r.raise_issues()

@@ -51,7 +51,8 @@ class AuditEvent(StrEnum):
     JOB_FINISHED = "job_finished"  # a segmentation job ended (model, result)
     OBJECT_SENT = "object_sent"  # a SEG/SR acknowledged by a destination
     SEND_FAILED = "send_failed"  # an outbox item gave up (dead letter)
-    CASE_ADDED = "case_added"  # a corrected segmentation became a training case
+    CASE_ADDED = "case_added"  # a corrected segmentation became a case (active or pending)
+    CASE_REVIEWED = "case_reviewed"  # an admin accepted or rejected a pending case
     FEDERATION_JOINED = "federation_joined"  # a federated run this site took part in
     MODEL_REGISTERED = "model_registered"
     MODEL_STATE = "model_state"  # validated / rejected by the gate, or set by an admin

@@ -21,8 +21,9 @@ from typing import Any
 from appliance.errors import StoreError
 from appliance.store.audit import AuditLog, audit_path
 
-SCHEMA_VERSION = 5  # 2: models, activations, jobs; 3: cases, refusals; 4: purges, counters;
-# 5: instances.sha256 (what was acknowledged, to tell identical repeats from conflicts)
+SCHEMA_VERSION = 6  # 2: models, activations, jobs; 3: cases, refusals; 4: purges, counters;
+# 5: instances.sha256 (what was acknowledged, to tell identical repeats from conflicts);
+# 6: cases.calling_ae, cases.review_json, case_refusals.calling_ae (annotation trust)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -199,6 +200,17 @@ CREATE TABLE IF NOT EXISTS counters (
     ),
     # sha256 of the encoded dataset as received; NULL for rows recorded before version 5.
     _Migration(5, "", columns=(("instances", "sha256", "TEXT"),)),
+    # Who sent an annotation (NULL: a CLI import, or a row recorded before version 6) and
+    # why a case waits for review (JSON list of reasons; empty for a case in use).
+    _Migration(
+        6,
+        "",
+        columns=(
+            ("cases", "calling_ae", "TEXT"),
+            ("cases", "review_json", "TEXT NOT NULL DEFAULT '[]'"),
+            ("case_refusals", "calling_ae", "TEXT"),
+        ),
+    ),
 )
 
 

@@ -215,6 +215,10 @@ class NewCase:
     labels_path: Path
     labels: dict[str, int]  # label name -> voxels, for every label of the task
     segments: list[dict[str, Any]]  # how each source segment/value was mapped
+    calling_ae: str | None = None  # who sent it over DICOM; None for a CLI import
+    review: list[str] = dataclasses.field(
+        default_factory=list
+    )  # reasons it needs review (-> PENDING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +238,8 @@ class CaseRecord:
     segments: list[dict[str, Any]]
     created_at: float
     updated_at: float
+    calling_ae: str | None
+    review: list[str]
 
     @property
     def labels_present(self) -> tuple[str, ...]:
@@ -251,6 +257,7 @@ class CaseRefusal:
     study_ref: str | None
     reason: str
     detail: str
+    calling_ae: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +328,7 @@ _COLUMNS: Mapping[type, Mapping[str, Column]] = {
     CaseRecord: {
         "labels": Column("labels_json", _voxels_by_label),
         "segments": Column("segments_json", _json_list),
+        "review": Column("review_json", _json_list),
     },
     RetentionJob: {"job_id": Column("id")},
 }

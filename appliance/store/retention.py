@@ -123,18 +123,21 @@ class RetentionStore(Database):
             return cur.rowcount == 1
 
     def retention_cases(self) -> list[CaseRecord]:
-        """Cases out of the training set (excluded, superseded) whose files are kept."""
+        """Cases out of the training set (excluded, superseded, rejected) whose files are
+        kept; a PENDING case is kept for its review."""
         rows = self._query(
-            "SELECT * FROM cases WHERE state != 'active' AND purged_at IS NULL ORDER BY id"
+            """SELECT * FROM cases WHERE state NOT IN ('active', 'pending')
+               AND purged_at IS NULL ORDER BY id"""
         )
         return [from_row(CaseRecord, r) for r in rows]
 
     def mark_case_purged(self, case_id: int) -> bool:
         """Record that a case's files are gone; False when it is in a training set again.
-        The rule: the case is not ACTIVE."""
+        The rule: the case is neither ACTIVE nor PENDING."""
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE cases SET purged_at = ? WHERE id = ? AND state != 'active'",
+                """UPDATE cases SET purged_at = ? WHERE id = ?
+                   AND state NOT IN ('active', 'pending')""",
                 (self._clock(), case_id),
             )
             return cur.rowcount == 1

@@ -36,7 +36,10 @@ def test_received_seg_becomes_a_case_and_a_mismatched_one_is_refused(
 ) -> None:
     seg_file = require_data(DCMQI / "liver_SEG_dcmqi.dcm")
     ct_files = [DCMQI / f"0{i}.dcm" for i in (1, 2, 3)]
-    app = appliance_factory(quiet=1.0)
+    app = appliance_factory(
+        quiet=1.0,
+        extra='[cases]\nannotation_callers = ["STORESCU"]\ntrusted_callers = ["STORESCU"]\n',
+    )
 
     # The source CT first (3 slices: routed nowhere, but stored), then the dcmqi SEG.
     _push(app, ct_files)

@@ -13,7 +13,13 @@ DCMQI_SEG = DCMQI / "liver_SEG_dcmqi.dcm"
 TOTALSEG = SHARED_DATA / "ct_abdomen_totalseg_j2k"
 
 
+#: The caller the tests' DICOM annotations come from: listed and trusted by cases_config.
+PACS = "PACS"
+
+
 def cases_config(tmp_path: Path, **cases: object) -> AppConfig:
+    cases.setdefault("annotation_callers", (PACS,))
+    cases.setdefault("trusted_callers", (PACS,))
     return AppConfig(
         storage=StorageConfig(root=tmp_path / "data", fsync=False),
         cases=CasesConfig(**cases),  # type: ignore[arg-type]

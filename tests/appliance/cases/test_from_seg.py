@@ -20,7 +20,7 @@ from appliance.store import Store
 from dicom_bridge import codes as C
 from dicom_bridge.seg_reader import read_seg_labelmap
 from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
-from tests.appliance.cases.support import DCMQI_CT, DCMQI_SEG, cases_config
+from tests.appliance.cases.support import DCMQI_CT, DCMQI_SEG, PACS, cases_config
 from tests.peers import SHARED_DATA, require_data
 from tests.seg_variants import seg_variant
 
@@ -29,7 +29,7 @@ def test_received_dcmqi_seg_becomes_a_case_on_the_source_grid(
     dcmqi_store: tuple[AppConfig, Store],
 ) -> None:
     config, store = dcmqi_store
-    outcome = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM)
+    outcome = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM, calling_ae=PACS)
     assert outcome.refusal is None and outcome.case is not None
     case = outcome.case
     assert case.task == "liver_ct" and case.state is CaseState.ACTIVE
@@ -40,7 +40,7 @@ def test_received_dcmqi_seg_becomes_a_case_on_the_source_grid(
     np.testing.assert_array_equal(labels, reference.labelmap)
     assert case.labels["Liver"] == int((reference.labelmap == 1).sum()) > 1000
     # The same SEG again is the same case, not a second one.
-    again = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM)
+    again = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM, calling_ae=PACS)
     assert again.existing and again.case is not None and again.case.id == case.id
     assert len(store.list_cases()) == 1
 
@@ -49,9 +49,9 @@ def test_a_newer_annotation_of_the_series_supersedes_the_older(
     tmp_path: Path, dcmqi_store: tuple[AppConfig, Store]
 ) -> None:
     config, store = dcmqi_store
-    first = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM).case
+    first = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM, calling_ae=PACS).case
     newer = seg_variant(DCMQI_SEG, tmp_path / "newer.dcm")
-    outcome = case_from_seg(store, config, newer, CaseOrigin.DICOM)
+    outcome = case_from_seg(store, config, newer, CaseOrigin.DICOM, calling_ae=PACS)
     assert first is not None and outcome.case is not None
     assert outcome.superseded == (first.id,)
     assert store.get_case(first.id).state is CaseState.SUPERSEDED
@@ -81,14 +81,14 @@ def test_mismatched_segs_are_refused_with_a_recorded_reason(
 ) -> None:
     config, store = dcmqi_store
     bad = seg_variant(DCMQI_SEG, tmp_path / "bad.dcm", **change)  # type: ignore[arg-type]
-    outcome = case_from_seg(store, config, bad, CaseOrigin.DICOM)
+    outcome = case_from_seg(store, config, bad, CaseOrigin.DICOM, calling_ae=PACS)
     assert outcome.case is None and outcome.refusal is not None
     assert outcome.refusal.reason == reason.value
     assert words in outcome.refusal.detail
     (recorded,) = store.list_case_refusals()
     assert recorded.reason == reason.value and recorded.origin is CaseOrigin.DICOM
     assert store.list_cases() == []
-    note = annotate_seg_series(store, config, [bad])
+    note = annotate_seg_series(store, config, [bad], calling_ae=PACS)
     assert note.state is SeriesState.REJECTED and note.reason == "annotation_refused"
     assert note.detail is not None and note.detail.startswith(reason.value)
 
@@ -100,7 +100,7 @@ def test_real_foreign_seg_whose_codes_match_no_task_is_refused(
     same real CT: the geometry fits, but no segment is a liver or a liver tumour."""
     config, store = dcmqi_store
     seg = require_data(SHARED_DATA / "seg_examples" / "dcmqi_partial_overlaps_5seg.dcm")
-    outcome = case_from_seg(store, config, seg, CaseOrigin.DICOM)
+    outcome = case_from_seg(store, config, seg, CaseOrigin.DICOM, calling_ae=PACS)
     assert outcome.refusal is not None and outcome.refusal.reason == "no_matching_segments"
     assert outcome.refusal.detail.startswith("no segment codes match task liver_ct: found")
     assert '(51114001, SCT, "Artery")' in outcome.refusal.detail
@@ -109,7 +109,9 @@ def test_real_foreign_seg_whose_codes_match_no_task_is_refused(
 
 def test_seg_before_its_source_series_is_refused(tmp_path: Path, store: Store) -> None:
     require_data(DCMQI_SEG)
-    outcome = case_from_seg(store, cases_config(tmp_path), DCMQI_SEG, CaseOrigin.DICOM)
+    outcome = case_from_seg(
+        store, cases_config(tmp_path), DCMQI_SEG, CaseOrigin.DICOM, calling_ae=PACS
+    )
     assert outcome.refusal is not None
     assert outcome.refusal.reason == Refusal.SOURCE_NOT_STORED.value
     assert "send the source series first" in outcome.refusal.detail
@@ -121,7 +123,7 @@ def test_seg_whose_source_images_are_partly_missing_is_refused(
     require_data(DCMQI_SEG)
     config = cases_config(tmp_path)
     ingest_files(store, config, DCMQI_CT[:2])
-    outcome = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM)
+    outcome = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM, calling_ae=PACS)
     assert outcome.refusal is not None
     assert outcome.refusal.reason == Refusal.SOURCE_INCOMPLETE.value
     assert outcome.refusal.detail.startswith("1 of the 3 source images it references")
@@ -132,7 +134,7 @@ def test_the_appliances_own_seg_is_not_a_case(
 ) -> None:
     config, store = dcmqi_store
     ours = seg_variant(DCMQI_SEG, tmp_path / "ours.dcm", manufacturer="SegAppliance")
-    note = annotate_seg_series(store, config, [ours])
+    note = annotate_seg_series(store, config, [ours], calling_ae=PACS)
     assert note.state is SeriesState.SKIPPED and note.reason == "appliance_output"
     assert store.list_cases() == [] and store.list_case_refusals() == []
     refused = case_from_seg(store, config, ours, CaseOrigin.CLI)
@@ -150,7 +152,7 @@ def test_the_appliances_own_seg_is_not_a_case(
     store.finish_series(
         claim, SeriesState.DONE, job_id=job.id, job_outputs={"seg_sop_uid": echoed_uid}
     )
-    note = annotate_seg_series(store, config, [echoed])
+    note = annotate_seg_series(store, config, [echoed], calling_ae=PACS)
     assert note.state is SeriesState.SKIPPED and store.list_cases() == []
 
 
@@ -201,7 +203,7 @@ def test_overlapping_binary_segments_keep_the_lesion(tmp_path: Path, store: Stor
     )
     seg_path = tmp_path / "viewer_seg.dcm"
     seg.save_as(seg_path)
-    outcome = case_from_seg(store, config, seg_path, CaseOrigin.DICOM)
+    outcome = case_from_seg(store, config, seg_path, CaseOrigin.DICOM, calling_ae=PACS)
     assert outcome.case is not None, outcome.refusal
     labels, _ = read_labels(outcome.case.labels_path)
     expected = np.where(tumour, 2, np.where(liver, 1, 0))

@@ -14,7 +14,7 @@ from appliance.config import AppConfig
 from appliance.flow.ingest import ingest_files
 from appliance.states import CaseOrigin, CaseSplit, CaseState
 from appliance.store import Store
-from tests.appliance.cases.support import DCMQI_CT, DCMQI_SEG, cases_config
+from tests.appliance.cases.support import DCMQI_CT, DCMQI_SEG, PACS, cases_config
 from tests.peers import require_data
 
 
@@ -22,7 +22,7 @@ def test_trainers_get_only_active_cases_of_their_split(
     tmp_path: Path, dcmqi_store: tuple[AppConfig, Store]
 ) -> None:
     config, store = dcmqi_store
-    case = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM).case
+    case = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM, calling_ae=PACS).case
     assert case is not None
     other = CaseSplit.TRAIN if case.split is CaseSplit.HELD_OUT else CaseSplit.HELD_OUT
     assert load_cases(store, "liver_ct", other) == []
@@ -44,7 +44,7 @@ def test_held_out_cases_never_reach_training(tmp_path: Path, store: Store) -> No
     ingest_files(store, config, DCMQI_CT)
     study = str(dcmread(DCMQI_CT[0], stop_before_pixels=True).StudyInstanceUID)
     expected = split_for(study, split_key(store, config), 0.9)
-    case = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM).case
+    case = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM, calling_ae=PACS).case
     assert case is not None and case.split is expected
     train_ids = [c.case_id for c in load_cases(store, "liver_ct", CaseSplit.TRAIN)]
     assert (case.id in train_ids) == (expected is CaseSplit.TRAIN)

@@ -20,6 +20,7 @@ from models.tasks import get_task
 from tests.peers import SHARED_DATA, require_data
 
 DCMQI = SHARED_DATA / "ct_abdomen_dcmqi_3slice"
+PACS = "PACS"  # the caller of the DICOM annotation: listed and trusted
 
 
 @pytest.mark.parametrize("held_out", [0.0, 0.9])
@@ -29,10 +30,12 @@ def test_store_source_respects_the_held_out_split(
     seg = require_data(DCMQI / "liver_SEG_dcmqi.dcm")
     config = AppConfig(
         storage=StorageConfig(root=tmp_path / "data", fsync=False),
-        cases=CasesConfig(held_out_fraction=held_out),
+        cases=CasesConfig(
+            held_out_fraction=held_out, annotation_callers=(PACS,), trusted_callers=(PACS,)
+        ),
     )
     ingest_files(store, config, [DCMQI / f"0{i}.dcm" for i in (1, 2, 3)])
-    case = case_from_seg(store, config, seg, CaseOrigin.DICOM).case
+    case = case_from_seg(store, config, seg, CaseOrigin.DICOM, calling_ae=PACS).case
     assert case is not None
     site = SiteSettings.from_config(
         {"site-name": "here", "case-source": "store", "database": str(store.path)}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import InstanceConflictError
-from appliance.store import InstanceRecord, NewInstance, Store
+from appliance.store import SCHEMA_VERSION, InstanceRecord, NewInstance, Store
 from tests.appliance.conftest import Clock
 from tests.appliance.store.test_series import SERIES, inst
 
@@ -136,14 +136,14 @@ def test_schema_5_adds_the_hash_column_to_an_old_database(tmp_path: Path) -> Non
     raw.close()
     store = Store(path)
     try:
-        assert store.schema_version == 5
+        assert store.schema_version == SCHEMA_VERSION
         assert store.record_instance(hashed(1)) is True
         assert row(store, f"{SERIES}.1").sha256 == HASH_A
     finally:
         store.close()
     again = Store(path)  # a second open changes nothing
     try:
-        assert again.schema_version == 5
+        assert again.schema_version == SCHEMA_VERSION
         assert again.record_instance(hashed(1)) is False
     finally:
         again.close()
