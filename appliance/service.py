@@ -51,6 +51,8 @@ def listener_settings(config: AppConfig) -> ListenerSettings:
         min_free_bytes=config.storage.min_free_mb * 2**20,
         first_pdu_timeout=d.first_pdu_timeout_seconds,
         max_connections_per_peer=d.max_connections_per_peer,
+        network_timeout=d.network_timeout_seconds,
+        limits=config.limits.sizes,
     )
 
 

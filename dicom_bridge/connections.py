@@ -17,7 +17,10 @@ caller. :class:`GuardedServer` replaces the accept path:
   deadline (a failure is counted as ``tls_handshake``);
 * at most ``max_connections_per_peer`` concurrent connections per peer address; one
   more is closed at once on the accept thread (``per_peer_limit``), before it has a
-  thread or an association slot.
+  thread or an association slot;
+* a PDU whose header declares more than :meth:`GuardSettings.pdu_limit` closes the
+  connection before its body is read (``pdu_too_large``): pynetdicom would otherwise
+  accumulate up to 4 GiB for one PDU.
 
 Each refusal is reported through ``on_refused`` and logged at most once per peer and
 reason a minute.
@@ -34,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
@@ -43,12 +46,16 @@ LOG = logging.getLogger(__name__)
 
 #: Seconds between two log lines about the same peer and reason.
 LOG_INTERVAL_SECONDS = 60.0
+#: The longest PDU other than P-DATA-TF read from a peer.
+MAX_OTHER_PDU_BYTES = 1 << 20
+_P_DATA_TF = 0x04
 
 
 class RefusalReason(StrEnum):
     PER_PEER_LIMIT = "per_peer_limit"
     FIRST_PDU_TIMEOUT = "first_pdu_timeout"
     TLS_HANDSHAKE = "tls_handshake"
+    PDU_TOO_LARGE = "pdu_too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,14 @@ class GuardSettings:
     first_pdu_timeout: float = 30.0
     max_connections_per_peer: int = 8
     network_timeout: float | None = 60.0
+    #: the P-DATA-TF length this AE advertises (its Maximum Length Received)
+    max_pdu_size: int = 131072
+
+    def pdu_limit(self, pdu_type: int) -> int:
+        """The longest PDU of ``pdu_type`` read from a peer: what was advertised for
+        P-DATA-TF (PS3.8 D.1: the peer must not send more), 1 MiB for the others (an
+        A-ASSOCIATE-RQ with every presentation context is a few tens of KiB)."""
+        return self.max_pdu_size if pdu_type == _P_DATA_TF else MAX_OTHER_PDU_BYTES
 
 
 class ConnectionGuard:
@@ -135,6 +150,11 @@ class GuardedRequestHandler(RequestHandler):
 
     server: GuardedServer
 
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        _bound_pdu_lengths(assoc.dul.socket, self.server.guard, str(self.client_address[0]))
+        return assoc
+
     def handle(self) -> None:
         server = self.server
         guard = server.guard
@@ -200,6 +220,35 @@ class GuardedRequestHandler(RequestHandler):
         _shutdown(sock)
         sock.close()
         return False
+
+
+def _bound_pdu_lengths(assoc_socket: Any, guard: ConnectionGuard, peer: str) -> None:
+    """Wrap ``assoc_socket.recv`` (pynetdicom's DUL reads each PDU as a 6-byte header,
+    then a body of the length it declares) so that a body over the limit for its PDU
+    type is never read: the connection is shut down and the DUL sees it closed."""
+    recv = assoc_socket.recv
+    header: list[bytes] = []  # the last header read, while its body is awaited
+
+    def bounded_recv(nr_bytes: int) -> bytearray:
+        if not header:
+            data = recv(nr_bytes)
+            if nr_bytes == 6 and len(data) == 6:
+                header.append(bytes(data))
+            return data
+        pdu_type = header.pop()[0]
+        limit = guard.settings.pdu_limit(pdu_type)
+        if nr_bytes > limit:
+            guard.refuse(
+                RefusalReason.PDU_TOO_LARGE,
+                peer,
+                f"a PDU of type 0x{pdu_type:02X} declares {nr_bytes} bytes (limit {limit})",
+            )
+            if assoc_socket.socket is not None:
+                _shutdown(assoc_socket.socket)
+            raise ConnectionAbortedError(f"PDU of {nr_bytes} bytes over the limit of {limit}")
+        return cast(bytearray, recv(nr_bytes))
+
+    assoc_socket.recv = bounded_recv
 
 
 def _shutdown(sock: socket.socket) -> None:

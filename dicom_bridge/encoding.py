@@ -55,6 +55,28 @@ def inflate(data: bytes, limit: int) -> bytes:
     return inflated
 
 
+#: Output chunk of :func:`inflated_size`: what the counting pass holds at once.
+_COUNT_CHUNK = 1 << 20
+
+
+def inflated_size(data: bytes, limit: int) -> int:
+    """How many bytes ``data`` (raw deflate) inflates to, counted in 1 MiB chunks that
+    are discarded at once; counting stops at ``limit + 1``, so a bomb costs one chunk of
+    memory and at most ``limit`` bytes of work."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    pending = data
+    try:
+        while pending and total <= limit:
+            total += len(inflater.decompress(pending, _COUNT_CHUNK))
+            pending = inflater.unconsumed_tail
+        if total <= limit:
+            total += len(inflater.flush())
+    except zlib.error as exc:
+        raise _error(f"deflated dataset cannot be inflated: {exc}") from exc
+    return total
+
+
 def dataset_offset(raw: bytes | memoryview) -> int:
     """Where the dataset starts in a Part 10 file: after the preamble and group 0002
     (explicit VR little endian); 0 for a bare dataset."""

@@ -17,21 +17,22 @@ import logging
 import shutil
 import ssl
 import threading
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
 
-from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -41,7 +42,7 @@ from dicom_bridge.connections import (
     GuardSettings,
     start_guarded_server,
 )
-from dicom_bridge.encoding import check_lengths, inflate
+from dicom_bridge.encoding import check_lengths, inflate, inflated_size
 from dicom_bridge.errors import (
     DicomBridgeError,
     InstanceRejectedError,
@@ -49,6 +50,7 @@ from dicom_bridge.errors import (
     MalformedDatasetError,
 )
 from dicom_bridge.instance import ReceivedInstance, describe
+from dicom_bridge.limits import KEYS, MIB, SizeLimitError, SizeLimits, check_image_header
 from dicom_bridge.netutil import quiet_identifiers, set_tcp_nodelay
 from dicom_bridge.sop_classes import (
     ACCEPTED_STORAGE_CLASSES,
@@ -66,6 +68,9 @@ class StoreStatus(IntEnum):
 
     SUCCESS = 0x0000
     OUT_OF_RESOURCES = 0xA700
+    # Refused: out of resources, over a configured size limit (``[limits]``). Out of
+    # resources it is: the same instance goes through once the site raises the limit.
+    TOO_LARGE = 0xA701
     DISK_LOW = 0xA702  # refused: out of resources, free space below the watermark
     DATASET_MISMATCH = 0xA900  # dataset does not match the SOP class / instance in the request
     CANNOT_UNDERSTAND = 0xC000  # the dataset cannot be parsed
@@ -122,6 +127,10 @@ class ListenerSettings:
     first_pdu_timeout: float = 30.0
     #: concurrent connections from one peer address; more are closed at once
     max_connections_per_peer: int = 8
+    #: seconds an established association may stay silent before it is closed
+    network_timeout: float = 60.0
+    #: sizes bounded before they are allocated (instance, frame, voxels)
+    limits: SizeLimits = field(default_factory=SizeLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,12 +199,15 @@ class Listener:
         self._server: Any = None
         self._lock = threading.Lock()
         self._disk_low = False  # for logging the transitions only
+        # Dataset bytes received so far of each association's current C-STORE.
+        self._incoming: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self.disk_refusals = 0
         self.guard = ConnectionGuard(
             GuardSettings(
                 first_pdu_timeout=settings.first_pdu_timeout,
                 max_connections_per_peer=settings.max_connections_per_peer,
-                network_timeout=_NETWORK_TIMEOUT,
+                network_timeout=settings.network_timeout,
+                max_pdu_size=settings.max_pdu_size,
             ),
             on_connection_refused,
         )
@@ -206,7 +218,7 @@ class Listener:
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_associations = self.settings.max_associations
         ae.maximum_pdu_size = self.settings.max_pdu_size
-        ae.network_timeout = _NETWORK_TIMEOUT
+        ae.network_timeout = self.settings.network_timeout
         ae.dimse_timeout = 60
         ae.acse_timeout = 30
         ae.add_supported_context(Verification)
@@ -218,6 +230,7 @@ class Listener:
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_PDU_RECV, self._count_dataset_bytes),
         ]
         ssl_context = self.settings.tls.context() if self.settings.tls else None
         self._server = start_guarded_server(
@@ -286,6 +299,42 @@ class Listener:
             LOG.exception("could not record an accepted association")
 
     # -- C-STORE ------------------------------------------------------------------------
+    def _count_dataset_bytes(self, event: evt.Event) -> None:
+        """Bound the encoded size of an instance while its P-DATA arrives: pynetdicom
+        holds the whole dataset in memory before the C-STORE handler runs, so one over
+        ``limits.max_instance_mb`` aborts the association (at most one PDU later)."""
+        pdu = event.pdu
+        if not isinstance(pdu, P_DATA_TF):
+            return
+        assoc = event.assoc
+        total = self._incoming.get(assoc, 0)
+        if total < 0:  # already refused; the abort is under way
+            return
+        limit = self.settings.limits.max_instance_bytes
+        for item in pdu.presentation_data_value_items:
+            value = item.presentation_data_value or b""
+            if not value or value[0] & 0x01:  # a command fragment
+                continue
+            total += len(value) - 1
+            if total > limit:
+                self._incoming[assoc] = -1
+                self._refuse_oversized(event, limit)
+                return
+            if value[0] & 0x02:  # the last fragment: the next dataset starts from 0
+                total = 0
+        self._incoming[assoc] = total
+
+    def _refuse_oversized(self, event: evt.Event, limit: int) -> None:
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        peer_host = str(event.assoc.requestor.address)
+        reason = (
+            f"instance_too_large: the dataset is over {limit // MIB} MiB "
+            f"({KEYS['max_instance_bytes']}); association aborted"
+        )
+        LOG.warning("C-STORE from %s refused: %s", calling_ae, reason)
+        self._record(Rejection("instance", reason, None, calling_ae, peer_host))
+        event.assoc.abort()
+
     def _handle_store(self, event: evt.Event) -> int:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         peer_host = str(event.assoc.requestor.address)
@@ -378,12 +427,22 @@ class Listener:
             # Rare: inflate (bounded) to check the encoding, parse through pydicom's file
             # reader, store the bytes as received.
             received = stream.getvalue()
+            limit = self.settings.limits.max_instance_bytes
             try:
-                inflated = inflate(received, MAX_INFLATED_BYTES)
+                # Counted in small chunks first: a bomb is refused before it is held.
+                size = inflated_size(received, limit)
+                if size > limit:
+                    raise SizeLimitError(
+                        f"the deflated dataset inflates to more than {limit // MIB} MiB",
+                        KEYS["max_instance_bytes"],
+                    )
+                inflated = inflate(received, limit)
             except MalformedDatasetError as exc:
                 raise _rejected(str(exc), StoreStatus.CANNOT_UNDERSTAND) from exc
+            except SizeLimitError as exc:
+                raise _rejected(str(exc), StoreStatus.TOO_LARGE) from exc
             encoded = header + received
-            ds = _parse_file(encoded)
+            ds = _parse_dataset(BytesIO(inflated), ExplicitVRLittleEndian)
             digest = hashlib.sha256(received).hexdigest()
             return self._store(
                 ds, request, transfer_syntax, (encoded,), inflated, digest, calling_ae, peer_host
@@ -427,6 +486,12 @@ class Listener:
                 "SOPClassUID in the dataset differs from the C-STORE request",
                 StoreStatus.DATASET_MISMATCH,
             )
+        try:
+            check_image_header(ds, self.settings.limits)
+        except SizeLimitError as exc:
+            raise _rejected(str(exc), StoreStatus.TOO_LARGE) from exc
+        except MalformedDatasetError as exc:
+            raise _rejected(_safe_text(exc), StoreStatus.CANNOT_UNDERSTAND) from exc
         if transfer_syntax in UNCOMPRESSED_SYNTAXES:
             # Deflated: parsed from the inflated file, so nothing was deferred past its end.
             available = None if transfer_syntax.is_deflated else len(dataset)
@@ -461,9 +526,6 @@ class Listener:
             LOG.exception("could not record a rejection")
 
 
-_NETWORK_TIMEOUT = 60.0
-
-
 def _handle_echo(event: evt.Event) -> int:
     return 0x0000
 
@@ -491,19 +553,6 @@ def _parse_dataset(stream: BytesIO, transfer_syntax: UID) -> Dataset:
     except Exception as exc:  # pydicom raises many types for corrupt input
         raise _cannot_parse(exc) from exc
     return ds
-
-
-def _parse_file(encoded: bytes) -> Dataset:
-    try:
-        ds = dcmread(BytesIO(encoded), defer_size=_DEFER_BYTES)
-        _touch(ds)
-    except Exception as exc:
-        raise _cannot_parse(exc) from exc
-    return ds
-
-
-#: Deflated datasets are inflated at most this far (every size is bounded before use).
-MAX_INFLATED_BYTES = 1 << 30
 
 
 def _check_encoding(data: bytes | memoryview, transfer_syntax: UID) -> None:

@@ -32,6 +32,10 @@ no image without one, so a series lacking it is rejected as ``missing_geometry``
 6. ``unsupported_pixels`` - not one grey-scale sample per pixel (colour, palette).
 7. ``missing_geometry`` - no Frame of Reference UID, Image Position/Orientation (Patient)
    or Pixel Spacing, so the voxels cannot be placed in patient space.
+   ``too_large`` - a frame, an instance or the whole series declares more pixels or
+   voxels than :class:`~dicom_bridge.limits.SizeLimits` allow, in the header or in a
+   compressed frame's codestream (checked before anything is decoded; a codestream
+   declaring another size than Rows x Columns is ``unreadable``).
 8. ``mixed_orientation`` / ``mixed_dimensions`` - orientation, Rows/Columns or Pixel
    Spacing differ between slices (beyond :data:`ORIENTATION_TOLERANCE` /
    :data:`PIXEL_SPACING_TOLERANCE_MM`).
@@ -79,7 +83,15 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from dicom_bridge.errors import VolumeError
+from dicom_bridge.errors import MalformedDatasetError, VolumeError
+from dicom_bridge.limits import (
+    ImageSize,
+    SizeLimitError,
+    SizeLimits,
+    check_codestreams,
+    check_image_header,
+    check_series_voxels,
+)
 from dicom_bridge.sop_classes import (
     ENHANCED_CT,
     ENHANCED_MR,
@@ -120,6 +132,7 @@ class VolumeRejection(StrEnum):
     MISSING_SLICES = "missing_slices"
     UNEVEN_SPACING = "uneven_spacing"
     NOT_A_VOLUME = "not_a_volume"
+    TOO_LARGE = "too_large"
 
 
 #: Largest difference between corresponding direction cosines of two slices (~0.006 deg).
@@ -188,15 +201,19 @@ class SeriesVolume:
         return (int(s), int(r), int(c))
 
 
-def load_series_volume(paths: Sequence[Path]) -> SeriesVolume:
+def load_series_volume(paths: Sequence[Path], limits: SizeLimits | None = None) -> SeriesVolume:
     """Read the files of one series and return it as a :class:`SeriesVolume`.
 
     Files of non-image SOP classes (SEG, SR, secondary capture) among ``paths`` are
     ignored. Raises :class:`VolumeError` with a :class:`VolumeRejection` reason when the
-    images do not form one regular, untilted volume (see the module docstring).
+    images do not form one regular, untilted volume (see the module docstring), and with
+    ``too_large`` when they declare more than ``limits`` allow (default
+    :class:`~dicom_bridge.limits.SizeLimits`); sizes are checked before anything is
+    decoded, each compressed frame's own codestream header included.
     """
     instances = _read_images(paths)
     _check_instances(instances)
+    _check_sizes(instances, limits if limits is not None else SizeLimits())
     stack = _stack_geometry(instances)
     _check_planes(stack)
     multiframe = instances[0].multiframe
@@ -548,6 +565,36 @@ def _check_planes(stack: _Stack) -> None:
 
 def _mm(values: np.ndarray) -> str:
     return " x ".join(f"{float(v):.4g}" for v in values) + " mm"
+
+
+def _check_sizes(instances: list[_Instance], limits: SizeLimits) -> None:
+    """Header sizes, the series' voxel count and each compressed frame's declared size,
+    all before any pixel data is decoded."""
+    sizes: list[ImageSize] = []
+    for inst in instances:
+        try:
+            size = check_image_header(inst.dataset, limits)
+        except SizeLimitError as exc:
+            raise VolumeError(VolumeRejection.TOO_LARGE, f"{inst.name}: {exc}") from exc
+        except MalformedDatasetError as exc:
+            raise VolumeError(VolumeRejection.UNREADABLE, f"{inst.name}: {exc}") from exc
+        if size is not None:
+            sizes.append(size)
+    try:
+        check_series_voxels(sizes, limits)
+    except SizeLimitError as exc:
+        raise VolumeError(VolumeRejection.TOO_LARGE, str(exc)) from exc
+    for inst in instances:
+        meta = getattr(inst.dataset, "file_meta", None)
+        transfer_syntax = UID(str(meta.get("TransferSyntaxUID", "") if meta else ""))
+        try:
+            check_codestreams(inst.dataset, transfer_syntax, limits)
+        except SizeLimitError as exc:
+            raise VolumeError(VolumeRejection.TOO_LARGE, f"{inst.name}: {exc}") from exc
+        except MalformedDatasetError as exc:
+            raise VolumeError(
+                VolumeRejection.UNREADABLE, f"the pixel data of {inst.name} is broken: {exc}"
+            ) from exc
 
 
 def _decode(inst: _Instance) -> None:

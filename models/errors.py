@@ -29,5 +29,9 @@ class InputError(ModelsError, ValueError):
     """An image given to inference does not match what the task expects."""
 
 
+class InputTooLargeError(InputError):
+    """The grid an image would be resampled to is over the working-grid limit."""
+
+
 class InferenceError(ModelsError, RuntimeError):
     """Running the network failed, or it returned something the task cannot use."""

@@ -11,6 +11,7 @@ axis order ``(slice, row, column)``.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,9 +21,9 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from .errors import InferenceError, InputError, ModelsError
+from .errors import InferenceError, InputError, InputTooLargeError, ModelsError
 from .postprocess import postprocess as apply_postprocess
-from .tasks import TaskSpec
+from .tasks import MAX_WORKING_VOXELS, TaskSpec
 from .transforms import IMAGE_KEY, build_preprocess, invert_to_input_grid, make_sample
 
 
@@ -137,6 +138,34 @@ def predict_probabilities(
     return torch.softmax(logits.float(), dim=1)[0]
 
 
+def working_voxels(
+    shape: tuple[int, ...], affine_lps: np.ndarray, target_spacing_mm: tuple[float, ...]
+) -> int:
+    """The voxels of the grid a ``(slice, row, column)`` image with index->LPS
+    ``affine_lps`` is resampled to at ``target_spacing_mm``: the image's physical volume
+    over the target voxel's, whatever the orientation. From the header numbers alone, so
+    a geometry bomb (few pixels, huge spacing) is caught before anything is allocated."""
+    spacing = np.linalg.norm(np.asarray(affine_lps, dtype=np.float64)[:3, :3], axis=0)
+    if len(shape) != 3 or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputError("the image affine has no finite, positive spacing")
+    volume_mm3 = float(np.prod(np.asarray(shape, dtype=np.float64) * spacing))
+    return math.ceil(volume_mm3 / float(np.prod(target_spacing_mm)))
+
+
+def check_working_grid(
+    shape: tuple[int, ...], affine_lps: np.ndarray, spec: TaskSpec, limit: int
+) -> int:
+    """Raise :class:`InputTooLargeError` when the resampled grid is over ``limit``."""
+    voxels = working_voxels(tuple(shape), affine_lps, spec.target_spacing_mm)
+    if voxels > limit:
+        spacing = " x ".join(f"{s:g}" for s in spec.target_spacing_mm)
+        raise InputTooLargeError(
+            f"resampled to the model's {spacing} mm grid the series would be {voxels} "
+            f"voxels, over the limit of {limit}"
+        )
+    return voxels
+
+
 def segment(
     model: nn.Module,
     spec: TaskSpec,
@@ -149,6 +178,7 @@ def segment(
     crop_foreground: bool = False,
     postprocess: bool = True,
     amp: bool = True,
+    max_working_voxels: int | None = MAX_WORKING_VOXELS,
 ) -> SegmentationResult:
     """Segment ``image`` with ``model`` for task ``spec``.
 
@@ -157,11 +187,16 @@ def segment(
     ``spec.channels``). ``affine_lps``: index -> LPS mm (see :mod:`models.geometry`).
     ``model`` is moved to ``device`` (in place) and run in eval mode; its previous
     train/eval mode is restored afterwards. ``amp=False`` forces fp32 on CUDA too.
+    ``max_working_voxels``: the largest grid (per channel) the image may be resampled to
+    (:func:`working_voxels`, checked before anything is allocated; None: no bound);
+    over it, :class:`InputTooLargeError`.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
     dev = resolve_device(device)
 
+    if max_working_voxels is not None:
+        check_working_grid(image.shape[-3:], affine_lps, spec, max_working_voxels)
     sample = make_sample(image, affine_lps, spec)
     spatial_shape = tuple(sample[IMAGE_KEY].shape[1:])
     transform = build_preprocess(spec, crop_foreground=crop_foreground)

@@ -30,6 +30,11 @@ from typing import TypeAlias
 
 from .errors import SpecError
 
+#: The most voxels (per channel) one inference may resample a series to; the appliance's
+#: ``limits.max_working_voxels``. 2^27 is 512 MiB as float32: a 500 mm x 500 mm x 1 m
+#: field of view at 1.5 x 1.5 x 2 mm needs 56 M.
+MAX_WORKING_VOXELS = 2**27
+
 #: Every patch edge must be a multiple of this. The networks built by
 #: :mod:`models.networks` downsample at most this many times along each axis.
 PATCH_MULTIPLE = 16

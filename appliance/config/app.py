@@ -16,6 +16,7 @@ from appliance.config.sections import (
     DestinationConfig,
     DicomConfig,
     HttpConfig,
+    LimitsConfig,
     LoggingConfig,
     ModelsConfig,
     OutboxConfig,
@@ -41,6 +42,7 @@ class AppConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self) -> None:
         r = ConfigReader.of(self)
@@ -55,6 +57,7 @@ class AppConfig:
             ("federation", FederationConfig),
             ("retention", RetentionConfig),
             ("http", HttpConfig),
+            ("limits", LimitsConfig),
         ):
             r.instance(name, kind)
         destinations = r.instances(

@@ -27,6 +27,7 @@ from appliance.config.sections import (
     DestinationConfig,
     DicomConfig,
     HttpConfig,
+    LimitsConfig,
     LoggingConfig,
     ModelsConfig,
     OutboxConfig,
@@ -103,6 +104,7 @@ def _app(r: ConfigReader) -> AppConfig | None:
             "federation": _federation(r.table("federation")) or FederationConfig(),
             "retention": r.table("retention").section(RetentionConfig) or RetentionConfig(),
             "http": r.table("http").section(HttpConfig) or HttpConfig(),
+            "limits": r.table("limits").section(LimitsConfig) or LimitsConfig(),
         },
     )
 

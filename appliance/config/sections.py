@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.config.reader import ConfigReader
+from dicom_bridge.limits import MIB, SizeLimits
+from models.tasks import MAX_WORKING_VOXELS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -75,6 +77,8 @@ class DicomConfig:
     first_pdu_timeout_seconds: float = 30.0
     #: concurrent connections from one peer address; more are closed at once
     max_connections_per_peer: int = 8
+    #: seconds an established association may stay silent before it is closed
+    network_timeout_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         r = ConfigReader.of(self, "dicom")
@@ -92,7 +96,49 @@ class DicomConfig:
         r.instance("tls", TlsConfig, optional=True)
         r.number("first_pdu_timeout_seconds", 1.0, 600.0)
         r.integer("max_connections_per_peer", 1, 10000)
+        r.number("network_timeout_seconds", 1.0, 3600.0)
         r.raise_issues()
+
+
+_LIMIT_DEFAULTS = SizeLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Sizes bounded before anything is allocated for them (``[limits]``); each refusal
+    names its key. ``max_instance_mb`` (default 512): one C-STORE's dataset as it
+    arrives (over it, the association is aborted) and a deflated one once inflated
+    (counted in small chunks first; ``0xA701``). ``max_frame_pixels`` (default 4096 x
+    4096): Rows x Columns of a frame, in the header (``0xA701``) and in each compressed
+    frame's codestream before it is decoded (the series is rejected ``too_large``).
+    ``max_series_voxels`` (default 512 x 512 x 2048): the voxels of one instance
+    (``0xA701``) and of a whole series before it is decoded. ``max_working_voxels``
+    (default 2^27): the grid one job resamples a series to, per channel, estimated from
+    the series' extent and the model's spacing before it is allocated (the job fails with
+    ``input_too_large``).
+    """
+
+    max_instance_mb: int = _LIMIT_DEFAULTS.max_instance_bytes // MIB
+    max_frame_pixels: int = _LIMIT_DEFAULTS.max_frame_pixels
+    max_series_voxels: int = _LIMIT_DEFAULTS.max_series_voxels
+    max_working_voxels: int = MAX_WORKING_VOXELS
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self, "limits")
+        r.integer("max_instance_mb", 1, 64 * 1024)
+        r.integer("max_frame_pixels", 64 * 64, 2**31)
+        r.integer("max_series_voxels", 64 * 64 * 2, 2**40)
+        r.integer("max_working_voxels", 64**3, 2**40)
+        r.raise_issues()
+
+    @property
+    def sizes(self) -> SizeLimits:
+        """The limits ``dicom_bridge`` enforces (listener and volume loading)."""
+        return SizeLimits(
+            max_instance_bytes=self.max_instance_mb * MIB,
+            max_frame_pixels=self.max_frame_pixels,
+            max_series_voxels=self.max_series_voxels,
+        )
 
 
 @dataclass(frozen=True, slots=True)

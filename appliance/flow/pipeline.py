@@ -45,6 +45,7 @@ from dicom_bridge.sop_classes import SEGMENTATION_CLASSES, VOLUME_CLASSES
 from dicom_bridge.sr import SrOptions, write_sr
 from dicom_bridge.uids import short_ref, validate_uid
 from dicom_bridge.volume import SeriesVolume, load_series_volume
+from models.errors import InputTooLargeError
 from models.inference import segment
 from models.tasks import TaskSpec, get_task
 
@@ -216,7 +217,7 @@ def _route_series(store: Store, claim: Claim, config: AppConfig) -> _NoJob | _Ro
     timings: dict[str, Any] = {}
     start = time.perf_counter()
     try:
-        volume = load_series_volume(image_paths)
+        volume = load_series_volume(image_paths, config.limits.sizes)
     except VolumeError as exc:
         return _NoJob(SeriesState.REJECTED, exc.reason, exc.detail)
     timings["volume_s"] = _since(start)
@@ -265,7 +266,16 @@ def _run_stages(
     affine_lps: np.ndarray = volume.affine
     mark = time.perf_counter()
     try:
-        segmentation = segment(loaded.network, spec, image, affine_lps, device=loaded.device)
+        segmentation = segment(
+            loaded.network,
+            spec,
+            image,
+            affine_lps,
+            device=loaded.device,
+            max_working_voxels=config.limits.max_working_voxels,
+        )
+    except InputTooLargeError as exc:
+        raise _JobFailed("input_too_large", f"{exc} (limits.max_working_voxels)") from exc
     except Exception as exc:
         raise _JobFailed.from_exception("inference_failed", exc) from exc
     timings["inference_s"] = _since(mark)

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from appliance.config import AppConfig
 from appliance.store import Store
+from dicom_bridge.connections import RefusalReason
 
 #: Seconds; jobs' stages run from tens of milliseconds (SEG writing) to minutes (CPU
 #: inference of a large volume).
@@ -46,8 +47,9 @@ class _StoreCollector(Collector):
 
         rejected = CounterMetricFamily(
             "appliance_instances_rejected",
-            "C-STOREs answered with a failure status, by status (0xA702: disk watermark, "
-            "0xC003: SOP instance conflict).",
+            "C-STOREs answered with a failure status, by status (0xA701: over a size "
+            "limit, 0xA702: disk watermark, 0xC003: SOP instance conflict; aborted: the "
+            "association was aborted, e.g. a dataset over limits.max_instance_mb).",
             labels=["status"],
         )
         refused = CounterMetricFamily(
@@ -60,7 +62,7 @@ class _StoreCollector(Collector):
             if scope == "association":
                 refused_total += count
             else:
-                rejected.add_metric(["none" if status is None else f"0x{status:04X}"], count)
+                rejected.add_metric(["aborted" if status is None else f"0x{status:04X}"], count)
         refused.add_metric([], refused_total)
         yield rejected
         yield refused
@@ -68,10 +70,10 @@ class _StoreCollector(Collector):
         connections = CounterMetricFamily(
             "appliance_connections_refused",
             "Connections closed before they became an association, by reason "
-            "(per_peer_limit, first_pdu_timeout, tls_handshake).",
+            f"({', '.join(RefusalReason)}).",
             labels=["reason"],
         )
-        for reason in ("per_peer_limit", "first_pdu_timeout", "tls_handshake"):
+        for reason in RefusalReason:
             connections.add_metric([reason], counters.get(("connections_refused", reason), 0))
         yield connections
 
