@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from pydicom import dcmread
 from typer.testing import CliRunner
 
 from appliance.cases.from_seg import case_from_seg
 from appliance.cli import app
 from appliance.config import AppConfig
 from appliance.flow.ingest import ingest_files
-from appliance.states import CaseOrigin, CaseState, Refusal
+from appliance.states import CaseOrigin, CaseState, Refusal, SeriesState
 from appliance.store import Store
 from appliance.store.audit import audit_path
 from tests.appliance.cases.support import DCMQI_CT, DCMQI_SEG, PACS, cases_config
@@ -26,6 +28,19 @@ def _store(tmp_path: Path, store: Store, **cases: object) -> AppConfig:
     config = cases_config(tmp_path, **cases)
     ingest_files(store, config, DCMQI_CT)
     return config
+
+
+#: The voxels the liver segment of DCMQI_SEG labels on its CT (the tumour segment is empty).
+LIVER_VOXELS = 107098
+
+
+def _predicted(store: Store, voxels: dict[str, int], task: str = "liver_ct") -> None:
+    """A finished job of this appliance segmented the CT series: its mask had ``voxels``."""
+    store.complete_quiet_series(0.0)
+    claim = store.claim_complete_series()
+    assert claim is not None
+    job = store.start_job(claim, "1.2.3", task)
+    store.finish_series(claim, SeriesState.DONE, job_id=job.id, job_outputs={"voxels": voxels})
 
 
 def _audit(store: Store, event: str) -> list[dict[str, object]]:
@@ -153,3 +168,59 @@ def test_review_accept_and_reject_from_the_cli(tmp_path: Path) -> None:
         (a.id, "accepted"),
         (b.id, "rejected"),
     ]
+
+
+@pytest.mark.parametrize("model", [LIVER_VOXELS, LIVER_VOXELS // 4, LIVER_VOXELS * 4])
+def test_a_seg_near_the_models_prediction_is_plausible(
+    tmp_path: Path, store: Store, model: int
+) -> None:
+    config = _store(tmp_path, store)
+    # All labels of the model's mask count together against all labelled voxels.
+    _predicted(store, {"Liver": model - model // 10, "Liver tumour": model // 10})
+    case = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM, calling_ae=PACS).case
+    assert case is not None and sum(case.labels.values()) == LIVER_VOXELS
+    assert case.state is CaseState.ACTIVE and case.review == []
+
+
+@pytest.mark.parametrize(
+    ("model", "ratio"), [(LIVER_VOXELS // 10, "10.00x"), (LIVER_VOXELS * 20, "0.05x")]
+)
+def test_a_seg_far_from_the_models_prediction_goes_to_review(
+    tmp_path: Path, store: Store, model: int, ratio: str
+) -> None:
+    config = _store(tmp_path, store)
+    _predicted(store, {"Liver": model, "Liver tumour": 0})
+    case = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM, calling_ae=PACS).case
+    assert case is not None and case.state is CaseState.PENDING
+    assert case.review == [
+        f"prediction_ratio: {LIVER_VOXELS} labelled voxels against the model's {model} "
+        f"({ratio}, outside 0.2x to 5x)"
+    ]
+    assert store.list_cases(states=[CaseState.ACTIVE]) == []
+    added = _audit(store, "case_added")[-1]
+    assert added["state"] == "pending" and added["review"] == case.review
+    # The admin's import is checked too.
+    imported = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.CLI).case
+    assert imported is not None and imported.state is CaseState.PENDING
+    assert imported.review[0].startswith("prediction_ratio:")
+
+
+def test_the_prediction_ratio_is_configurable(tmp_path: Path, store: Store) -> None:
+    config = _store(tmp_path, store, prediction_ratio=(0.05, 20.0))
+    _predicted(store, {"Liver": LIVER_VOXELS // 10})
+    case = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM, calling_ae=PACS).case
+    assert case is not None and case.state is CaseState.ACTIVE and case.review == []
+
+
+def test_without_a_prediction_of_the_task_the_ratio_does_not_apply(
+    tmp_path: Path, store: Store
+) -> None:
+    config = _store(tmp_path, store)
+    series = str(dcmread(DCMQI_CT[0], stop_before_pixels=True).SeriesInstanceUID)
+    assert store.prediction_voxels(series, "liver_ct") is None
+    # A job of another task for the series is no prediction of this one either.
+    _predicted(store, {"Spleen": 1}, task="spleen_ct")
+    assert store.prediction_voxels(series, "liver_ct") is None
+    case = case_from_seg(store, config, DCMQI_SEG, CaseOrigin.DICOM, calling_ae=PACS).case
+    assert case is not None and sum(case.labels.values()) == LIVER_VOXELS
+    assert case.state is CaseState.ACTIVE and case.review == []
