@@ -171,10 +171,10 @@ def _frames(ds: Dataset, frames: int) -> Iterator[bytes]:
 
 
 def _count(ds: Dataset, keyword: str, default: int) -> int:
-    value = ds.get(keyword, default)
-    if value is None or value == "":
-        return default
     try:
+        value = ds.get(keyword, default)
+        if value is None or value == "":
+            return default
         number = int(value)
     except (TypeError, ValueError) as exc:
         raise MalformedDatasetError(f"{keyword} is not an integer") from exc

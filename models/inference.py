@@ -145,8 +145,11 @@ def working_voxels(
     ``affine_lps`` is resampled to at ``target_spacing_mm``: the image's physical volume
     over the target voxel's, whatever the orientation. From the header numbers alone, so
     a geometry bomb (few pixels, huge spacing) is caught before anything is allocated."""
-    spacing = np.linalg.norm(np.asarray(affine_lps, dtype=np.float64)[:3, :3], axis=0)
-    if len(shape) != 3 or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+    affine = np.asarray(affine_lps, dtype=np.float64)
+    if affine.ndim != 2 or affine.shape[0] < 3 or affine.shape[1] < 3 or len(shape) != 3:
+        raise InputError(f"need a (slice, row, column) shape and a 4x4 affine, not {shape}")
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InputError("the image affine has no finite, positive spacing")
     volume_mm3 = float(np.prod(np.asarray(shape, dtype=np.float64) * spacing))
     return math.ceil(volume_mm3 / float(np.prod(target_spacing_mm)))

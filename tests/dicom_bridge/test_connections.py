@@ -170,3 +170,26 @@ def test_refusals_are_logged_once_a_minute_per_peer(caplog: pytest.LogCaptureFix
     assert len(seen) == 7  # every refusal is reported, only the log is throttled
     guard.release("10.0.0.1")
     assert guard.open_connections("10.0.0.1") == 0
+
+
+def test_a_pdu_declaring_more_than_the_limit_is_never_read(
+    plain: Listener, refused: list[RefusedConnection]
+) -> None:
+    # An A-ASSOCIATE-RQ declaring 4 GiB - 16 bytes, and a P-DATA-TF longer than the
+    # Maximum Length this AE advertises: each connection is closed after the 6-byte header.
+    node = RemoteNode("SEGAPPLIANCE", "127.0.0.1", plain.port, timeout_s=5)
+    huge_rq = _connect(plain.port, bytes([0x01, 0x00]) + (0xFFFFFFF0).to_bytes(4, "big"))
+    huge_data = _connect(plain.port, bytes([0x04, 0x00]) + (131072 + 1).to_bytes(4, "big"))
+    try:
+        huge_data.sendall(b"\x00" * 4096)
+        assert _closed_by_peer(huge_rq, 1.0)  # well before the 1.5 s first-PDU deadline
+        assert _closed_by_peer(huge_data, 1.0)
+    finally:
+        huge_rq.close()
+        huge_data.close()
+    too_large = [r for r in refused if r.reason is RefusalReason.PDU_TOO_LARGE]
+    assert len(too_large) == 2
+    assert "declares 4294967280 bytes (limit 1048576)" in too_large[0].detail + too_large[1].detail
+    assert "declares 131073 bytes (limit 131072)" in too_large[0].detail + too_large[1].detail
+    assert _wait_for(lambda: plain.guard.open_connections("127.0.0.1") == 0, 3.0)
+    echo(node)  # a legitimate caller is served as before

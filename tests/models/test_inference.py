@@ -9,16 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from models.errors import InferenceError, InputError, ModelsError
+from models.errors import InferenceError, InputError, InputTooLargeError, ModelsError
 from models.inference import (
     SegmentationResult,
     amp_dtype_for,
     argmax_channels,
+    check_working_grid,
     resolve_device,
     segment,
+    working_voxels,
 )
 from models.networks import NetworkConfig, build_network
 from models.tasks import CTWindow, PostprocessSpec, TaskName, TaskSpec, get_task
+from models.transforms import IMAGE_KEY, build_preprocess, make_sample
 from tests.models.test_geometry import make_affine, oblique_directions, ras_spacing
 from tests.models.test_tasks import glioma_subregions_spec
 
@@ -211,3 +214,35 @@ def test_argmax_channels_matches_torch() -> None:
     out = argmax_channels(scores)
     assert out.dtype == torch.uint8
     assert torch.equal(out.long(), torch.argmax(scores, dim=0))
+
+
+class _MustNotRun(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the network ran on an input over the working-grid limit")
+
+
+def test_the_working_grid_estimate_matches_the_resampled_size() -> None:
+    spec = liver_spec((1.5, 1.5, 2.0))
+    image, _ = ct_phantom()
+    for affine in (make_affine(), NON_AXIAL):
+        estimate = working_voxels(SHAPE, affine, spec.target_spacing_mm)
+        data = build_preprocess(spec)(make_sample(image, affine, spec))
+        resampled = int(np.prod(data[IMAGE_KEY].shape[1:]))
+        assert abs(estimate - resampled) <= 0.35 * resampled  # rounding of each axis
+
+
+def test_a_geometry_bomb_is_refused_before_anything_is_resampled() -> None:
+    # Eight 96 x 96 slices with 40 mm pixels and slices: 3.8 m x 3.8 m x 32 cm, which the
+    # liver task's 1.5 x 1.5 x 2 mm grid would make ~1.05 G voxels (4 GB as float32).
+    bomb = make_affine(pixel_spacing=(40.0, 40.0), slice_spacing=40.0)
+    image = np.zeros((8, 96, 96), dtype=np.float32)
+    spec = get_task(TaskName.LIVER_CT)
+    assert working_voxels(image.shape, bomb, spec.target_spacing_mm) > 10**9
+    with pytest.raises(InputTooLargeError, match=r"over the limit of 134217728"):
+        segment(_MustNotRun(), spec, image, bomb, device="cpu")
+    with pytest.raises(InputTooLargeError, match=r"over the limit of 1000"):
+        check_working_grid(SHAPE, make_affine(), spec, 1000)
+    # A normal image is within the default.
+    image, _ = ct_phantom()
+    result = segment(ThresholdNet(), liver_spec((1.5, 1.5, 2.0)), image, make_affine())
+    assert result.mask.shape == SHAPE

@@ -16,6 +16,7 @@ from appliance.config import (
     DestinationConfig,
     DicomConfig,
     HttpConfig,
+    LimitsConfig,
     LoggingConfig,
     ModelsConfig,
     OutboxConfig,
@@ -26,6 +27,7 @@ from appliance.config import (
     parse_config,
 )
 from appliance.errors import ConfigError
+from dicom_bridge.limits import SizeLimits
 
 
 def issues(make: Any, *args: Any, **kwargs: Any) -> dict[str, str]:
@@ -57,6 +59,10 @@ def issues(make: Any, *args: Any, **kwargs: Any) -> dict[str, str]:
         (OutputConfig, {"destinations": "pacs"}, "output.destinations", "list of destination"),
         (CasesConfig, {"held_out_fraction": 0.95}, "cases.held_out_fraction", "0 to 0.9"),
         (CasesConfig, {"split_key": "short"}, "cases.split_key", "at least 16"),
+        (LimitsConfig, {"max_instance_mb": 0}, "limits.max_instance_mb", "1 to 65536"),
+        (LimitsConfig, {"max_frame_pixels": 1.5}, "limits.max_frame_pixels", "integer"),
+        (LimitsConfig, {"max_working_voxels": 10}, "limits.max_working_voxels", "262144 to"),
+        (DicomConfig, {"network_timeout_seconds": 0}, "dicom.network_timeout_seconds", "1 to"),
     ],
 )
 def test_a_section_built_in_code_names_its_bad_key(
@@ -79,6 +85,7 @@ def test_a_section_built_in_code_names_its_bad_key(
         ("models", {"gate_min_cases": 0}),
         ("output", {"seg_type": "RLE"}),
         ("cases", {"held_out_fraction": 1.5}),
+        ("limits", {"max_series_voxels": -1}),
     ],
 )
 def test_code_and_toml_report_the_same_issue(section: str, kwargs: dict[str, Any]) -> None:
@@ -179,3 +186,10 @@ def test_defaults_are_valid() -> None:
     config = AppConfig()
     assert config == parse_config({})
     assert config.federation.strategy == "fedavg"
+
+
+def test_limits_reach_dicom_bridge_in_bytes() -> None:
+    limits = parse_config({"limits": {"max_instance_mb": 64, "max_frame_pixels": 1 << 20}})
+    assert limits.limits.sizes.max_instance_bytes == 64 * 2**20
+    assert limits.limits.sizes.max_frame_pixels == 1 << 20
+    assert AppConfig().limits.sizes == SizeLimits()  # the defaults are dicom_bridge's
