@@ -21,7 +21,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
 
-from dicom_bridge.synthetic import SeriesGeometry, write_series
+from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
 
 _CHUNK = 1 << 20
 
@@ -63,10 +63,11 @@ def write_j2k_series(
     *,
     bomb: tuple[int, int] | None = None,
     bomb_slice: int = 0,
+    identity: SeriesIdentity | None = None,
 ) -> list[Path]:
     """A series compressed to JPEG 2000 Lossless; with ``bomb``, slice ``bomb_slice``'s
     codestream declares that (rows, columns) in its SIZ marker."""
-    paths = write_series(directory, geometry)
+    paths = write_series(directory, geometry, identity=identity)
     for index, path in enumerate(paths):
         ds = dcmread(path)
         ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")

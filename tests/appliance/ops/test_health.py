@@ -259,3 +259,37 @@ def test_healthz_is_200_when_every_check_passes_and_503_when_one_fails(
         assert get(f"{base}/other")[0] == 404
     finally:
         server.stop()
+
+
+def _closed(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_silent_http_clients_cannot_tie_up_the_endpoint() -> None:
+    server = StatusServer(
+        "127.0.0.1",
+        0,
+        lambda: {"status": "ok", "checks": {}},
+        lambda: b"",
+        read_timeout=0.5,
+        max_connections=2,
+    )
+    server.start()
+    try:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        over = socket.create_connection(("127.0.0.1", server.port))
+        assert _closed(over, 1.0)  # every slot busy: closed on accept
+        for sock in silent:
+            assert _closed(sock, 2.0)  # no request within the read timeout: dropped
+            sock.close()
+        over.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as rsp:
+            assert rsp.status == 200
+    finally:
+        server.stop()
