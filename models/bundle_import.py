@@ -1,24 +1,25 @@
 """Import a MONAI-bundle-style folder into the model registry.
 
 This is how a site brings real pretrained weights. The folder follows the MONAI bundle
-specification, of which only the parts needed to rebuild the network are used::
+specification::
 
     <bundle>/
       configs/metadata.json    version, name, task, description, authors, changelog,
-                               network_data_format {inputs, outputs}, eval_metrics, ...
+                               monai_version, network_data_format {inputs, outputs}, ...
       configs/inference.json   must hold "network_def": {"_target_": "DynUNet", ...kwargs}
       models/model.pt          a state dict, or a checkpoint dict with the state dict under
                                "model", "state_dict" or "network"
 
-Only the network definition of ``inference.json`` is read; its transforms, handlers and
-expressions are never parsed, evaluated or instantiated. Within ``network_def``:
+Configs may be JSON or YAML (``.yaml``/``.yml``, read with the safe loader). They are read
+as data by :mod:`models.bundle_config`, never given to MONAI's ``ConfigParser``: nothing
+in them is imported, instantiated or run. Within ``network_def``:
 
 - ``_target_`` must name a class in :data:`models.registry.ALLOWED_NETWORKS` (short name
   or ``monai.networks.nets....``); nothing else is constructed and nothing is imported;
-- ``"@id"`` references to other plain values of ``inference.json`` are resolved (e.g.
-  ``"out_channels": "@num_classes"``);
-- ``"$..."`` expressions are accepted only when they are Python literals (e.g.
-  ``"$[1, 2, 2]"``, read with :func:`ast.literal_eval`); anything else is refused;
+- ``"@id"`` references to other values of the config are resolved (e.g.
+  ``"out_channels": "@num_classes"``), and ``"$..."`` expressions are evaluated only when
+  they are plain (literals, references, arithmetic, ``x if c else y``:
+  :func:`models.bundle_config.evaluate`); anything that would call or import is refused;
 - ``%`` macros (which may read other files) and the special keys ``_requires_``,
   ``_mode_``, ``_disabled_`` and nested ``_target_`` components are refused.
 
@@ -30,11 +31,9 @@ are loaded with ``torch.load(..., weights_only=True)`` and then into the network
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import inspect
 import io
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,7 +41,8 @@ from typing import Any
 
 import torch
 
-from .errors import ModelsError, NetworkConfigError
+from .bundle_config import lookup, read_config, resolve
+from .errors import BundleImportError, NetworkConfigError
 from .model_card import (
     CardLabel,
     InvalidNameError,
@@ -81,7 +81,6 @@ IMPORTED_INTENDED_USE = (
     "Imported MONAI bundle, not yet validated at this site. Research use only; not for diagnosis."
 )
 
-_MAX_JSON_BYTES = 8 * 1024 * 1024
 _MAX_REF_DEPTH = 32
 _CHECKPOINT_KEYS = ("model", "state_dict", "network", "model_state_dict")
 _NETWORK_DEF = "network_def"
@@ -89,165 +88,52 @@ _ALLOWED_DEF_KEYS = frozenset({"_target_", "_desc_"})
 _SPECIAL_KEY = re.compile(r"_[A-Za-z]+_")
 
 
-class BundleImportError(ModelsError, ValueError):
-    """A MONAI bundle folder cannot be imported; the message names the file and field."""
-
-
 # -- reading the folder --------------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _read_json(src: Path, relative: str) -> tuple[dict[str, Any], str]:
-    """The JSON object in ``src/relative`` and the sha256 of the bytes it was read from."""
-    path = src / relative
-    if not path.is_file():
-        hint = ""
-        yaml = path.with_suffix(".yaml")
-        if yaml.is_file():
-            hint = f" ({yaml.name} exists, but only JSON configs are supported)"
-        raise BundleImportError(f"MONAI bundle {src.name}: {relative} is missing{hint}")
-    try:
-        size = path.stat().st_size
-        if size > _MAX_JSON_BYTES:
-            raise BundleImportError(
-                f"MONAI bundle {src.name}: {relative} is {size} bytes, more than the "
-                f"{_MAX_JSON_BYTES} allowed"
-            )
-        raw = path.read_bytes()
-        data = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except BundleImportError:
-        raise
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueError
-        raise BundleImportError(
-            f"MONAI bundle {src.name}: {relative} is not valid JSON: {exc}"
-        ) from exc
-    if not isinstance(data, dict):
-        raise BundleImportError(f"MONAI bundle {src.name}: {relative} must hold a JSON object")
-    return data, hashlib.sha256(raw).hexdigest()
-
-
-def _lookup(config: Mapping[str, Any], ref: str) -> Any:
-    node: Any = config
-    for part in ref.replace("#", "::").split("::"):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            raise KeyError(ref)
-    return node
-
-
-def _resolve(value: Any, config: Mapping[str, Any], where: str, chain: tuple[str, ...]) -> Any:
-    """``value`` with ``@`` references replaced by the plain values they name and literal
-    ``$`` expressions evaluated; anything executable is refused."""
-    if len(chain) > _MAX_REF_DEPTH:
-        raise BundleImportError(f"{INFERENCE_FILE}: {where}: references nest too deeply")
-    if isinstance(value, str):
-        if value.startswith("@"):
-            ref = value[1:]
-            if not ref or ref.startswith(("#", ":")):
-                raise BundleImportError(
-                    f"{INFERENCE_FILE}: {where}: relative reference {value!r} is not supported"
-                )
-            if ref in chain:
-                raise BundleImportError(f"{INFERENCE_FILE}: {where}: circular reference {value!r}")
-            try:
-                target = _lookup(config, ref)
-            except KeyError:
-                raise BundleImportError(
-                    f"{INFERENCE_FILE}: {where} refers to {value!r}, which is not defined"
-                ) from None
-            return _resolve(target, config, f"{where} -> {value}", (*chain, ref))
-        if value.startswith("$"):
-            try:
-                literal = ast.literal_eval(value[1:].strip())
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                raise BundleImportError(
-                    f"{INFERENCE_FILE}: {where}: expression {value!r} is not allowed; only "
-                    "plain values and Python literals are accepted in network_def"
-                ) from None
-            return _plain(literal, where)
-        if value.startswith("%"):
-            raise BundleImportError(
-                f"{INFERENCE_FILE}: {where}: macro {value!r} is not allowed in network_def"
-            )
-        return value
-    if isinstance(value, Mapping):
-        if "_target_" in value:
-            raise BundleImportError(
-                f"{INFERENCE_FILE}: {where}: nested components (_target_) are not allowed "
-                "inside network_def"
-            )
-        return {key: _resolve(item, config, f"{where}.{key}", chain) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_resolve(item, config, f"{where}[{i}]", chain) for i, item in enumerate(value)]
-    return value
-
-
-def _plain(value: Any, where: str) -> Any:
-    """A literal from ``ast.literal_eval`` as JSON-like data (tuples become lists)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, list | tuple):
-        return [_plain(item, where) for item in value]
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {k: _plain(v, where) for k, v in value.items()}
-    raise BundleImportError(
-        f"{INFERENCE_FILE}: {where}: a {type(value).__name__} literal is not allowed"
-    )
-
-
-def _network_def(inference: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+def _network_def(
+    inference: Mapping[str, Any], file: str = INFERENCE_FILE
+) -> tuple[str, str, dict[str, Any]]:
     """(original _target_, canonical network name, plain kwargs) of ``network_def``."""
     if _NETWORK_DEF not in inference:
-        raise BundleImportError(f"{INFERENCE_FILE} has no {_NETWORK_DEF!r} entry")
+        raise BundleImportError(f"{file} has no {_NETWORK_DEF!r} entry")
     raw: Any = inference[_NETWORK_DEF]
     chain: tuple[str, ...] = (_NETWORK_DEF,)
     # network_def may itself be a reference to another entry ("@network_config").
     while isinstance(raw, str) and raw.startswith("@"):
         ref = raw[1:]
         if ref in chain or len(chain) > _MAX_REF_DEPTH:
-            raise BundleImportError(f"{INFERENCE_FILE}: {_NETWORK_DEF}: circular reference {raw!r}")
+            raise BundleImportError(f"{file}: {_NETWORK_DEF}: circular reference {raw!r}")
         try:
-            raw = _lookup(inference, ref)
+            raw = lookup(inference, ref)
         except KeyError:
             raise BundleImportError(
-                f"{INFERENCE_FILE}: {_NETWORK_DEF} refers to {raw!r}, which is not defined"
+                f"{file}: {_NETWORK_DEF} refers to {raw!r}, which is not defined"
             ) from None
         chain = (*chain, ref)
     if not isinstance(raw, Mapping) or "_target_" not in raw:
         raise BundleImportError(
-            f"{INFERENCE_FILE}: {_NETWORK_DEF} must be an object with a '_target_' naming a "
-            "MONAI network"
+            f"{file}: {_NETWORK_DEF} must be an object with a '_target_' naming a MONAI network"
         )
     special = sorted(k for k in raw if _SPECIAL_KEY.fullmatch(k) and k not in _ALLOWED_DEF_KEYS)
     if special:
         raise BundleImportError(
-            f"{INFERENCE_FILE}: {_NETWORK_DEF}: keys {special} are not allowed "
+            f"{file}: {_NETWORK_DEF}: keys {special} are not allowed "
             "(only _target_ and plain constructor arguments)"
         )
     target = raw["_target_"]
     if not isinstance(target, str):
-        raise BundleImportError(f"{INFERENCE_FILE}: {_NETWORK_DEF}._target_ must be a string")
+        raise BundleImportError(f"{file}: {_NETWORK_DEF}._target_ must be a string")
     try:
         name = resolve_network(target)
     except NetworkConfigError as exc:
-        raise BundleImportError(f"{INFERENCE_FILE}: {_NETWORK_DEF}._target_: {exc}") from exc
+        raise BundleImportError(f"{file}: {_NETWORK_DEF}._target_: {exc}") from exc
     kwargs = {k: v for k, v in raw.items() if k not in _ALLOWED_DEF_KEYS}
-    resolved = _resolve(kwargs, inference, _NETWORK_DEF, chain)
+    resolved = resolve(kwargs, inference, _NETWORK_DEF, file=file, chain=chain)
     try:
         plain = check_network_kwargs(resolved, _NETWORK_DEF)
     except NetworkConfigError as exc:
-        raise BundleImportError(f"{INFERENCE_FILE}: {exc}") from exc
+        raise BundleImportError(f"{file}: {exc}") from exc
     return target, name, plain
 
 
@@ -333,7 +219,12 @@ class MonaiBundle:
         kwargs: dict[str, Any],
         state_dict: dict[str, torch.Tensor],
         files_sha256: dict[str, str],
+        *,
+        metadata_file: str = METADATA_FILE,
+        inference_file: str = INFERENCE_FILE,
     ) -> None:
+        self.metadata_file = metadata_file
+        self.inference_file = inference_file
         self.src = src
         self.metadata = metadata
         self.target = target
@@ -351,13 +242,13 @@ class MonaiBundle:
         try:
             network = build_network(self.architecture)
         except NetworkConfigError as exc:
-            raise BundleImportError(f"{INFERENCE_FILE}: {_NETWORK_DEF}: {exc}") from exc
+            raise BundleImportError(f"{self.inference_file}: {_NETWORK_DEF}: {exc}") from exc
         try:
             network.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as exc:
             raise BundleImportError(
                 f"MONAI bundle {self.src.name}: {MODEL_FILE} does not match the network in "
-                f"{INFERENCE_FILE} ({self.network}): {_summarise_load_error(exc)}"
+                f"{self.inference_file} ({self.network}): {_summarise_load_error(exc)}"
             ) from exc
         return network
 
@@ -375,9 +266,9 @@ def read_monai_bundle(src: Path) -> MonaiBundle:
     src = Path(src)
     if not src.is_dir():
         raise BundleImportError(f"MONAI bundle folder {str(src)!r} does not exist")
-    metadata, metadata_sha = _read_json(src, METADATA_FILE)
-    inference, inference_sha = _read_json(src, INFERENCE_FILE)
-    target, network, kwargs = _network_def(inference)
+    metadata, metadata_file, metadata_sha = read_config(src, "metadata")
+    inference, inference_file, inference_sha = read_config(src, "inference")
+    target, network, kwargs = _network_def(inference, inference_file)
     state_dict, weights_sha = _load_weights(src)
     bundle = MonaiBundle(
         src=src,
@@ -387,10 +278,12 @@ def read_monai_bundle(src: Path) -> MonaiBundle:
         kwargs=kwargs,
         state_dict=state_dict,
         files_sha256={
-            METADATA_FILE: metadata_sha,
-            INFERENCE_FILE: inference_sha,
+            metadata_file: metadata_sha,
+            inference_file: inference_sha,
             MODEL_FILE: weights_sha,
         },
+        metadata_file=metadata_file,
+        inference_file=inference_file,
     )
     bundle.build()  # proves the weights fit the architecture
     return bundle
@@ -459,19 +352,19 @@ def _check_channels(
     dims = _effective_kwarg(bundle.network, kwargs, "spatial_dims")
     if dims is not None and dims != 3:
         raise BundleImportError(
-            f"{INFERENCE_FILE}: {_NETWORK_DEF}.spatial_dims is {dims}; this appliance segments "
-            "volumes (3)"
+            f"{bundle.inference_file}: {_NETWORK_DEF}.spatial_dims is {dims}; this appliance "
+            "segments volumes (3)"
         )
     out_channels = _effective_kwarg(bundle.network, kwargs, "out_channels")
     if out_channels is not None and out_channels != len(labels) + 1:
         raise BundleImportError(
-            f"{INFERENCE_FILE}: {_NETWORK_DEF}.out_channels is {out_channels}, but "
+            f"{bundle.inference_file}: {_NETWORK_DEF}.out_channels is {out_channels}, but "
             f"{len(labels)} label(s) need {len(labels) + 1} (background + one per label)"
         )
     in_channels = _effective_kwarg(bundle.network, kwargs, "in_channels")
     if spec is not None and in_channels is not None and in_channels != spec.in_channels:
         raise BundleImportError(
-            f"{INFERENCE_FILE}: {_NETWORK_DEF}.in_channels is {in_channels}, but task "
+            f"{bundle.inference_file}: {_NETWORK_DEF}.in_channels is {in_channels}, but task "
             f"{spec.name} has {spec.in_channels} input channel(s)"
         )
 
@@ -533,13 +426,14 @@ def import_monai_bundle(
         meta_version = metadata.get("version")
         if meta_version is None:
             raise BundleImportError(
-                f"MONAI bundle {src.name}: {METADATA_FILE} has no 'version'; pass version="
+                f"MONAI bundle {src.name}: {bundle.metadata_file} has no 'version'; pass version="
             )
         try:
             version = check_version(meta_version)
         except InvalidNameError as exc:
             raise BundleImportError(
-                f"MONAI bundle {src.name}: {METADATA_FILE} field 'version': {exc}; pass version="
+                f"MONAI bundle {src.name}: {bundle.metadata_file} field 'version': {exc}; "
+                "pass version="
             ) from exc
     _check_channels(bundle, labels, spec)
 

@@ -35,3 +35,7 @@ class InputTooLargeError(InputError):
 
 class InferenceError(ModelsError, RuntimeError):
     """Running the network failed, or it returned something the task cannot use."""
+
+
+class BundleImportError(ModelsError, ValueError):
+    """A MONAI bundle folder cannot be imported; the message names the file and field."""

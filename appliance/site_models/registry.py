@@ -29,6 +29,7 @@ import torch
 from appliance.config import AppConfig
 from appliance.errors import ModelImportError, ModelLoadError, NotFoundError
 from appliance.store import ModelRecord, Store
+from models.bundle_config import config_path
 from models.bundle_import import METADATA_FILE, import_monai_bundle
 from models.errors import ModelsError
 from models.inference import resolve_device
@@ -77,7 +78,7 @@ def import_bundle(
         check_task_name(task)
         if version is not None:
             check_version(version)
-        if (src / METADATA_FILE).is_file():
+        if config_path(src, "metadata") is not None:
             bundle = import_monai_bundle(src, registry, task=task, version=version)
             origin = "monai_bundle"
         elif (src / CARD_FILE).is_file():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 import torch
 from monai.networks.nets import DynUNet, UNet
 
@@ -276,8 +277,8 @@ def test_importing_the_same_version_twice_is_refused(
 @pytest.mark.parametrize(
     ("relative", "message"),
     [
-        ("configs/metadata.json", "configs/metadata.json is missing"),
-        ("configs/inference.json", "configs/inference.json is missing"),
+        ("configs/metadata.json", r"configs/metadata.json \(or .yaml, .yml\) is missing"),
+        ("configs/inference.json", r"configs/inference.json \(or .yaml, .yml\) is missing"),
         ("models/model.pt", "models/model.pt is missing"),
     ],
 )
@@ -295,9 +296,8 @@ def test_missing_folder_and_unsupported_formats(tmp_path: Path, registry: ModelR
     with pytest.raises(BundleImportError, match="does not exist"):
         import_monai_bundle(tmp_path / "nowhere", registry, task="liver_ct")
     src = write_bundle(tmp_path / "b")
-    (src / "configs" / "inference.json").rename(src / "configs" / "inference.yaml")
     (src / "models" / "model.pt").rename(src / "models" / "model.ts")
-    with pytest.raises(BundleImportError, match="only JSON configs are supported"):
+    with pytest.raises(BundleImportError, match="TorchScript weights are not supported"):
         read_monai_bundle(src)
     (src / "configs" / "inference.json").write_text(json.dumps({"network_def": DYNUNET_DEF}))
     with pytest.raises(BundleImportError, match="TorchScript weights are not supported"):
@@ -310,7 +310,7 @@ def test_missing_folder_and_unsupported_formats(tmp_path: Path, registry: ModelR
     [
         ("{not json", "not valid JSON"),
         ('{"version": "1.0.0", "version": "2.0.0"}', "duplicate key"),
-        ("[1, 2, 3]", "must hold a JSON object"),
+        ("[1, 2, 3]", "must hold a mapping"),
         (b"\xff\xfe\x00", "not valid JSON"),
     ],
 )
@@ -457,3 +457,56 @@ def test_versions_and_names_are_checked(tmp_path: Path, registry: ModelRegistry)
         with pytest.raises(InvalidNameError):
             import_monai_bundle(src, registry, task=task, version=version)
     assert not registry.root.exists()
+
+
+def test_yaml_configs_are_read_with_the_safe_loader(
+    tmp_path: Path, registry: ModelRegistry
+) -> None:
+    src = write_bundle(tmp_path / "b")
+    for stem in ("metadata", "inference"):
+        path = src / "configs" / f"{stem}.json"
+        (src / "configs" / f"{stem}.yaml").write_text(yaml.safe_dump(json.loads(path.read_text())))
+        path.unlink()
+    bundle = import_monai_bundle(src, registry, task="liver_ct")
+    assert set(bundle.card.source["files_sha256"]) == {
+        "configs/metadata.yaml",
+        "configs/inference.yaml",
+        "models/model.pt",
+    }
+    # A Python object tag is refused by the safe loader; a repeated key is refused too.
+    other = write_bundle(tmp_path / "c")
+    (other / "configs" / "inference.json").unlink()
+    (other / "configs" / "inference.yaml").write_text(
+        "network_def: !!python/object/apply:os.system ['true']\n"
+    )
+    with pytest.raises(BundleImportError, match="inference.yaml is not valid YAML"):
+        import_monai_bundle(other, registry, task="liver_ct")
+    (other / "configs" / "inference.yaml").write_text("a: 1\na: 2\n")
+    with pytest.raises(BundleImportError, match="duplicate key 'a'"):
+        import_monai_bundle(other, registry, task="liver_ct")
+
+
+def test_plain_expressions_are_evaluated_and_code_is_refused(
+    tmp_path: Path, registry: ModelRegistry
+) -> None:
+    network_def = dict(DYNUNET_DEF)
+    network_def["kernel_size"] = "$[5, 5, 5] if @settings#deep else [1 + 2] + @rest"
+    src = write_bundle(
+        tmp_path / "b",
+        network_def=network_def,
+        inference_extra={"settings": {"deep": False}, "rest": [3, 3]},
+    )
+    bundle = import_monai_bundle(src, registry, task="liver_ct")
+    assert list(bundle.card.architecture["kwargs"]["kernel_size"]) == [3, 3, 3]
+    for code, reason in (
+        ("$__import__('os').system('true')", "Call"),
+        ("$torch.float32", "Attribute"),
+        ("$[0] * 10**9", "arithmetic on a list"),
+        ("$2 ** 10000", "a power that large"),
+        ("$(lambda: 1)()", "Call"),
+    ):
+        bad = dict(DYNUNET_DEF)
+        bad["kernel_size"] = code
+        folder = write_bundle(tmp_path / f"bad{len(code)}{reason[:3]}", network_def=bad)
+        with pytest.raises(BundleImportError, match=f"is not allowed .*{reason}"):
+            import_monai_bundle(folder, registry, task="liver_ct")
