@@ -1,13 +1,22 @@
 """Mask -> DICOM Segmentation (highdicom), aligned with the source series slice for slice.
 
-:func:`write_seg` takes the files of the source series, a label map on the grid that
+:func:`write_seg` takes the files of the source series, a mask on the grid that
 :func:`dicom_bridge.volume.load_series_volume` returns for those files, the segment
 descriptions and the model that made it, and returns a :class:`highdicom.seg.Segmentation`
 (a pydicom ``Dataset``; ``seg.save_as(path)`` writes it).
 
-Slice order. The mask's axes are ``(slice, row, column)`` with the slice index increasing
-along the image-plane normal ``row_direction x column_direction``, which may be the reverse
-of the order the files were stored or numbered in. :func:`read_source_grid` recomputes
+The mask. Either a label map, a 3-D integer array ``(slice, row, column)`` whose values are
+the segments' ``label_index`` (0: background; segments cannot overlap), or segment masks,
+a 4-D array ``(S, slice, row, column)`` of bool (or integer 0/1) where ``mask[i]`` is the
+binary mask of the segment with ``label_index == i + 1``; there ``S`` equals the number of
+segment descriptions, segments may overlap (a voxel in several segments is in each of
+their frames), and only a BINARY SEG can hold them (LABELMAP is refused). The rule is
+:mod:`dicom_bridge.segment_masks`.
+
+Slice order. The axes of the label map (of each segment mask) are ``(slice, row, column)``
+with the slice index increasing along the image-plane normal ``row_direction x
+column_direction``, which may be the reverse of the order the files were stored or
+numbered in. :func:`read_source_grid` recomputes
 that order from the headers alone (no pixel data is decoded): it sorts the frames by their
 position along the normal, exactly as ``load_series_volume`` orders its slices. The source
 images are then handed to highdicom in that order, so ``mask[k]`` is the segmentation of
@@ -80,6 +89,7 @@ from dicom_bridge.codes import (
 )
 from dicom_bridge.errors import DicomBridgeError, InvalidUIDError
 from dicom_bridge.patient import sanitized_sources
+from dicom_bridge.segment_masks import SegmentMasks, is_segment_masks
 from dicom_bridge.sop_classes import VOLUME_CLASSES
 from dicom_bridge.uids import validate_uid
 
@@ -544,10 +554,12 @@ def write_seg(
     *,
     slice_uids: Sequence[str] | None = None,
 ) -> hd.seg.Segmentation:
-    """Build the SEG of ``mask`` (a label map on the source volume grid, see module doc).
+    """Build the SEG of ``mask`` (a label map, or segment masks, on the source volume
+    grid, see module doc).
 
-    ``segments`` describe every non-zero value of ``mask``; segments with no voxels are
-    still described (a model that finds no tumour says so). ``slice_uids``, when given
+    ``segments`` describe every non-zero value of a label map (every segment mask of
+    segment masks); segments with no voxels are still described (a model that finds no
+    tumour says so). ``slice_uids``, when given
     (``SeriesVolume.sop_instance_uids``), must match the slice order found here.
     """
     options = options or SegOptions()
@@ -558,8 +570,33 @@ def write_seg(
             f"({len(slice_uids)} given, {len(grid.sop_instance_uids)} found)"
         )
     kind = SegmentationType(options.segmentation_type)
-    labels = _check_mask(mask, grid.shape)
-    ordered = _check_segments(segments, labels, kind)
+    pixels: np.ndarray
+    if is_segment_masks(mask):
+        if kind is not SegmentationType.BINARY:
+            raise SegmentationWriteError(
+                f"a {kind.value} SEG cannot hold overlapping segments: segment masks "
+                "(a 4D mask, one binary mask per segment) need segmentation_type BINARY"
+            )
+        stack = SegmentMasks.from_array(
+            mask,
+            [s.label_index for s in segments],
+            error=SegmentationWriteError,
+            grid_shape=grid.shape,
+        )
+        ordered = _check_segments(segments, None, kind)
+        # highdicom's stacked-segments form; for a multi-frame source in stored frame order
+        pixels = stack.stacked_frames(grid.frame_numbers)
+    else:
+        labels = _check_mask(mask, grid.shape)
+        ordered = _check_segments(segments, labels, kind)
+        if grid.frame_numbers is not None:
+            # highdicom pairs pixel_array[j] with stored frame j+1 of a multi-frame source.
+            stored = np.empty_like(labels)
+            for k, frame_number in enumerate(grid.frame_numbers):
+                stored[frame_number - 1] = labels[k]
+            pixels = stored
+        else:
+            pixels = labels
     family = algorithm.family.to_coded_concept()
     algorithm_id = hd.AlgorithmIdentificationSequence(
         name=algorithm.name,
@@ -569,14 +606,6 @@ def write_seg(
         parameters=algorithm.parameters(options.research_only),
     )
     descriptions = [_segment_description(s, algorithm_id) for s in ordered]
-    if grid.frame_numbers is not None:
-        # highdicom pairs pixel_array[j] with stored frame j+1 of a multi-frame source.
-        stored = np.empty_like(labels)
-        for k, frame_number in enumerate(grid.frame_numbers):
-            stored[frame_number - 1] = labels[k]
-        pixels = stored
-    else:
-        pixels = labels
     sentence = provenance_sentence(algorithm, options.research_only)
     equipment = hd.ContributingEquipment(
         manufacturer=options.manufacturer,
@@ -628,7 +657,10 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 
 def _check_mask(mask: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     if not isinstance(mask, np.ndarray) or mask.ndim != 3:
-        raise SegmentationWriteError("mask must be a 3D numpy array (slice, row, column)")
+        raise SegmentationWriteError(
+            "mask must be a 3D label map (slice, row, column) or 4D segment masks "
+            "(segment, slice, row, column)"
+        )
     if tuple(mask.shape) != shape:
         raise SegmentationWriteError(
             f"mask has shape {tuple(mask.shape)}, the source volume grid is {shape}"
@@ -644,8 +676,10 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def _check_segments(
-    segments: Sequence[SegmentDescription], labels: np.ndarray, kind: SegmentationType
+    segments: Sequence[SegmentDescription], labels: np.ndarray | None, kind: SegmentationType
 ) -> list[SegmentDescription]:
+    """The segments by label index, checked; ``labels``: the label map (None: segment
+    masks, whose shape :class:`SegmentMasks` has checked against the segments)."""
     if not segments:
         raise SegmentationWriteError("at least one segment description is needed")
     ordered = sorted(segments, key=lambda s: s.label_index)
@@ -656,6 +690,8 @@ def _check_segments(
         raise SegmentationWriteError(
             f"a BINARY SEG needs label indices 1..{len(numbers)}, not {numbers}"
         )
+    if labels is None:
+        return ordered
     present = np.flatnonzero(np.bincount(labels.ravel(), minlength=1))
     undescribed = sorted(set(present.tolist()) - {0, *numbers})
     if undescribed:

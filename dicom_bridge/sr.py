@@ -1,6 +1,6 @@
 """Measurement report: a TID 1500 Comprehensive 3D SR (highdicom) that references a SEG.
 
-:func:`write_sr` measures the label map that the SEG was written from and returns a
+:func:`write_sr` measures the mask that the SEG was written from and returns a
 :class:`highdicom.sr.Comprehensive3DSR` with one "Volumetric ROI Measurements" group
 (TID 1411) per segment. Each group references its segment in the SEG (by SOP Instance UID
 and segment number, with the source series), names the finding with the segment's coded
@@ -23,6 +23,10 @@ name, version, family "Artificial Intelligence", parameters ``weights_sha256=...
   among the per-slice 2D hull vertices of the first and last voxel of each row run. The
   definition is repeated in the measurement's algorithm parameters, so a reader of the
   SR sees it. With no lesion, the count is 0 and no diameter is given.
+
+The mask is a label map or, for overlapping segments, one binary mask per segment
+(:mod:`dicom_bridge.segment_masks`); every segment is measured on its own voxels, so a
+voxel shared by overlapping segments counts in each of them.
 
 Research-use labelling of the SR: SeriesDescription starts with
 :data:`dicom_bridge.seg.RESEARCH_MARKER`; PreliminaryFlag is ``PRELIMINARY`` and
@@ -74,6 +78,7 @@ from dicom_bridge.seg import (
     sanitized_warnings,
     series_description,
 )
+from dicom_bridge.segment_masks import SegmentMasks, is_segment_masks
 from dicom_bridge.sop_classes import (
     CT_IMAGE,
     ENHANCED_CT,
@@ -164,17 +169,38 @@ def measure_segments(
     *,
     connectivity: int = 26,
 ) -> tuple[SegmentMeasurements, ...]:
-    """Volume of every segment, and lesion count and diameter of the lesion segments."""
+    """Volume of every segment, and lesion count and diameter of the lesion segments.
+
+    ``mask`` is a label map ``(slice, row, column)`` or segment masks ``(S, slice, row,
+    column)`` (:mod:`dicom_bridge.segment_masks`); with segment masks every segment is
+    measured on its own mask, so a voxel shared by overlapping segments counts in each."""
     affine = _check_affine(affine)
-    if mask.ndim != 3:
-        raise ReportWriteError("mask must be a 3D label map (slice, row, column)")
+    stack: SegmentMasks | None = None
+    if is_segment_masks(mask):
+        stack = SegmentMasks.from_array(
+            mask, [s.label_index for s in segments], error=ReportWriteError
+        )
+    elif mask.ndim != 3:
+        raise ReportWriteError(
+            "mask must be a 3D label map (slice, row, column) or 4D segment masks "
+            "(segment, slice, row, column)"
+        )
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    counts = np.bincount(np.asarray(mask).ravel().astype(np.int64, copy=False))
+    counts = (
+        np.bincount(np.asarray(mask).ravel().astype(np.int64, copy=False))
+        if stack is None
+        else np.zeros(0, dtype=np.int64)
+    )
     out = []
     for segment in sorted(segments, key=lambda s: s.label_index):
-        n = int(counts[segment.label_index]) if segment.label_index < counts.size else 0
+        if stack is None:
+            binary = mask == segment.label_index
+            n = int(counts[segment.label_index]) if segment.label_index < counts.size else 0
+        else:
+            binary = stack.segment(segment.label_index)
+            n = stack.voxel_count(segment.label_index)
         lesions = (
-            lesion_statistics(mask == segment.label_index, affine, connectivity=connectivity)
+            lesion_statistics(binary, affine, connectivity=connectivity)
             if segment.is_lesion
             else None
         )
@@ -198,12 +224,16 @@ def write_sr(
     algorithm: AlgorithmInfo,
     options: SrOptions | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 report of ``mask`` (the label map written into ``seg``)."""
+    """The TID 1500 report of ``mask`` (the label map or segment masks written into
+    ``seg``; see :func:`measure_segments`)."""
     options = options or SrOptions()
     seg_ds = seg if isinstance(seg, Dataset) else dcmread(Path(seg), stop_before_pixels=True)
     if str(seg_ds.get("SOPClassUID", "")) not in SEGMENTATION_CLASSES:
         raise ReportWriteError("the referenced object is not a DICOM Segmentation")
-    if mask.ndim != 3 or tuple(mask.shape[1:]) != (int(seg_ds.Rows), int(seg_ds.Columns)):
+    if mask.ndim not in (3, 4) or tuple(mask.shape[-2:]) != (
+        int(seg_ds.Rows),
+        int(seg_ds.Columns),
+    ):
         raise ReportWriteError("mask rows/columns do not match the SEG")
     described = {int(item.SegmentNumber) for item in seg_ds.SegmentSequence}
     missing = sorted({s.label_index for s in segments} - described)

@@ -704,3 +704,179 @@ def test_multiframe_enhanced_ct_stored_against_the_normal(tmp_path: Path) -> Non
         assert_missing_frames_are_empty=True,
     )
     np.testing.assert_array_equal(by_frame, mask)
+
+
+# --- overlapping segments (one binary mask per segment) ---------------------------------------
+
+#: The MONAI BraTS bundle's outputs, in its channel order: whole tumour contains tumour
+#: core, which contains enhancing tumour.
+BRATS_SEGMENTS = (
+    SegmentDescription(1, "Tumour core", C.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, C.GLIOMA, C.BRAIN),
+    SegmentDescription(2, "Whole tumour", C.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, C.GLIOMA, C.BRAIN),
+    SegmentDescription(
+        3, "Enhancing tumour", C.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, C.GLIOMA, C.BRAIN
+    ),
+)
+
+
+def nested_masks(
+    shape: tuple[int, int, int], centre: tuple[float, float, float], radii: Sequence[float]
+) -> np.ndarray:
+    """Concentric balls (radii in voxels) around ``centre``, one bool mask per radius."""
+    s, r, c = np.indices(shape, dtype=np.float64)
+    distance = np.sqrt((s - centre[0]) ** 2 + (r - centre[1]) ** 2 + (c - centre[2]) ** 2)
+    return np.stack([distance <= radius for radius in radii])
+
+
+def brats_masks(shape: tuple[int, int, int]) -> np.ndarray:
+    """(core, whole, enhancing) off-centre so that flips and transposes show; whole >
+    core > enhancing > 0 voxels, and some slices hold only the whole tumour."""
+    masks = nested_masks(shape, (shape[0] / 2 - 0.3, shape[1] / 2 + 1.2, shape[2] / 3), (3, 5, 1.5))
+    assert (masks[1] >= masks[0]).all() and (masks[0] >= masks[2]).all()
+    assert masks[1].sum() > masks[0].sum() > masks[2].sum() > 0
+    return masks
+
+
+def assert_same_segments(stacked: np.ndarray, masks: np.ndarray) -> None:
+    """highdicom's (slices, rows, columns, segments) pixels equal the (S, ...) masks."""
+    assert stacked.shape == (*masks.shape[1:], masks.shape[0])
+    for i in range(masks.shape[0]):
+        np.testing.assert_array_equal(stacked[..., i].astype(bool), masks[i], err_msg=f"seg {i}")
+
+
+@pytest.mark.parametrize("name", ["axial-reversed-files", "axial-against-normal", "oblique"])
+def test_overlapping_segment_masks_round_trip(tmp_path: Path, name: str) -> None:
+    paths, _ = make_series(tmp_path / "ct", *GEOMETRIES[name], modality="MR")
+    volume = load_series_volume(paths)
+    masks = brats_masks(volume.shape)
+
+    seg = write_seg(paths, masks, BRATS_SEGMENTS, ALGORITHM, slice_uids=volume.sop_instance_uids)
+    seg.save_as(tmp_path / "seg.dcm")
+
+    assert seg.SOPClassUID == SEGMENTATION and seg.SegmentationType == "BINARY"
+    assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == [1, 2, 3]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [s.label for s in BRATS_SEGMENTS]
+    # one frame per non-empty (slice, segment), each referencing its source image
+    expected = {
+        (volume.sop_instance_uids[k], i + 1)
+        for i in range(3)
+        for k in range(volume.shape[0])
+        if masks[i, k].any()
+    }
+    got = {
+        (uid, int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber))
+        for uid, item in zip(_frame_sources(seg), seg.PerFrameFunctionalGroupsSequence, strict=True)
+    }
+    assert got == expected and seg.NumberOfFrames == len(expected)
+
+    reread = hd.seg.segread(tmp_path / "seg.dcm")
+    stacked = reread.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(volume.sop_instance_uids),
+        assert_missing_frames_are_empty=True,
+    )
+    assert_same_segments(stacked, masks)
+    overlap = stacked.astype(bool).sum(axis=-1)
+    assert overlap.max() == 3  # the enhancing tumour lies in all three segments
+    assert int(np.count_nonzero(overlap == 3)) == int(masks[2].sum())
+
+    # the same masks as uint8 0/1 give the same frames
+    as_uint8 = write_seg(paths, masks.astype(np.uint8), BRATS_SEGMENTS, ALGORITHM)
+    assert as_uint8.NumberOfFrames == seg.NumberOfFrames
+    assert as_uint8.PixelData == seg.PixelData
+
+    # a label map cannot hold them: the reader says so instead of dropping voxels
+    with pytest.raises(SegmentationReadError, match="overlap"):
+        read_seg_labelmap(tmp_path / "seg.dcm", paths)
+
+
+def test_overlapping_segment_masks_keep_empty_frames_on_request(
+    ct: tuple[list[Path], np.ndarray],
+) -> None:
+    paths, _ = ct
+    shape = load_series_volume(paths).shape
+    masks = brats_masks(shape)
+    masks[2] = False  # a model that finds no enhancing tumour still describes it
+    seg = write_seg(paths, masks, BRATS_SEGMENTS, ALGORITHM, SegOptions(omit_empty_frames=False))
+    assert seg.NumberOfFrames == shape[0] * 3
+    assert len(seg.SegmentSequence) == 3
+    omitted = write_seg(paths, masks, BRATS_SEGMENTS, ALGORITHM)
+    assert omitted.NumberOfFrames == sum(
+        int(np.count_nonzero(m.reshape(shape[0], -1).any(axis=1))) for m in masks
+    )
+
+
+def test_overlapping_segment_masks_are_refused_when_they_do_not_fit(
+    ct: tuple[list[Path], np.ndarray],
+) -> None:
+    paths, _ = ct
+    shape = load_series_volume(paths).shape
+    masks = brats_masks(shape)
+    cases: list[tuple[str, object]] = [
+        (
+            "LABELMAP SEG cannot hold overlapping segments",
+            lambda: write_seg(
+                paths, masks, BRATS_SEGMENTS, ALGORITHM, SegOptions(segmentation_type="LABELMAP")
+            ),
+        ),
+        (
+            "3 segment masks but 2 segment descriptions",
+            lambda: write_seg(paths, masks, BRATS_SEGMENTS[:2], ALGORITHM),
+        ),
+        (
+            "2 segment masks but 3 segment descriptions",
+            lambda: write_seg(paths, masks[:2], BRATS_SEGMENTS, ALGORITHM),
+        ),
+        (
+            r"label indices 1\.\.3",
+            lambda: write_seg(
+                paths,
+                masks,
+                (
+                    *BRATS_SEGMENTS[:2],
+                    SegmentDescription(4, "x", C.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, C.GLIOMA),
+                ),
+                ALGORITHM,
+            ),
+        ),
+        ("only 0 and 1", lambda: write_seg(paths, masks * np.uint8(2), BRATS_SEGMENTS, ALGORITHM)),
+        (
+            "bool or integer",
+            lambda: write_seg(paths, masks.astype(np.float32), BRATS_SEGMENTS, ALGORITHM),
+        ),
+        (
+            "source volume grid",
+            lambda: write_seg(paths, masks[:, 1:], BRATS_SEGMENTS, ALGORITHM),
+        ),
+    ]
+    for text, call in cases:
+        with pytest.raises(SegmentationWriteError, match=text) as info:
+            call()  # type: ignore[operator]
+        for word in PATIENT_WORDS:
+            assert word not in str(info.value)
+
+
+def test_overlapping_segments_on_a_multiframe_enhanced_ct(tmp_path: Path) -> None:
+    source = require_data(SHARED_DATA / "transfer_syntaxes/pydicom_data/eCT_Supplemental.dcm")
+    volume = load_series_volume([source])
+    assert volume.affine[2, 0] < 0  # stored frame 2 is slice 0: the masks must be permuted
+    assert volume.shape[0] == 2
+    masks = np.zeros((3, *volume.shape), dtype=bool)
+    masks[1, 0, 100:220, 150:300] = True  # whole tumour: both slices
+    masks[1, 1, 110:200, 160:280] = True
+    masks[0, 0, 120:200, 170:260] = True  # core: slice 0 only
+    masks[2, 0, 140:160, 200:230] = True  # enhancing: inside the core
+    assert (masks[1] >= masks[0]).all() and (masks[0] >= masks[2]).all()
+
+    seg = write_seg([source], masks, BRATS_SEGMENTS, ALGORITHM, slice_uids=volume.sop_instance_uids)
+    seg.save_as(tmp_path / "seg.dcm")
+
+    assert seg.NumberOfFrames == 4  # whole x 2, core x 1, enhancing x 1
+    reread = hd.seg.segread(tmp_path / "seg.dcm")
+    by_frame = reread.get_pixels_by_source_frame(
+        str(dcmread(source, stop_before_pixels=True).SOPInstanceUID),
+        source_frame_numbers=[2, 1],  # slice order: stored frame 2 first
+        assert_missing_frames_are_empty=True,
+    )
+    assert_same_segments(by_frame, masks)
+    with pytest.raises(SegmentationReadError, match="overlap"):
+        read_seg_labelmap(tmp_path / "seg.dcm", [source])

@@ -298,3 +298,82 @@ def test_report_on_a_labelmap_seg(
     labelmap = write_seg(paths, mask, SEGMENTS, ALGORITHM, SegOptions(segmentation_type="LABELMAP"))
     sr = write_sr(labelmap, mask, affine, SEGMENTS, ALGORITHM)
     assert [g["segment"] for g in _groups(sr)] == [1, 2]
+
+
+# --- overlapping segments (one binary mask per segment) ---------------------------------------
+
+BRATS_SEGMENTS = (
+    SegmentDescription(1, "Tumour core", C.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, C.GLIOMA, C.BRAIN),
+    SegmentDescription(2, "Whole tumour", C.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, C.GLIOMA, C.BRAIN),
+    SegmentDescription(3, "Enhancing tumour", C.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, C.GLIOMA),
+)
+
+
+def brats_masks(shape: tuple[int, int, int]) -> np.ndarray:
+    """(core, whole, enhancing): concentric balls, plus a second small enhancing focus
+    inside the core so that the lesion count differs between segments."""
+    s, r, c = np.indices(shape, dtype=np.float64)
+    centre = (shape[0] / 2, shape[1] / 2, shape[2] / 2)
+    distance = np.sqrt((s - centre[0]) ** 2 + (r - centre[1]) ** 2 + (c - centre[2]) ** 2)
+    masks = np.stack([distance <= 4.5, distance <= 7.0, distance <= 1.5])
+    focus = (int(centre[0]), int(centre[1]) + 3, int(centre[2]) + 3)
+    assert masks[0][focus] and not masks[2][focus]
+    masks[2][focus] = True
+    return masks
+
+
+def test_measure_segments_on_overlapping_masks() -> None:
+    masks = brats_masks((12, 20, 20))
+    core, whole, enhancing = masks
+    assert (whole >= core).all() and (core >= enhancing).all()
+    affine = _affine((2.0, 0.5, 0.75), rotate=True)
+    voxel_ml = 2.0 * 0.5 * 0.75 / 1000
+    measured = measure_segments(masks, affine, BRATS_SEGMENTS)
+    assert [m.label_index for m in measured] == [1, 2, 3]
+    for m, binary in zip(measured, masks, strict=True):
+        # every segment on its own mask: shared voxels count in each segment
+        assert m.voxel_count == int(np.count_nonzero(binary))
+        assert m.volume_ml == pytest.approx(m.voxel_count * voxel_ml)
+        assert m.lesions == lesion_statistics(binary, affine)
+    core_m, whole_m, enhancing_m = measured
+    assert whole_m.volume_ml > core_m.volume_ml > enhancing_m.volume_ml > 0
+    assert core_m.lesions is not None and core_m.lesions.count == 1
+    assert enhancing_m.lesions is not None and enhancing_m.lesions.count == 2
+    # uint8 0/1 and segments given in any order: the same
+    assert measure_segments(masks.astype(np.uint8), affine, BRATS_SEGMENTS[::-1]) == measured
+
+
+def test_report_on_overlapping_segments(tmp_path: Path) -> None:
+    geometry = SeriesGeometry(slices=12, rows=20, columns=20, slice_spacing=-2.0)
+    paths = write_series(tmp_path, geometry)
+    volume = load_series_volume(paths)
+    masks = brats_masks(volume.shape)
+    seg = write_seg(paths, masks, BRATS_SEGMENTS, ALGORITHM)
+    sr = write_sr(seg, masks, volume.affine, BRATS_SEGMENTS, ALGORITHM)
+
+    voxel_ml = abs(np.linalg.det(volume.affine[:3, :3])) / 1000
+    groups = _groups(sr)
+    assert [g["segment"] for g in groups] == [1, 2, 3]
+    volumes: list[float] = []
+    for group, binary in zip(groups, masks, strict=True):
+        assert group["seg_uid"] == seg.SOPInstanceUID
+        measured = group["118565006"]
+        assert isinstance(measured, tuple)
+        value, unit = measured
+        assert unit == "cm3"
+        assert value == pytest.approx(np.count_nonzero(binary) * voxel_ml, abs=1e-4)
+        volumes.append(value)
+        largest = lesion_statistics(binary, volume.affine).largest_diameter_mm
+        assert group["81827009"] == (pytest.approx(largest, abs=0.01), "mm")
+    core, whole, enhancing = volumes
+    assert whole >= core >= enhancing > 0
+    assert [g["246206008"] for g in groups] == [(1.0, "1"), (1.0, "1"), (2.0, "1")]
+
+    with pytest.raises(ReportWriteError, match="3 segment masks but 2 segment descriptions"):
+        write_sr(seg, masks, volume.affine, BRATS_SEGMENTS[:2], ALGORITHM)
+    with pytest.raises(ReportWriteError, match="only 0 and 1"):
+        write_sr(seg, masks * np.uint8(2), volume.affine, BRATS_SEGMENTS, ALGORITHM)
+    with pytest.raises(ReportWriteError, match="rows/columns"):
+        write_sr(seg, masks[..., 1:], volume.affine, BRATS_SEGMENTS, ALGORITHM)
+    with pytest.raises(ReportWriteError, match=r"3D label map .* or 4D segment masks"):
+        measure_segments(masks[0, 0], volume.affine, BRATS_SEGMENTS[:1])

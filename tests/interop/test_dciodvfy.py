@@ -21,9 +21,11 @@ from dicom_bridge.sr import write_sr
 from dicom_bridge.volume import load_series_volume
 from tests.dicom_bridge.test_seg import (
     ALGORITHM,
+    BRATS_SEGMENTS,
     GEOMETRIES,
     SEGMENTS,
     TOTALSEG,
+    brats_masks,
     make_series,
     totalseg_liver_mask,
 )
@@ -84,6 +86,31 @@ def test_seg_variants_are_valid(tmp_path: Path) -> None:
         algorithm = ALGORITHM if name != "no-round" else AlgorithmInfo("liver", "1.2", "0" * 64)
         write_seg(paths, values, SEGMENTS, algorithm, options).save_as(tmp_path / f"{name}.dcm")
         _assert_valid(tmp_path / f"{name}.dcm", "Segmentation")
+
+
+@pytest.mark.parametrize("name", ["axial", "oblique"])
+def test_overlapping_segments_seg_and_sr_are_valid(tmp_path: Path, name: str) -> None:
+    """Segment masks (whole tumour > core > enhancing): a BINARY SEG whose frames overlap
+    is as valid as the label-map SEG of the same series, and so is its SR."""
+    require_program("dciodvfy")
+    paths, mask = make_series(tmp_path / "src", *GEOMETRIES[name], modality="MR")
+    volume = load_series_volume(paths)
+    masks = brats_masks(volume.shape)
+    write_seg(paths, mask, SEGMENTS, ALGORITHM).save_as(tmp_path / "labelmap.dcm")
+    _assert_valid(tmp_path / "labelmap.dcm", "Segmentation")
+
+    seg = write_seg(paths, masks, BRATS_SEGMENTS, ALGORITHM, slice_uids=volume.sop_instance_uids)
+    seg.save_as(tmp_path / "overlap.dcm")
+    _assert_valid(tmp_path / "overlap.dcm", "Segmentation")
+    all_frames = write_seg(
+        paths, masks, BRATS_SEGMENTS, ALGORITHM, SegOptions(omit_empty_frames=False)
+    )
+    all_frames.save_as(tmp_path / "overlap-all-frames.dcm")
+    _assert_valid(tmp_path / "overlap-all-frames.dcm", "Segmentation")
+
+    sr = write_sr(seg, masks, volume.affine, BRATS_SEGMENTS, ALGORITHM)
+    sr.save_as(tmp_path / "sr.dcm")
+    _assert_valid(tmp_path / "sr.dcm", "Comprehensive3DSR")
 
 
 def test_seg_and_sr_on_the_real_j2k_ct_are_valid(tmp_path: Path) -> None:
