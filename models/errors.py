@@ -39,3 +39,8 @@ class InferenceError(ModelsError, RuntimeError):
 
 class BundleImportError(ModelsError, ValueError):
     """A MONAI bundle folder cannot be imported; the message names the file and field."""
+
+
+class ChannelMapError(BundleImportError):
+    """A bundle's output channels cannot be mapped to a task's labels, or a ``--label-map``
+    is malformed; the message says what the bundle segments and what the task needs."""

@@ -24,7 +24,10 @@ JSON layout (``format_version`` 1)::
       ],
       "architecture": {"network": "DynUNet", "kwargs": {"spatial_dims": 3, ...}},
       "preprocessing": {"target_spacing_mm": [1.5, 1.5, 2.0], "patch_size": [96, 96, 64],
-                        "intensity": {...}},
+                        "intensity": {...},
+                        "bundle": {"out_channels": 105, "activation": "softmax",
+                                   "channel_labels": {"5": 1},
+                                   "channel_def": {"0": "background", ...}}},
       "intended_use": "...", "training_data": "...",
       "metrics": {"dice_liver": 0.96},
       "federated_round": null, "parent_version": null,
@@ -49,7 +52,8 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ModelsError, SpecError
+from .channel_map import ChannelMap
+from .errors import ChannelMapError, ModelsError, SpecError
 from .tasks import Code, LabelSpec, TaskSpec
 
 #: The card layout this code writes and reads.
@@ -441,6 +445,17 @@ class ModelCard:
                         f"model card field 'preprocessing.{key}' must be three positive "
                         + ("integers" if key == "patch_size" else "numbers")
                     )
+        if "bundle" in preprocessing:
+            try:
+                channels = ChannelMap.from_card(preprocessing["bundle"])
+            except ChannelMapError as exc:
+                raise ModelCardError(f"model card field 'preprocessing.bundle': {exc}") from exc
+            unknown = set(channels.channel_labels.values()) - set(indices)
+            if unknown:
+                raise ModelCardError(
+                    "model card field 'preprocessing.bundle.channel_labels' maps to labels "
+                    f"{sorted(unknown)} that the card does not have"
+                )
         set_(self, "preprocessing", preprocessing)
 
         set_(self, "intended_use", _text(self.intended_use, "intended_use"))
@@ -502,6 +517,19 @@ class ModelCard:
     def num_classes(self) -> int:
         """Network output channels for a softmax model: background plus one per label."""
         return len(self.labels) + 1
+
+    @property
+    def channel_map(self) -> ChannelMap | None:
+        """How an imported bundle's output channels map to the labels (None: the network's
+        outputs are laid out like the task, background + one per label, softmax)."""
+        entry = self.preprocessing.get("bundle")
+        return None if entry is None else ChannelMap.from_card(entry)
+
+    @property
+    def out_channels(self) -> int:
+        """The network's output channels: the imported bundle's, else :attr:`num_classes`."""
+        channels = self.channel_map
+        return self.num_classes if channels is None else channels.out_channels
 
     @property
     def provenance(self) -> ModelProvenance:

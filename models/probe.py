@@ -9,6 +9,10 @@ input: the task's channel count, at the smallest cube the architecture accepts (
 :data:`PROBE_MIN_SIDE` voxels). The output must be one finite tensor with a channel per
 class and the input's spatial shape. Every failure is a :class:`BundleProbeError` that
 names the bundle and why.
+
+:func:`run_probe` is the forward pass itself; the MONAI bundle importer
+(:mod:`models.bundle_import`) runs it at the shape the bundle declares (its inferer's
+``roi_size``).
 """
 
 from __future__ import annotations
@@ -68,19 +72,55 @@ def probe_shape(architecture: Mapping[str, Any], in_channels: int) -> tuple[int,
 
 
 def _task_channels(bundle: ModelBundle) -> tuple[int, int | None]:
-    """(input channels, output classes or None) from the task spec, else the card."""
+    """(input channels, output channels or None) from the task spec, else the card; an
+    imported bundle's own output channels (``preprocessing.bundle``) win."""
+    card = bundle.card
     try:
         spec = get_task(bundle.task)
     except (ModelsError, KeyError, ValueError):
-        kwargs = thaw(bundle.card.architecture.get("kwargs", {}))
+        kwargs = thaw(card.architecture.get("kwargs", {}))
         channels = kwargs.get("in_channels", 1) if isinstance(kwargs, dict) else 1
-        return (channels if isinstance(channels, int) and channels > 0 else 1), None
-    return spec.in_channels, spec.num_classes
+        in_channels = channels if isinstance(channels, int) and channels > 0 else 1
+        return in_channels, card.out_channels if card.channel_map is not None else None
+    return spec.in_channels, card.out_channels
+
+
+def run_probe(
+    network: torch.nn.Module, shape: Sequence[int], out_channels: int | None, what: str
+) -> None:
+    """One forward pass of ``network`` (on the CPU, in eval mode) under ``torch.no_grad``
+    on a seeded random input of ``shape`` ``(1, channels, *spatial)``: the output must be
+    one finite tensor with ``out_channels`` channels (any, when None) and the input's
+    spatial shape. :class:`BundleProbeError` naming ``what`` otherwise."""
+    shape = tuple(shape)
+    generator = torch.Generator().manual_seed(0)
+    network.eval()
+    try:
+        with torch.no_grad():
+            output = network(torch.randn(shape, generator=generator))
+    except Exception as exc:  # any torch/MONAI error in forward: the network does not run
+        raise BundleProbeError(
+            f"{what}: a forward pass on a {list(shape)} input failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if isinstance(output, (list, tuple)) and output:
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise BundleProbeError(f"{what}: the network did not return a tensor")
+    channels = out_channels if out_channels is not None else output.shape[1]
+    expected = (1, channels, *shape[2:])
+    if tuple(output.shape) != expected:
+        raise BundleProbeError(
+            f"{what}: a {list(shape)} input gave an output of shape "
+            f"{list(output.shape)}, expected {list(expected)}"
+        )
+    if not bool(torch.isfinite(output).all()):
+        raise BundleProbeError(f"{what}: the network's output is not finite")
 
 
 def probe_bundle(registry: ModelRegistry, bundle: ModelBundle) -> None:
-    """Load ``bundle`` on the CPU and run one forward pass; raise :class:`BundleProbeError`
-    (or the registry's integrity errors) when it does not load or run."""
+    """Load ``bundle`` on the CPU and run one forward pass (:func:`run_probe`) on the
+    smallest cube its architecture accepts; raise :class:`BundleProbeError` (or the
+    registry's integrity errors) when it does not load or run."""
     try:
         network = registry.load_network(bundle, "cpu")
     except RegistryError:
@@ -89,24 +129,4 @@ def probe_bundle(registry: ModelRegistry, bundle: ModelBundle) -> None:
         raise BundleProbeError(str(exc)) from exc
     in_channels, classes = _task_channels(bundle)
     shape = probe_shape(bundle.card.architecture, in_channels)
-    generator = torch.Generator().manual_seed(0)
-    try:
-        with torch.no_grad():
-            output = network(torch.randn(shape, generator=generator))
-    except Exception as exc:  # any torch/MONAI error in forward: the network does not run
-        raise BundleProbeError(
-            f"model {bundle.ref}: a forward pass on a {list(shape)} input failed: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    if isinstance(output, (list, tuple)) and output:
-        output = output[0]
-    if not isinstance(output, torch.Tensor):
-        raise BundleProbeError(f"model {bundle.ref}: the network did not return a tensor")
-    expected = (1, classes if classes is not None else output.shape[1], *shape[2:])
-    if tuple(output.shape) != expected:
-        raise BundleProbeError(
-            f"model {bundle.ref}: a {list(shape)} input gave an output of shape "
-            f"{list(output.shape)}, expected {list(expected)}"
-        )
-    if not bool(torch.isfinite(output).all()):
-        raise BundleProbeError(f"model {bundle.ref}: the network's output is not finite")
+    run_probe(network, shape, classes, f"model {bundle.ref}")

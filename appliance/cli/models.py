@@ -161,20 +161,45 @@ def import_model(
         str | None,
         typer.Option(help="Version to register (default: from the bundle's metadata/card)."),
     ] = None,
+    label_map: Annotated[
+        str | None,
+        typer.Option(
+            "--label-map",
+            help="Which MONAI-bundle output channel is which task label, overriding the "
+            "bundle's channel_def: CHANNEL=LABEL[,...], LABEL a name or index "
+            '(e.g. "5=liver" or "5=1,6=2").',
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Import a model as a CANDIDATE (not used until activated)."""
+    from models.channel_map import parse_label_map
+    from models.errors import ChannelMapError
+
+    try:
+        overrides = parse_label_map(label_map) if label_map is not None else None
+    except ChannelMapError as exc:
+        raise fail(str(exc), code=2) from exc
     cfg = load(config)
     from appliance.errors import ModelImportError, StoreError
-    from appliance.site_models.registry import import_bundle
+    from appliance.site_models.registry import import_bundle, registry_for
 
     store = open_store(cfg)
     try:
-        record = import_bundle(store, cfg, path, task=task, version=version)
+        record = import_bundle(store, cfg, path, task=task, version=version, label_map=overrides)
     except (ModelImportError, StoreError) as exc:
         raise fail(str(exc)) from exc
     finally:
         store.close()
+    card = registry_for(cfg).get(record.task, record.version).card
+    missing = card.source.get("missing_labels") or ()
+    if missing:
+        typer.echo(
+            f"warning: {record.task}/{record.version} has no output channel for "
+            f"{', '.join(missing)}: its results will never contain "
+            f"{' or '.join(missing)} segments",
+            err=True,
+        )
     typer.echo(
         f"imported {record.task}/{record.version} (sha256 {record.weights_sha256[:12]}) as a "
         "candidate; activate it with appliance models activate "

@@ -67,9 +67,20 @@ def _record(
 
 
 def import_bundle(
-    store: Store, config: AppConfig, src: Path, *, task: str, version: str | None = None
+    store: Store,
+    config: AppConfig,
+    src: Path,
+    *,
+    task: str,
+    version: str | None = None,
+    label_map: Mapping[int, str] | None = None,
 ) -> ModelRecord:
-    """Import ``src`` (MONAI bundle or registry bundle folder) as a CANDIDATE of ``task``."""
+    """Import ``src`` (MONAI bundle or registry bundle folder) as a CANDIDATE of ``task``.
+
+    ``label_map`` (output channel -> label name or index, see
+    :func:`models.channel_map.parse_label_map`) overrides how a MONAI bundle's channels
+    map to the task's labels; it is refused for a registry bundle, whose card already
+    says."""
     src = Path(src)
     if not src.is_dir():
         raise ModelImportError(f"{src} is not a folder")
@@ -79,8 +90,15 @@ def import_bundle(
         if version is not None:
             check_version(version)
         if config_path(src, "metadata") is not None:
-            bundle = import_monai_bundle(src, registry, task=task, version=version)
+            bundle = import_monai_bundle(
+                src, registry, task=task, version=version, label_map=label_map
+            )
             origin = "monai_bundle"
+        elif label_map:
+            raise ModelImportError(
+                f"{src.name}: --label-map applies to MONAI bundles only; a registry bundle's "
+                "card already maps its channels"
+            )
         elif (src / CARD_FILE).is_file():
             bundle = _copy_registry_bundle(registry, src, task=task, version=version)
             origin = "registry_bundle"

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 import torch
+import yaml
 from monai.networks.nets import DynUNet, UNet
 
 from models.bundle_import import (
@@ -19,7 +19,7 @@ from models.bundle_import import (
     import_monai_bundle,
     read_monai_bundle,
 )
-from models.model_card import CardLabel, InvalidNameError, labels_for_task
+from models.model_card import CardLabel, InvalidNameError, labels_for_task, thaw
 from models.registry import (
     BundleExistsError,
     ModelRegistry,
@@ -27,6 +27,7 @@ from models.registry import (
     build_network,
 )
 from models.tasks import GLIOMA_MR_SPEC, LIVER_CT_SPEC, Code
+from tests.models.zoo import NONCOMMERCIAL_ZOO, zoo_bundle, zoo_configs
 
 DYNUNET_DEF: dict[str, Any] = {
     "_target_": "DynUNet",
@@ -417,7 +418,11 @@ def test_network_def_problems_are_named(tmp_path: Path, registry: ModelRegistry)
     with pytest.raises(BundleImportError, match="_target_"):
         read_monai_bundle(src)
     src = write_bundle(tmp_path / "d", network_def={**DYNUNET_DEF, "no_such_argument": 1})
-    with pytest.raises(BundleImportError, match="could not build DynUNet"):
+    with pytest.raises(
+        BundleImportError,
+        match=r"DynUNet in the installed MONAI 1\.6\.\d+ has no argument 'no_such_argument' "
+        r"\(the bundle was written for MONAI 1\.6\.1\)",
+    ):
         read_monai_bundle(src)
 
 
@@ -479,7 +484,7 @@ def test_yaml_configs_are_read_with_the_safe_loader(
     (other / "configs" / "inference.yaml").write_text(
         "network_def: !!python/object/apply:os.system ['true']\n"
     )
-    with pytest.raises(BundleImportError, match="inference.yaml is not valid YAML"):
+    with pytest.raises(BundleImportError, match=r"inference\.yaml is not valid YAML"):
         import_monai_bundle(other, registry, task="liver_ct")
     (other / "configs" / "inference.yaml").write_text("a: 1\na: 2\n")
     with pytest.raises(BundleImportError, match="duplicate key 'a'"):
@@ -510,3 +515,163 @@ def test_plain_expressions_are_evaluated_and_code_is_refused(
         folder = write_bundle(tmp_path / f"bad{len(code)}{reason[:3]}", network_def=bad)
         with pytest.raises(BundleImportError, match=f"is not allowed .*{reason}"):
             import_monai_bundle(folder, registry, task="liver_ct")
+
+
+# -- channels, MONAI versions, the forward pass at the declared shape ----------------------
+
+
+def test_card_records_the_channel_mapping_and_monai_versions(
+    tmp_path: Path, registry: ModelRegistry
+) -> None:
+    import monai
+
+    src = write_bundle(tmp_path / "b")  # no channel_def: laid out like the task
+    card = import_monai_bundle(src, registry, task="liver_ct").card
+    assert thaw(card.preprocessing["bundle"]) == {
+        "out_channels": 3,
+        "activation": "softmax",
+        "channel_labels": {"1": 1, "2": 2},
+        "channel_def": {},
+    }
+    assert card.source["bundle_monai_version"] == "1.6.1"
+    assert card.source["installed_monai_version"] == monai.__version__
+    assert "missing_labels" not in card.source and "translations" not in card.source
+
+
+def test_sigmoid_bundles_are_recognised_from_their_postprocessing(
+    tmp_path: Path, registry: ModelRegistry
+) -> None:
+    net = DynUNet(
+        **{**{k: v for k, v in DYNUNET_DEF.items() if k != "_target_"}, "out_channels": 1}
+    )
+    metadata = json.loads(json.dumps(METADATA))
+    metadata["network_data_format"]["outputs"]["pred"] = {"channel_def": {"0": "Whole tumor"}}
+    src = write_bundle(
+        tmp_path / "b",
+        network=net,
+        network_def={**DYNUNET_DEF, "out_channels": 1},
+        metadata=metadata,
+        inference_extra={
+            "use_sigmoid": True,
+            "postprocessing": {
+                "_target_": "Compose",
+                "transforms": [
+                    {
+                        "_target_": "monai.transforms.Activationsd",
+                        "keys": "pred",
+                        "sigmoid": "@use_sigmoid",
+                    },
+                    {"_target_": "Lambdad", "keys": "pred", "func": "$lambda x: x"},
+                ],
+            },
+        },
+    )
+    bundle = import_monai_bundle(src, registry, task="glioma_mr")
+    assert thaw(bundle.card.preprocessing["bundle"]["channel_labels"]) == {"0": 1}
+    assert bundle.card.preprocessing["bundle"]["activation"] == "sigmoid"
+
+
+SWIN_DEF_FOR_MONAI_14: dict[str, Any] = {
+    "_target_": "SwinUNETR",
+    "img_size": [96, 96, 96],
+    "in_channels": 1,
+    "out_channels": 3,
+    "feature_size": 12,
+    "spatial_dims": 3,
+}
+
+
+def test_swinunetr_img_size_is_dropped_with_a_note(tmp_path: Path, registry: ModelRegistry) -> None:
+    from monai.networks.nets import SwinUNETR
+
+    torch.manual_seed(0)
+    net = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, spatial_dims=3)
+    src = write_bundle(
+        tmp_path / "swin",
+        network=net,
+        network_def=SWIN_DEF_FOR_MONAI_14,
+        metadata={**METADATA, "monai_version": "1.4.0"},
+        inference_extra={"inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32]}},
+    )
+    note = (
+        "SwinUNETR: img_size dropped (removed in MONAI 1.5; the network takes any input "
+        "divisible by 32)"
+    )
+    read = read_monai_bundle(src)  # built and loaded strictly without img_size
+    assert "img_size" not in read.kwargs and read.translations == (note,)
+    try:
+        import einops  # noqa: F401  (SwinUNETR's forward pass needs it)
+    except ImportError:
+        pass  # the forward pass cannot run here; the registration path is tested elsewhere
+    else:
+        card = import_monai_bundle(src, registry, task="liver_ct").card
+        assert "img_size" not in card.architecture["kwargs"]
+        assert card.source["translations"] == (note,)
+        assert card.source["bundle_monai_version"] == "1.4.0"
+
+    other = {**SWIN_DEF_FOR_MONAI_14, "upsample_kernel_size": 2}
+    src = write_bundle(
+        tmp_path / "swin2",
+        network=net,
+        network_def=other,
+        metadata={**METADATA, "monai_version": "1.4.0"},
+    )
+    with pytest.raises(
+        BundleImportError,
+        match=r"SwinUNETR in the installed MONAI 1\.6\.\d+ has no argument "
+        r"'upsample_kernel_size' \(the bundle was written for MONAI 1\.4\.0\)",
+    ):
+        import_monai_bundle(src, registry, task="liver_ct")
+
+
+def test_the_network_runs_at_the_declared_shape(tmp_path: Path, registry: ModelRegistry) -> None:
+    # DynUNet with strides [1, 2, 2] needs sides divisible by 4: a 30^3 roi does not run.
+    src = write_bundle(
+        tmp_path / "a",
+        inference_extra={
+            "inferer": {"_target_": "SlidingWindowInferer", "roi_size": "@roi"},
+            "roi": [30, 30, 30],
+        },
+    )
+    with pytest.raises(
+        BundleImportError,
+        match=r"MONAI bundle a: a forward pass on a \[1, 1, 30, 30, 30\] input failed: "
+        r"RuntimeError: .*\(input shape from configs/inference\.json inferer\.roi_size\)",
+    ):
+        import_monai_bundle(src, registry, task="liver_ct")
+    assert registry.list() == []
+    metadata = json.loads(json.dumps(METADATA))
+    metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] = [1024, 1024, 1024]
+    src = write_bundle(tmp_path / "b", metadata=metadata)
+    with pytest.raises(BundleImportError, match=r"declared input \[1024, 1024, 1024\].*larger"):
+        import_monai_bundle(src, registry, task="liver_ct")
+
+
+def test_zoo_spleen_is_refused_for_liver(tmp_path: Path, registry: ModelRegistry) -> None:
+    src = zoo_bundle(tmp_path, "spleen_ct_segmentation")
+    with pytest.raises(
+        BundleImportError, match="spleen_ct_segmentation segments background, spleen"
+    ):
+        import_monai_bundle(src, registry, task="liver_ct")
+    # Named by the site, the spleen channel would be accepted (and run at 96^3).
+    card = import_monai_bundle(src, registry, task="liver_ct", label_map={1: "Liver"}).card
+    assert thaw(card.preprocessing["bundle"]["channel_labels"]) == {"1": 1}
+    assert card.source["missing_labels"] == ("Liver tumour",)
+    assert card.source["label_map_override"] == {"1": "Liver"}
+
+
+def test_zoo_multi_organ_yaml_is_refused_with_the_reason(
+    tmp_path: Path, registry: ModelRegistry
+) -> None:
+    import shutil
+
+    src = tmp_path / "multi_organ_segmentation"
+    shutil.copytree(zoo_configs("multi_organ_segmentation", NONCOMMERCIAL_ZOO), src / "configs")
+    (src / "models").mkdir()
+    torch.save({"w": torch.zeros(1)}, src / "models" / "model.pt")
+    with pytest.raises(
+        BundleImportError,
+        match=r"configs/inference\.yaml: network_def\._target_: network "
+        r"'monai\.networks\.nets\.DiNTS' is not allowed",
+    ):
+        import_monai_bundle(src, registry, task="liver_ct")

@@ -218,3 +218,73 @@ def test_activate_force_refuses_a_bundle_made_unloadable_after_import(
     code, out, _ = run(config_file, "models", "list", "--json")
     listed = {m["version"]: m["state"] for m in json.loads(out)}
     assert listed == {"1.0.0": "active", "1.1.0": "candidate"}
+
+
+# -- real model-zoo bundles (configs from ../shared/data, weights built from network_def) --
+
+
+def test_import_zoo_spleen_for_liver_is_refused_and_label_maps_are_checked(
+    tmp_path: Path, config_file: Path
+) -> None:
+    from tests.models.zoo import zoo_bundle
+
+    src = zoo_bundle(tmp_path, "spleen_ct_segmentation")
+    code, out, err = run(config_file, "models", "import", str(src), "--task", "liver_ct")
+    assert code == 1, out
+    assert (
+        "spleen_ct_segmentation segments background, spleen; task liver_ct needs Liver, "
+        "Liver tumour: no output channel for Liver (give --label-map CHANNEL=Liver if one of "
+        "the bundle's channels is liver)"
+    ) in " ".join(err.split())
+    bad = {
+        "5=liver": "channel 5 is not an output channel of spleen_ct_segmentation (0..1)",
+        "0=liver": "channel 0 is spleen_ct_segmentation's background",
+        "1=kidney": "task liver_ct has no label 'kidney'",
+        "1=9": "task liver_ct has no label '9'",
+    }
+    for label_map, message in bad.items():
+        code, _, err = run(
+            config_file,
+            "models",
+            "import",
+            str(src),
+            "--task",
+            "liver_ct",
+            "--label-map",
+            label_map,
+        )
+        assert code == 1 and message in " ".join(err.split()), (label_map, err)
+    code, _, err = run(
+        config_file, "models", "import", str(src), "--task", "liver_ct", "--label-map", "one=1"
+    )
+    assert code == 2 and "expected CHANNEL=LABEL" in err
+    code, out, _ = run(config_file, "models", "list", "--json")
+    assert code == 0 and "liver_ct" not in out  # nothing refused stayed registered
+    # The site says the spleen channel is to be used as the liver: imported, with a warning.
+    code, out, err = run(
+        config_file, "models", "import", str(src), "--task", "liver_ct", "--label-map", "1=Liver"
+    )
+    assert code == 0, err
+    assert "imported liver_ct/" in out
+    assert "warning" in err and "Liver tumour" in err
+
+
+def test_import_zoo_wholebody_for_liver(tmp_path: Path, config_file: Path) -> None:
+    from models.model_card import ModelCard
+    from tests.models.zoo import zoo_bundle, zoo_metadata
+
+    src = zoo_bundle(tmp_path, "wholeBody_ct_segmentation")
+    code, out, err = run(config_file, "models", "import", str(src), "--task", "liver_ct")
+    assert code == 0, err
+    version = zoo_metadata("wholeBody_ct_segmentation")["version"]
+    assert f"imported liver_ct/{version}" in out
+    assert "warning: liver_ct/" in err and "no output channel for Liver tumour" in err
+    card_file = tmp_path / "data" / "models" / "liver_ct" / version / "model_card.json"
+    card = ModelCard.from_json(card_file.read_text(encoding="utf-8"))
+    bundle = card.preprocessing["bundle"]
+    assert dict(bundle["channel_labels"]) == {"5": 1}
+    assert bundle["activation"] == "softmax" and bundle["out_channels"] == 105
+    assert bundle["channel_def"]["5"] == "liver"
+    assert card.source["missing_labels"] == ("Liver tumour",)
+    assert card.source["bundle_monai_version"] == "1.4.0"
+    assert [label.name for label in card.labels] == ["Liver", "Liver tumour"]
