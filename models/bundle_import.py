@@ -67,8 +67,9 @@ from typing import Any
 import torch
 
 from .bundle_config import lookup, read_config, resolve
+from .bundle_pipeline import BundlePipeline, check_channel_labels, parse_pipeline
 from .channel_map import Activation, ChannelMap, map_channels, parse_channel_def
-from .errors import BundleImportError, NetworkConfigError
+from .errors import BundleImportError, NetworkConfigError, SpecError
 from .model_card import (
     CardLabel,
     InvalidNameError,
@@ -580,6 +581,24 @@ def _channel_map(
     )
 
 
+def _pipeline(bundle: MonaiBundle, channels: ChannelMap) -> BundlePipeline:
+    """The bundle's own pre-processing, inferer and post-processing, which its jobs run
+    (:mod:`models.bundle_pipeline`); it must agree with the channel map."""
+    pipeline = parse_pipeline(bundle.inference, bundle.inference_file)
+    sigmoid = channels.activation is Activation.SIGMOID
+    if pipeline.multi_label != sigmoid:
+        raise BundleImportError(
+            f"MONAI bundle {bundle.src.name}: {bundle.inference_file} postprocessing "
+            f"{'thresholds' if pipeline.multi_label else 'takes the argmax of'} the outputs, "
+            f"but its activation is {channels.activation.value}"
+        )
+    try:
+        check_channel_labels(pipeline, channels.channel_labels)
+    except SpecError as exc:
+        raise BundleImportError(f"MONAI bundle {bundle.src.name}: {exc}") from exc
+    return pipeline
+
+
 def _probe(bundle: MonaiBundle, in_channels: int, out_channels: int) -> tuple[int, ...]:
     """One forward pass at the declared input shape (:func:`declared_input_shape`)."""
     shape, origin = declared_input_shape(bundle, in_channels)
@@ -675,6 +694,7 @@ def import_monai_bundle(
             ) from exc
     in_channels, out_channels = _check_network(bundle, spec)
     channels = _channel_map(bundle, labels, task, out_channels, label_map)
+    pipeline = _pipeline(bundle, channels)
     _probe(bundle, in_channels, out_channels)
     source = _source(bundle)
     if channels.missing:
@@ -692,7 +712,11 @@ def import_monai_bundle(
             name=card_name,
             labels=labels,
             architecture=bundle.architecture,
-            preprocessing={**preprocessing, "bundle": channels.to_card()},
+            preprocessing={
+                **preprocessing,
+                "bundle": channels.to_card(),
+                "bundle_pipeline": pipeline.to_dict(),
+            },
             intended_use=intended_use
             or _metadata_text(metadata, "intended_use")
             or IMPORTED_INTENDED_USE,

@@ -50,9 +50,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .channel_map import ChannelMap
+
+if TYPE_CHECKING:
+    from .bundle_pipeline import BundlePipeline
 from .errors import ChannelMapError, ModelsError, SpecError
 from .tasks import Code, LabelSpec, TaskSpec
 
@@ -456,6 +459,20 @@ class ModelCard:
                     "model card field 'preprocessing.bundle.channel_labels' maps to labels "
                     f"{sorted(unknown)} that the card does not have"
                 )
+        if "bundle_pipeline" in preprocessing:
+            if "bundle" not in preprocessing:
+                raise ModelCardError(
+                    "model card field 'preprocessing.bundle_pipeline' needs "
+                    "'preprocessing.bundle' (how its output channels map to the labels)"
+                )
+            from .bundle_pipeline import BundlePipeline  # torch/MONAI: only when needed
+
+            try:
+                BundlePipeline.from_dict(thaw(preprocessing["bundle_pipeline"]))
+            except (ModelsError, ValueError, TypeError) as exc:
+                raise ModelCardError(
+                    f"model card field 'preprocessing.bundle_pipeline': {exc}"
+                ) from exc
         set_(self, "preprocessing", preprocessing)
 
         set_(self, "intended_use", _text(self.intended_use, "intended_use"))
@@ -524,6 +541,16 @@ class ModelCard:
         outputs are laid out like the task, background + one per label, softmax)."""
         entry = self.preprocessing.get("bundle")
         return None if entry is None else ChannelMap.from_card(entry)
+
+    @property
+    def bundle_pipeline(self) -> BundlePipeline | None:
+        """The imported bundle's own pipeline, which its jobs run (None: the task's)."""
+        entry = self.preprocessing.get("bundle_pipeline")
+        if entry is None:
+            return None
+        from .bundle_pipeline import BundlePipeline
+
+        return BundlePipeline.from_dict(thaw(entry))
 
     @property
     def out_channels(self) -> int:

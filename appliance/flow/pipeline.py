@@ -45,8 +45,10 @@ from dicom_bridge.sop_classes import SEGMENTATION_CLASSES, VOLUME_CLASSES
 from dicom_bridge.sr import SrOptions, write_sr
 from dicom_bridge.uids import short_ref, validate_uid
 from dicom_bridge.volume import SeriesVolume, load_series_volume
+from models.bundle_pipeline import BundlePipeline, run_pipeline, working_spacing
 from models.errors import InputTooLargeError
 from models.inference import segment
+from models.model_card import thaw
 from models.tasks import TaskSpec, get_task
 
 LOG = logging.getLogger(__name__)
@@ -265,15 +267,30 @@ def _run_stages(
     image: np.ndarray = volume.array
     affine_lps: np.ndarray = volume.affine
     mark = time.perf_counter()
+    card = loaded.bundle.card
     try:
-        segmentation = segment(
-            loaded.network,
-            spec,
-            image,
-            affine_lps,
-            device=loaded.device,
-            max_working_voxels=config.limits.max_working_voxels,
-        )
+        bundle_pipeline = card.bundle_pipeline
+        channel_map = card.channel_map
+        if bundle_pipeline is not None and channel_map is not None:
+            # An imported bundle runs its own pre-processing, inferer and post-processing.
+            segmentation = run_pipeline(
+                loaded.network,
+                bundle_pipeline,
+                image,
+                affine_lps,
+                device=loaded.device,
+                channel_labels=channel_map.channel_labels,
+                max_working_voxels=config.limits.max_working_voxels,
+            )
+        else:
+            segmentation = segment(
+                loaded.network,
+                spec,
+                image,
+                affine_lps,
+                device=loaded.device,
+                max_working_voxels=config.limits.max_working_voxels,
+            )
     except InputTooLargeError as exc:
         raise _JobFailed("input_too_large", f"{exc} (limits.max_working_voxels)") from exc
     except Exception as exc:
@@ -283,7 +300,6 @@ def _run_stages(
     timings["device"] = segmentation.device
     mask = segmentation.mask
 
-    card = loaded.bundle.card
     segments = segment_descriptions(spec)
     research_only = config.output.research_only
     mark = time.perf_counter()
@@ -338,7 +354,7 @@ def _run_stages(
         for dest in destinations
         for path, uid in ((seg_path, seg_uid), (sr_path, sr_uid))
     )
-    counts = np.bincount(mask.ravel(), minlength=spec.num_classes)
+    voxels = label_voxels(mask, spec)
     outputs = {
         "seg_sop_uid": seg_uid,
         "seg_series_uid": str(seg.SeriesInstanceUID),
@@ -348,7 +364,8 @@ def _run_stages(
         "sr_path": str(sr_path),
         "mask_path": str(mask_path),
         "destinations": list(destinations),
-        "voxels": {label.name: int(counts[label.index]) for label in spec.labels},
+        "voxels": voxels,
+        "preprocessing": preprocessing_summary(card.bundle_pipeline, spec),
     }
     routed.result["job_state"] = "done"
     return _Produced(outputs, enqueue, out_dir)
@@ -462,6 +479,36 @@ def task_spec_for(task: str, card_preprocessing: Mapping[str, Any]) -> TaskSpec:
             float(v) for v in card_preprocessing["target_spacing_mm"]
         )
     return replace(spec, **changes) if changes else spec
+
+
+def preprocessing_summary(pipeline: BundlePipeline | None, spec: TaskSpec) -> dict[str, Any]:
+    """What the job's pre-processing was, for the record: the imported bundle's own
+    pipeline (the steps it runs, with their parameters) or the task's."""
+    if pipeline is not None:
+        spacing = working_spacing(pipeline)
+        return {
+            "source": "bundle",
+            "file": pipeline.file,
+            "working_spacing_mm": None if spacing is None else [float(v) for v in spacing],
+            "steps": [
+                {"where": step.where, "op": step.op.value, "params": thaw(step.params)}
+                for step in pipeline.steps
+                if step.runs
+            ],
+        }
+    return {
+        "source": "task",
+        "working_spacing_mm": [float(v) for v in spec.target_spacing_mm],
+        "intensity": repr(spec.intensity),
+    }
+
+
+def label_voxels(mask: np.ndarray, spec: TaskSpec) -> dict[str, int]:
+    """Voxels per label of a 3-D label map or of 4-D per-label masks (which may overlap)."""
+    if mask.ndim == 4:
+        return {label.name: int(np.count_nonzero(mask[label.index - 1])) for label in spec.labels}
+    counts = np.bincount(mask.ravel(), minlength=len(spec.labels) + 1)
+    return {label.name: int(counts[label.index]) for label in spec.labels}
 
 
 def segment_descriptions(spec: TaskSpec) -> list[SegmentDescription]:

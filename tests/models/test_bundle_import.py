@@ -41,6 +41,48 @@ DYNUNET_DEF: dict[str, Any] = {
     "norm_name": "instance",
 }
 
+#: A liver bundle's own pipeline, as the model zoo writes them (read as data, never run).
+PIPELINE: dict[str, Any] = {
+    "preprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {
+                "_target_": "Spacingd",
+                "keys": "image",
+                "pixdim": [1.5, 1.5, 2.0],
+                "mode": "bilinear",
+            },
+            {
+                "_target_": "ScaleIntensityRanged",
+                "keys": "image",
+                "a_min": -100,
+                "a_max": 250,
+                "b_min": 0.0,
+                "b_max": 1.0,
+                "clip": True,
+            },
+        ],
+    },
+    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "overlap": 0.25},
+    "postprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {
+                "_target_": "Invertd",
+                "keys": "pred",
+                "transform": "@preprocessing",
+                "orig_keys": "image",
+                "nearest_interp": False,
+            },
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        ],
+    },
+}
+
 METADATA: dict[str, Any] = {
     "schema": "https://example.invalid/meta_schema_20240725.json",
     "version": "0.3.1",
@@ -89,7 +131,9 @@ def write_bundle(
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "network_def": network_def if network_def is not None else DYNUNET_DEF,
         "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "Compose", "transforms": []},
+        "preprocessing": PIPELINE["preprocessing"],
+        "inferer": PIPELINE["inferer"],
+        "postprocessing": PIPELINE["postprocessing"],
     }
     inference.update(inference_extra or {})
     (root / "configs" / "inference.json").write_text(json.dumps(inference))
@@ -561,7 +605,7 @@ def test_sigmoid_bundles_are_recognised_from_their_postprocessing(
                         "keys": "pred",
                         "sigmoid": "@use_sigmoid",
                     },
-                    {"_target_": "Lambdad", "keys": "pred", "func": "$lambda x: x"},
+                    {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
                 ],
             },
         },
@@ -642,7 +686,10 @@ def test_the_network_runs_at_the_declared_shape(tmp_path: Path, registry: ModelR
     assert registry.list() == []
     metadata = json.loads(json.dumps(METADATA))
     metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] = [1024, 1024, 1024]
-    src = write_bundle(tmp_path / "b", metadata=metadata)
+    # No window: the network gets the whole image, of the metadata's declared shape.
+    src = write_bundle(
+        tmp_path / "b", metadata=metadata, inference_extra={"inferer": {"_target_": "SimpleInferer"}}
+    )
     with pytest.raises(BundleImportError, match=r"declared input \[1024, 1024, 1024\].*larger"):
         import_monai_bundle(src, registry, task="liver_ct")
 

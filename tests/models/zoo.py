@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.peers import interop_required
+
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ZOO = DATA / "monai_model_zoo"
 #: Non-commercial bundles: tests may read them; nothing from there is copied into the repo.
@@ -21,6 +23,8 @@ def zoo_configs(name: str, root: Path = ZOO) -> Path:
     """``<root>/<name>/configs``, or skip the test naming the missing path."""
     path = root / name / "configs"
     if not path.is_dir():
+        if interop_required():
+            pytest.fail(f"shared test data {path} is missing")
         pytest.skip(f"shared test data {path} is not on this machine")
     return path
 
