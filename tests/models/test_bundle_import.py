@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 import torch
+import yaml
 from monai.networks.nets import DynUNet, UNet
 
 from models.bundle_import import (
@@ -479,7 +479,7 @@ def test_yaml_configs_are_read_with_the_safe_loader(
     (other / "configs" / "inference.yaml").write_text(
         "network_def: !!python/object/apply:os.system ['true']\n"
     )
-    with pytest.raises(BundleImportError, match="inference.yaml is not valid YAML"):
+    with pytest.raises(BundleImportError, match=r"inference\.yaml is not valid YAML"):
         import_monai_bundle(other, registry, task="liver_ct")
     (other / "configs" / "inference.yaml").write_text("a: 1\na: 2\n")
     with pytest.raises(BundleImportError, match="duplicate key 'a'"):
