@@ -6,6 +6,7 @@ The weights under ``models/bundles/<task>/<version>/`` were made with::
     appliance train --task liver_ct  --out models/bundles --seed 0 --steps 1500 --cases 24 \
         --version 0.2.0 --profile ct_fine --init-from 0.1.0 --lr 0.001
     appliance train --task glioma_mr --out models/bundles --seed 0 --steps 2000 --cases 24
+    appliance train --task glioma_brats --out models/bundles --seed 0 --steps 600 --cases 12
 
 which is this module's :func:`main` (``python -m models.demo_weights --task ... --out
 ... --seed ... --steps ... --cases ...`` runs the same thing without the CLI), with
@@ -15,8 +16,12 @@ bundle already registered (the quality check of issue 3). Each run:
 1. generates ``cases`` training phantoms (:func:`models.phantoms.generate_phantom`) from
    the task's demo profile (:data:`CT_DEFAULT` / :data:`MR_DEFAULT`, or ``--profile``,
    e.g. :data:`CT_FINE`) with a training seed; MR cases alternate T1 post-contrast and
-   FLAIR, since the task accepts either;
-2. trains the default network (:data:`models.networks.DEFAULT_NETWORK`; ``--network`` and
+   FLAIR, since the task accepts either; ``glioma_brats`` cases are four-sequence studies
+   (:func:`models.phantoms.brats_mr_study`, profile :data:`MR_BRATS`) whose training
+   labels are the tumour's tissue classes;
+2. trains the task's default network (the recipe's: :data:`models.networks.DEFAULT_NETWORK`,
+   or for ``glioma_brats`` a UNet with half its filters, 8-16-32-64, so the sigmoid
+   demo bundle stays near 1 MB; ``--network`` and
    ``--filters`` pick another MONAI architecture, e.g. a DynUNet for a GPU) with
    :func:`models.training.train` at the task's spacing and patch size, from random
    weights or, with ``--init-from VERSION``, from a bundle already in the registry;
@@ -63,6 +68,7 @@ from .networks import (
 from .phantoms import (
     CT_DEFAULT,
     CT_FINE,
+    MR_BRATS,
     MR_DEFAULT,
     PhantomKind,
     SiteProfile,
@@ -99,6 +105,8 @@ class DemoRecipe:
     #: sample lesion patches lesion by lesion (see models.training), so that small
     #: tumours are seen as often as large ones
     balance_lesions: bool = False
+    #: the network trained unless ``--network``/``--filters`` say otherwise
+    network: NetworkConfig = DEFAULT_NETWORK
 
 
 RECIPES: dict[TaskName, DemoRecipe] = {
@@ -114,6 +122,13 @@ RECIPES: dict[TaskName, DemoRecipe] = {
         profile=MR_DEFAULT,
         class_ratios=(0.3, 0.7),
     ),
+    TaskName.GLIOMA_BRATS: DemoRecipe(
+        kinds=(PhantomKind.MR_BRATS,),
+        profile=MR_BRATS,
+        # background, then the tissue classes: necrotic core, oedema, enhancing
+        class_ratios=(0.25, 0.2, 0.25, 0.3),
+        network=NetworkConfig(filters=(8, 16, 32, 64)),
+    ),
 }
 
 
@@ -121,6 +136,7 @@ RECIPES: dict[TaskName, DemoRecipe] = {
 PROFILES: dict[TaskName, tuple[SiteProfile, ...]] = {
     TaskName.LIVER_CT: (CT_DEFAULT, CT_FINE),
     TaskName.GLIOMA_MR: (MR_DEFAULT,),
+    TaskName.GLIOMA_BRATS: (MR_BRATS,),
 }
 
 
@@ -185,7 +201,7 @@ def train_demo_weights(
     eval_cases: int = 10,
     batch_size: int = 2,
     version: str = DEMO_VERSION,
-    network: NetworkConfig = DEFAULT_NETWORK,
+    network: NetworkConfig | None = None,
     profile: SiteProfile | None = None,
     init_from: str | None = None,
     lr: float | None = None,
@@ -198,9 +214,12 @@ def train_demo_weights(
     ``init_from``: a version of the same task in that registry whose (verified) weights
     the training starts from instead of a random initialisation - fine-tuning; the new
     card names it as its parent. ``lr``: the initial learning rate (default: training's).
+    ``network``: default the recipe's.
     """
     spec = get_task(task)
     recipe = RECIPES[spec.name]
+    if network is None:
+        network = recipe.network
     registry = ModelRegistry(Path(out_registry_root))
     parent = None
     if init_from is not None:
@@ -287,7 +306,7 @@ def train_demo_weights(
         options += f" --init-from {parent.card.version}"
     if lr is not None:
         options += f" --lr {lr:g}"
-    if network != DEFAULT_NETWORK:
+    if network != recipe.network:
         options += f" --network {network.name} --filters {','.join(map(str, network.filters))}"
     bundle = registry.add(
         str(spec.name),
@@ -379,13 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--network",
         choices=[str(a) for a in Architecture],
-        default=str(DEFAULT_NETWORK.name),
-        help="MONAI architecture (default: the shipped UNet; federated runs train UNets)",
+        default=None,
+        help="MONAI architecture (default: the task's shipped UNet; federated runs train UNets)",
     )
     parser.add_argument(
         "--filters",
-        default=",".join(map(str, DEFAULT_NETWORK.filters)),
-        help="feature channels per resolution level, comma-separated (2 to 5 levels)",
+        default=None,
+        help=(
+            "feature channels per resolution level, comma-separated (2 to 5 levels; "
+            "default: the task's, 16,32,64,128 or for glioma_brats 8,16,32,64)"
+        ),
     )
     parser.add_argument(
         "--evaluate-only",
@@ -429,12 +451,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _network_from_args(args: argparse.Namespace) -> NetworkConfig:
-    """``--network``/``--filters`` as a config that fits the task's patch size."""
+    """``--network``/``--filters`` (each defaulting to the task recipe's) as a config
+    that fits the task's patch size."""
+    default = RECIPES[TaskName(args.task)].network
+    text = ",".join(map(str, default.filters)) if args.filters is None else str(args.filters)
     try:
-        filters = tuple(int(f) for f in str(args.filters).split(","))
+        filters = tuple(int(f) for f in text.split(","))
     except ValueError as exc:
         raise NetworkConfigError(f"filters must be integers, not {args.filters!r}") from exc
-    network = NetworkConfig(name=Architecture(args.network), filters=filters)
+    name = default.name if args.network is None else Architecture(args.network)
+    if args.network is None and args.filters is None:
+        network = default
+    else:
+        network = NetworkConfig(name=name, filters=filters)
     build_network(get_task(args.task), network)  # MONAI's own checks, and the patch must fit
     return network
 

@@ -3,7 +3,11 @@
 Everything works on the boundary format (``(slice, row, column)`` arrays plus an
 index -> LPS affine), so a prediction is scored on the grid of its input image.
 
-- **Dice** per label: ``2|P∩T| / (|P|+|T|)``; 1.0 when both are empty. Summaries give
+- **Dice** per label: ``2|P∩T| / (|P|+|T|)``; 1.0 when both are empty. For a sigmoid
+  task (overlapping labels) each label is its region: the prediction is the
+  ``(S, ...)`` per-label mask :func:`models.inference.segment` returns and the truth
+  the tissue label map, joined into the regions (:func:`models.regions.region_masks`),
+  or the region masks themselves. Summaries give
   the mean over cases and the *pooled* Dice (all cases' voxels together, as LiTS reports
   "Dice global"), which a tiny lesion missed in one case does not dominate.
 - **HD95** per label, in millimetres: the larger of the two directed 95th-percentile
@@ -36,6 +40,7 @@ import torch
 from .errors import InputError
 from .geometry import validate_affine, voxel_volume_ml
 from .postprocess import label_components
+from .regions import region_masks
 from .tasks import MORPHOLOGICALLY_ABNORMAL_STRUCTURE, TaskSpec
 
 #: Lesions with an equivalent-sphere diameter below this count as small (mm).
@@ -232,11 +237,13 @@ def evaluate_case(
     hd_percentile: float = 95.0,
 ) -> CaseMetrics:
     """Score a label map ``pred`` against ``truth`` (same shape, label indices of
-    ``spec``) on the grid of ``affine`` (index -> LPS mm)."""
-    p = np.asarray(pred)
-    t = np.asarray(truth)
-    if p.shape != t.shape or p.ndim != 3:
-        raise InputError(f"need two 3-D label maps of one shape, got {p.shape} and {t.shape}")
+    ``spec``) on the grid of ``affine`` (index -> LPS mm).
+
+    Sigmoid task: ``pred`` is the bool ``(len(labels), slice, row, column)`` per-label
+    mask and ``truth`` the tissue label map (``(slice, row, column)``, values of
+    ``spec.tissue_classes``) or already the per-label region masks; every label is
+    scored as its region."""
+    pred_masks, truth_masks = _label_masks(pred, truth, spec)
     aff = validate_affine(affine)
     voxel_ml = voxel_volume_ml(aff)
     lesion_labels = set(lesion_label_indices(spec))
@@ -246,9 +253,11 @@ def evaluate_case(
     vt: dict[str, float] = {}
     overlap: dict[str, float] = {}
     lesions: dict[str, LesionMetrics] = {}
-    for label in spec.labels:
-        pm = p == label.index
-        tm = t == label.index
+    for number, label in enumerate(spec.labels):
+        if spec.is_sigmoid:
+            pm, tm = pred_masks[number], truth_masks[number]
+        else:  # one label at a time: no stack of full-size masks
+            pm, tm = pred_masks == label.index, truth_masks == label.index
         dices[label.name] = dice(pm, tm)
         hds[label.name] = hausdorff_distance(pm, tm, aff, percentile=hd_percentile)
         vp[label.name] = float(pm.sum()) * voxel_ml
@@ -266,6 +275,36 @@ def evaluate_case(
         lesions=MappingProxyType(lesions),
         overlap_ml=MappingProxyType(overlap),
     )
+
+
+def _label_masks(
+    pred: np.ndarray, truth: np.ndarray, spec: TaskSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid task: boolean ``(len(labels), slice, row, column)`` prediction and truth
+    per label; softmax task: the two checked label maps."""
+    p = np.asarray(pred)
+    t = np.asarray(truth)
+    if not spec.is_sigmoid:
+        if p.shape != t.shape or p.ndim != 3:
+            raise InputError(f"need two 3-D label maps of one shape, got {p.shape} and {t.shape}")
+        return p, t
+    count = len(spec.labels)
+    if p.ndim != 4 or p.shape[0] != count:
+        raise InputError(
+            f"task {spec.name} has overlapping labels: need a ({count}, slice, row, column) "
+            f"prediction, got shape {p.shape}"
+        )
+    if t.ndim == 3:
+        if p.shape[1:] != t.shape:
+            raise InputError(f"prediction grid {p.shape[1:]} differs from truth {t.shape}")
+        if t.size and (int(t.min()) < 0 or int(t.max()) >= spec.training_classes):
+            raise InputError(f"truth holds values outside the tissue classes of {spec.name}")
+        truth_masks = region_masks(spec, t)
+    elif t.shape == p.shape:
+        truth_masks = t.astype(bool)
+    else:
+        raise InputError(f"truth shape {t.shape} fits neither a tissue map nor {p.shape}")
+    return p.astype(bool), truth_masks
 
 
 @dataclass(frozen=True, slots=True)

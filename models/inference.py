@@ -1,11 +1,20 @@
-"""Inference: one image (numpy + LPS affine) in, one uint8 label map on the same grid out.
+"""Inference: one image (numpy + LPS affine) in, a segmentation on the same grid out.
 
 :func:`segment` pre-processes (:mod:`models.transforms`), runs MONAI
 ``sliding_window_inference`` with Gaussian blending (under ``torch.autocast`` on CUDA,
-plain fp32 on CPU), turns logits into class probabilities, inverts the pre-processing so
-that the probabilities land on the exact input grid (bilinear), takes the argmax there
-and post-processes (:mod:`models.postprocess`). The result has the input's shape and
-axis order ``(slice, row, column)``.
+plain fp32 on CPU), turns logits into probabilities, inverts the pre-processing so
+that the probabilities land on the exact input grid (bilinear), and there:
+
+- softmax task: takes the argmax and post-processes (:mod:`models.postprocess`); the
+  result is a uint8 label map with the input's shape and axis order
+  ``(slice, row, column)``;
+- sigmoid task (overlapping segments, :class:`models.tasks.OutputActivation`):
+  thresholds each label's probability at 0.5, removes components under the label's
+  ``min_volume_ml``, then enforces the nesting the task's regions imply
+  (:func:`models.regions.enforce_nesting`: an inner label's voxels join the labels
+  containing it); the result is a bool ``(S, slice, row, column)`` mask, ``mask[i]``
+  being label ``i + 1`` - the per-segment form ``dicom_bridge.seg.write_seg`` accepts
+  for overlapping segments.
 """
 
 from __future__ import annotations
@@ -22,15 +31,20 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from .errors import InferenceError, InputError, InputTooLargeError, ModelsError
+from .geometry import voxel_volume_ml
 from .postprocess import postprocess as apply_postprocess
+from .postprocess import remove_small_components
+from .regions import enforce_nesting
 from .tasks import MAX_WORKING_VOXELS, TaskSpec
 from .transforms import IMAGE_KEY, build_preprocess, invert_to_input_grid, make_sample
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentationResult:
-    """``mask``: uint8 label map with the input's ``(slice, row, column)`` shape, values
-    0 (background) or a label index of the task. ``timings_s``: seconds per stage
+    """``mask``: for a softmax task a uint8 label map with the input's
+    ``(slice, row, column)`` shape, values 0 (background) or a label index of the task;
+    for a sigmoid task a bool ``(len(labels), slice, row, column)`` array, ``mask[i]``
+    the voxels of label ``i + 1`` (segments may overlap). ``timings_s``: seconds per stage
     (``preprocess``, ``inference``, ``invert``, ``postprocess``, ``total``)."""
 
     mask: np.ndarray
@@ -75,6 +89,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: Probability above which a sigmoid task's voxel belongs to a label.
+SIGMOID_THRESHOLD = 0.5
+
+
 def argmax_channels(scores: torch.Tensor) -> torch.Tensor:
     """uint8 index of the largest channel of ``(C, ...)`` scores (first one on ties).
 
@@ -101,8 +119,9 @@ def predict_probabilities(
     overlap: float = 0.25,
     amp: bool = True,
 ) -> torch.Tensor:
-    """Class probabilities ``(num_classes, X, Y, Z)`` (float32, on ``device``) for a
-    pre-processed channel-first image, by Gaussian-blended sliding windows."""
+    """Probabilities ``(num_classes, X, Y, Z)`` (float32, on ``device``) for a
+    pre-processed channel-first image, by Gaussian-blended sliding windows: softmax over
+    the channels, or (sigmoid task) an independent sigmoid per channel."""
     if sw_batch_size < 1:
         raise InputError("sw_batch_size must be >= 1")
     if not 0.0 <= overlap < 1.0:
@@ -135,6 +154,8 @@ def predict_probabilities(
         raise InferenceError(
             f"the network returned shape {tuple(logits.shape)}; task {spec.name} needs {expected}"
         )
+    if spec.is_sigmoid:
+        return torch.sigmoid(logits.float())[0]
     return torch.softmax(logits.float(), dim=1)[0]
 
 
@@ -169,6 +190,25 @@ def check_working_grid(
     return voxels
 
 
+def _finish_regions(
+    masks: np.ndarray, affine_lps: np.ndarray, spec: TaskSpec, *, postprocess: bool
+) -> np.ndarray:
+    """Thresholded per-label masks of a sigmoid task: optionally without components under
+    each label's ``min_volume_ml``, then nested (:func:`models.regions.enforce_nesting`),
+    so the nesting holds whatever the clean-up removed."""
+    out = np.array(masks, dtype=bool, copy=True)
+    if postprocess:
+        ml_per_voxel = voxel_volume_ml(affine_lps)
+        conn = spec.postprocess.connectivity
+        for label in spec.labels:
+            min_ml = spec.postprocess.min_volume(label.index)
+            if min_ml > 0 and out[label.index - 1].any():
+                out[label.index - 1] = remove_small_components(
+                    out[label.index - 1], min_ml / ml_per_voxel * (1 - 1e-9), conn
+                )
+    return enforce_nesting(spec, out)
+
+
 def segment(
     model: nn.Module,
     spec: TaskSpec,
@@ -193,6 +233,11 @@ def segment(
     ``max_working_voxels``: the largest grid (per channel) the image may be resampled to
     (:func:`working_voxels`, checked before anything is allocated; None: no bound);
     over it, :class:`InputTooLargeError`.
+
+    The result's ``mask`` is a uint8 label map for a softmax task and a bool
+    ``(len(spec.labels), slice, row, column)`` per-label mask for a sigmoid task (see the
+    module docstring); ``postprocess=False`` skips the clean-up but not a sigmoid task's
+    nesting.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -236,13 +281,19 @@ def segment(
         on_input_grid = invert_to_input_grid(probabilities, data, transform, nearest=False)
     except RuntimeError as exc:
         raise InferenceError(f"inverting the pre-processing failed: {exc}") from exc
-    mask = np.ascontiguousarray(argmax_channels(on_input_grid.as_tensor()).cpu().numpy())
-    if mask.shape != spatial_shape:
+    scores = on_input_grid.as_tensor()
+    if spec.is_sigmoid:
+        mask = np.ascontiguousarray((scores > SIGMOID_THRESHOLD).cpu().numpy())
+    else:
+        mask = np.ascontiguousarray(argmax_channels(scores).cpu().numpy())
+    if mask.shape[-3:] != spatial_shape:
         raise InferenceError(f"inverted mask has shape {mask.shape}, input is {spatial_shape}")
     timings["invert"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    if postprocess:
+    if spec.is_sigmoid:
+        mask = _finish_regions(mask, affine_lps, spec, postprocess=postprocess)
+    elif postprocess:
         mask = apply_postprocess(mask, affine_lps, spec.postprocess)
     timings["postprocess"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - start

@@ -341,16 +341,22 @@ def labels_for_task(spec: TaskSpec) -> tuple[CardLabel, ...]:
 
 
 def preprocessing_for_task(spec: TaskSpec) -> dict[str, Any]:
-    """The card's ``preprocessing`` entry for a task spec: spacing, patch, intensity."""
+    """The card's ``preprocessing`` entry for a task spec: spacing, patch, intensity,
+    channels; for a sigmoid task also the output activation and its regions."""
     intensity: dict[str, Any] = {"kind": type(spec.intensity).__name__}
     for name in spec.intensity.__slots__:
         intensity[name] = getattr(spec.intensity, name)
-    return {
+    out: dict[str, Any] = {
         "target_spacing_mm": list(spec.target_spacing_mm),
         "patch_size": list(spec.patch_size),
         "intensity": intensity,
         "channels": [c.name for c in spec.channels],
     }
+    if spec.is_sigmoid:  # softmax cards stay as they were
+        out["output_activation"] = str(spec.activation)
+        out["tissue_classes"] = list(spec.tissue_classes)
+        out["regions"] = [list(region) for region in spec.regions]
+    return out
 
 
 # -- the card ------------------------------------------------------------------------------
@@ -532,7 +538,8 @@ class ModelCard:
 
     @property
     def num_classes(self) -> int:
-        """Network output channels for a softmax model: background plus one per label."""
+        """Network output channels for a softmax model: background plus one per label
+        (a sigmoid task's spec says otherwise: :attr:`models.tasks.TaskSpec.num_classes`)."""
         return len(self.labels) + 1
 
     @property

@@ -9,6 +9,9 @@ Two generators, both plain vectorised numpy:
   skull, CSF, grey and white matter, deep grey nuclei, ventricles and a glioma (necrotic
   core, enhancing rim, oedema). Label 1 is the whole tumour; the sub-regions are kept
   as separate masks for multi-sequence tasks.
+- :func:`brats_mr_study` - the same head imaged as T1 post-contrast, T1, T2 and FLAIR on
+  one grid, skull-stripped like BraTS data, with the glioma's tissue classes as labels
+  (1 necrotic/non-enhancing core, 2 oedema, 3 enhancing) for the ``glioma_brats`` task.
 
 Geometry (the convention of ``dicom_bridge``, restated here, not imported): arrays have
 axes ``(slice, row, column)``; the 4x4 ``affine_lps`` maps ``[slice, row, column, 1]`` to
@@ -48,9 +51,12 @@ import numpy as np
 
 __all__ = [
     "AXIAL",
+    "BRATS_CHANNELS",
+    "BRATS_TISSUE_LABELS",
     "CORONAL",
     "CT_DEFAULT",
     "CT_LABELS",
+    "MR_BRATS",
     "MR_DEFAULT",
     "MR_LABELS",
     "MR_SUBREGIONS",
@@ -70,6 +76,7 @@ __all__ = [
     "Vec3",
     "abdominal_ct_phantom",
     "brain_mr_phantom",
+    "brats_mr_study",
     "generate_phantom",
     "oblique",
     "rotation_matrix",
@@ -89,6 +96,11 @@ CT_LABELS: Final[Mapping[int, str]] = MappingProxyType({1: "liver", 2: "liver tu
 MR_LABELS: Final[Mapping[int, str]] = MappingProxyType({1: "glioma"})
 #: Glioma sub-region masks in :attr:`Phantom.masks` (plus ``"brain"``).
 MR_SUBREGIONS: Final = ("oedema", "enhancing", "necrotic")
+#: Training labels of :func:`brats_mr_study`: the glioma's disjoint tissue classes (the
+#: BraTS label convention, with enhancing tumour as 3 instead of 4).
+BRATS_TISSUE_LABELS: Final[Mapping[int, str]] = MappingProxyType(
+    {1: "necrotic", 2: "oedema", 3: "enhancing"}
+)
 
 _CT_RANGE: Final = (-1024.0, 3071.0)
 _MR_RANGE: Final = (0.0, 32767.0)
@@ -107,6 +119,8 @@ class MRSequence(StrEnum):
 
     T1C = "T1C"  # T1-weighted after gadolinium
     FLAIR = "FLAIR"
+    T1 = "T1"  # T1-weighted, native
+    T2 = "T2"  # T2-weighted
 
 
 class LesionKind(StrEnum):
@@ -121,6 +135,7 @@ class PhantomKind(StrEnum):
     CT_ABDOMEN = "ct_abdomen"
     MR_T1C = "mr_t1c"
     MR_FLAIR = "mr_flair"
+    MR_BRATS = "mr_brats"  # four sequences on one grid (:func:`brats_mr_study`)
 
 
 class Tissue(IntEnum):
@@ -331,6 +346,20 @@ MR_DEFAULT: Final = SiteProfile(
     lesions=LesionDistribution(15.0, 45.0, 1, 1),
     bias_field=0.15,
 )
+#: The four-sequence brain study of ``glioma_brats``, on the model's own 2 mm isotropic
+#: grid (BraTS data is resampled to 1 mm isotropic; 2 mm keeps CPU training short).
+MR_BRATS: Final = SiteProfile(
+    name="mr_brats",
+    spacing_mm=(2.0, 2.0, 2.0),
+    matrix=(80, 112, 96),
+    noise_sigma=15.0,
+    lesions=LesionDistribution(15.0, 45.0, 1, 1),
+    bias_field=0.15,
+)
+
+#: The channel order of :func:`brats_mr_study` (the MONAI ``brats_mri_segmentation``
+#: bundle's and the ``glioma_brats`` task's).
+BRATS_CHANNELS: Final = ("T1C", "T1", "T2", "FLAIR")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1368,24 +1397,29 @@ def _place(
 # --- MR: brain ----------------------------------------------------------------------------
 
 _T1C, _FLAIR = MRSequence.T1C.value, MRSequence.FLAIR.value
+_T1, _T2 = MRSequence.T1.value, MRSequence.T2.value
 
 
-def _seq(t1c: float, flair: float) -> Values:
-    return {_T1C: t1c, _FLAIR: flair}
+def _seq(t1c: float, flair: float, t1: float, t2: float) -> Values:
+    return {_T1C: t1c, _FLAIR: flair, _T1: t1, _T2: t2}
 
 
+# T1: fat (scalp) and white matter bright, fluid dark; the tumour is hypointense and the
+# enhancing rim is bright only after gadolinium (T1C). T2: fluid (CSF, necrosis) bright,
+# oedema bright, white matter darker than grey. FLAIR: T2 with free fluid suppressed, so
+# oedema is the brightest tissue and CSF dark.
 _MR_VALUES: Final[Mapping[Tissue, Values]] = MappingProxyType(
     {
-        Tissue.SCALP: _seq(1000, 700),
-        Tissue.SKULL: _seq(120, 90),
-        Tissue.CSF: _seq(250, 110),
-        Tissue.GREY_MATTER: _seq(680, 1000),
-        Tissue.WHITE_MATTER: _seq(1000, 760),
-        Tissue.DEEP_GREY: _seq(770, 930),
-        Tissue.VENTRICLE: _seq(230, 90),
-        Tissue.OEDEMA: _seq(760, 1650),
-        Tissue.ENHANCING: _seq(1550, 1350),
-        Tissue.NECROTIC: _seq(320, 1150),
+        Tissue.SCALP: _seq(1000, 700, 1000, 800),
+        Tissue.SKULL: _seq(120, 90, 120, 100),
+        Tissue.CSF: _seq(250, 110, 260, 2000),
+        Tissue.GREY_MATTER: _seq(680, 1000, 700, 1100),
+        Tissue.WHITE_MATTER: _seq(1000, 760, 1000, 750),
+        Tissue.DEEP_GREY: _seq(770, 930, 790, 1000),
+        Tissue.VENTRICLE: _seq(230, 90, 240, 2100),
+        Tissue.OEDEMA: _seq(760, 1650, 720, 1600),
+        Tissue.ENHANCING: _seq(1550, 1350, 780, 1250),
+        Tissue.NECROTIC: _seq(320, 1150, 420, 1900),
     }
 )
 
@@ -1406,6 +1440,7 @@ def _brain(rng: np.random.Generator, profile: SiteProfile) -> _Anatomy:
             v[_T1C] = 1000.0 + enhancement * (v[_T1C] - 1000.0)
         if tissue == Tissue.OEDEMA:
             v[_FLAIR] = 760.0 + oedema_gain * (v[_FLAIR] - 760.0)
+            v[_T2] = 750.0 + oedema_gain * (v[_T2] - 750.0)
         return v
 
     def tex(std: float, wavelength: tuple[float, float] = (8.0, 30.0)) -> _Texture:
@@ -1710,9 +1745,87 @@ def brain_mr_phantom(
         lesion_map=lesion_map,
         masks=MappingProxyType(masks),
         profile=profile,
-        series_description="T1 POST GD" if sequence == MRSequence.T1C else "FLAIR",
+        series_description=_SERIES_DESCRIPTION[sequence],
         body_part="HEAD",
         label_names=MR_LABELS,
+    )
+
+
+_SERIES_DESCRIPTION: Final[Mapping[MRSequence, str]] = MappingProxyType(
+    {
+        MRSequence.T1C: "T1 POST GD",
+        MRSequence.FLAIR: "FLAIR",
+        MRSequence.T1: "T1",
+        MRSequence.T2: "T2",
+    }
+)
+
+
+def brats_mr_study(
+    profile: SiteProfile = MR_BRATS,
+    rng: np.random.Generator | None = None,
+    *,
+    skull_stripped: bool = True,
+) -> Phantom:
+    """One patient imaged as T1C, T1, T2 and FLAIR (:data:`BRATS_CHANNELS`) on one grid.
+
+    ``image`` is int16 ``(4, slice, row, column)`` in that channel order; ``labels`` the
+    glioma's disjoint tissue classes (:data:`BRATS_TISSUE_LABELS`: 0 background, 1
+    necrotic/non-enhancing core, 2 oedema, 3 enhancing). The anatomy is drawn once (as by
+    :func:`brain_mr_phantom` with the same generator), each sequence gets its own
+    tissue intensities and its own Rician noise (drawn in channel order) under the same
+    bias field. ``skull_stripped`` sets everything outside the brain to exactly 0, as in
+    the BraTS data, so a nonzero z-score normalises over the brain.
+    """
+    rng = profile.rng() if rng is None else rng
+    anatomy = _brain(rng, profile)
+    bias = (
+        None
+        if profile.bias_field <= 0
+        else _bias_field(
+            _Canvas(profile, anatomy.to_lps, background=0.0), anatomy.bias, profile.bias_field
+        )
+    )
+    images: list[np.ndarray] = []
+    canvas: _Canvas | None = None
+    for name in BRATS_CHANNELS:
+        canvas = _Canvas(profile, anatomy.to_lps, background=0.0)
+        _paint_all(canvas, anatomy, name)
+        signal = canvas.image
+        if bias is not None:
+            signal *= bias
+        images.append(_finish(profile, signal, rng, rician=True, value_range=_MR_RANGE))
+    assert canvas is not None
+    tissues = canvas.tissues
+    brain = _in(tissues, _BRAIN_TISSUES)
+    image = np.stack(images)
+    if skull_stripped:
+        image[:, ~brain] = 0
+    labels = np.zeros(tissues.shape, dtype=np.uint8)
+    labels[tissues == Tissue.NECROTIC] = 1
+    labels[tissues == Tissue.OEDEMA] = 2
+    labels[tissues == Tissue.ENHANCING] = 3
+    lesion_map = np.where(labels > 0, canvas.lesion_map, np.uint8(0))
+    masks = {
+        "brain": brain,
+        "oedema": tissues == Tissue.OEDEMA,
+        "enhancing": tissues == Tissue.ENHANCING,
+        "necrotic": tissues == Tissue.NECROTIC,
+    }
+    voxel_ml = float(abs(np.linalg.det(canvas.affine[:3, :3]))) / 1000.0
+    return Phantom(
+        image=image,
+        labels=labels,
+        affine_lps=canvas.affine,
+        modality="MR",
+        tissues=tissues,
+        lesions=_lesion_truth(anatomy, lesion_map, voxel_ml),
+        lesion_map=lesion_map,
+        masks=MappingProxyType(masks),
+        profile=profile,
+        series_description="BRAIN T1C T1 T2 FLAIR",
+        body_part="HEAD",
+        label_names=BRATS_TISSUE_LABELS,
     )
 
 
@@ -1733,6 +1846,9 @@ def generate_phantom(
     if kind == PhantomKind.CT_ABDOMEN:
         ct = profile or CT_DEFAULT
         return abdominal_ct_phantom(ct, ct.rng(case))
+    if kind == PhantomKind.MR_BRATS:
+        brats = profile or MR_BRATS
+        return brats_mr_study(brats, brats.rng(case))
     mr = profile or MR_DEFAULT
     sequence = MRSequence.T1C if kind == PhantomKind.MR_T1C else MRSequence.FLAIR
     return brain_mr_phantom(mr, mr.rng(case), sequence)

@@ -7,6 +7,24 @@ writers in ``appliance``) iterates over ``spec.labels`` and ``spec.channels``; a
 task (e.g. multi-sequence glioma sub-regions with four channels and three labels) is a
 new entry in :data:`TASKS` and a new :class:`TaskName`, with no change elsewhere.
 
+Output activation (:class:`OutputActivation`):
+
+- ``softmax`` (default): the network has a background channel plus one channel per
+  label; labels are mutually exclusive and the result is one label map. The training
+  label map holds the label indices themselves.
+- ``sigmoid``: one channel per label and no background channel (label ``i`` is channel
+  ``i - 1``), each an independent probability, so segments may overlap (the BraTS
+  sub-regions: enhancing tumour inside tumour core inside whole tumour). Training label
+  maps still hold *disjoint* tissue classes (``tissue_classes``, values 1..K, 0 is
+  background); label ``i`` is the union of the tissue values in ``regions[i - 1]``
+  (like MONAI's ``ConvertToMultiChannelBasedOnBratsClasses``). A label whose region is
+  a subset of another's is *nested* in it: inference enforces that nesting after
+  thresholding (see :func:`models.inference.segment`).
+
+``num_classes`` is always the number of network output channels;
+``training_classes`` the number of values of a training label map (background
+included).
+
 Like highdicom's constructors, every spec validates itself in ``__post_init__``: once
 it exists it is valid. Enum-typed fields accept their string values too.
 
@@ -47,6 +65,14 @@ class TaskName(StrEnum):
 
     LIVER_CT = "liver_ct"
     GLIOMA_MR = "glioma_mr"
+    GLIOMA_BRATS = "glioma_brats"
+
+
+class OutputActivation(StrEnum):
+    """How network outputs become segments (see the module docstring)."""
+
+    SOFTMAX = "softmax"  # background + one channel per label, mutually exclusive
+    SIGMOID = "sigmoid"  # one channel per label, independent, may overlap
 
 
 class Modality(StrEnum):
@@ -98,6 +124,12 @@ MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("SCT", "49755003", "Morphologically Ab
 LIVER = Code("SCT", "10200004", "Liver")
 BRAIN = Code("SCT", "12738006", "Brain")
 NEOPLASM = Code("SCT", "108369006", "Neoplasm")
+# BraTS sub-regions, with CID 7159 (Lesion Segmentation Types) codes only: the
+# enhancing tumour and the tumour core (enhancing + necrotic/non-enhancing part) are
+# neoplasm; the whole tumour also holds the peritumoural oedema, which is not neoplastic
+# tissue, so it is the more general "Lesion". SNOMED CT has no CID 7159 concept for the
+# enhancing part alone; the segment label says which part it is.
+LESION = Code("SCT", "52988006", "Lesion")
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,8 +339,20 @@ class TaskSpec:
     patch_size: tuple[int, int, int]
     intensity: IntensitySpec
     postprocess: PostprocessSpec = field(default_factory=PostprocessSpec)
+    #: how outputs become segments; ``sigmoid`` needs ``tissue_classes`` and ``regions``
+    activation: OutputActivation = OutputActivation.SOFTMAX
+    #: sigmoid tasks: names of the training label map's disjoint classes 1..K
+    tissue_classes: tuple[str, ...] = ()
+    #: sigmoid tasks: per label (in label order) the tissue values it is the union of
+    regions: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "activation", OutputActivation(self.activation))
+        except ValueError as exc:
+            raise SpecError(
+                f"unknown output activation {self.activation!r}; use softmax or sigmoid"
+            ) from exc
         try:
             object.__setattr__(self, "name", TaskName(self.name))
         except ValueError as exc:
@@ -367,16 +411,124 @@ class TaskSpec:
         )
         unknown = self.postprocess.referenced_labels - set(indices)
         _require(not unknown, f"post-processing refers to unknown labels {sorted(unknown)}")
+        tissues, regions = self._checked_regions(labels)
 
+        object.__setattr__(self, "tissue_classes", tissues)
+        object.__setattr__(self, "regions", regions)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "channels", channels)
         object.__setattr__(self, "target_spacing_mm", tuple(float(s) for s in spacing))
         object.__setattr__(self, "patch_size", patch)
 
+    def _checked_regions(
+        self, labels: tuple[LabelSpec, ...]
+    ) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+        """Validate ``tissue_classes``/``regions`` against the activation."""
+        _require(
+            isinstance(self.tissue_classes, tuple | list)
+            and isinstance(self.regions, tuple | list),
+            "tissue_classes and regions must be tuples",
+        )
+        tissues = tuple(self.tissue_classes)
+        if self.activation is OutputActivation.SOFTMAX:
+            _require(
+                not tissues and not self.regions,
+                "tissue_classes and regions are for sigmoid tasks; a softmax task's training "
+                "labels are its label indices",
+            )
+            return (), ()
+        _require(
+            all(isinstance(t, str) and t.strip() != "" for t in tissues),
+            "tissue class names must be non-empty strings",
+        )
+        _require(len(tissues) > 0, "a sigmoid task needs tissue_classes (training label values)")
+        _require(len(tissues) <= _MAX_LABELS, f"at most {_MAX_LABELS} tissue classes")
+        _require(len(set(tissues)) == len(tissues), "tissue class names must be unique")
+        _require(
+            all(t.strip().lower() != "background" for t in tissues)
+            and all(x.name.strip().lower() != "background" for x in labels),
+            "a sigmoid task has no background channel: value 0 of the training label map is "
+            "background; do not name a tissue class or label 'background'",
+        )
+        _require(
+            len(self.regions) == len(labels),
+            f"a sigmoid task needs one region per label: {len(labels)} labels, "
+            f"{len(self.regions)} regions",
+        )
+        regions: list[tuple[int, ...]] = []
+        for label, region in zip(labels, self.regions, strict=True):
+            _require(
+                isinstance(region, tuple | list | frozenset | set),
+                f"region of label {label.index} must be a tuple of tissue values",
+            )
+            values = tuple(region)
+            _require(len(values) > 0, f"region of label {label.index} ({label.name}) is empty")
+            _require(
+                all(isinstance(v, int) and not isinstance(v, bool) for v in values),
+                f"region of label {label.index} must hold integer tissue values",
+            )
+            _require(
+                0 not in values,
+                f"region of label {label.index} ({label.name}) contains 0: background is not "
+                "a tissue class and a sigmoid task has no background channel",
+            )
+            _require(
+                all(1 <= v <= len(tissues) for v in values),
+                f"region of label {label.index} ({label.name}) has values outside the tissue "
+                f"classes 1..{len(tissues)}: {sorted(values)}",
+            )
+            _require(
+                len(set(values)) == len(values),
+                f"region of label {label.index} lists a tissue value twice",
+            )
+            regions.append(tuple(sorted(values)))
+        _require(
+            len(set(regions)) == len(regions),
+            "two labels have the same region; each label must be a different union of tissues",
+        )
+        covered = {v for region in regions for v in region}
+        missing = [i for i in range(1, len(tissues) + 1) if i not in covered]
+        _require(not missing, f"tissue classes {missing} belong to no region")
+        pp = self.postprocess
+        _require(
+            not pp.largest_component and not pp.inside_parent,
+            "a sigmoid task's post-processing supports only min_volume_ml (per label); "
+            "nesting follows from the regions",
+        )
+        return tissues, tuple(regions)
+
+    @property
+    def is_sigmoid(self) -> bool:
+        return self.activation is OutputActivation.SIGMOID
+
     @property
     def num_classes(self) -> int:
-        """Network output channels: background plus one per label."""
+        """Network output channels: background plus one per label (softmax), or one per
+        label (sigmoid)."""
+        if self.is_sigmoid:
+            return len(self.labels)
         return len(self.labels) + 1
+
+    @property
+    def training_classes(self) -> int:
+        """Values of a training label map, background (0) included: the label indices
+        (softmax) or the tissue classes (sigmoid)."""
+        if self.is_sigmoid:
+            return len(self.tissue_classes) + 1
+        return len(self.labels) + 1
+
+    def nesting(self) -> tuple[tuple[int, int], ...]:
+        """``(inner, outer)`` label pairs of a sigmoid task whose regions nest (inner's
+        tissues are a proper subset of outer's), smallest inner regions first."""
+        if not self.is_sigmoid:
+            return ()
+        order = sorted(range(len(self.regions)), key=lambda i: (len(self.regions[i]), i))
+        pairs = []
+        for i in order:
+            for j in range(len(self.regions)):
+                if i != j and set(self.regions[i]) < set(self.regions[j]):
+                    pairs.append((i + 1, j + 1))
+        return tuple(pairs)
 
     @property
     def in_channels(self) -> int:
@@ -436,9 +588,61 @@ GLIOMA_MR_SPEC = TaskSpec(
     postprocess=PostprocessSpec(min_volume_ml=((1, 0.1),)),
 )
 
+GLIOMA_BRATS_SPEC = TaskSpec(
+    name=TaskName.GLIOMA_BRATS,
+    description=(
+        "Glioma sub-regions (enhancing tumour, tumour core, whole tumour; overlapping) "
+        "from four co-registered MR series: T1 post-contrast, T1, T2 and FLAIR (BraTS)"
+    ),
+    modality=Modality.MR,
+    labels=(
+        LabelSpec(
+            1,
+            "Enhancing tumour",
+            MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            NEOPLASM,
+            (255, 230, 60),
+            anatomic_region=BRAIN,
+        ),
+        LabelSpec(
+            2,
+            "Tumour core",
+            MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            NEOPLASM,
+            (220, 60, 60),
+            anatomic_region=BRAIN,
+        ),
+        LabelSpec(
+            3,
+            "Whole tumour",
+            MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            LESION,
+            (80, 170, 230),
+            anatomic_region=BRAIN,
+        ),
+    ),
+    # the MONAI brats_mri_segmentation bundle's channel order
+    channels=(
+        ChannelSpec("t1c", Modality.MR, ("T1C",)),
+        ChannelSpec("t1", Modality.MR, ("T1",)),
+        ChannelSpec("t2", Modality.MR, ("T2",)),
+        ChannelSpec("flair", Modality.MR, ("FLAIR",)),
+    ),
+    target_spacing_mm=(2.0, 2.0, 2.0),
+    patch_size=(64, 64, 64),
+    # every voxel above zero, per channel: NormalizeIntensityd(nonzero=True,
+    # channel_wise=True) as in the MONAI bundle (skull-stripped BraTS data is exactly 0
+    # outside the head; the phantoms' Rician noise floor is small next to tissue)
+    intensity=MRZScore(foreground_threshold=0.0),
+    postprocess=PostprocessSpec(min_volume_ml=((1, 0.05), (2, 0.1), (3, 0.1))),
+    activation=OutputActivation.SIGMOID,
+    tissue_classes=("necrotic/non-enhancing core", "oedema", "enhancing"),
+    regions=((3,), (1, 3), (1, 2, 3)),
+)
+
 #: The shipped tasks, by name.
 TASKS: Mapping[TaskName, TaskSpec] = MappingProxyType(
-    {spec.name: spec for spec in (LIVER_CT_SPEC, GLIOMA_MR_SPEC)}
+    {spec.name: spec for spec in (LIVER_CT_SPEC, GLIOMA_MR_SPEC, GLIOMA_BRATS_SPEC)}
 )
 
 

@@ -12,14 +12,20 @@ the federation's local training rounds).
    each class (background subsampled);
 2. each step draws ``batch_size`` patches: a case uniformly at random, a class with the
    configured ratios (``class_ratios``, or ``1 - pos_fraction`` for background and
-   ``pos_fraction`` shared by the labels: the idea of MONAI's
+   ``pos_fraction`` shared by the labels - for a sigmoid task by the training label
+   map's tissue classes, so patches still centre on labelled voxels: the idea of MONAI's
    ``RandCropByPosNegLabeld``/``RandCropByLabelClassesd``, but with the indices cached so
    that sampling costs nothing next to the network), a voxel of that class as patch
    centre, plus mild intensity jitter;
 3. optionally (``augment``) each patch goes through a light, seeded MONAI augmentation
    (:mod:`models.augmentation`: flips, in-plane 90 degree rotations, intensity scale and
    shift, noise);
-4. loss is MONAI ``DiceCELoss`` (softmax, one-hot targets), plus the FedProx proximal
+4. loss is MONAI ``DiceCELoss``: softmax with one-hot targets for a softmax task; for a
+   sigmoid task (:class:`models.tasks.OutputActivation`) sigmoid per channel with the
+   region masks as targets (:func:`models.regions.region_targets`: the training label
+   map's tissue classes joined into the task's overlapping regions, like MONAI's
+   ``ConvertToMultiChannelBasedOnBratsClasses``; the cross-entropy term is then binary
+   cross-entropy), plus the FedProx proximal
    term ``(prox_mu / 2) * ||w - w_ref||^2`` when ``prox_mu > 0``; optimiser AdamW (or SGD
    with momentum) with a polynomial learning-rate decay; autocast (and a grad scaler for
    fp16) on CUDA when ``amp``;
@@ -61,6 +67,7 @@ from .errors import InputError, ModelsError
 from .inference import amp_dtype_for, resolve_device
 from .lesion_scaling import SmallLesionScaling, batch_step_scale
 from .postprocess import label_components
+from .regions import region_targets
 from .tasks import MORPHOLOGICALLY_ABNORMAL_STRUCTURE, TaskSpec
 from .transforms import IMAGE_KEY, LABEL_KEY, build_preprocess, make_sample
 
@@ -98,7 +105,8 @@ __all__ = [
 class TrainingCase:
     """One labelled case in the boundary format: ``image`` ``(slice, row, column)`` or
     ``(C, slice, row, column)``, ``labels`` uint8 ``(slice, row, column)`` with the
-    task's label indices, ``affine`` index -> LPS mm."""
+    task's label indices (a sigmoid task: its tissue classes, see
+    :attr:`models.tasks.TaskSpec.tissue_classes`), ``affine`` index -> LPS mm."""
 
     image: np.ndarray
     labels: np.ndarray
@@ -111,7 +119,9 @@ class TrainConfig:
     not used: with random patches a step count is the honest unit).
 
     ``pos_fraction``: share of patches centred on a labelled voxel (split evenly over the
-    labels) unless ``class_ratios`` (background first, one per class) is given.
+    labels) unless ``class_ratios`` (background first, one per class) is given; for a
+    sigmoid task the classes are the training label map's tissue classes
+    (:attr:`models.tasks.TaskSpec.training_classes` values).
     ``patch_size`` defaults to the task's. ``device`` ``None`` means CUDA if available.
     ``crop_foreground`` must match inference (:func:`models.inference.segment` does not
     crop by default): for MR the z-score statistics depend on the crop.
@@ -227,7 +237,7 @@ class TrainReport:
 class PreparedCase:
     image: torch.Tensor  # (C, X, Y, Z) float32
     label: torch.Tensor  # (1, X, Y, Z) uint8
-    indices: list[np.ndarray]  # flat voxel indices per class (0 = background)
+    indices: list[np.ndarray]  # flat voxel indices per training class (0 = background)
     #: per class: component boundaries into ``indices[cls]`` (sorted by component), or
     #: ``None`` when the class is sampled voxel-uniformly
     groups: list[np.ndarray | None] = field(default_factory=list)
@@ -265,9 +275,16 @@ def prepare_cases(
         raise TrainingError("no training cases")
     patch = tuple(patch_size) if patch_size is not None else spec.patch_size
     rng = np.random.default_rng([seed, 7])
-    lesion_classes = {
-        label.index for label in spec.labels if label.category == MORPHOLOGICALLY_ABNORMAL_STRUCTURE
-    }
+    lesion_classes = set(
+        _training_values(
+            spec,
+            [
+                label.index
+                for label in spec.labels
+                if label.category == MORPHOLOGICALLY_ABNORMAL_STRUCTURE
+            ],
+        )
+    )
     out: list[PreparedCase] = []
     for number, case in enumerate(cases):
         sample = make_sample(case.image, case.affine, spec, label=case.labels)
@@ -278,13 +295,13 @@ def prepare_cases(
             raise TrainingError(f"pre-processing training case {number} failed: {exc}") from exc
         image = torch.as_tensor(data[IMAGE_KEY]).float().contiguous().clone()
         label = torch.as_tensor(data[LABEL_KEY]).round().to(torch.uint8).contiguous().clone()
-        if int(label.max()) > len(spec.labels) or int(label.min()) < 0:
+        if int(label.max()) >= spec.training_classes or int(label.min()) < 0:
             raise TrainingError(f"training case {number} has labels outside the task's")
         image, label = _pad_to(image, label, patch)
         flat = label[0].reshape(-1).numpy()
         indices: list[np.ndarray] = []
         groups: list[np.ndarray | None] = []
-        for cls in range(spec.num_classes):
+        for cls in range(spec.training_classes):
             found = np.flatnonzero(flat == cls)
             if cls == 0 and found.size > _MAX_BACKGROUND_INDICES:
                 found = np.sort(rng.choice(found, _MAX_BACKGROUND_INDICES, replace=False))
@@ -295,6 +312,14 @@ def prepare_cases(
             groups.append(bounds)
         out.append(PreparedCase(image=image, label=label, indices=indices, groups=groups))
     return out
+
+
+def _training_values(spec: TaskSpec, labels: Sequence[int]) -> tuple[int, ...]:
+    """The training label map values of ``labels``: the labels themselves (softmax), or
+    the tissue classes their regions join (sigmoid)."""
+    if not spec.is_sigmoid:
+        return tuple(labels)
+    return tuple(sorted({v for label in labels for v in spec.regions[label - 1]}))
 
 
 def _group_by_component(mask: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -308,16 +333,17 @@ def _group_by_component(mask: np.ndarray, found: np.ndarray) -> tuple[np.ndarray
 
 
 def _class_ratios(spec: TaskSpec, config: TrainConfig) -> np.ndarray:
+    classes = spec.training_classes
     if config.class_ratios is not None:
-        if len(config.class_ratios) != spec.num_classes:
+        if len(config.class_ratios) != classes:
             raise TrainingError(
-                f"class_ratios needs {spec.num_classes} values (background first), "
+                f"class_ratios needs {classes} values (background first), "
                 f"got {len(config.class_ratios)}"
             )
         ratios = np.asarray(config.class_ratios, dtype=np.float64)
     else:
-        share = config.pos_fraction / len(spec.labels)
-        ratios = np.asarray([1.0 - config.pos_fraction] + [share] * len(spec.labels))
+        share = config.pos_fraction / (classes - 1)
+        ratios = np.asarray([1.0 - config.pos_fraction] + [share] * (classes - 1))
     return ratios / ratios.sum()
 
 
@@ -543,6 +569,14 @@ def _sample_batch(
     return torch.stack(images), torch.stack(labels)
 
 
+def _loss_function(spec: TaskSpec) -> DiceCELoss:
+    """Dice + cross-entropy: softmax over one-hot labels, or (sigmoid task) sigmoid per
+    channel against the region masks, where the CE term is binary cross-entropy."""
+    if spec.is_sigmoid:
+        return DiceCELoss(sigmoid=True)
+    return DiceCELoss(to_onehot_y=True, softmax=True)
+
+
 @contextlib.contextmanager
 def _training_mode(model: nn.Module) -> Iterator[None]:
     model.train()
@@ -604,7 +638,9 @@ def train(
     preprocess_s = time.perf_counter() - start
 
     scaling = config.small_lesion_scaling
-    lesion_labels = scaling.lesion_labels(spec) if scaling is not None else ()
+    lesion_labels = (
+        _training_values(spec, scaling.lesion_labels(spec)) if scaling is not None else ()
+    )
     fingerprint = _fingerprint(model, config, cached) if checkpoint is not None else ""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, 1])
@@ -613,7 +649,7 @@ def train(
     reference = (
         _reference_parameters(model, reference_state, device) if config.prox_mu > 0 else None
     )
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = _loss_function(spec)
     optimiser = _build_optimiser(model, config)
     amp_dtype = amp_dtype_for(device) if config.amp else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -645,7 +681,8 @@ def train(
             optimiser.zero_grad(set_to_none=True)
             with _autocast(device, amp_dtype):
                 logits = model(x)
-            loss = loss_fn(logits.float(), y)
+            target = region_targets(spec, y) if spec.is_sigmoid else y
+            loss = loss_fn(logits.float(), target)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at step {step + 1}")
             total = loss

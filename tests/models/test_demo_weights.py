@@ -10,13 +10,16 @@ import torch
 
 from models.demo_weights import (
     PROFILES,
+    RECIPES,
     DemoWeightsError,
+    _network_from_args,
+    build_parser,
     main,
     named_profile,
     train_demo_weights,
 )
-from models.networks import Architecture, NetworkConfig
-from models.phantoms import CT_DEFAULT, CT_FINE
+from models.networks import DEFAULT_NETWORK, Architecture, NetworkConfig
+from models.phantoms import CT_DEFAULT, CT_FINE, MR_BRATS
 from models.registry import ModelRegistry
 from models.tasks import TaskName
 
@@ -135,3 +138,38 @@ def test_fine_tuning_needs_a_parent_of_the_same_architecture(tmp_path: Path) -> 
             init_from="0.1.0",
         )
     assert [b.version for b in ModelRegistry(tmp_path).list("liver_ct")] == ["0.1.0"]
+
+
+def test_glioma_brats_run_registers_a_four_channel_sigmoid_bundle(tmp_path: Path) -> None:
+    tiny = replace(MR_BRATS, name="tiny_brats", spacing_mm=(5.0, 5.0, 5.0), matrix=(32, 46, 40))
+    lines: list[str] = []
+    bundle = train_demo_weights(
+        TaskName.GLIOMA_BRATS,
+        tmp_path,
+        cases=1,
+        eval_cases=1,
+        steps=1,
+        batch_size=1,
+        network=TINY_NET,
+        profile=tiny,
+        log=lines.append,
+    )
+    card = bundle.card
+    kwargs = card.architecture["kwargs"]
+    assert (kwargs["in_channels"], kwargs["out_channels"]) == (4, 3)
+    assert card.preprocessing["output_activation"] == "sigmoid"
+    assert list(card.preprocessing["channels"]) == ["t1c", "t1", "t2", "flair"]
+    for region in ("enhancing_tumour", "tumour_core", "whole_tumour"):
+        assert 0.0 <= card.metrics[f"dice_{region}"] <= 1.0
+    assert "mr_brats" in card.training_data
+    assert any("Whole tumour" in line for line in lines)  # the evaluation table
+
+
+def test_glioma_brats_defaults_to_a_small_network() -> None:
+    network = RECIPES[TaskName.GLIOMA_BRATS].network
+    assert network.filters == (8, 16, 32, 64)
+    args = build_parser().parse_args(["--task", "glioma_brats", "--out", "x"])
+    assert _network_from_args(args) == network
+    args = build_parser().parse_args(["--task", "liver_ct", "--out", "x"])
+    assert _network_from_args(args) == DEFAULT_NETWORK
+    assert [p.name for p in PROFILES[TaskName.GLIOMA_BRATS]] == ["mr_brats"]

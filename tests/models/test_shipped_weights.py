@@ -13,7 +13,8 @@ import torch
 from models.evaluation import dice
 from models.inference import segment
 from models.model_card import DEMO_INTENDED_USE
-from models.phantoms import CT_DEFAULT, MR_DEFAULT, SiteProfile, generate_phantom
+from models.phantoms import CT_DEFAULT, MR_BRATS, MR_DEFAULT, SiteProfile, generate_phantom
+from models.regions import region_masks
 from models.registry import ModelBundle, ModelRegistry
 from models.tasks import TASKS, TaskName
 
@@ -25,6 +26,9 @@ MAX_TOTAL_BYTES = 20 * 1024 * 1024
 SMALL_CT = replace(CT_DEFAULT, name="ci_ct", spacing_mm=(3.0, 3.0, 3.0), matrix=(44, 104, 104))
 SMALL_MR = replace(MR_DEFAULT, name="ci_mr", spacing_mm=(3.0, 3.0, 3.0), matrix=(52, 72, 72))
 PHANTOM_SEED = 31337
+#: glioma_brats: the whole tumour of one fresh phantom (the small demo network's card
+#: records all three regions on 10 phantoms)
+WHOLE_TUMOUR_BOUND = 0.85
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +83,29 @@ def test_segments_a_fresh_phantom(
     for label, bound in bounds.items():
         score = dice(result.mask == label, phantom.labels == label)
         assert score > bound, f"{task} label {label}: Dice {score:.3f} <= {bound}"
+
+
+def test_glioma_brats_card_records_the_dice_per_region(registry: ModelRegistry) -> None:
+    card = _bundle(registry, TaskName.GLIOMA_BRATS).card
+    assert card.preprocessing["output_activation"] == "sigmoid"
+    assert card.architecture["kwargs"]["out_channels"] == 3
+    for region in ("enhancing_tumour", "tumour_core", "whole_tumour"):
+        assert 0.0 <= card.metrics[f"dice_{region}"] <= 1.0
+        assert 0.0 <= card.metrics[f"dice_pooled_{region}"] <= 1.0
+    bundle_bytes = sum(p.stat().st_size for p in (BUNDLES / "glioma_brats").rglob("*"))
+    assert bundle_bytes < 3 * 1024 * 1024
+
+
+def test_glioma_brats_segments_overlapping_regions(registry: ModelRegistry) -> None:
+    torch.set_num_threads(2)
+    spec = TASKS[TaskName.GLIOMA_BRATS]
+    phantom = generate_phantom("mr_brats", replace(MR_BRATS, seed=PHANTOM_SEED), 0)
+    model = registry.load_network(_bundle(registry, TaskName.GLIOMA_BRATS))
+    result = segment(model, spec, phantom.image, phantom.affine_lps, device="cpu")
+    assert result.mask.dtype == bool
+    assert result.mask.shape == (3, *phantom.labels.shape)
+    enhancing, core, whole = result.mask
+    assert not (enhancing & ~core).any() and not (core & ~whole).any()
+    truth = region_masks(spec, phantom.labels)
+    score = dice(whole, truth[2])
+    assert score > WHOLE_TUMOUR_BOUND, f"whole tumour Dice {score:.3f} <= {WHOLE_TUMOUR_BOUND}"

@@ -63,7 +63,8 @@ def test_shipped_tasks() -> None:
     for name, spec in TASKS.items():
         assert spec.name is name
         assert [label.index for label in spec.labels] == list(range(1, len(spec.labels) + 1))
-        assert spec.num_classes == len(spec.labels) + 1
+        outputs = len(spec.labels) + (0 if spec.is_sigmoid else 1)
+        assert spec.num_classes == outputs
         assert all(p % PATCH_MULTIPLE == 0 for p in spec.patch_size)
 
 
