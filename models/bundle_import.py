@@ -68,7 +68,7 @@ import torch
 
 from .bundle_config import lookup, read_config, resolve
 from .bundle_pipeline import BundlePipeline, check_channel_labels, parse_pipeline
-from .channel_map import Activation, ChannelMap, map_channels, parse_channel_def
+from .channel_map import ChannelMap, map_channels, parse_channel_def
 from .errors import BundleImportError, NetworkConfigError, SpecError
 from .model_card import (
     CardLabel,
@@ -87,7 +87,7 @@ from .registry import (
     check_network_kwargs,
     resolve_network,
 )
-from .tasks import TASKS, TaskName, TaskSpec
+from .tasks import TASKS, OutputActivation, TaskName, TaskSpec
 
 __all__ = [
     "IMPORTED_INTENDED_USE",
@@ -312,16 +312,16 @@ def _find_activation(node: Any, config: Mapping[str, Any], file: str, depth: int
     return None
 
 
-def _activation(inference: Mapping[str, Any], file: str) -> Activation:
+def _activation(inference: Mapping[str, Any], file: str) -> OutputActivation:
     """Sigmoid when the postprocessing's first ``Activations``/``Activationsd`` says
     ``sigmoid=True`` (values resolved with :func:`~models.bundle_config.resolve`), else
     softmax (MONAI's segmentation bundles' default: softmax + argmax)."""
     component = _find_activation(inference.get("postprocessing"), inference, file)
     if component is None:
-        return Activation.SOFTMAX
+        return OutputActivation.SOFTMAX
     value = component.get("sigmoid", False)
     sigmoid = resolve(value, inference, "postprocessing.Activations.sigmoid", file=file)
-    return Activation.SIGMOID if sigmoid is True else Activation.SOFTMAX
+    return OutputActivation.SIGMOID if sigmoid is True else OutputActivation.SOFTMAX
 
 
 def _sizes(value: Any) -> tuple[int, int, int] | None:
@@ -585,7 +585,7 @@ def _pipeline(bundle: MonaiBundle, channels: ChannelMap) -> BundlePipeline:
     """The bundle's own pre-processing, inferer and post-processing, which its jobs run
     (:mod:`models.bundle_pipeline`); it must agree with the channel map."""
     pipeline = parse_pipeline(bundle.inference, bundle.inference_file)
-    sigmoid = channels.activation is Activation.SIGMOID
+    sigmoid = channels.activation is OutputActivation.SIGMOID
     if pipeline.multi_label != sigmoid:
         raise BundleImportError(
             f"MONAI bundle {bundle.src.name}: {bundle.inference_file} postprocessing "

@@ -28,7 +28,7 @@ tumour); they are listed in :attr:`ChannelMap.missing`, which the importer recor
 the model card (``source.missing_labels``) and the CLI reports as a warning. A bundle
 that supplies none of the task's labels is always refused.
 
-**Activation.** Softmax bundles (the default) have one channel per class including
+**OutputActivation.** Softmax bundles (the default) have one channel per class including
 background; sigmoid bundles (one independent channel per, possibly overlapping, region,
 no background, e.g. BraTS) are recognised by the importer from the postprocessing's
 ``Activations``/``Activationsd`` with ``sigmoid=True``. Without a ``channel_def`` the
@@ -44,16 +44,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from .errors import ChannelMapError
-from .tasks import ANATOMICAL_STRUCTURE, Code
+from .tasks import ANATOMICAL_STRUCTURE, Code, OutputActivation
 
 __all__ = [
     "VOCABULARIES",
-    "Activation",
     "ChannelMap",
     "ChannelMapError",
     "LabelVocabulary",
@@ -71,13 +69,6 @@ _LISTED: Final = 12
 _BACKGROUND: Final = frozenset({"background", "bg", "bkg"})
 _CODE_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9-]{0,15}):([0-9A-Za-z.]{1,16})")
 _SCHEME_ALIASES: Final = MappingProxyType({"SRT": "SCT", "SNOMED": "SCT", "SNM3": "SCT"})
-
-
-class Activation(StrEnum):
-    """How a bundle's output channels become probabilities."""
-
-    SOFTMAX = "softmax"
-    SIGMOID = "sigmoid"
 
 
 class TaskLabel(Protocol):
@@ -202,7 +193,7 @@ class ChannelMap:
     """
 
     out_channels: int
-    activation: Activation
+    activation: OutputActivation
     channel_labels: Mapping[int, int]
     channel_def: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
     missing: tuple[str, ...] = ()
@@ -212,10 +203,10 @@ class ChannelMap:
         if not isinstance(out, int) or isinstance(out, bool) or not 1 <= out <= MAX_CHANNELS:
             raise ChannelMapError(f"out_channels must be an integer in 1..{MAX_CHANNELS}")
         try:
-            object.__setattr__(self, "activation", Activation(self.activation))
+            object.__setattr__(self, "activation", OutputActivation(self.activation))
         except ValueError as exc:
             raise ChannelMapError(
-                f"activation must be one of {[a.value for a in Activation]}, "
+                f"activation must be one of {[a.value for a in OutputActivation]}, "
                 f"got {self.activation!r}"
             ) from exc
         labels: dict[int, int] = {}
@@ -367,9 +358,9 @@ def _automatic(channel_def: Mapping[int, str], labels: Sequence[TaskLabel]) -> d
 
 
 def _by_layout(
-    out_channels: int, activation: Activation, labels: Sequence[TaskLabel], bundle: str
+    out_channels: int, activation: OutputActivation, labels: Sequence[TaskLabel], bundle: str
 ) -> dict[int, int]:
-    offset = 1 if activation is Activation.SOFTMAX else 0
+    offset = 1 if activation is OutputActivation.SOFTMAX else 0
     needed = len(labels) + offset
     if out_channels != needed:
         layout = "background + one per label" if offset else "one per label (sigmoid)"
@@ -385,7 +376,7 @@ def map_channels(
     labels: Sequence[TaskLabel],
     *,
     out_channels: int,
-    activation: Activation = Activation.SOFTMAX,
+    activation: OutputActivation = OutputActivation.SOFTMAX,
     channel_def: Mapping[int, str] | None = None,
     override: Mapping[int, str] | None = None,
     bundle: str = "the bundle",
@@ -397,7 +388,7 @@ def map_channels(
     its metadata has none; ``override`` the site's ``--label-map`` (:func:`parse_label_map`).
     ``bundle`` and ``task`` name both in messages. Raises :class:`ChannelMapError`.
     """
-    activation = Activation(activation)
+    activation = OutputActivation(activation)
     if channel_def is not None and len(channel_def) != out_channels:
         raise ChannelMapError(
             f"{bundle}: network_def.out_channels is {out_channels}, but its metadata's "

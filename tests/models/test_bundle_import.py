@@ -688,7 +688,9 @@ def test_the_network_runs_at_the_declared_shape(tmp_path: Path, registry: ModelR
     metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] = [1024, 1024, 1024]
     # No window: the network gets the whole image, of the metadata's declared shape.
     src = write_bundle(
-        tmp_path / "b", metadata=metadata, inference_extra={"inferer": {"_target_": "SimpleInferer"}}
+        tmp_path / "b",
+        metadata=metadata,
+        inference_extra={"inferer": {"_target_": "SimpleInferer"}},
     )
     with pytest.raises(BundleImportError, match=r"declared input \[1024, 1024, 1024\].*larger"):
         import_monai_bundle(src, registry, task="liver_ct")

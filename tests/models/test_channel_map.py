@@ -7,7 +7,6 @@ import json
 import pytest
 
 from models.channel_map import (
-    Activation,
     ChannelMap,
     LabelVocabulary,
     map_channels,
@@ -24,6 +23,7 @@ from models.tasks import (
     MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
     NEOPLASM,
     LabelSpec,
+    OutputActivation,
 )
 from tests.models.zoo import zoo_metadata
 
@@ -55,7 +55,7 @@ def test_wholebody_maps_liver_and_misses_the_tumour() -> None:
     )
     assert dict(result.channel_labels) == {5: 1}
     assert result.missing == ("Liver tumour",)
-    assert result.activation is Activation.SOFTMAX
+    assert result.activation is OutputActivation.SOFTMAX
     assert result.to_card()["channel_labels"] == {"5": 1}
     assert result.to_card()["channel_def"]["5"] == "liver"
 
@@ -81,12 +81,12 @@ def test_spleen_is_refused_for_liver_with_what_it_segments_and_what_is_needed() 
 def test_brats_channels_map_to_the_glioma_brats_labels_by_name() -> None:
     channels = zoo_channel_def("brats_mri_segmentation")
     result = map_channels(
-        GLIOMA_BRATS, out_channels=3, activation=Activation.SIGMOID, channel_def=channels
+        GLIOMA_BRATS, out_channels=3, activation=OutputActivation.SIGMOID, channel_def=channels
     )
     # channel_def: 0 Tumor core, 1 Whole tumor, 2 Enhancing tumor
     assert dict(result.channel_labels) == {0: 2, 1: 3, 2: 1}
     assert result.missing == ()
-    assert result.activation is Activation.SIGMOID
+    assert result.activation is OutputActivation.SIGMOID
     # The same bundle for the one-label glioma_mr task: its whole tumour is the glioma.
     single = map_channels(GLIOMA_MR_SPEC.labels, out_channels=3, channel_def=channels)
     assert dict(single.channel_labels) == {1: 1}
@@ -123,7 +123,7 @@ def test_coded_channel_names() -> None:
 
 def test_without_channel_def_the_task_layout_is_required() -> None:
     assert dict(map_channels(LIVER, out_channels=3).channel_labels) == {1: 1, 2: 2}
-    sigmoid = map_channels(GLIOMA_BRATS, out_channels=3, activation=Activation.SIGMOID)
+    sigmoid = map_channels(GLIOMA_BRATS, out_channels=3, activation=OutputActivation.SIGMOID)
     assert dict(sigmoid.channel_labels) == {0: 1, 1: 2, 2: 3}
     with pytest.raises(ChannelMapError, match=r"out_channels is 2, but 2 label\(s\) need 3"):
         map_channels(LIVER, out_channels=2)
@@ -181,7 +181,7 @@ def test_the_card_entry_round_trips_and_is_validated() -> None:
         channel_def={0: "background", 1: "liver", 2: "liver tumor"},
     )
     assert ChannelMap.from_card(json.loads(json.dumps(result.to_card()))) == ChannelMap(
-        3, Activation.SOFTMAX, {1: 1, 2: 2}, result.channel_def
+        3, OutputActivation.SOFTMAX, {1: 1, 2: 2}, result.channel_def
     )
     for bad in (
         {"out_channels": 3, "activation": "relu", "channel_labels": {"1": 1}},
