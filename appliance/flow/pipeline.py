@@ -45,9 +45,9 @@ from dicom_bridge.sop_classes import SEGMENTATION_CLASSES, VOLUME_CLASSES
 from dicom_bridge.sr import SrOptions, write_sr
 from dicom_bridge.uids import short_ref, validate_uid
 from dicom_bridge.volume import SeriesVolume, load_series_volume
-from models.bundle_pipeline import BundlePipeline, run_pipeline, working_spacing
+from models.bundle_pipeline import BundlePipeline, working_spacing
+from models.card_inference import segment_with_card
 from models.errors import InputTooLargeError
-from models.inference import segment
 from models.model_card import thaw
 from models.tasks import TaskSpec, get_task
 
@@ -269,28 +269,15 @@ def _run_stages(
     mark = time.perf_counter()
     card = loaded.bundle.card
     try:
-        bundle_pipeline = card.bundle_pipeline
-        channel_map = card.channel_map
-        if bundle_pipeline is not None and channel_map is not None:
-            # An imported bundle runs its own pre-processing, inferer and post-processing.
-            segmentation = run_pipeline(
-                loaded.network,
-                bundle_pipeline,
-                image,
-                affine_lps,
-                device=loaded.device,
-                channel_labels=channel_map.channel_labels,
-                max_working_voxels=config.limits.max_working_voxels,
-            )
-        else:
-            segmentation = segment(
-                loaded.network,
-                spec,
-                image,
-                affine_lps,
-                device=loaded.device,
-                max_working_voxels=config.limits.max_working_voxels,
-            )
+        segmentation = segment_with_card(
+            loaded.network,
+            card,
+            spec,
+            image,
+            affine_lps,
+            device=loaded.device,
+            max_working_voxels=config.limits.max_working_voxels,
+        )
     except InputTooLargeError as exc:
         raise _JobFailed("input_too_large", f"{exc} (limits.max_working_voxels)") from exc
     except Exception as exc:

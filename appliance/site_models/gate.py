@@ -40,9 +40,10 @@ from appliance.errors import GateError
 from appliance.site_models.registry import NetworkCache
 from appliance.store import ModelRecord, Store
 from appliance.store.audit import AuditEvent
+from models.card_inference import segment_with_card
 from models.evaluation import EvaluationSummary, evaluate_case, summarize
-from models.inference import segment
 from models.lifecycle import ModelState
+from models.model_card import ModelCard
 from models.tasks import get_task
 
 LOG = logging.getLogger(__name__)
@@ -186,14 +187,19 @@ def load_held_out(store: Store, task: str) -> HeldOutCases:
 
 
 def evaluate_on_cases(
-    network: torch.nn.Module, task: str, cases: Sequence[GateCase], device: torch.device
+    network: torch.nn.Module,
+    card: ModelCard,
+    task: str,
+    cases: Sequence[GateCase],
+    device: torch.device,
 ) -> EvaluationSummary:
     """Segment and score every case with the clinical inference path (the same call as
-    :mod:`appliance.flow.pipeline`, post-processing included)."""
+    :mod:`appliance.flow.pipeline`: an imported bundle's own pipeline, post-processing
+    included)."""
     spec = get_task(task)
     metrics = []
     for case in cases:
-        mask = segment(network, spec, case.image, case.affine, device=device).mask
+        mask = segment_with_card(network, card, spec, case.image, case.affine, device=device).mask
         metrics.append(evaluate_case(mask, case.labels, case.affine, spec))
     return summarize(metrics)
 
@@ -226,10 +232,19 @@ def run_gate(
     cand_means: dict[str, float] = {}
     active_means: dict[str, float] | None = None
     if cases:
-        cand_means = _means(evaluate_on_cases(networks.get(candidate).network, task, cases, device))
+        loaded = networks.get(candidate)
+        cand_means = _means(
+            evaluate_on_cases(loaded.network, loaded.bundle.card, task, cases, device)
+        )
         if active is not None:
             active_means = _means(
-                evaluate_on_cases(networks.get(active).network, task, cases, device)
+                evaluate_on_cases(
+                    networks.get(active).network,
+                    networks.get(active).bundle.card,
+                    task,
+                    cases,
+                    device,
+                )
             )
     else:
         cand_means = {label.name: math.nan for label in get_task(task).labels}

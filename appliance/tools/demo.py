@@ -146,8 +146,13 @@ def run_demo(
         for case in cases:
 
             def finished(uid: str = case.series_uid) -> bool:
+                # total_s is recorded just after the job ends: wait for it too
                 jobs = store.list_jobs(series_uid=uid, limit=1)
-                return bool(jobs) and jobs[0].state in (JobState.DONE, JobState.FAILED)
+                return (
+                    bool(jobs)
+                    and jobs[0].state in (JobState.DONE, JobState.FAILED)
+                    and "total_s" in jobs[0].timings
+                )
 
             _wait(finished, timeout_s, f"segmentation of the {case.kind.value} study")
             job: JobRecord = store.list_jobs(series_uid=case.series_uid, limit=1)[0]
