@@ -141,8 +141,13 @@ def map_segments(
 
     Raises :class:`CaseRefused` (``no_matching_segments``) when no segment maps to a label
     of any task for ``modality``; the message lists the codes found."""
+    # Region tasks (sigmoid, overlapping outputs such as glioma_brats) are trained on a map
+    # of disjoint tissue classes; a SEG's overlapping regions are not converted into one
+    # yet, so a SEG never becomes a case of such a task.
     candidates = [
-        t for t in (tasks if tasks is not None else TASKS.values()) if t.modality == modality
+        t
+        for t in (tasks if tasks is not None else TASKS.values())
+        if t.modality == modality and not t.is_sigmoid
     ]
     best: TaskMapping | None = None
     for spec in candidates:
