@@ -134,8 +134,17 @@ def record_case(
     the plausibility checks); ``calling_ae``: who sent it over DICOM. A case needing
     review (:mod:`appliance.cases.trust`) is recorded PENDING."""
     spec = TASKS[next(t for t in TASKS if str(t) == task)]
-    counts = np.bincount(labels.ravel(), minlength=spec.num_classes)
-    voxels = {label.name: int(counts[label.index]) for label in spec.labels}
+    counts = np.bincount(labels.ravel(), minlength=int(labels.max(initial=0)) + 1)
+    if spec.is_sigmoid:  # a map of tissue classes; each label is a union of them
+        voxels = {
+            label.name: int(sum(counts[v] for v in region if v < counts.size))
+            for label, region in zip(spec.labels, spec.regions, strict=True)
+        }
+    else:
+        voxels = {
+            label.name: int(counts[label.index]) if label.index < counts.size else 0
+            for label in spec.labels
+        }
     if not any(voxels.values()):
         mapped = ", ".join(str(s["label"]) for s in segments if s.get("label")) or "none"
         raise CaseRefused(
