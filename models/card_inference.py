@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bundle_pipeline import run_pipeline
+from .bundle_run import run_pipeline
 from .inference import SegmentationResult, segment
 from .model_card import ModelCard
 from .tasks import MAX_WORKING_VOXELS, TaskSpec

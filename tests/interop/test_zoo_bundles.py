@@ -111,7 +111,7 @@ def test_brats_imports_for_glioma_brats_and_gives_overlapping_segments(
 ) -> None:
     require_program("dciodvfy")
     from appliance.flow.pipeline import segment_descriptions
-    from models.bundle_pipeline import run_pipeline
+    from models.bundle_run import run_pipeline
     from models.phantoms import BRATS_CHANNELS, MR_BRATS, brats_mr_study
     from models.registry import ModelRegistry
     from models.tasks import get_task

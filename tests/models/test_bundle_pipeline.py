@@ -38,11 +38,9 @@ from models.bundle_pipeline import (
     check_channel_labels,
     describe,
     parse_pipeline,
-    preprocess_image,
-    run_pipeline,
-    working_grid_voxels,
     working_spacing,
 )
+from models.bundle_run import preprocess_image, run_pipeline, working_grid_voxels
 from models.errors import BundleImportError, InputTooLargeError, SpecError
 from models.geometry import to_metatensor, voxel_spacing
 from tests.models.test_geometry import make_affine, oblique_directions
