@@ -1,8 +1,9 @@
 """Dice of the shipped models on the real labelled cases (issue 3), with no threshold.
 
 For each selected dataset of :data:`appliance.tools.real_cases.DATASETS` the cases are loaded,
-segmented through the clinical inference path (:func:`models.inference.segment`,
-post-processing included) with the task's bundle from a model registry (the highest
+segmented through the clinical inference path
+(:func:`models.card_inference.segment_with_card`: the task's pipeline, or an imported
+bundle's own, post-processing included) with the task's bundle from a model registry (the highest
 version, as :func:`appliance.site_models.registry.register_shipped` activates on first start),
 and scored with :mod:`models.evaluation` on the labels the case has truth for:
 
@@ -308,7 +309,9 @@ def evaluate_real(
     """
     import datetime as dt
 
-    from models.inference import resolve_device, segment
+    from models.card_inference import segment_with_card
+    from models.inference import resolve_device
+    from models.model_card import ModelCard
     from models.registry import ModelRegistry, RegistryError
 
     root = Path(data_root)
@@ -317,7 +320,7 @@ def evaluate_real(
     keys = select_datasets(only)
     registry = ModelRegistry(Path(registry_root))
     dev = resolve_device(device)
-    networks: dict[TaskName, tuple[Any, ModelRef]] = {}
+    networks: dict[TaskName, tuple[Any, ModelRef, ModelCard]] = {}
     results: list[CaseResult] = []
     skipped: list[SkippedDataset] = []
     for key in keys:
@@ -346,9 +349,9 @@ def evaluate_real(
                 card.weights_sha256,
                 card.federated_round,
             )
-            networks[dataset.task] = (network, ref)
+            networks[dataset.task] = (network, ref, card)
             log(f"[{dataset.task}] model {ref.short}")
-        network, ref = networks[dataset.task]
+        network, ref, card = networks[dataset.task]
         try:
             cases = dataset.load(root)
         except RealDataError as exc:
@@ -358,7 +361,8 @@ def evaluate_real(
         spec = get_task(dataset.task)
         for case in cases:
             start = time.perf_counter()
-            mask = segment(network, spec, case.image, case.affine, device=dev).mask
+            # an imported bundle runs its own pipeline, as in a job
+            mask = segment_with_card(network, card, spec, case.image, case.affine, device=dev).mask
             result = score_case(case, mask, ref, time.perf_counter() - start, hd95=hd95)
             results.append(result)
             text = " ".join(f"{lr.name}={lr.dice:.3f}" for lr in result.labels)
@@ -366,7 +370,7 @@ def evaluate_real(
     return RealEvaluation(
         results=tuple(results),
         skipped=tuple(skipped),
-        models=tuple(ref for _, ref in networks.values()),
+        models=tuple(ref for _, ref, _ in networks.values()),
         data_root=str(data_root),
         registry_root=str(registry_root),
         device=str(dev),
