@@ -97,6 +97,11 @@ def initial_from_active(
         bundle_net = build_from_card(architecture)
     except ModelsError as exc:
         raise FederationError(f"the active model {ref}: {exc}") from exc
+    if "bundle_pipeline" in bundle.card.preprocessing:
+        raise FederationError(
+            f"the active model {ref} is an imported bundle that runs its own pre-processing; "
+            "federated runs train and evaluate with the task's, so it cannot start a run"
+        )
     entries = unet_settings(architecture, ref)
     pre = thaw(bundle.card.preprocessing)
     if pre.get("patch_size"):
