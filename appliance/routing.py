@@ -2,6 +2,8 @@
 
 Rules are tried in order; the first that matches wins. A series no rule matches is
 recorded as not processed, with the reason of the closest rule's first failed condition.
+A task of several series (e.g. glioma_brats: T1c, T1, T2, FLAIR) has one rule per role:
+the rule's ``role`` names the task channel the series fills (see ``flow/study.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class RoutingRule:
     image_type_excludes: tuple[str, ...] = ("LOCALIZER",)  # none may be in ImageType
     min_slices: int = 1
     name: str = ""
+    role: str | None = None  # the task channel this series fills (tasks of several series)
     _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -74,7 +77,11 @@ class RouteDecision:
     task: str | None  # None: not processed
     rule: str | None
     reason: str
+    role: str | None = None  # the channel of a task of several series that this one fills
 
+
+#: ``[routing] study_wait_minutes``: how long a study waits for the series of missing roles.
+DEFAULT_STUDY_WAIT_MINUTES = 10.0
 
 # T1 post-contrast: "T1 POST GD", "T1+C", "T1 CE", "T1C", "MPRAGE POST", "T1W_3D_TFE GADO".
 T1_POST_CONTRAST = r"(t1.*(post|gd|gado|\+ ?c\b|contrast|\bce\b|\bc\+))|(\bt1c\b)|(mprage.*post)"
@@ -106,7 +113,7 @@ def route(facts: SeriesFacts, rules: Sequence[RoutingRule] = DEFAULT_RULES) -> R
     for rule in rules:
         why = rule.mismatch(facts)
         if why is None:
-            return RouteDecision(rule.task, rule.label, f"matched rule {rule.label}")
+            return RouteDecision(rule.task, rule.label, f"matched rule {rule.label}", rule.role)
         reasons.append(f"{rule.label}: {why}")
     if not rules:
         return RouteDecision(None, None, "no routing rules are configured")

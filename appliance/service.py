@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 import time
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from appliance.flow.ingest import Ingest
 from appliance.flow.ingest import index_spool as reconcile_spool
 from appliance.flow.outbox import OutboxLoop, OutboxSender
 from appliance.flow.scheduler import Scheduler
+from appliance.flow.study import sweep_waiting_studies
 from appliance.flow.worker import Worker
 from appliance.ops.health import check_health, report
 from appliance.ops.http import StatusServer
@@ -149,7 +151,12 @@ class Service:
             on_job_timings=self.metrics.observe_job,
         )
         self._threads = [
-            Scheduler(self.store, self.config.dicom.series_quiet_seconds, self.stop_event),
+            Scheduler(
+                self.store,
+                self.config.dicom.series_quiet_seconds,
+                self.stop_event,
+                sweep=partial(sweep_waiting_studies, self.store, self.config),
+            ),
             self.worker,
             OutboxLoop(
                 OutboxSender(self.store, self.config),

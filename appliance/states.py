@@ -89,3 +89,12 @@ class Refusal(StrEnum):
     BAD_LABEL_VALUES = "bad_label_values"  # NIfTI import: values that are no label
     EMPTY_LABELS = "empty_labels"  # the mapped segments hold no voxel
     CALLER_NOT_TRUSTED = "caller_not_trusted"  # its calling AE is not in cases.annotation_callers
+
+
+class StudyReason(StrEnum):
+    """Why a series of a task of several series (roles, see ``flow/study.py``) ended
+    SKIPPED without a job of its own."""
+
+    STUDY_INPUT = "study_input"  # an input of its study's job, run on the reference series
+    WAITING_FOR_ROLES = "waiting_for_roles"  # the reference series waits for missing roles
+    MISSING_ROLES = "missing_roles"  # the reference waited routing.study_wait_minutes in vain

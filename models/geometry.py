@@ -129,3 +129,45 @@ def from_metatensor(tensor: MetaTensor) -> tuple[np.ndarray, np.ndarray]:
     space = tensor.meta.get("space", SpaceKeys.RAS)
     affine_lps = affine if SpaceKeys(space) == SpaceKeys.LPS else ras_to_lps(affine)
     return tensor.detach().cpu().numpy(), affine_lps
+
+
+def same_grid(
+    shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tuple[int, ...], affine_b: np.ndarray
+) -> bool:
+    """Whether two volumes lie on the same voxel grid (shape and affine, to 1e-4 mm)."""
+    return tuple(shape_a) == tuple(shape_b) and bool(
+        np.allclose(np.asarray(affine_a), np.asarray(affine_b), atol=1e-4)
+    )
+
+
+def resample_to_grid(
+    array: np.ndarray,
+    affine_src: np.ndarray,
+    shape_dst: tuple[int, int, int],
+    affine_dst: np.ndarray,
+) -> np.ndarray:
+    """``array`` (``(slice, row, column)`` with index -> LPS ``affine_src``) resampled onto
+    the grid ``shape_dst`` / ``affine_dst``, trilinear; outside the source it is 0.
+
+    Both affines are in the same patient coordinate system (one Frame of Reference): no
+    registration, only interpolation. Returns float32 of ``shape_dst``.
+    """
+    src = validate_affine(affine_src)
+    dst = validate_affine(affine_dst)
+    if array.ndim != 3 or len(shape_dst) != 3 or min(shape_dst) < 1:
+        raise GeometryError(f"resampling needs 3-D grids; got {array.shape} -> {shape_dst}")
+    # destination voxel index -> world -> source voxel index
+    to_src = np.linalg.inv(src) @ dst
+    axes = [np.arange(n, dtype=np.float64) for n in shape_dst]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # (s, r, c, 3)
+    index = grid @ to_src[:3, :3].T + to_src[:3, 3]
+    # grid_sample (align_corners=False): -1 and 1 are the outer edges of the end voxels;
+    # its last dimension is (x, y, z) = (column, row, slice)
+    sizes = np.array(array.shape, dtype=np.float64)
+    normalized = (2.0 * index + 1.0) / sizes - 1.0
+    sample = torch.from_numpy(normalized[..., ::-1].astype(np.float32).copy())[None]
+    source = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    out = torch.nn.functional.grid_sample(
+        source, sample, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return np.asarray(out[0, 0].numpy(), dtype=np.float32)

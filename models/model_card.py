@@ -539,7 +539,10 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         """Network output channels for a softmax model: background plus one per label
-        (a sigmoid task's spec says otherwise: :attr:`models.tasks.TaskSpec.num_classes`)."""
+        (a sigmoid task's spec says otherwise: :attr:`models.tasks.TaskSpec.num_classes`,
+        and so does a card that records ``output_activation = "sigmoid"``: one per label)."""
+        if self.preprocessing.get("output_activation") == "sigmoid":
+            return len(self.labels)
         return len(self.labels) + 1
 
     @property

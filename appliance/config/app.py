@@ -25,7 +25,7 @@ from appliance.config.sections import (
     StorageConfig,
 )
 from appliance.errors import NotFoundError
-from appliance.routing import DEFAULT_RULES, RoutingRule
+from appliance.routing import DEFAULT_RULES, DEFAULT_STUDY_WAIT_MINUTES, RoutingRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,8 @@ class AppConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # ``[routing] study_wait_minutes`` (the rules stay ``routing``, as every caller reads them)
+    study_wait_minutes: float = DEFAULT_STUDY_WAIT_MINUTES
 
     def __post_init__(self) -> None:
         r = ConfigReader.of(self)
@@ -64,6 +66,12 @@ class AppConfig:
             "destinations", DestinationConfig, "must be an array of tables ([[destinations]])"
         )
         r.instances("routing", RoutingRule, "must be a list of routing rules")
+        wait = self.study_wait_minutes
+        r.check(
+            isinstance(wait, int | float) and not isinstance(wait, bool) and wait > 0,
+            "routing.study_wait_minutes",
+            f"must be a number of minutes > 0; got {wait!r}",
+        )
         names = [d.name for d in destinations]
         for name in sorted({n for n in names if names.count(n) > 1}):
             r.err("destinations", f"destination name {name!r} is used more than once")

@@ -37,7 +37,9 @@ from appliance.config.sections import (
     TlsConfig,
 )
 from appliance.errors import ConfigError, ConfigIssue
-from appliance.routing import DEFAULT_RULES, RoutingRule
+from appliance.routing import DEFAULT_RULES, DEFAULT_STUDY_WAIT_MINUTES, RoutingRule
+from models.errors import SpecError
+from models.tasks import get_task
 
 ENV_PREFIX = "APPLIANCE__"
 CONFIG_ENV = "APPLIANCE_CONFIG"
@@ -85,7 +87,7 @@ def parse_config(
 
 
 def _app(r: ConfigReader) -> AppConfig | None:
-    r.unknown(init_fields(AppConfig))
+    r.unknown([f for f in init_fields(AppConfig) if f != "study_wait_minutes"])
     destinations = [d for t in r.tables("destinations") if (d := _destination(t)) is not None]
     # a section with issues (recorded) stands in as its default, so that what involves
     # several sections is still checked and every problem is reported at once
@@ -98,6 +100,7 @@ def _app(r: ConfigReader) -> AppConfig | None:
             "outbox": r.table("outbox").section(OutboxConfig) or OutboxConfig(),
             "logging": r.table("logging").section(LoggingConfig) or LoggingConfig(),
             "routing": _routing(r.table("routing")),
+            "study_wait_minutes": _study_wait_minutes(r.table("routing")),
             "models": _models(r.table("models")) or ModelsConfig(),
             "output": _output(r.table("output")),
             "cases": r.table("cases").section(CasesConfig) or CasesConfig(),
@@ -185,7 +188,7 @@ def _federation(r: ConfigReader) -> FederationConfig | None:
 
 def _routing(r: ConfigReader) -> tuple[RoutingRule, ...]:
     """``[[routing.rules]]`` (:class:`RoutingRule` does not check itself: here it is)."""
-    r.unknown(["rules"])
+    r.unknown(["rules", "study_wait_minutes"])
     if "rules" not in r.data:
         return DEFAULT_RULES
     if not isinstance(r.data["rules"], list):
@@ -219,6 +222,7 @@ def _routing_rule(r: ConfigReader) -> RoutingRule | None:
     if not isinstance(name, str):
         r.err("name", "must be a string")
         name = ""
+    role = _role(r, task)
     if len(r.issues) > before or task is None or modality is None:
         return None
     excludes = lists["image_type_excludes"]
@@ -231,4 +235,37 @@ def _routing_rule(r: ConfigReader) -> RoutingRule | None:
         image_type_excludes=(excludes or ()) if "image_type_excludes" in r.data else ("LOCALIZER",),
         min_slices=min_slices,
         name=name,
+        role=role,
     )
+
+
+def _role(r: ConfigReader, task: str | None) -> str | None:
+    """``role``: required for a task of several channels (one of their names); for a
+    single-channel task absent or its one channel (then kept as None)."""
+    role = r.data.get("role")
+    if role is not None and not isinstance(role, str):
+        r.err("role", "must be a string naming one of the task's channels")
+        return None
+    try:
+        channels = [c.name for c in get_task(task or "").channels]
+    except SpecError:  # an unknown task: the role cannot be checked here
+        return role
+    allowed = ", ".join(channels)
+    if len(channels) > 1:
+        if role is None:
+            r.err("role", f"is required for task {task} (one of: {allowed})")
+        elif role not in channels:
+            r.err("role", f"{role!r} is not a role of task {task} (one of: {allowed})")
+        return role
+    if role is not None and role not in channels:
+        r.err("role", f"{role!r} is not a role of task {task} (it has one: {allowed})")
+    return None
+
+
+def _study_wait_minutes(r: ConfigReader) -> float:
+    """``[routing] study_wait_minutes``: how long a study waits for its missing roles."""
+    value = r.data.get("study_wait_minutes", DEFAULT_STUDY_WAIT_MINUTES)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        r.err("study_wait_minutes", f"must be a number of minutes > 0; got {value!r}")
+        return DEFAULT_STUDY_WAIT_MINUTES
+    return float(value)

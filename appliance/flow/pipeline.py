@@ -34,13 +34,15 @@ from pydicom.dataset import Dataset
 
 from appliance.cases.from_seg import annotate_seg_series
 from appliance.config import AppConfig
-from appliance.routing import SeriesFacts, route
+from appliance.flow import study
+from appliance.routing import route
 from appliance.site_models.registry import NetworkCache
 from appliance.states import JobState, SeriesState
 from appliance.store import Claim, Enqueue, JobRecord, SeriesRecord, Store
 from dicom_bridge.codes import CodeValue
 from dicom_bridge.errors import VolumeError
 from dicom_bridge.seg import AlgorithmInfo, SegmentDescription, SegOptions, write_seg
+from dicom_bridge.seg_references import reference_other_series
 from dicom_bridge.sop_classes import SEGMENTATION_CLASSES, VOLUME_CLASSES
 from dicom_bridge.sr import SrOptions, write_sr
 from dicom_bridge.uids import short_ref, validate_uid
@@ -100,6 +102,8 @@ def run_claim(store: Store, claim: Claim, config: AppConfig, networks: NetworkCa
         failure = _JobFailed.from_exception("internal_error", exc)
         return _fail_job(store, claim, job, routed, failure, SeriesState.FAILED, start)
     if current:  # job done
+        if routed.study_inputs is not None:  # the study's other series: inputs of this job
+            study.mark_inputs(store, routed.study_inputs, routed.task, job.id, claim.series_uid)
         store.set_job_timing(job.id, "enqueue_s", _since(mark))
         store.set_job_timing(job.id, "total_s", _since(start))
     else:  # superseded by a newer generation: job FAILED, its files go
@@ -128,6 +132,7 @@ class _Routed:
     image_paths: tuple[Path, ...]
     result: dict[str, Any]  # recorded with the series; holds ``timings`` and the job's id
     timings: dict[str, Any]
+    study_inputs: study.StudyInputs | None = None  # a task of several series: all its channels
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,24 +211,27 @@ def _route_series(store: Store, claim: Claim, config: AppConfig) -> _NoJob | _Ro
             "not_an_image_series",
             f"no CT/MR image instances (SOP classes: {', '.join(classes)})",
         )
-    facts = SeriesFacts(
-        modality=series.modality,
-        body_part_examined=series.body_part_examined,
-        series_description=series.series_description,
-        image_type=series.image_type,
-        slices=sum(i.number_of_frames for i in instances if i.sop_class_uid in VOLUME_CLASSES),
-    )
-    decision = route(facts, config.routing)
+    decision = route(study.facts_of(series, instances), config.routing)
     if decision.task is None:
         return _NoJob(SeriesState.SKIPPED, "no_matching_rule", decision.reason)
+    roles = (
+        study.gather(store, claim, decision, config) if study.task_roles(decision.task) else None
+    )
+    if isinstance(roles, study.NotRun):  # an input of its study's job, or waiting for roles
+        return _NoJob(roles.state, roles.reason, roles.detail)
     timings: dict[str, Any] = {}
     start = time.perf_counter()
     try:
         volume = load_series_volume(image_paths, config.limits.sizes)
     except VolumeError as exc:
         return _NoJob(SeriesState.REJECTED, exc.reason, exc.detail)
+    inputs = None if roles is None else study.load_inputs(roles, volume, config)
+    if isinstance(inputs, study.NotRun):
+        return _NoJob(inputs.state, inputs.reason, inputs.detail)
     timings["volume_s"] = _since(start)
     result = volume_summary(volume)
+    if inputs is not None:
+        result["inputs"] = inputs.inputs
     result["task"] = decision.task
     result["routing_rule"] = decision.rule
     result["timings"] = timings
@@ -235,7 +243,7 @@ def _route_series(store: Store, claim: Claim, config: AppConfig) -> _NoJob | _Ro
         "x".join(str(v) for v in result["shape"]),
         timings["volume_s"],
     )
-    return _Routed(series, decision.task, volume, image_paths, result, timings)
+    return _Routed(series, decision.task, volume, image_paths, result, timings, inputs)
 
 
 def _run_stages(
@@ -264,7 +272,7 @@ def _run_stages(
 
     # The boundary: numpy (slice, row, column) + 4x4 LPS affine in, uint8 label map out.
     volume = routed.volume
-    image: np.ndarray = volume.array
+    image: np.ndarray = volume.array if routed.study_inputs is None else routed.study_inputs.image
     affine_lps: np.ndarray = volume.affine
     mark = time.perf_counter()
     card = loaded.bundle.card
@@ -307,6 +315,8 @@ def _run_stages(
             SegOptions(segmentation_type=config.output.seg_type, research_only=research_only),
             slice_uids=volume.sop_instance_uids,
         )
+        if routed.study_inputs is not None:  # it also references the study's other inputs
+            reference_other_series(seg, routed.study_inputs.other_paths)
     except Exception as exc:
         raise _JobFailed.from_exception("seg_failed", exc) from exc
     timings["seg_s"] = _since(mark)
@@ -354,6 +364,8 @@ def _run_stages(
         "voxels": voxels,
         "preprocessing": preprocessing_summary(card.bundle_pipeline, spec),
     }
+    if routed.study_inputs is not None:
+        outputs["inputs"] = routed.study_inputs.inputs
     routed.result["job_state"] = "done"
     return _Produced(outputs, enqueue, out_dir)
 

@@ -38,6 +38,7 @@ from appliance.store.records import (
 )
 from appliance.store.retention import RetentionStore
 from appliance.store.series import RejectionStore, SeriesStore
+from appliance.store.studies import StudyStore
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -61,6 +62,13 @@ __all__ = [
 
 
 class Store(
-    SeriesStore, RejectionStore, JobStore, OutboxStore, ModelStore, CaseStore, RetentionStore
+    SeriesStore,
+    StudyStore,
+    RejectionStore,
+    JobStore,
+    OutboxStore,
+    ModelStore,
+    CaseStore,
+    RetentionStore,
 ):
     """Thread-safe access to the appliance database (one connection, one lock)."""

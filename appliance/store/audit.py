@@ -48,6 +48,7 @@ class AuditEvent(StrEnum):
     INSTANCE_REJECTED = "instance_rejected"  # a C-STORE got a failure status
     SERIES_RECEIVED = "series_received"  # a series went quiet: complete
     SERIES_FINISHED = "series_finished"  # processed without a job: rejected, skipped, failed
+    SERIES_REQUEUED = "series_requeued"  # a study's reference series, its missing roles came
     JOB_FINISHED = "job_finished"  # a segmentation job ended (model, result)
     OBJECT_SENT = "object_sent"  # a SEG/SR acknowledged by a destination
     SEND_FAILED = "send_failed"  # an outbox item gave up (dead letter)

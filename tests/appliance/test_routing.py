@@ -119,3 +119,52 @@ def test_empty_rule_list_routes_nothing() -> None:
     decision = route(SeriesFacts("CT", "", "", (), 100), ())
     assert decision.task is None and "no routing rules" in decision.reason
     assert RoutingRule("liver_ct", "CT").mismatch(SeriesFacts("CT", slices=5)) is None
+
+
+BRATS_RULES = [
+    {"task": "glioma_brats", "modality": "MR", "series_description": d, "role": r}
+    for d, r in (("t1c", "t1c"), ("^t1$", "t1"), ("t2", "t2"), ("flair", "flair"))
+]
+
+
+def test_rules_of_a_task_of_several_series_carry_their_role() -> None:
+    cfg = parse_config({"routing": {"rules": BRATS_RULES, "study_wait_minutes": 0.5}})
+    assert [r.role for r in cfg.routing] == ["t1c", "t1", "t2", "flair"]
+    assert cfg.study_wait_minutes == 0.5
+    decision = route(SeriesFacts("MR", "BRAIN", "AX FLAIR", (), 30), cfg.routing)
+    assert (decision.task, decision.role) == ("glioma_brats", "flair")
+    assert route(SeriesFacts("CT", "", "", (), 30)).role is None
+    assert parse_config({}).study_wait_minutes == 10.0
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"task": "glioma_brats", "modality": "MR"}, "routing.rules[0].role: is required"),
+        (
+            {"task": "glioma_brats", "modality": "MR", "role": "dwi"},
+            "routing.rules[0].role: 'dwi' is not a role of task glioma_brats "
+            "(one of: t1c, t1, t2, flair)",
+        ),
+        (
+            {"task": "liver_ct", "modality": "CT", "role": "t1c"},
+            "routing.rules[0].role: 't1c' is not a role of task liver_ct",
+        ),
+    ],
+)
+def test_a_rule_must_name_one_of_its_tasks_roles(rule: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"routing": {"rules": [rule]}})
+    assert message in str(caught.value)
+
+
+def test_a_single_channel_task_may_name_its_one_role() -> None:
+    rule = {"task": "liver_ct", "modality": "CT", "role": "ct"}
+    (parsed,) = parse_config({"routing": {"rules": [rule]}}).routing
+    assert parsed.role is None
+
+
+@pytest.mark.parametrize("value", [0, -1, "ten", True])
+def test_study_wait_minutes_must_be_positive(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"routing\.study_wait_minutes: must be a number"):
+        parse_config({"routing": {"study_wait_minutes": value}})

@@ -33,7 +33,11 @@ def make_tiny_bundle(
     root). Coarse spacing and a 32^3 patch keep CPU inference well under a second."""
     spec = get_task(task)
     architecture = dict(TINY_ARCHITECTURE)
-    architecture["kwargs"] = {**TINY_ARCHITECTURE["kwargs"], "out_channels": spec.num_classes}
+    architecture["kwargs"] = {
+        **TINY_ARCHITECTURE["kwargs"],
+        "in_channels": len(spec.channels),
+        "out_channels": spec.num_classes,
+    }
     torch.manual_seed(seed)
     network = build_network(architecture)
     preprocessing = preprocessing_for_task(spec)

@@ -186,3 +186,32 @@ def test_from_metatensor_respects_an_lps_space() -> None:
 def test_to_metatensor_needs_channel_first_4d() -> None:
     with pytest.raises(GeometryError):
         to_metatensor(np.zeros((3, 4, 5), dtype=np.float32), make_affine())
+
+
+def test_resample_to_the_same_grid_returns_the_same_array() -> None:
+    from models.geometry import resample_to_grid
+
+    array = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
+    affine = np.array([[0, 0, 0.8, -10], [0, 0.8, 0, 5], [2.5, 0, 0, 30], [0, 0, 0, 1.0]])
+    out = resample_to_grid(array, affine, (5, 6, 7), affine)
+    assert out.dtype == np.float32 and out.shape == (5, 6, 7)
+    np.testing.assert_allclose(out, array, atol=1e-5)
+
+
+def test_resample_onto_a_shifted_grid_moves_the_content() -> None:
+    from models.geometry import resample_to_grid, same_grid
+
+    array = np.zeros((6, 8, 8), dtype=np.float32)
+    array[2, 3, 4] = 1.0
+    source = np.diag([2.0, 1.0, 1.0, 1.0])
+    shifted = source.copy()
+    shifted[:3, 3] = [2.0, 0.0, 1.0]  # one slice and one column further
+    assert not same_grid(array.shape, source, array.shape, shifted)
+    out = resample_to_grid(array, source, (6, 8, 8), shifted)
+    assert np.unravel_index(np.argmax(out), out.shape) == (1, 3, 3)
+    assert out.max() == pytest.approx(1.0, abs=1e-5)
+    half = shifted.copy()
+    half[:3, 3] = [1.0, 0.0, 0.0]  # half a slice: trilinear between two slices
+    out = resample_to_grid(array, source, (6, 8, 8), half)
+    assert out[1, 3, 4] == pytest.approx(0.5, abs=1e-5)
+    assert out[2, 3, 4] == pytest.approx(0.5, abs=1e-5)
