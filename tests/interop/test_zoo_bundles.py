@@ -10,10 +10,10 @@ tests check what the appliance does with a bundle, not how well its weights segm
   its job on a CT series pushed over DICOM runs the bundle's OWN pre-processing (1.5 mm
   isotropic, NormalizeIntensity over the non-zero voxels, then ScaleIntensity to [-1, 1])
   and returns a SEG that passes ``dciodvfy``;
-- brats imports for glioma_brats (sigmoid, three overlapping outputs); its pipeline on a
-  four-sequence phantom study gives three overlapping segments, written into a SEG that
-  passes ``dciodvfy``. (Routing a four-series study to one job through ``serve`` is not
-  built yet.)
+- brats imports for glioma_brats (sigmoid, three overlapping outputs), becomes active,
+  and a four-sequence phantom study (T1C, T1, T2, FLAIR) pushed over DICOM gives one job
+  that runs the bundle's own pipeline (native grid, channel-wise z-score) and a SEG with
+  three segments referencing all four series that passes ``dciodvfy``.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import pytest
+from pydicom import dcmread
 
-from dicom_bridge.phantom_series import write_phantom_series
-from dicom_bridge.seg import AlgorithmInfo, write_seg
 from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
-from dicom_bridge.volume import load_series_volume
 from tests.interop.test_roundtrip_seg import dciodvfy_errors
+from tests.interop.test_study_roles import RULES, write_study
 from tests.models.zoo import zoo_bundle
 from tests.peers import ApplianceProcess, require_program, storescu
+
+STUDY_CONFIG = '[models]\ndevice = "cpu"\n\n[routing]\nstudy_wait_minutes = 5\n\n' + RULES
 
 pytestmark = pytest.mark.interop
 
@@ -106,17 +107,11 @@ def test_wholebody_runs_its_own_pipeline_for_liver(
     assert dciodvfy_errors(seg_path) == []
 
 
-def test_brats_imports_for_glioma_brats_and_gives_overlapping_segments(
+def test_brats_runs_end_to_end_on_a_four_sequence_study(
     tmp_path: Path, appliance_factory: Callable[..., ApplianceProcess]
 ) -> None:
     require_program("dciodvfy")
-    from appliance.flow.pipeline import segment_descriptions
-    from models.bundle_run import run_pipeline
-    from models.phantoms import BRATS_CHANNELS, MR_BRATS, brats_mr_study
-    from models.registry import ModelRegistry
-    from models.tasks import get_task
-
-    app = appliance_factory(start=False)
+    app = appliance_factory(quiet=0.5, extra=STUDY_CONFIG, start=False)
     src = zoo_bundle(tmp_path, "brats_mri_segmentation")
     app.cli("models", "import", str(src), "--task", "glioma_brats")
     card = _card(app, "glioma_brats", "0.5.2")
@@ -124,71 +119,41 @@ def test_brats_imports_for_glioma_brats_and_gives_overlapping_segments(
     assert bundle_entry["activation"] == "sigmoid"
     # channel_def 0 Tumor core, 1 Whole tumor, 2 Enhancing tumor -> labels 2, 3, 1
     assert bundle_entry["channel_labels"] == {"0": 2, "1": 3, "2": 1}
-    pipeline_steps = card["preprocessing"]["bundle_pipeline"]["postprocessing"]
-    assert [s["action"] for s in pipeline_steps if s["op"] == "Lambda"] == ["ignored"]
+    post = card["preprocessing"]["bundle_pipeline"]["postprocessing"]
+    assert [s["action"] for s in post if s["op"] == "Lambda"] == ["ignored"]
+    app.cli("models", "activate", "glioma_brats", "0.5.2", "--force")
+    app.start()
 
-    # The four sequences of one phantom study, written as DICOM and read back as volumes.
-    study = brats_mr_study(MR_BRATS, np.random.default_rng(3))
-    identity = SeriesIdentity(patient_name="PHANTOM^BRATS", body_part="BRAIN")
-    series: list[list[Path]] = []
-    for index, name in enumerate(BRATS_CHANNELS):
-        series.append(
-            write_phantom_series(
-                tmp_path / name,
-                study.image[index],
-                study.affine_lps,
-                modality="MR",
-                identity=SeriesIdentity(
-                    patient_name=identity.patient_name,
-                    patient_id=identity.patient_id,
-                    study_uid=identity.study_uid,
-                    frame_of_reference_uid=identity.frame_of_reference_uid,
-                    series_number=index + 1,
-                    body_part="BRAIN",
-                ),
-                series_description=name,
-            )
-        )
-    volumes = [load_series_volume(paths) for paths in series]
-    assert all(np.allclose(v.affine, volumes[0].affine) for v in volumes)
-    image = np.stack([v.array for v in volumes])
+    study = write_study(tmp_path / "study", ("T1C", "T1", "T2", "FLAIR"), seed=3)
+    uid = {name: str(dcmread(files[0]).SeriesInstanceUID) for name, files in study.items()}
+    stored = storescu(app.port, [p for files in study.values() for p in files], timeout=120)
+    assert stored.returncode == 0, stored.stdout + stored.stderr
 
-    registry = ModelRegistry(app.root / "models")
-    bundle = registry.get("glioma_brats", "0.5.2")
-    network = registry.load_network(bundle)
-    pipeline = bundle.card.bundle_pipeline
-    channels = bundle.card.channel_map
-    assert pipeline is not None and channels is not None
-    result = run_pipeline(
-        network,
-        pipeline,
-        image,
-        volumes[0].affine,
-        device="cpu",
-        channel_labels=channels.channel_labels,
-    )
-    mask = result.mask
-    assert mask.shape == (3, *volumes[0].shape) and mask.dtype == np.bool_
-
-    spec = get_task("glioma_brats")
-    seg = write_seg(
-        series[0],
-        mask,
-        segment_descriptions(spec),
-        AlgorithmInfo(
-            name=bundle.card.name,
-            version=bundle.card.version,
-            weights_sha256=bundle.card.weights_sha256,
+    report = app.wait_series(
+        lambda r: any(
+            s["series_uid"] == uid["T1C"] and s["state"] in ("done", "failed", "rejected")
+            for s in r["series"]
         ),
-        slice_uids=volumes[0].sop_instance_uids,
+        timeout=420,
     )
-    seg_path = tmp_path / "brats_seg.dcm"
-    seg.save_as(seg_path)
+    (job,) = [j for j in report["jobs"] if j["series_uid"] == uid["T1C"]]
+    assert job["state"] == "done", job
+    assert job["model"]["version"] == "0.5.2"
+    pre = job["outputs"]["preprocessing"]
+    assert pre["source"] == "bundle" and pre["working_spacing_mm"] is None  # native grid
+    normalize = next(s for s in pre["steps"] if s["op"] == "NormalizeIntensity")
+    assert normalize["params"]["nonzero"] is True and normalize["params"]["channel_wise"] is True
+
+    seg_path = app.root / "results" / uid["T1C"] / "gen-1" / "seg.dcm"
     assert dciodvfy_errors(seg_path) == []
-    read = hd.seg.segread(seg_path)
-    assert [int(s.SegmentNumber) for s in read.SegmentSequence] == [1, 2, 3]
-    assert [str(s.SegmentLabel) for s in read.SegmentSequence] == [
+    seg = hd.seg.segread(seg_path)
+    assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == [
         "Enhancing tumour",
         "Tumour core",
         "Whole tumour",
     ]
+    assert {str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence} == set(uid.values())
+    # Three segments, each with its own frames: overlap is representable (and the masks
+    # read back are the job's own, segment by segment).
+    saved = np.load(app.root / "results" / uid["T1C"] / "gen-1" / "mask.npz")["mask"]
+    assert saved.shape[0] == 3 and saved.dtype == np.bool_
