@@ -19,6 +19,7 @@ tests check what the appliance does with a bundle, not how well its weights segm
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from pydicom import dcmread
 from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
 from tests.interop.test_roundtrip_seg import dciodvfy_errors
 from tests.interop.test_study_roles import RULES, write_study
-from tests.models.zoo import zoo_bundle
+from tests.models.zoo import NONCOMMERCIAL_ZOO, zoo_bundle, zoo_configs
 from tests.peers import ApplianceProcess, require_program, storescu
 
 STUDY_CONFIG = '[models]\ndevice = "cpu"\n\n[routing]\nstudy_wait_minutes = 5\n\n' + RULES
@@ -55,6 +56,21 @@ def test_spleen_is_refused_for_liver_with_what_it_segments(
     assert "task liver_ct needs Liver" in result.stderr
     assert "--label-map" in result.stderr
     assert not (app.root / "models" / "liver_ct" / "0.5.9").exists()
+
+
+def test_the_yaml_multi_organ_bundle_is_read_and_refused_with_the_reason(
+    tmp_path: Path, appliance_factory: Callable[..., ApplianceProcess]
+) -> None:
+    # Non-commercial configs: read from the shared data, copied only into tmp_path.
+    app = appliance_factory(start=False)
+    src = tmp_path / "multi_organ_segmentation"
+    shutil.copytree(zoo_configs("multi_organ_segmentation", NONCOMMERCIAL_ZOO), src / "configs")
+    (src / "models").mkdir()
+    (src / "models" / "model.pt").write_bytes(b"")  # never reached: the network is refused
+    result = app.cli("models", "import", str(src), "--task", "liver_ct", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "configs/inference.yaml: network_def._target_" in result.stderr
+    assert "'monai.networks.nets.DiNTS' is not allowed" in result.stderr
 
 
 def test_wholebody_runs_its_own_pipeline_for_liver(
