@@ -4,6 +4,13 @@ Rules are tried in order; the first that matches wins. A series no rule matches 
 recorded as not processed, with the reason of the closest rule's first failed condition.
 A task of several series (e.g. glioma_brats: T1c, T1, T2, FLAIR) has one rule per role:
 the rule's ``role`` names the task channel the series fills (see ``flow/study.py``).
+
+Series Description is unreliable across scanners, so MR series can also be told apart by
+their sequence attributes (from the series' first instance): whether a contrast agent is
+named (ContrastBolusAgent), ScanningSequence values (SE, IR, GR, EP, RM), and inclusive
+ranges of EchoTime, RepetitionTime and InversionTime in ms. A series without a value does
+not match a rule that sets a range for it (enhanced multi-frame MR keeps these attributes
+in functional groups, so there they are usually absent; see ``dicom_bridge.instance``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,30 @@ class SeriesFacts:
     series_description: str = ""
     image_type: tuple[str, ...] = ()
     slices: int = 0
+    contrast_bolus_agent: str = ""  # ContrastBolusAgent; "" when absent
+    scanning_sequence: tuple[str, ...] = ()  # ScanningSequence values (SE, IR, GR, EP, RM)
+    echo_time_ms: float | None = None
+    repetition_time_ms: float | None = None
+    inversion_time_ms: float | None = None
+
+
+#: An inclusive range of milliseconds, (low, high) with 0 <= low <= high.
+MsRange = tuple[float, float]
+
+
+def _ms(value: float) -> str:
+    return f"{value:g}"
+
+
+def _range_mismatch(what: str, value: float | None, limits: MsRange | None) -> str | None:
+    if limits is None:
+        return None
+    low, high = limits
+    if value is None:
+        return f"no {what}"
+    if not low <= value <= high:
+        return f"{what} {_ms(value)} ms is outside {_ms(low)} to {_ms(high)} ms"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +68,20 @@ class RoutingRule:
     min_slices: int = 1
     name: str = ""
     role: str | None = None  # the task channel this series fills (tasks of several series)
+    contrast: bool | None = None  # True: ContrastBolusAgent named; False: absent; None: any
+    scanning_sequence_includes: tuple[str, ...] = ()  # every value must be in ScanningSequence
+    echo_time_ms: MsRange | None = None  # EchoTime within [low, high] ms
+    repetition_time_ms: MsRange | None = None  # RepetitionTime within [low, high] ms
+    inversion_time_ms: MsRange | None = None  # InversionTime within [low, high] ms
     _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for key in ("echo_time_ms", "repetition_time_ms", "inversion_time_ms"):
+            limits = getattr(self, key)
+            if limits is not None and not (
+                len(limits) == 2 and 0 <= limits[0] <= limits[1] < float("inf")
+            ):
+                raise ValueError(f"{key} must be (low, high) with 0 <= low <= high; got {limits}")
         if self.series_description is not None:
             object.__setattr__(self, "_pattern", re.compile(self.series_description, re.IGNORECASE))
 
@@ -69,7 +111,23 @@ class RoutingRule:
             return f"image type is {', '.join(present)}"
         if facts.slices < self.min_slices:
             return f"{facts.slices} slices, fewer than {self.min_slices}"
-        return None
+        return self._sequence_mismatch(facts)
+
+    def _sequence_mismatch(self, facts: SeriesFacts) -> str | None:
+        """The first MR sequence condition that failed, or None."""
+        if self.contrast is True and not facts.contrast_bolus_agent:
+            return "no contrast agent"
+        if self.contrast is False and facts.contrast_bolus_agent:
+            return f"contrast agent {facts.contrast_bolus_agent}"
+        sequence = {v.upper() for v in facts.scanning_sequence}
+        lacking = [v for v in self.scanning_sequence_includes if v.upper() not in sequence]
+        if lacking:
+            return f"scanning sequence lacks {', '.join(lacking)}"
+        return (
+            _range_mismatch("echo time", facts.echo_time_ms, self.echo_time_ms)
+            or _range_mismatch("repetition time", facts.repetition_time_ms, self.repetition_time_ms)
+            or _range_mismatch("inversion time", facts.inversion_time_ms, self.inversion_time_ms)
+        )
 
 
 @dataclass(frozen=True, slots=True)

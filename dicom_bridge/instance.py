@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -34,6 +35,14 @@ class ReceivedInstance:
     number_of_frames: int
     #: sha256 (hex) of the encoded dataset as received (after the file meta), when known
     sha256: str | None = None
+    # MR sequence attributes, for routing. Read at the top level of the dataset only: an
+    # enhanced multi-frame MR keeps them in functional groups / MR sequences, so there
+    # they are empty (None) unless the sender also put them at the top level.
+    contrast_bolus_agent: str = ""  # ContrastBolusAgent; "" when absent
+    scanning_sequence: tuple[str, ...] = ()  # ScanningSequence (SE, IR, GR, EP, RM)
+    echo_time_ms: float | None = None  # EchoTime
+    repetition_time_ms: float | None = None  # RepetitionTime
+    inversion_time_ms: float | None = None  # InversionTime
 
 
 def describe(
@@ -62,6 +71,13 @@ def describe(
         instance_number=integer(ds, "InstanceNumber"),
         number_of_frames=integer(ds, "NumberOfFrames") or 1,
         sha256=sha256,
+        contrast_bolus_agent=text(ds, "ContrastBolusAgent"),
+        scanning_sequence=tuple(
+            v.strip().upper() for v in strings(ds, "ScanningSequence") if v.strip()
+        ),
+        echo_time_ms=number(ds, "EchoTime"),
+        repetition_time_ms=number(ds, "RepetitionTime"),
+        inversion_time_ms=number(ds, "InversionTime"),
     )
 
 
@@ -119,3 +135,15 @@ def integer(ds: Dataset, keyword: str) -> int | None:
         return int(value) if value not in (None, "") else None
     except Exception:
         return None
+
+
+def number(ds: Dataset, keyword: str) -> float | None:
+    """A numeric (DS/FD) value at the top level; None when absent, empty or not finite."""
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        result = float(value)
+    except Exception:
+        return None
+    return result if math.isfinite(result) else None

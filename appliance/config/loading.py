@@ -11,6 +11,7 @@ plain string.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -215,7 +216,19 @@ def _routing_rule(r: ConfigReader) -> RoutingRule | None:
             except re.error as exc:
                 r.err("series_description", f"is not a valid regular expression: {exc}")
     lists = {
-        k: r.string_list(k) for k in ("body_parts", "image_type_includes", "image_type_excludes")
+        k: r.string_list(k)
+        for k in (
+            "body_parts",
+            "image_type_includes",
+            "image_type_excludes",
+            "scanning_sequence_includes",
+        )
+    }
+    contrast = r.data.get("contrast")
+    if contrast is not None and not isinstance(contrast, bool):
+        r.err("contrast", f"must be true or false; got {contrast!r}")
+    ranges = {
+        k: _ms_range(r, k) for k in ("echo_time_ms", "repetition_time_ms", "inversion_time_ms")
     }
     min_slices = r.integer("min_slices", 1, 100000, 1)
     name = r.data.get("name", "")
@@ -236,7 +249,30 @@ def _routing_rule(r: ConfigReader) -> RoutingRule | None:
         min_slices=min_slices,
         name=name,
         role=role,
+        contrast=contrast,
+        scanning_sequence_includes=tuple(
+            v.strip().upper() for v in lists["scanning_sequence_includes"] or ()
+        ),
+        echo_time_ms=ranges["echo_time_ms"],
+        repetition_time_ms=ranges["repetition_time_ms"],
+        inversion_time_ms=ranges["inversion_time_ms"],
     )
+
+
+def _ms_range(r: ConfigReader, key: str) -> tuple[float, float] | None:
+    """An inclusive range of milliseconds, ``[low, high]`` with 0 <= low <= high."""
+    value = r.data.get(key)
+    if value is None:
+        return None
+    numbers = (
+        [float(v) for v in value if not isinstance(v, bool) and isinstance(v, int | float)]
+        if isinstance(value, list | tuple)
+        else []
+    )
+    if len(numbers) != 2 or len(value) != 2 or not 0 <= numbers[0] <= numbers[1] < math.inf:
+        r.err(key, f"must be [low, high] with 0 <= low <= high (milliseconds); got {value!r}")
+        return None
+    return numbers[0], numbers[1]
 
 
 def _role(r: ConfigReader, task: str | None) -> str | None:

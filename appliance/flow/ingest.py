@@ -90,6 +90,11 @@ def to_new_instance(received: ReceivedInstance) -> NewInstance:
         instance_number=received.instance_number,
         number_of_frames=received.number_of_frames,
         sha256=received.sha256,
+        contrast_bolus_agent=received.contrast_bolus_agent,
+        scanning_sequence=received.scanning_sequence,
+        echo_time_ms=received.echo_time_ms,
+        repetition_time_ms=received.repetition_time_ms,
+        inversion_time_ms=received.inversion_time_ms,
     )
 
 

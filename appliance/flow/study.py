@@ -89,6 +89,11 @@ def facts_of(series: SeriesRecord, instances: Sequence[InstanceRecord]) -> Serie
         body_part_examined=series.body_part_examined,
         series_description=series.series_description,
         image_type=series.image_type,
+        contrast_bolus_agent=series.contrast_bolus_agent,
+        scanning_sequence=series.scanning_sequence,
+        echo_time_ms=series.echo_time_ms,
+        repetition_time_ms=series.repetition_time_ms,
+        inversion_time_ms=series.inversion_time_ms,
         slices=sum(i.number_of_frames for i in instances if i.sop_class_uid in VOLUME_CLASSES),
     )
 

@@ -21,9 +21,11 @@ from typing import Any
 from appliance.errors import StoreError
 from appliance.store.audit import AuditLog, audit_path
 
-SCHEMA_VERSION = 6  # 2: models, activations, jobs; 3: cases, refusals; 4: purges, counters;
+SCHEMA_VERSION = 7  # 2: models, activations, jobs; 3: cases, refusals; 4: purges, counters;
 # 5: instances.sha256 (what was acknowledged, to tell identical repeats from conflicts);
-# 6: cases.calling_ae, cases.review_json, case_refusals.calling_ae (annotation trust)
+# 6: cases.calling_ae, cases.review_json, case_refusals.calling_ae (annotation trust);
+# 7: series.contrast_bolus_agent, scanning_sequence, echo/repetition/inversion_time_ms
+# (MR sequence attributes for routing)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -209,6 +211,19 @@ CREATE TABLE IF NOT EXISTS counters (
             ("cases", "calling_ae", "TEXT"),
             ("cases", "review_json", "TEXT NOT NULL DEFAULT '[]'"),
             ("case_refusals", "calling_ae", "TEXT"),
+        ),
+    ),
+    # MR sequence attributes of a series (its first instance), for routing: empty / NULL
+    # for a series recorded before version 7 (it no longer matches a rule that sets them).
+    _Migration(
+        7,
+        "",
+        columns=(
+            ("series", "contrast_bolus_agent", "TEXT NOT NULL DEFAULT ''"),
+            ("series", "scanning_sequence", "TEXT NOT NULL DEFAULT ''"),
+            ("series", "echo_time_ms", "REAL"),
+            ("series", "repetition_time_ms", "REAL"),
+            ("series", "inversion_time_ms", "REAL"),
         ),
     ),
 )

@@ -64,6 +64,12 @@ class NewInstance:
     instance_number: int | None = None
     number_of_frames: int = 1
     sha256: str | None = None  # of the encoded dataset as received, when known
+    # MR sequence attributes of the series (from its first instance), for routing
+    contrast_bolus_agent: str = ""
+    scanning_sequence: tuple[str, ...] = ()
+    echo_time_ms: float | None = None
+    repetition_time_ms: float | None = None
+    inversion_time_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,12 @@ class SeriesRecord:
     detail: str | None
     result_generation: int | None
     result: dict[str, Any] | None
+    # MR sequence attributes from the first instance (schema 7; empty / None before it)
+    contrast_bolus_agent: str = ""
+    scanning_sequence: tuple[str, ...] = ()
+    echo_time_ms: float | None = None
+    repetition_time_ms: float | None = None
+    inversion_time_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +331,7 @@ def _json_list(stored: str | None) -> list[Any]:
 _COLUMNS: Mapping[type, Mapping[str, Column]] = {
     SeriesRecord: {
         "image_type": Column(convert=_multi_values),
+        "scanning_sequence": Column(convert=_multi_values),
         "result": Column("result_json", _json_or_none),
     },
     JobRecord: {

@@ -90,8 +90,9 @@ class SeriesStore(Database):
                     """INSERT INTO series (series_uid, study_uid, modality, sop_class_uid,
                            series_description, body_part_examined, image_type, state,
                            generation, instances, first_instance_at, last_instance_at,
-                           updated_at)
-                       VALUES (?,?,?,?,?,?,?,?,1,1,?,?,?)""",
+                           updated_at, contrast_bolus_agent, scanning_sequence,
+                           echo_time_ms, repetition_time_ms, inversion_time_ms)
+                       VALUES (?,?,?,?,?,?,?,?,1,1,?,?,?,?,?,?,?,?)""",
                     (
                         item.series_uid,
                         item.study_uid,
@@ -104,6 +105,11 @@ class SeriesStore(Database):
                         now,
                         now,
                         now,
+                        item.contrast_bolus_agent,
+                        multi_value(item.scanning_sequence),
+                        item.echo_time_ms,
+                        item.repetition_time_ms,
+                        item.inversion_time_ms,
                     ),
                 )
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from appliance.config import parse_config
@@ -168,3 +170,149 @@ def test_a_single_channel_task_may_name_its_one_role() -> None:
 def test_study_wait_minutes_must_be_positive(value: object) -> None:
     with pytest.raises(ConfigError, match=r"routing\.study_wait_minutes: must be a number"):
         parse_config({"routing": {"study_wait_minutes": value}})
+
+
+# -- MR sequence attributes -------------------------------------------------------------
+
+MR = SeriesFacts("MR", "BRAIN", "AX 3D", ("ORIGINAL", "PRIMARY"), 40)
+POST = dataclasses.replace(
+    MR,
+    contrast_bolus_agent="GADOTERATE",
+    scanning_sequence=("GR", "IR"),
+    echo_time_ms=3.0,
+    repetition_time_ms=2000.0,
+    inversion_time_ms=900.0,
+)
+
+
+@pytest.mark.parametrize(
+    ("rule", "facts", "why"),
+    [
+        (RoutingRule("glioma_brats", "MR", contrast=True), MR, "no contrast agent"),
+        (RoutingRule("glioma_brats", "MR", contrast=False), POST, "contrast agent GADOTERATE"),
+        (
+            RoutingRule("glioma_brats", "MR", scanning_sequence_includes=("IR",)),
+            MR,
+            "scanning sequence lacks IR",
+        ),
+        (
+            RoutingRule("glioma_brats", "MR", scanning_sequence_includes=("se", "IR")),
+            POST,
+            "scanning sequence lacks se",
+        ),
+        (
+            RoutingRule("glioma_brats", "MR", echo_time_ms=(0.0, 30.0)),
+            dataclasses.replace(MR, echo_time_ms=95.0),
+            "echo time 95 ms is outside 0 to 30 ms",
+        ),
+        (RoutingRule("glioma_brats", "MR", echo_time_ms=(0.0, 30.0)), MR, "no echo time"),
+        (
+            RoutingRule("glioma_brats", "MR", repetition_time_ms=(2500.0, 15000.0)),
+            POST,
+            "repetition time 2000 ms is outside 2500 to 15000 ms",
+        ),
+        (
+            RoutingRule("glioma_brats", "MR", repetition_time_ms=(2500.0, 15000.0)),
+            MR,
+            "no repetition time",
+        ),
+        (
+            RoutingRule("glioma_brats", "MR", inversion_time_ms=(1500.0, 3500.0)),
+            POST,
+            "inversion time 900 ms is outside 1500 to 3500 ms",
+        ),
+        (
+            RoutingRule("glioma_brats", "MR", inversion_time_ms=(1500.0, 3500.0)),
+            MR,
+            "no inversion time",
+        ),
+    ],
+)
+def test_each_sequence_condition_says_why_it_failed(
+    rule: RoutingRule, facts: SeriesFacts, why: str
+) -> None:
+    assert rule.mismatch(facts) == why
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        RoutingRule("glioma_brats", "MR", contrast=True),
+        RoutingRule("glioma_brats", "MR", scanning_sequence_includes=("ir", "GR")),
+        RoutingRule("glioma_brats", "MR", echo_time_ms=(3.0, 3.0)),  # inclusive
+        RoutingRule("glioma_brats", "MR", repetition_time_ms=(1000.0, 2000.0)),
+        RoutingRule("glioma_brats", "MR", inversion_time_ms=(900.0, 1100.0)),
+        RoutingRule("glioma_brats", "MR"),  # nothing set: any
+    ],
+)
+def test_sequence_conditions_that_hold_match(rule: RoutingRule) -> None:
+    assert rule.mismatch(POST) is None
+
+
+def test_unset_sequence_conditions_match_a_series_without_the_values() -> None:
+    assert RoutingRule("glioma_brats", "MR", contrast=False).mismatch(MR) is None
+    assert RoutingRule("glioma_brats", "MR").mismatch(MR) is None
+
+
+def test_sequence_conditions_come_after_the_header_ones() -> None:
+    rule = RoutingRule("glioma_brats", "MR", min_slices=50, echo_time_ms=(0.0, 30.0))
+    assert rule.mismatch(MR) == "40 slices, fewer than 50"
+
+
+@pytest.mark.parametrize("limits", [(30.0, 0.0), (-1.0, 5.0), (0.0, float("inf"))])
+def test_a_rule_refuses_a_bad_range(limits: tuple[float, float]) -> None:
+    with pytest.raises(ValueError, match="echo_time_ms must be"):
+        RoutingRule("glioma_brats", "MR", echo_time_ms=limits)
+
+
+def test_sequence_conditions_come_from_config() -> None:
+    rule = {
+        "task": "glioma_brats",
+        "modality": "MR",
+        "role": "flair",
+        "contrast": False,
+        "scanning_sequence_includes": ["ir"],
+        "echo_time_ms": [70, 200.5],
+        "repetition_time_ms": [5000, 12000],
+        "inversion_time_ms": [1500, 3500],
+    }
+    (parsed,) = parse_config({"routing": {"rules": [rule]}}).routing
+    assert parsed.contrast is False
+    assert parsed.scanning_sequence_includes == ("IR",)
+    assert parsed.echo_time_ms == (70.0, 200.5)
+    assert parsed.repetition_time_ms == (5000.0, 12000.0)
+    assert parsed.inversion_time_ms == (1500.0, 3500.0)
+    (default,) = parse_config(
+        {"routing": {"rules": [{"task": "liver_ct", "modality": "CT"}]}}
+    ).routing
+    assert default.contrast is None and default.scanning_sequence_includes == ()
+    assert default.echo_time_ms is None and default.inversion_time_ms is None
+
+
+RANGE_ERROR = "must be [low, high] with 0 <= low <= high"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("echo_time_ms", [30, 0], RANGE_ERROR),
+        ("echo_time_ms", [-5, 10], RANGE_ERROR),
+        ("echo_time_ms", [10], RANGE_ERROR),
+        ("echo_time_ms", [1, 2, 3], RANGE_ERROR),
+        ("repetition_time_ms", "2000", RANGE_ERROR),
+        ("repetition_time_ms", [True, 5], RANGE_ERROR),
+        ("inversion_time_ms", [0, "high"], RANGE_ERROR),
+        ("inversion_time_ms", [0, float("nan")], RANGE_ERROR),
+        ("contrast", "yes", "must be true or false"),
+        ("scanning_sequence_includes", "IR", "must be a list of non-empty strings"),
+    ],
+)
+def test_bad_sequence_conditions_name_their_key(key: str, value: object, message: str) -> None:
+    rules = [
+        {"task": "liver_ct", "modality": "CT"},
+        {"task": "liver_ct", "modality": "CT"},
+        {"task": "glioma_mr", "modality": "MR", key: value},
+    ]
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"routing": {"rules": rules}})
+    assert f"routing.rules[2].{key}: {message}" in str(caught.value)

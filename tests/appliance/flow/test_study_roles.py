@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -30,7 +32,9 @@ RULES = [
 ]
 
 
-def brats_config(root: Path, wait_minutes: float = 10.0) -> AppConfig:
+def brats_config(
+    root: Path, wait_minutes: float = 10.0, rules: list[dict[str, Any]] | None = None
+) -> AppConfig:
     return parse_config(
         {
             "storage": {"root": str(root / "data"), "fsync": False},
@@ -38,37 +42,46 @@ def brats_config(root: Path, wait_minutes: float = 10.0) -> AppConfig:
             "destinations": [
                 {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}
             ],
-            "routing": {"rules": RULES, "study_wait_minutes": wait_minutes},
+            "routing": {"rules": rules or RULES, "study_wait_minutes": wait_minutes},
         }
     )
 
 
-@pytest.fixture
-def brats(tmp_path: Path) -> tuple[AppConfig, Store]:
-    config = brats_config(tmp_path, wait_minutes=0.002)  # 0.12 s
+def brats_store(config: AppConfig, root: Path) -> Store:
+    """The config's store, with a tiny glioma_brats model active."""
     store = Store(config.storage.database)
-    bundle = make_tiny_bundle(tmp_path / "bundles", task="glioma_brats")
+    bundle = make_tiny_bundle(root / "bundles", task="glioma_brats")
     record = import_bundle(store, config, bundle.path, task="glioma_brats")
     store.activate("glioma_brats", record.version, force=True)
+    return store
+
+
+@pytest.fixture
+def brats(tmp_path: Path) -> Iterator[tuple[AppConfig, Store]]:
+    config = brats_config(tmp_path, wait_minutes=0.002)  # 0.12 s
+    store = brats_store(config, tmp_path)
     yield config, store
     store.close()
 
 
-def write_study(root: Path, descriptions: list[str]) -> dict[str, tuple[str, list[Path]]]:
-    """One series per description, of one study and Frame of Reference."""
+def write_study(
+    root: Path, descriptions: list[str], *, description: str | None = None
+) -> dict[str, tuple[str, list[Path]]]:
+    """One series per description (keyed by it; with ``description``, all of them get that
+    SeriesDescription instead), of one study and Frame of Reference."""
     study, frame = SeriesIdentity(), SeriesIdentity()
     out = {}
-    for number, description in enumerate(descriptions, start=1):
+    for number, name in enumerate(descriptions, start=1):
         identity = SeriesIdentity(
             patient_name="PHANTOM^MR",
             study_uid=study.study_uid,
             frame_of_reference_uid=frame.frame_of_reference_uid,
             series_number=number,
-            series_description=description,
+            series_description=description or name,
             body_part="BRAIN",
         )
-        files = write_series(root / description, GRID, modality="MR", identity=identity)
-        out[description] = (identity.series_uid, files)
+        files = write_series(root / name, GRID, modality="MR", identity=identity)
+        out[name] = (identity.series_uid, files)
     return out
 
 
@@ -185,3 +198,73 @@ def test_another_frame_of_reference_is_refused(
     assert series.reason == "frame_of_reference_mismatch"
     assert "no registration is attempted" in (series.detail or "")
     assert store.get_series(first).reason == StudyReason.STUDY_INPUT
+
+
+# -- roles told apart by MR sequence attributes, not by Series Description -----------------
+
+#: The README's glioma_brats rules by attributes (FLAIR first: its long TE fits T2 too).
+ATTRIBUTE_RULES: list[dict[str, Any]] = [
+    {
+        "task": "glioma_brats",
+        "modality": "MR",
+        "role": "flair",
+        "scanning_sequence_includes": ["IR"],
+        "inversion_time_ms": [1500, 3500],
+    },
+    {"task": "glioma_brats", "modality": "MR", "role": "t1c", "contrast": True},
+    {"task": "glioma_brats", "modality": "MR", "role": "t2", "echo_time_ms": [70, 200]},
+    {
+        "task": "glioma_brats",
+        "modality": "MR",
+        "role": "t1",
+        "contrast": False,
+        "echo_time_ms": [0, 30],
+    },
+]
+
+#: Header attributes by role: (ContrastBolusAgent, ScanningSequence, TE, TR, TI)
+SEQUENCES: dict[str, tuple[str, list[str], float, float, float | None]] = {
+    "t1c": ("GADOTERATE", ["SE"], 12.0, 550.0, None),
+    "t1": ("", ["SE"], 12.0, 550.0, None),
+    "t2": ("", ["SE"], 100.0, 4500.0, None),
+    "flair": ("", ["SE", "IR"], 120.0, 9000.0, 2500.0),
+}
+
+
+def _set_sequence(path: Path, role: str) -> None:
+    agent, scanning, echo, repetition, inversion = SEQUENCES[role]
+    ds = dcmread(path)
+    if agent:
+        ds.ContrastBolusAgent = agent
+    ds.ScanningSequence = scanning
+    ds.EchoTime = echo
+    ds.RepetitionTime = repetition
+    if inversion is not None:
+        ds.InversionTime = inversion
+    ds.save_as(path)
+
+
+def test_roles_are_told_apart_by_sequence_attributes_alone(tmp_path: Path) -> None:
+    config = brats_config(tmp_path, rules=ATTRIBUTE_RULES)
+    store = brats_store(config, tmp_path)
+    try:
+        study = write_study(
+            tmp_path / "dicom", ["flair", "t2", "t1", "t1c"], description="AX BRAIN"
+        )
+        for role, (_, files) in study.items():
+            for path in files:
+                _set_sequence(path, role)
+        ingest(store, [f for _, files in study.values() for f in files])
+        flair = store.get_series(study["flair"][0])
+        assert flair.series_description == "AX BRAIN"
+        assert flair.scanning_sequence == ("SE", "IR") and flair.inversion_time_ms == 2500.0
+        assert store.get_series(study["t1c"][0]).contrast_bolus_agent == "GADOTERATE"
+        drain(store, config)
+
+        (job,) = store.list_jobs()
+        assert job.state is JobState.DONE and job.series_uid == study["t1c"][0]
+        assert job.outputs["inputs"] == {role: uid for role, (uid, _) in study.items()}
+        for role in ("t1", "t2", "flair"):
+            assert store.get_series(study[role][0]).reason == StudyReason.STUDY_INPUT
+    finally:
+        store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -54,6 +55,53 @@ def test_a_half_applied_upgrade_is_finished(tmp_path: Path) -> None:
     store = Store(path)
     try:
         _check_current(store)
+    finally:
+        store.close()
+    Store(path).close()  # and opening it again changes nothing
+
+
+MR_COLUMNS = (
+    "contrast_bolus_agent",
+    "scanning_sequence",
+    "echo_time_ms",
+    "repetition_time_ms",
+    "inversion_time_ms",
+)
+
+
+def test_a_version_6_database_gains_the_mr_sequence_columns(tmp_path: Path) -> None:
+    """A series recorded before version 7 keeps its row, with the attributes empty; a new
+    series records them."""
+    from tests.appliance.store.test_series import SERIES, inst, mr_inst
+
+    path = tmp_path / "db.sqlite3"
+    old = Store(path)
+    old.record_instance(inst(1))
+    old.close()
+    db = sqlite3.connect(path)
+    db.executescript(
+        "".join(f"ALTER TABLE series DROP COLUMN {c};" for c in MR_COLUMNS)
+        + "UPDATE meta SET value = '6' WHERE key = 'schema_version';"
+    )
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION == 7
+        kept = store.get_series(SERIES)
+        assert kept.instances == 1 and kept.modality == "CT"
+        assert kept.contrast_bolus_agent == "" and kept.scanning_sequence == ()
+        assert kept.echo_time_ms is None and kept.inversion_time_ms is None
+        other = "1.2.826.0.1.3680043.8.498.9"
+        store.record_instance(
+            dataclasses.replace(
+                mr_inst(1), series_uid=other, sop_uid=f"{other}.1", scanning_sequence=("IR",)
+            )
+        )
+        store.record_instance(
+            dataclasses.replace(mr_inst(2), series_uid=other, sop_uid=f"{other}.2")
+        )
+        assert store.get_series(other).scanning_sequence == ("IR",)
     finally:
         store.close()
     Store(path).close()  # and opening it again changes nothing

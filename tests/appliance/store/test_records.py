@@ -84,10 +84,15 @@ def test_json_multi_value_and_renamed_columns(db: sqlite3.Connection) -> None:
         first_instance_at=1.0,
         last_instance_at=2.0,
         updated_at=3.0,
+        contrast_bolus_agent="",
+        scanning_sequence=multi_value(("SE", "IR")),
+        echo_time_ms=90.0,
     )
     del series["result"]
     record = from_row(SeriesRecord, _row(db, **series, result_json=json.dumps({"shape": [1]})))
     assert record.image_type == ("ORIGINAL", "PRIMARY")
+    assert record.scanning_sequence == ("SE", "IR")
+    assert record.echo_time_ms == 90.0 and record.inversion_time_ms is None
     assert record.result == {"shape": [1]}
     assert record.state is SeriesState.RECEIVING
     assert (

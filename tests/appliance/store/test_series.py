@@ -304,3 +304,40 @@ def test_finished_states() -> None:
         SeriesState.FAILED,
         SeriesState.SKIPPED,
     }
+
+
+# -- MR sequence attributes (schema 7) ---------------------------------------------------------
+
+
+def mr_inst(n: int, **attributes: object) -> NewInstance:
+    return dataclasses.replace(inst(n, modality="MR"), **attributes)  # type: ignore[arg-type]
+
+
+def test_mr_sequence_attributes_are_recorded_from_the_first_instance(store: Store) -> None:
+    store.record_instance(
+        mr_inst(
+            1,
+            contrast_bolus_agent="GADOTERATE",
+            scanning_sequence=("SE", "IR"),
+            echo_time_ms=95.5,
+            repetition_time_ms=9000.0,
+            inversion_time_ms=2500.0,
+        )
+    )
+    store.record_instance(mr_inst(2, echo_time_ms=12.0, scanning_sequence=("GR",)))
+    series = store.get_series(SERIES)
+    assert series.instances == 2
+    assert series.contrast_bolus_agent == "GADOTERATE"
+    assert series.scanning_sequence == ("SE", "IR")
+    assert series.echo_time_ms == 95.5
+    assert series.repetition_time_ms == 9000.0
+    assert series.inversion_time_ms == 2500.0
+    assert store.list_series()[0] == series
+
+
+def test_a_series_without_mr_sequence_attributes_has_them_empty(store: Store) -> None:
+    store.record_instance(inst(1))
+    series = store.get_series(SERIES)
+    assert series.contrast_bolus_agent == "" and series.scanning_sequence == ()
+    assert series.echo_time_ms is None
+    assert series.repetition_time_ms is None and series.inversion_time_ms is None
