@@ -142,6 +142,11 @@ def predict_probabilities(
                 predictor=model,
                 overlap=overlap,
                 mode="gaussian",
+                # Where the image is smaller than the patch (a short stack), pad with its
+                # edge values, never zeros: zeros are an intensity the network reads as
+                # tissue (-100 HU after the CT window), and cost a 3-slice series all of
+                # its liver (docs/training.md, "Short stacks").
+                padding_mode="replicate",
             )
     except RuntimeError as exc:
         raise InferenceError(f"network inference failed: {exc}") from exc

@@ -246,3 +246,32 @@ def test_a_geometry_bomb_is_refused_before_anything_is_resampled() -> None:
     image, _ = ct_phantom()
     result = segment(ThresholdNet(), liver_spec((1.5, 1.5, 2.0)), image, make_affine())
     assert result.mask.shape == SHAPE
+
+
+class _SlabMeanNet(nn.Module):
+    """Class 1 where the mean over 5 slices of the input is above 0.5: a receptive field
+    along the slice axis (S, the last axis after the RAS reorientation of an axial
+    series), as every real network has."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.nn.functional.avg_pool3d(
+            x, (1, 1, 5), stride=1, padding=(0, 0, 2), count_include_pad=False
+        )
+        one = (mean > 0.5).float()
+        return torch.cat([1.0 - one, one, torch.zeros_like(one)], dim=1) * 10.0
+
+
+def test_a_short_stack_is_padded_with_its_own_edges_not_zeros() -> None:
+    # A liver-like block through every slice. Zero padding to the patch depth (16 here)
+    # dilutes the network's z-neighbourhood at the ends of a 3-slice stack; padding by
+    # replication gives the same mask as the full volume on the same slices.
+    spec = liver_spec(ras_spacing(make_affine()))
+    image = np.full((12, 22, 26), -500.0, dtype=np.float32)
+    image[:, 4:18, 5:21] = 100.0
+    full = segment(_SlabMeanNet(), spec, image, make_affine(), device="cpu").mask
+    for lo, n in ((0, 3), (4, 3), (1, 10)):
+        affine = make_affine()
+        affine[:3, 3] = affine[:3, :3] @ np.array([lo, 0.0, 0.0]) + affine[:3, 3]
+        cut = segment(_SlabMeanNet(), spec, image[lo : lo + n], affine, device="cpu").mask
+        np.testing.assert_array_equal(cut, full[lo : lo + n])
+    assert (full == 1).sum() == 12 * 14 * 16  # every slice, the full block
