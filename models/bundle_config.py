@@ -276,7 +276,7 @@ def evaluate(
 
 
 class _Refused(Exception):
-    pass
+    """An expression uses something :class:`_Evaluator` does not evaluate (the reason)."""
 
 
 class _Evaluator:

@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -42,7 +42,7 @@ from .errors import (
     ModelsError,
 )
 from .geometry import to_metatensor, validate_affine
-from .inference import SegmentationResult, amp_dtype_for, resolve_device, working_voxels
+from .inference import SegmentationResult, amp_dtype_for, eval_mode, resolve_device, working_voxels
 from .tasks import MAX_WORKING_VOXELS
 from .transforms import IMAGE_KEY, invert_to_input_grid
 
@@ -205,16 +205,6 @@ def preprocess_image(
     return data, transform
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _infer(
     network: nn.Module, step: Step, image: torch.Tensor, device: torch.device, amp: bool
 ) -> torch.Tensor:
@@ -241,7 +231,7 @@ def _infer(
     )
     try:
         network.to(device)
-        with _eval_mode(network), torch.no_grad(), autocast:
+        with eval_mode(network), torch.no_grad(), autocast:
             out = inferer(batch, network)
     except RuntimeError as exc:
         raise InferenceError(f"network inference failed: {exc}") from exc

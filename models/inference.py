@@ -75,7 +75,8 @@ def amp_dtype_for(device: torch.device) -> torch.dtype | None:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block; its previous train/eval mode is restored."""
     was_training = model.training
     model.eval()
     try:
@@ -134,7 +135,7 @@ def predict_probabilities(
         else contextlib.nullcontext()
     )
     try:
-        with _eval_mode(model), torch.no_grad(), autocast:
+        with eval_mode(model), torch.no_grad(), autocast:
             logits = sliding_window_inference(
                 batch,
                 roi_size=spec.patch_size,
