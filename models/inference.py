@@ -45,12 +45,17 @@ class SegmentationResult:
     ``(slice, row, column)`` shape, values 0 (background) or a label index of the task;
     for a sigmoid task a bool ``(len(labels), slice, row, column)`` array, ``mask[i]``
     the voxels of label ``i + 1`` (segments may overlap). ``timings_s``: seconds per stage
-    (``preprocess``, ``inference``, ``invert``, ``postprocess``, ``total``)."""
+    (``preprocess``, ``inference``, ``invert``, ``postprocess``, ``total``).
+    ``roi_found``: False when a two-stage model's first stage found nothing to refine
+    (:mod:`models.cascade`; the mask is then empty); ``roi``: the box, as
+    ``(start, stop)`` per axis of the input grid, that the second stage segmented."""
 
     mask: np.ndarray
     timings_s: Mapping[str, float] = field(default_factory=dict)
     device: str = "cpu"
     amp_dtype: str | None = None
+    roi_found: bool = True
+    roi: tuple[tuple[int, int], ...] | None = None
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

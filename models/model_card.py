@@ -52,11 +52,12 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from .cascade_spec import CASCADE_NETWORK, REFINER_KEY, RefinerSettings, stage_architectures
 from .channel_map import ChannelMap
 
 if TYPE_CHECKING:
     from .bundle_pipeline import BundlePipeline
-from .errors import ChannelMapError, ModelsError, SpecError
+from .errors import ChannelMapError, ModelsError, NetworkConfigError, SpecError
 from .tasks import Code, LabelSpec, TaskSpec
 
 #: The card layout this code writes and reads.
@@ -439,6 +440,12 @@ class ModelCard:
             )
         if not isinstance(architecture.get("kwargs"), Mapping):
             raise ModelCardError("model card field 'architecture.kwargs' must be a JSON object")
+        cascade = network == CASCADE_NETWORK
+        if cascade:
+            try:
+                stage_architectures(architecture)
+            except NetworkConfigError as exc:
+                raise ModelCardError(f"model card field 'architecture': {exc}") from exc
         set_(self, "architecture", architecture)
 
         preprocessing = _mapping(self.preprocessing, "preprocessing")
@@ -454,6 +461,21 @@ class ModelCard:
                         f"model card field 'preprocessing.{key}' must be three positive "
                         + ("integers" if key == "patch_size" else "numbers")
                     )
+        if cascade != (REFINER_KEY in preprocessing):
+            raise ModelCardError(
+                f"a {CASCADE_NETWORK} card needs 'preprocessing.{REFINER_KEY}' (stage 2's grid), "
+                "and only a cascade card may have it"
+            )
+        if cascade:
+            if "bundle" in preprocessing or preprocessing.get("output_activation") == "sigmoid":
+                raise ModelCardError(
+                    f"a {CASCADE_NETWORK} card runs the task's own softmax pipeline; "
+                    "'preprocessing.bundle' and sigmoid outputs are not allowed with it"
+                )
+            try:
+                RefinerSettings.from_dict(thaw(preprocessing[REFINER_KEY]))
+            except SpecError as exc:
+                raise ModelCardError(f"model card field 'preprocessing': {exc}") from exc
         if "bundle" in preprocessing:
             try:
                 channels = ChannelMap.from_card(preprocessing["bundle"])
@@ -561,6 +583,12 @@ class ModelCard:
         from .bundle_pipeline import BundlePipeline
 
         return BundlePipeline.from_dict(thaw(entry))
+
+    @property
+    def refiner(self) -> RefinerSettings | None:
+        """Stage 2's grid of a two-stage card (:mod:`models.cascade`); None otherwise."""
+        entry = self.preprocessing.get(REFINER_KEY)
+        return None if entry is None else RefinerSettings.from_dict(thaw(entry))
 
     @property
     def out_channels(self) -> int:

@@ -6,8 +6,9 @@ rebuilds the network (:meth:`ModelRegistry.load_network`: sha256, ``weights_only
 ``strict=True``) on the CPU and runs one forward pass under ``torch.no_grad`` on a small
 input: the task's channel count, at the smallest cube the architecture accepts (its
 ``img_size`` when it has one, else a multiple of its total downsampling, at least
-:data:`PROBE_MIN_SIDE` voxels). The output must be one finite tensor with a channel per
-class and the input's spatial shape. Every failure is a :class:`BundleProbeError` that
+:data:`PROBE_MIN_SIDE` voxels); a two-stage model's stages each get their own pass.
+The output must be one finite tensor with a channel per class and the input's spatial
+shape. Every failure is a :class:`BundleProbeError` that
 names the bundle and why.
 
 :func:`run_probe` is the forward pass itself; the MONAI bundle importer
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 
+from models.cascade import CascadeNetwork
+from models.cascade_spec import LOCATOR, REFINER, stage_architectures
 from models.errors import ModelsError
 from models.model_card import thaw
 from models.registry import ModelBundle, ModelRegistry, RegistryError
@@ -128,5 +131,12 @@ def probe_bundle(registry: ModelRegistry, bundle: ModelBundle) -> None:
     except ModelsError as exc:
         raise BundleProbeError(str(exc)) from exc
     in_channels, classes = _task_channels(bundle)
+    if isinstance(network, CascadeNetwork):  # each stage on its own smallest input
+        for name, stage in zip(
+            (LOCATOR, REFINER), stage_architectures(bundle.card.architecture), strict=True
+        ):
+            shape = probe_shape(stage, in_channels)
+            run_probe(network.get_submodule(name), shape, classes, f"model {bundle.ref} {name}")
+        return
     shape = probe_shape(bundle.card.architecture, in_channels)
     run_probe(network, shape, classes, f"model {bundle.ref}")

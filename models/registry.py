@@ -209,6 +209,12 @@ def build_network(architecture: Mapping[str, Any]) -> torch.nn.Module:
     network = architecture.get("network")
     if not isinstance(network, str):
         raise NetworkConfigError("architecture.network must be a network class name")
+    from .cascade import CascadeNetwork
+    from .cascade_spec import CASCADE_NETWORK, stage_architectures
+
+    if network == CASCADE_NETWORK:  # two allowed networks, each checked as any other
+        locator, refiner = stage_architectures(architecture)
+        return CascadeNetwork(build_network(locator), build_network(refiner))
     name = resolve_network(network)
     kwargs = check_network_kwargs(thaw(architecture.get("kwargs", {})), "architecture.kwargs")
     config = {"network_def": {"_target_": f"monai.networks.nets.{name}", **kwargs}}

@@ -290,6 +290,12 @@ def _run_stages(
         raise _JobFailed("input_too_large", f"{exc} (limits.max_working_voxels)") from exc
     except Exception as exc:
         raise _JobFailed.from_exception("inference_failed", exc) from exc
+    if not segmentation.roi_found:
+        raise _JobFailed(
+            "nothing_found",
+            f"stage 1 of {card.task}/{card.version} found no {_region_name(spec)} in this "
+            "series, so stage 2 did not run and nothing was segmented or sent",
+        )
     timings["inference_s"] = _since(mark)
     timings["inference"] = {k: round(float(v), 4) for k, v in segmentation.timings_s.items()}
     timings["device"] = segmentation.device
@@ -464,6 +470,11 @@ def _log_reopened(claim: Claim) -> None:
         short_ref(claim.series_uid),
         claim.generation,
     )
+
+
+def _region_name(spec: TaskSpec) -> str:
+    """What a two-stage model's first stage looks for: its task's first label (the organ)."""
+    return spec.labels[0].name.lower()
 
 
 def task_spec_for(task: str, card_preprocessing: Mapping[str, Any]) -> TaskSpec:

@@ -55,3 +55,40 @@ def make_tiny_bundle(
         training_data="none",
         federated_round=2,
     )
+
+
+def make_tiny_cascade_bundle(
+    root: Path, *, version: str = "0.0.1-cascade", locator_finds: bool = True, seed: int = 0
+) -> ModelBundle:
+    """A two-stage liver_ct bundle (:mod:`models.cascade`) of two tiny UNets. The locator
+    has all weights zero and its last bias says "liver everywhere" (``locator_finds``) or
+    "background everywhere"; the refiner is seeded and untrained, on a 2 mm grid."""
+    from models.cascade_spec import RefinerSettings, cascade_architecture
+
+    spec = get_task("liver_ct")
+    stage = {**TINY_ARCHITECTURE, "kwargs": {**TINY_ARCHITECTURE["kwargs"]}}
+    architecture = cascade_architecture(stage, stage)
+    torch.manual_seed(seed)
+    network = build_network(architecture)
+    locator = network.get_submodule("locator")
+    with torch.no_grad():
+        for parameter in locator.parameters():
+            parameter.zero_()
+        last_bias = [p for n, p in locator.named_parameters() if n.endswith("bias")][-1]
+        last_bias[1 if locator_finds else 0] = 5.0
+    preprocessing = preprocessing_for_task(spec)
+    preprocessing["patch_size"] = [32, 32, 32]
+    preprocessing["target_spacing_mm"] = [3.0, 3.0, 3.0]
+    preprocessing["refiner"] = RefinerSettings((2.0, 2.0, 2.0), (32, 32, 32), 6.0).to_dict()
+    return ModelRegistry(root).add(
+        "liver_ct",
+        version,
+        network.state_dict(),
+        name="Tiny test cascade",
+        labels=labels_for_task(spec),
+        architecture=architecture,
+        preprocessing=preprocessing,
+        intended_use="Tests only: untrained. Not for clinical use.",
+        training_data="none",
+        federated_round=3,
+    )

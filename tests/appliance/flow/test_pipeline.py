@@ -21,8 +21,15 @@ from dicom_bridge.seg_reader import read_seg_labelmap
 from dicom_bridge.synthetic import SeriesIdentity, write_series
 from models.lifecycle import ModelState
 from models.registry import ModelRegistry
-from tests.appliance.flow.helpers import GEOMETRY, activate_tiny, ingest, make_config, run_worker
-from tests.appliance.tiny_models import make_tiny_bundle
+from tests.appliance.flow.helpers import (
+    GEOMETRY,
+    activate,
+    activate_tiny,
+    ingest,
+    make_config,
+    run_worker,
+)
+from tests.appliance.tiny_models import make_tiny_bundle, make_tiny_cascade_bundle
 
 
 def test_complete_ct_series_becomes_seg_and_sr_queued_to_the_destination(
@@ -283,3 +290,33 @@ def test_database_of_schema_1_gains_the_new_tables(tmp_path: Path) -> None:
 
 def test_new_instance_type_is_unchanged() -> None:
     assert "modality" in NewInstance.__dataclass_fields__
+
+
+def test_a_two_stage_model_runs_both_stages_and_stamps_its_one_weights_hash(
+    tmp_path: Path, config: AppConfig, app_store: Store
+) -> None:
+    bundle = make_tiny_cascade_bundle(tmp_path / "src", locator_finds=True)
+    version = activate(app_store, config, bundle)
+    identity = SeriesIdentity()
+    ingest(app_store, write_series(tmp_path / "ct", GEOMETRY, identity=identity))
+    run_worker(app_store, config)
+    (job,) = app_store.list_jobs()
+    assert job.state is JobState.DONE, job.detail
+    assert job.model_version == version and job.model_sha256 == bundle.card.weights_sha256
+    assert {"locator_total", "refiner_total"} <= set(job.timings["inference"])
+    seg = dcmread(job.outputs["seg_path"])
+    assert bundle.card.weights_sha256 in seg.ImageComments
+    assert len(app_store.list_outbox()) == 2
+
+
+def test_a_two_stage_model_that_finds_no_organ_records_it_and_sends_nothing(
+    tmp_path: Path, config: AppConfig, app_store: Store
+) -> None:
+    activate(app_store, config, make_tiny_cascade_bundle(tmp_path / "src", locator_finds=False))
+    identity = SeriesIdentity()
+    ingest(app_store, write_series(tmp_path / "ct", GEOMETRY, identity=identity))
+    run_worker(app_store, config)
+    (job,) = app_store.list_jobs()
+    assert job.state is JobState.FAILED and job.reason == "nothing_found"
+    assert "stage 1 of liver_ct/0.0.1-cascade found no liver" in (job.detail or "")
+    assert app_store.list_outbox() == []
