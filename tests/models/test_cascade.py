@@ -223,3 +223,47 @@ def test_a_refiner_on_the_locators_own_grid_reproduces_the_one_stage_result() ->
     assert (one == 2).any()
     for label, bound in ((1, 0.98), (2, 0.85)):
         assert dice(two == label, one == label) > bound, label
+
+
+# -- refiner training data -------------------------------------------------------------------
+
+
+def test_refiner_cases_are_cut_to_jittered_boxes_around_the_truth() -> None:
+    from models.cascade_training import refiner_box, refiner_cases
+    from models.training import TrainingCase
+
+    image, truth = organ_image()
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    exact = refiner_box(truth, affine, 4.0)
+    assert exact == (slice(1, 11), slice(2, 21), slice(4, 24))
+    empty = TrainingCase(image, np.zeros_like(truth), affine)
+    settings = RefinerSettings((1.0, 1.0, 1.0), (16, 16, 16), 4.0)
+    cut = refiner_cases([TrainingCase(image, truth, affine), empty] * 3, settings, seed=5)
+    assert len(cut) == 3  # the empty cases give nothing
+    shapes = {c.labels.shape for c in cut}
+    assert len(shapes) > 1  # the margins were jittered
+    for case in cut:
+        assert int((case.labels != 0).sum()) == int((truth != 0).sum())  # nothing cut off
+        # the crop's voxel (0,0,0) is where the box starts in the full image
+        start = np.linalg.solve(affine, case.affine[:, 3])[:3]
+        box = tuple(
+            slice(round(s), round(s) + n) for s, n in zip(start, case.labels.shape, strict=True)
+        )
+        np.testing.assert_array_equal(case.labels, truth[box])
+        np.testing.assert_array_equal(case.image, image[box])
+    again = refiner_cases([TrainingCase(image, truth, affine)] * 3, settings, seed=5)
+    assert [c.labels.shape for c in again] == [c.labels.shape for c in cut]
+
+
+def test_cascade_state_dict_splits_back_into_its_stages() -> None:
+    from models.cascade_training import cascade_state_dict, split_state_dict
+    from models.errors import InputError
+
+    locator, refiner = nn.Linear(2, 3).state_dict(), nn.Conv1d(1, 2, 3).state_dict()
+    joined = cascade_state_dict(locator, refiner)
+    assert set(joined) == {"locator.weight", "locator.bias", "refiner.weight", "refiner.bias"}
+    back_locator, back_refiner = split_state_dict(joined)
+    assert all(torch.equal(back_locator[k], locator[k]) for k in locator)
+    assert all(torch.equal(back_refiner[k], refiner[k]) for k in refiner)
+    with pytest.raises(InputError, match="not a weight"):
+        split_state_dict({"other.weight": torch.zeros(1)})
