@@ -4,6 +4,7 @@ input fails with a clear error and writes nothing."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
 from appliance.cli import app
@@ -27,7 +29,7 @@ from dicom_bridge.phantom_series import write_phantom_series
 from dicom_bridge.seg_reader import read_seg_labelmap
 from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
 from dicom_bridge.volume import load_series_volume
-from models.phantoms import CT_DEFAULT, PhantomKind, generate_phantom
+from models.phantoms import BRATS_CHANNELS, CT_DEFAULT, MR_BRATS, PhantomKind, generate_phantom
 
 #: A small abdominal CT phantom (the shipped liver model segments it in seconds on CPU).
 SMALL_CT = replace(CT_DEFAULT, name="segment_ct", spacing_mm=(3.0, 3.0, 3.0), matrix=(32, 96, 96))
@@ -267,3 +269,74 @@ def test_no_database_is_a_clear_error(tmp_path: Path) -> None:
     out = tmp_path / "mask.nii.gz"
     assert "no appliance database" in fails(config_file, out, str(tmp_path))
     assert not load_config(config_file).storage.database.exists()
+
+
+# --- a task of several series: glioma_brats, a study folder of four role series ---------
+
+#: A reduced BraTS-like phantom: four sequences on one grid.
+SMALL_BRATS = replace(
+    MR_BRATS, name="segment_brats", spacing_mm=(3.0, 3.0, 3.0), matrix=(48, 64, 56)
+)
+BRATS_RULES = "".join(
+    f'\n[[routing.rules]]\nname = "brats-{name.lower()}"\ntask = "glioma_brats"\n'
+    f'modality = "MR"\nseries_description = "^{name}$"\nrole = "{name.lower()}"\n'
+    for name in BRATS_CHANNELS
+)
+
+
+def test_brats_study_folder_and_4d_nifti_give_the_jobs_overlapping_masks(
+    tmp_path: Path,
+) -> None:
+    config_file = write_config(tmp_path, BRATS_RULES)
+    config = load_config(config_file)
+    phantom = generate_phantom(PhantomKind.MR_BRATS, SMALL_BRATS, case=7)
+    study_dir, identity = tmp_path / "study", SeriesIdentity(body_part="BRAIN")
+    files: dict[str, list[Path]] = {}
+    for number, name in enumerate(BRATS_CHANNELS, start=1):
+        files[name] = write_phantom_series(
+            study_dir / name,
+            phantom.image[number - 1],
+            phantom.affine_lps,
+            modality="MR",
+            identity=replace(identity, series_uid=generate_uid(), series_number=number),
+            series_description=name,
+        )
+    store = Store(config.storage.database)
+    try:
+        register_shipped(store, config)
+        for path in (p for name in reversed(BRATS_CHANNELS) for p in files[name]):
+            store.record_instance(to_new_instance(describe_spooled_file(path)))
+        store.complete_quiet_series(-1.0)
+        worker = Worker(store, threading.Event(), config)
+        while worker.run_once():
+            pass
+        (job,) = store.list_jobs()
+        assert job.state is JobState.DONE and job.task == "glioma_brats", job
+    finally:
+        store.close()
+    job_mask = np.load(job.outputs["mask_path"])["mask"]  # (label, slice, row, column)
+    assert job_mask.shape == (3, *phantom.image.shape[1:]) and job_mask[1].any()
+
+    out = tmp_path / "regions.nii.gz"
+    code, stdout, stderr = segment(config_file, str(study_dir), "--out", str(out))
+    assert code == 0, stderr
+    assert stdout.startswith("glioma_brats: model")
+    mask, _ = read_mask(out, ndim=4)
+    np.testing.assert_array_equal(mask, job_mask.astype(np.uint8))
+
+    volumes = [load_series_volume(files[name]) for name in BRATS_CHANNELS]
+    image = np.stack([v.array for v in volumes])
+    data, affine_ras = boundary_to_ras(image, volumes[0].affine)
+    source = tmp_path / "study.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine_ras), str(source))
+    out4 = tmp_path / "regions4.nii"
+    code, _, stderr = segment(
+        config_file, str(source), "--out", str(out4), "--task", "glioma_brats"
+    )
+    assert code == 0, stderr
+    np.testing.assert_array_equal(read_mask(out4, ndim=4)[0], job_mask.astype(np.uint8))
+
+    # a study folder without its FLAIR series: the job's refusal, nothing written
+    shutil.rmtree(study_dir / "FLAIR")
+    stderr = fails(config_file, tmp_path / "partial.nii.gz", str(study_dir))
+    assert "waiting_for_roles" in stderr and "flair" in stderr
