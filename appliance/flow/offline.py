@@ -77,6 +77,8 @@ def segment_path(
         check_task(task)
     if not is_nifti(output):
         raise SegmentError(f"--out {output.name}: the output must end in .nii or .nii.gz")
+    if output.resolve() == source.resolve():
+        raise SegmentError("--out must not be INPUT itself")
     if not output.parent.is_dir():
         raise SegmentError(f"--out: the folder {output.parent} does not exist")
     if source.is_dir():

@@ -55,7 +55,7 @@ from dicom_bridge.uids import short_ref, validate_uid
 from dicom_bridge.volume import SeriesVolume, load_series_volume
 from models.bundle_pipeline import BundlePipeline, working_spacing
 from models.model_card import thaw
-from models.tasks import TaskSpec
+from models.tasks import TaskSpec, get_task
 
 LOG = logging.getLogger(__name__)
 
@@ -205,6 +205,13 @@ def prepare_series(
         )
     decision = route(study.facts_of(series, instances), config.routing)
     if task is not None and not study.task_roles(task):
+        wanted = str(get_task(task).channels[0].modality)
+        if series.modality.upper() != wanted:
+            return NoJob(
+                SeriesState.SKIPPED,
+                "wrong_modality",
+                f"{task} takes a {wanted} series; this series is {series.modality or '(none)'}",
+            )
         decision = RouteDecision(task, None, f"task {task} was given")
     elif task is not None and decision.task != task:
         return NoJob(

@@ -183,10 +183,11 @@ def empty_site(tmp_path: Path) -> Path:
     return config_file
 
 
-def fails(config_file: Path, out: Path, *args: str) -> str:
+def fails(config_file: Path, out: Path, *args: str, check: bool = True) -> str:
+    """Run ``appliance segment``: exit 1, and (``check``) ``out`` and no temp file written."""
     code, _, stderr = segment(config_file, *args, "--out", str(out))
     assert code == 1, stderr
-    assert not out.exists()
+    assert not check or not out.exists()
     if out.parent.is_dir():
         assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
     return stderr
@@ -203,6 +204,10 @@ def test_missing_input_and_wrong_kinds_of_path(empty_site: Path, tmp_path: Path)
     stderr = fails(empty_site, tmp_path / "nofolder" / "mask.nii", str(tmp_path))
     assert "does not exist" in stderr
     assert "not a task" in fails(empty_site, out, str(text), "--task", "spleen")
+    nifti = tmp_path / "in.nii"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), str(nifti))
+    assert "not be INPUT" in fails(empty_site, nifti, str(nifti), "--task", "liver_ct", check=False)
+    assert load_nifti(nifti).shape == (8, 8, 8)  # untouched
 
 
 def test_nifti_errors(empty_site: Path, tmp_path: Path) -> None:
@@ -254,10 +259,12 @@ def test_dicom_folder_errors(empty_site: Path, tmp_path: Path) -> None:
     empty.mkdir()
     assert "holds no files" in fails(empty_site, out, str(empty))
 
-    localizer = tmp_path / "mr"
-    write_series(localizer, geometry, modality="MR", identity=SeriesIdentity())
-    stderr = fails(empty_site, out, str(localizer))
+    unrouted = tmp_path / "mr"
+    write_series(unrouted, geometry, modality="MR", identity=SeriesIdentity())
+    stderr = fails(empty_site, out, str(unrouted))
     assert "no_matching_rule" in stderr and "give --task (one of liver_ct" in stderr
+    stderr = fails(empty_site, out, str(unrouted), "--task", "liver_ct")
+    assert "wrong_modality" in stderr and "liver_ct takes a CT series; this series is MR" in stderr
 
     big = tmp_path / "big"
     write_series(big, SeriesGeometry(slices=100, rows=32, columns=32), identity=SeriesIdentity())
