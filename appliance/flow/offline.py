@@ -99,7 +99,10 @@ def segment_path(
     record = model_for(site, task, version)
     loaded, spec = load_model(networks if networks is not None else NetworkCache(config), record)
     segmentation = run_model(loaded, spec, image, affine, config)
-    write_mask(output, segmentation.mask, affine)
+    try:
+        write_mask(output, segmentation.mask, affine)
+    except OSError as exc:
+        raise SegmentError(f"--out: cannot write {output.name} ({exc.strerror or exc})") from None
     return Segmented(task, record, segmentation.mask, affine, segmentation)
 
 
