@@ -90,3 +90,8 @@ class RealDataError(ApplianceError):
 
 class RealEvaluationError(ApplianceError):
     """The evaluation cannot run (no model for a task, unknown dataset, no data root)."""
+
+
+class SegmentError(ApplianceError):
+    """``appliance segment`` cannot segment its input (a missing or unreadable path, a
+    folder of mixed series, a NIfTI of the wrong shape, no model); nothing was written."""

@@ -18,6 +18,7 @@ from appliance.cli import (
     outbox,
     phantoms,
     preview,
+    segment,
     send,
     serve,
     status,
@@ -39,6 +40,7 @@ app.command("echo")(echo.echo)
 app.command("send")(send.send)
 app.command("demo")(demo.demo)
 app.command("preview")(preview.preview)
+app.command("segment")(segment.segment)
 app.command("healthcheck")(healthcheck.healthcheck)
 app.command("train", context_settings=train.PASSTHROUGH)(train.train)
 app.command("evaluate", context_settings=train.PASSTHROUGH)(train.evaluate)

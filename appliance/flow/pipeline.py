@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,13 @@ from pydicom.dataset import Dataset
 from appliance.cases.from_seg import annotate_seg_series
 from appliance.config import AppConfig
 from appliance.flow import study
-from appliance.routing import route
+from appliance.flow.segmenting import (
+    StageFailed,
+    describe_exception,
+    load_model,
+    run_model,
+)
+from appliance.routing import RouteDecision, route
 from appliance.site_models.registry import NetworkCache
 from appliance.states import JobState, SeriesState
 from appliance.store import Claim, Enqueue, JobRecord, SeriesRecord, Store
@@ -48,8 +54,6 @@ from dicom_bridge.sr import SrOptions, write_sr
 from dicom_bridge.uids import short_ref, validate_uid
 from dicom_bridge.volume import SeriesVolume, load_series_volume
 from models.bundle_pipeline import BundlePipeline, working_spacing
-from models.card_inference import segment_with_card
-from models.errors import InputTooLargeError
 from models.model_card import thaw
 from models.tasks import TaskSpec, get_task
 
@@ -78,7 +82,7 @@ def run_claim(store: Store, claim: Claim, config: AppConfig, networks: NetworkCa
     start = time.perf_counter()
     # route -> volume -> start job
     started = _route_and_start_job(store, claim, config)
-    if isinstance(started, _NoJob):  # an annotation, skipped, rejected, or an error
+    if isinstance(started, NoJob):  # an annotation, skipped, rejected, or an error
         return _finish_without_job(store, claim, started, start)
     routed, job = started
     try:
@@ -95,11 +99,11 @@ def run_claim(store: Store, claim: Claim, config: AppConfig, networks: NetworkCa
             job_timings=routed.timings,
             enqueue=produced.enqueue,
         )
-    except _JobFailed as exc:  # no active model, or a stage failed: recorded, series DONE
+    except StageFailed as exc:  # no active model, or a stage failed: recorded, series DONE
         return _fail_job(store, claim, job, routed, exc, SeriesState.DONE, start)
     except Exception as exc:  # anything else: the job fails with it, and so does the series
         LOG.exception("series %s job %d failed", short_ref(claim.series_uid), job.id)
-        failure = _JobFailed.from_exception("internal_error", exc)
+        failure = StageFailed.from_exception("internal_error", exc)
         return _fail_job(store, claim, job, routed, failure, SeriesState.FAILED, start)
     if current:  # job done
         if routed.study_inputs is not None:  # the study's other series: inputs of this job
@@ -112,7 +116,7 @@ def run_claim(store: Store, claim: Claim, config: AppConfig, networks: NetworkCa
 
 
 @dataclass(frozen=True, slots=True)
-class _NoJob:
+class NoJob:
     """A series that ends without a job: an annotation, not for inference, unreadable, or
     an unexpected error before its job started."""
 
@@ -123,7 +127,7 @@ class _NoJob:
 
 
 @dataclass(frozen=True, slots=True)
-class _Routed:
+class Routed:
     """A series routed to a task, its volume built: what its job works on."""
 
     series: SeriesRecord
@@ -144,24 +148,6 @@ class _Produced:
     result_dir: Path
 
 
-class _JobFailed(Exception):
-    """The job failed: ``reason`` names the stage (or why it could not run), ``detail``
-    says why."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
-
-    @classmethod
-    def from_exception(cls, reason: str, exc: BaseException) -> _JobFailed:
-        return cls(reason, _detail(exc))
-
-
-def _detail(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
-
-
 def _since(mark: float) -> float:
     return round(time.perf_counter() - mark, 4)
 
@@ -180,54 +166,76 @@ def volume_summary(volume: SeriesVolume) -> dict[str, Any]:
 
 def _route_and_start_job(
     store: Store, claim: Claim, config: AppConfig
-) -> _NoJob | tuple[_Routed, JobRecord]:
+) -> NoJob | tuple[Routed, JobRecord]:
     """claim -> route -> volume -> start job; or why the series gets no job."""
     try:
-        routed = _route_series(store, claim, config)
-        if isinstance(routed, _NoJob):
+        routed = prepare_series(store, claim, config)
+        if isinstance(routed, NoJob):
             return routed
         job = store.start_job(claim, routed.series.study_uid, routed.task)
     except Exception as exc:  # a bug, or the store: recorded; the worker goes on
         LOG.exception("series %s failed", short_ref(claim.series_uid))
-        return _NoJob(SeriesState.FAILED, "internal_error", _detail(exc))
+        return NoJob(SeriesState.FAILED, "internal_error", describe_exception(exc))
     routed.result["job_id"] = job.id
     return routed, job
 
 
-def _route_series(store: Store, claim: Claim, config: AppConfig) -> _NoJob | _Routed:
-    """The task of a series (by the routing rules) and its volume, or why it has none."""
+def prepare_series(
+    store: Store, claim: Claim, config: AppConfig, *, task: str | None = None
+) -> NoJob | Routed:
+    """The task of a series (by the routing rules) and its volume, or why it has none.
+
+    ``task`` (``appliance segment --task``) replaces the routing decision for a task of one
+    series; a task of several series still takes its roles from the routing rules, and the
+    series must be routed to it."""
     series = store.get_series(claim.series_uid)
     instances = store.series_instances(claim.series_uid)
     seg_paths = [i.path for i in instances if i.sop_class_uid in SEGMENTATION_CLASSES]
     if seg_paths and len(seg_paths) == len(instances):
         # A SEG series (a viewer's or the PACS'): an annotation, not an inference input.
         note = annotate_seg_series(store, config, seg_paths)
-        return _NoJob(note.state, note.reason, note.detail, result=note.result)
+        return NoJob(note.state, note.reason, note.detail, result=note.result)
     image_paths = tuple(i.path for i in instances if i.sop_class_uid in VOLUME_CLASSES)
     if not image_paths:
         classes = sorted({i.sop_class_uid for i in instances})
-        return _NoJob(
+        return NoJob(
             SeriesState.SKIPPED,
             "not_an_image_series",
             f"no CT/MR image instances (SOP classes: {', '.join(classes)})",
         )
     decision = route(study.facts_of(series, instances), config.routing)
+    if task is not None and not study.task_roles(task):
+        wanted = str(get_task(task).channels[0].modality)
+        if series.modality.upper() != wanted:
+            return NoJob(
+                SeriesState.SKIPPED,
+                "wrong_modality",
+                f"{task} takes a {wanted} series; this series is {series.modality or '(none)'}",
+            )
+        decision = RouteDecision(task, None, f"task {task} was given")
+    elif task is not None and decision.task != task:
+        return NoJob(
+            SeriesState.SKIPPED,
+            "no_matching_rule",
+            f"{task} takes several series, by role, and no routing rule gives this series "
+            f"a role of {task} ({decision.reason})",
+        )
     if decision.task is None:
-        return _NoJob(SeriesState.SKIPPED, "no_matching_rule", decision.reason)
+        return NoJob(SeriesState.SKIPPED, "no_matching_rule", decision.reason)
     roles = (
         study.gather(store, claim, decision, config) if study.task_roles(decision.task) else None
     )
     if isinstance(roles, study.NotRun):  # an input of its study's job, or waiting for roles
-        return _NoJob(roles.state, roles.reason, roles.detail)
+        return NoJob(roles.state, roles.reason, roles.detail)
     timings: dict[str, Any] = {}
     start = time.perf_counter()
     try:
         volume = load_series_volume(image_paths, config.limits.sizes)
     except VolumeError as exc:
-        return _NoJob(SeriesState.REJECTED, exc.reason, exc.detail)
+        return NoJob(SeriesState.REJECTED, exc.reason, exc.detail)
     inputs = None if roles is None else study.load_inputs(roles, volume, config)
     if isinstance(inputs, study.NotRun):
-        return _NoJob(inputs.state, inputs.reason, inputs.detail)
+        return NoJob(inputs.state, inputs.reason, inputs.detail)
     timings["volume_s"] = _since(start)
     result = volume_summary(volume)
     if inputs is not None:
@@ -243,17 +251,17 @@ def _route_series(store: Store, claim: Claim, config: AppConfig) -> _NoJob | _Ro
         "x".join(str(v) for v in result["shape"]),
         timings["volume_s"],
     )
-    return _Routed(series, decision.task, volume, image_paths, result, timings, inputs)
+    return Routed(series, decision.task, volume, image_paths, result, timings, inputs)
 
 
 def _run_stages(
-    store: Store, job: JobRecord, routed: _Routed, config: AppConfig, networks: NetworkCache
+    store: Store, job: JobRecord, routed: Routed, config: AppConfig, networks: NetworkCache
 ) -> _Produced:
     """The job's active model -> model -> inference -> SEG -> SR -> saved; raises
-    :class:`_JobFailed` naming the stage that failed."""
+    :class:`StageFailed` naming the stage that failed."""
     record = store.active_model(routed.task)
     if record is None:
-        raise _JobFailed(
+        raise StageFailed(
             "no_active_model",
             f"no active model for {routed.task}; run appliance models import/activate, "
             f"then appliance jobs retry {job.id}",
@@ -263,11 +271,7 @@ def _run_stages(
     )
     timings = routed.timings
     mark = time.perf_counter()
-    try:
-        loaded = networks.get(record)
-        spec = task_spec_for(record.task, loaded.bundle.card.preprocessing)
-    except Exception as exc:
-        raise _JobFailed.from_exception("model_load_failed", exc) from exc
+    loaded, spec = load_model(networks, record)
     timings["model_s"] = _since(mark)
 
     # The boundary: numpy (slice, row, column) + 4x4 LPS affine in, uint8 label map out.
@@ -276,26 +280,7 @@ def _run_stages(
     affine_lps: np.ndarray = volume.affine
     mark = time.perf_counter()
     card = loaded.bundle.card
-    try:
-        segmentation = segment_with_card(
-            loaded.network,
-            card,
-            spec,
-            image,
-            affine_lps,
-            device=loaded.device,
-            max_working_voxels=config.limits.max_working_voxels,
-        )
-    except InputTooLargeError as exc:
-        raise _JobFailed("input_too_large", f"{exc} (limits.max_working_voxels)") from exc
-    except Exception as exc:
-        raise _JobFailed.from_exception("inference_failed", exc) from exc
-    if not segmentation.roi_found:
-        raise _JobFailed(
-            "nothing_found",
-            f"stage 1 of {card.task}/{card.version} found no {_region_name(spec)} in this "
-            "series, so stage 2 did not run and nothing was segmented or sent",
-        )
+    segmentation = run_model(loaded, spec, image, affine_lps, config)
     timings["inference_s"] = _since(mark)
     timings["inference"] = {k: round(float(v), 4) for k, v in segmentation.timings_s.items()}
     timings["device"] = segmentation.device
@@ -324,7 +309,7 @@ def _run_stages(
         if routed.study_inputs is not None:  # it also references the study's other inputs
             reference_other_series(seg, routed.study_inputs.other_paths)
     except Exception as exc:
-        raise _JobFailed.from_exception("seg_failed", exc) from exc
+        raise StageFailed.from_exception("seg_failed", exc) from exc
     timings["seg_s"] = _since(mark)
 
     mark = time.perf_counter()
@@ -333,7 +318,7 @@ def _run_stages(
             seg, mask, affine_lps, segments, algorithm, SrOptions(research_only=research_only)
         )
     except Exception as exc:
-        raise _JobFailed.from_exception("sr_failed", exc) from exc
+        raise StageFailed.from_exception("sr_failed", exc) from exc
     timings["sr_s"] = _since(mark)
 
     mark = time.perf_counter()
@@ -347,7 +332,7 @@ def _run_stages(
         np.savez_compressed(tmp_mask, mask=mask, affine_lps=affine_lps)
         os.replace(tmp_mask, mask_path)
     except Exception as exc:
-        raise _JobFailed.from_exception("save_failed", exc) from exc
+        raise StageFailed.from_exception("save_failed", exc) from exc
     timings["save_s"] = _since(mark)
 
     seg_uid, sr_uid = str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)
@@ -380,8 +365,8 @@ def _fail_job(
     store: Store,
     claim: Claim,
     job: JobRecord,
-    routed: _Routed,
-    failure: _JobFailed,
+    routed: Routed,
+    failure: StageFailed,
     series_state: SeriesState,
     start: float,
 ) -> Finished:
@@ -408,7 +393,7 @@ def _fail_job(
 def _report(
     claim: Claim,
     job: JobRecord,
-    routed: _Routed,
+    routed: Routed,
     series_state: SeriesState,
     current: bool,
     failure: str | None,
@@ -446,7 +431,7 @@ def _report(
     )
 
 
-def _finish_without_job(store: Store, claim: Claim, ended: _NoJob, start: float) -> Finished:
+def _finish_without_job(store: Store, claim: Claim, ended: NoJob, start: float) -> Finished:
     current = store.finish_series(
         claim, ended.state, reason=ended.reason, detail=ended.detail, result=ended.result
     )
@@ -470,25 +455,6 @@ def _log_reopened(claim: Claim) -> None:
         short_ref(claim.series_uid),
         claim.generation,
     )
-
-
-def _region_name(spec: TaskSpec) -> str:
-    """What a two-stage model's first stage looks for: its task's first label (the organ)."""
-    return spec.labels[0].name.lower()
-
-
-def task_spec_for(task: str, card_preprocessing: Mapping[str, Any]) -> TaskSpec:
-    """The task spec, with the patch size and spacing the model card records (a model
-    imported from elsewhere may have been trained with others)."""
-    spec = get_task(task)
-    changes: dict[str, Any] = {}
-    if "patch_size" in card_preprocessing:
-        changes["patch_size"] = tuple(int(v) for v in card_preprocessing["patch_size"])
-    if "target_spacing_mm" in card_preprocessing:
-        changes["target_spacing_mm"] = tuple(
-            float(v) for v in card_preprocessing["target_spacing_mm"]
-        )
-    return replace(spec, **changes) if changes else spec
 
 
 def preprocessing_summary(pipeline: BundlePipeline | None, spec: TaskSpec) -> dict[str, Any]:

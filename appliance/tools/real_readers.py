@@ -8,7 +8,8 @@ becomes that (the loaders of :mod:`appliance.tools.real_cases` use these):
   UID, IPP ``[0, 0, z]``) is read by :func:`read_lenient_series`, an evaluation-only
   reader: pydicom, slices sorted along the image normal, affine from orientation, pixel
   spacing and the slice positions. It is never used on the clinical path.
-- NIfTI (nibabel, :func:`nifti_to_boundary`): array ``[i, j, k]`` with an index -> RAS
+- NIfTI (nibabel, :func:`nifti_to_boundary`, converted by
+  :func:`appliance.flow.nifti_io.ras_to_boundary`): array ``[i, j, k]`` with an index -> RAS
   affine. Reversing the axes gives ``(k, j, i)``; the affine's columns are reordered the
   same way and the world side goes RAS -> LPS (negate x and y;
   :data:`models.geometry.LPS_TO_RAS`).
@@ -35,6 +36,7 @@ from typing import Any, Final
 import numpy as np
 
 from appliance.errors import RealDataError
+from appliance.flow.nifti_io import ras_to_boundary
 
 __all__ = [
     "GRID_TOLERANCE_VOXELS",
@@ -80,10 +82,9 @@ def nifti_to_boundary(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise RealDataError(f"{path.name}: not a readable NIfTI file ({exc})") from exc
     if data.ndim != 3:
         raise RealDataError(f"{path.name}: expected a 3-D NIfTI image, got {data.ndim}-D")
-    array = np.ascontiguousarray(data.transpose(2, 1, 0))
-    affine = _LPS_RAS @ affine_ras[:, [2, 1, 0, 3]]
+    array, affine = ras_to_boundary(data, affine_ras)
     check_affine(affine, path.name)
-    return array, affine + 0.0
+    return array, affine
 
 
 _NRRD_SPACES: Final[Mapping[str, bool]] = MappingProxyType(
