@@ -298,3 +298,21 @@ def test_a_run_of_another_refiner_or_a_whole_model_is_refused(
     with pytest.raises(HandoffError, match=says):
         hand_off(store, config, tmp_path / "site", str(RUN_ID), validate=False)
     assert [m.version for m in store.list_models(TASK)] == [PARENT]
+
+
+def test_the_coordinator_cli_keeps_the_refiners_network(
+    site: tuple[AppConfig, Store, ModelRecord], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``federate start --set net-class=...`` may not train another network than the
+    active cascade's refiner; the grid keys may change."""
+    import typer
+
+    from appliance.cli.federate import _from_active
+
+    config, store, _ = site
+    store.close()
+    entries, origin = _from_active(config, TASK, tmp_path / "c", {"net-class": "dynunet"})
+    assert entries["net-class"] == "dynunet" and "refiner" in origin
+    with pytest.raises(typer.Exit):
+        _from_active(config, TASK, tmp_path / "c", {"net-class": "unet"})
+    assert "whose net-class is dynunet" in capsys.readouterr().err
