@@ -8,6 +8,7 @@ whole cascade. A run of another refiner, or a whole-model run, is refused."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ TASK = "liver_ct"
 PARENT = "0.1.0"
 #: the tiny cascade's DynUNet refiner as run settings
 REFINER_NETWORK = NetworkConfig(name=Architecture.DYNUNET, filters=(4, 8, 16))
-PHANTOM = {"phantom-matrix": "24,40,40", "phantom-spacing": "6,6,6"}
+PHANTOM = {"phantom-matrix": "16,32,32", "phantom-spacing": "6,6,6"}
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def _run_from_active(
 def _held_out() -> list[GateCase]:
     cases = []
     for k in range(2):
-        profile = replace(SITE_PRESETS["site_c"].ct, matrix=(24, 40, 40), spacing_mm=(6.0,) * 3)
+        profile = replace(SITE_PRESETS["site_c"].ct, matrix=(16, 32, 32), spacing_mm=(6.0,) * 3)
         p = generate_phantom(PhantomKind.CT_ABDOMEN, profile, k)
         cases.append(GateCase(f"case-{k}", p.image, p.labels, p.affine_lps))
     return cases
@@ -316,3 +317,32 @@ def test_the_coordinator_cli_keeps_the_refiners_network(
     with pytest.raises(typer.Exit):
         _from_active(config, TASK, tmp_path / "c", {"net-class": "unet"})
     assert "whose net-class is dynunet" in capsys.readouterr().err
+
+
+def test_a_stages_architecture_becomes_run_settings_or_is_refused_naming_why() -> None:
+    from appliance.errors import FederationError
+    from appliance.federation.initial import network_settings
+    from tests.appliance.tiny_models import TINY_ARCHITECTURE
+
+    assert network_settings(TINY_DYNUNET_ARCHITECTURE, "m") == {
+        "net-class": "dynunet",
+        "net-filters": "4,8,16",
+        "net-norm": "instance",
+    }
+    assert network_settings(TINY_ARCHITECTURE, "m") == {
+        "net-filters": "4,8",
+        "net-res-units": 0,
+        "net-norm": "instance",
+    }
+    kwargs = TINY_DYNUNET_ARCHITECTURE["kwargs"]
+    for change, says in (
+        ({"res_block": True}, "res_block=True"),
+        ({"strides": [2, 2, 2]}, "strides=[2, 2, 2]"),
+        ({"deep_supervision": True}, "deep_supervision=True"),
+        ({"dropout": 0.2}, "uses dropout"),
+    ):
+        other = {"network": "DynUNet", "kwargs": {**kwargs, **change}}
+        with pytest.raises(FederationError, match=re.escape(says)):
+            network_settings(other, "m")
+    with pytest.raises(FederationError, match="is a SegResNet; federated runs train UNets"):
+        network_settings({"network": "SegResNet", "kwargs": {}}, "m")
