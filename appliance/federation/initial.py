@@ -30,6 +30,7 @@ from appliance.federation.site_state import save_state
 from appliance.store import ModelRecord, Store
 from models.errors import ModelsError
 from models.model_card import thaw
+from models.networks import Architecture
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class InitialModel:
     def describe(self) -> str:
         c = self.run_config
         ref = f"{self.record.task}/{self.record.version}"
-        if c.get("net-class") == "dynunet":
+        if c.get("net-class") == Architecture.DYNUNET.value:
             network = f"DynUNet filters {c['net-filters']}, {c['net-norm']} norm"
         else:
             network = (
@@ -91,6 +92,8 @@ def dynunet_settings(architecture: Mapping[str, Any], ref: str) -> dict[str, Any
     kwargs = dict(architecture.get("kwargs", {}))
     filters = [int(f) for f in kwargs.get("filters") or []]
     levels = len(filters)
+    if levels < 2:
+        raise FederationError(f"the active model {ref} is a DynUNet without its filters")
     strides = [1] + [2] * (levels - 1)
     norm_name = _norm_name(kwargs.get("norm_name", ["INSTANCE", {"affine": True}]))
     expected = {
@@ -108,13 +111,15 @@ def dynunet_settings(architecture: Mapping[str, Any], ref: str) -> dict[str, Any
                 f"the active model {ref} is a DynUNet with {key}={kwargs.get(key)!r}; "
                 f"federated runs build DynUNets with {key}={value!r}"
             )
-    if levels < 2:
-        raise FederationError(f"the active model {ref} is a DynUNet without filters")
     if norm_name not in ("instance", "batch"):
         raise FederationError(f"the active model {ref} uses {norm_name} normalisation")
     if float(kwargs.get("dropout", 0.0) or 0.0) != 0.0:
         raise FederationError(f"the active model {ref} uses dropout; run settings have none")
-    return {"net-class": "dynunet", "net-filters": _csv(filters), "net-norm": norm_name}
+    return {
+        "net-class": Architecture.DYNUNET.value,
+        "net-filters": _csv(filters),
+        "net-norm": norm_name,
+    }
 
 
 def _plain(value: Any) -> Any:

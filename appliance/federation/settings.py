@@ -14,10 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import ConfigReader, StrategyName
 from appliance.errors import ConfigIssue, FederationError
+
+if TYPE_CHECKING:
+    from models.cascade_spec import RefinerSettings
 
 
 class CaseSource(StrEnum):
@@ -257,7 +260,7 @@ class RunSettings:
 
         return REFINER
 
-    def refiner_settings(self) -> Any:
+    def refiner_settings(self) -> RefinerSettings | None:
         """The refiner's :class:`models.cascade_spec.RefinerSettings` (grid and margin) of
         a refiner run; ``None`` for a run of a whole model."""
         if self.refiner_margin is None or self.patch_size is None or self.target_spacing is None:

@@ -126,7 +126,8 @@ def test_a_cascade_run_starts_from_the_active_models_refiner(
     assert run.stage == REFINER and run.network_config() == REFINER_NETWORK
     spec = run.task_spec()
     assert spec.patch_size == (32, 32, 32) and spec.target_spacing_mm == (4.0, 4.0, 4.0)
-    assert run.refiner_settings().margin_mm == 6.0
+    refiner_settings = run.refiner_settings()
+    assert refiner_settings is not None and refiner_settings.margin_mm == 6.0
     # the initial weights are the bundle's refiner.* entries, as they are
     _, refiner = _parent_stages(config)
     weights = load_state(Path(run.initial_weights))
