@@ -69,7 +69,9 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-_NETWORK_KEYS = ("net-filters", "net-res-units", "net-norm")
+_NETWORK_KEYS = ("net-class", "net-filters", "net-res-units", "net-norm")
+#: what a network key means when the active model's settings leave it out
+_NETWORK_DEFAULTS = {"net-class": "unet"}
 
 
 def _from_active(
@@ -93,12 +95,13 @@ def _from_active(
     if initial is None:
         return {}, f"a freshly initialised network (no active {task} model here)"
     for key in _NETWORK_KEYS:
-        if key in overrides and str(overrides[key]).replace(" ", "") != str(
-            initial.run_config[key]
-        ):
+        default = _NETWORK_DEFAULTS.get(key, "")
+        given = str(overrides.get(key, "")).replace(" ", "") or default
+        own = str(initial.run_config.get(key, "")) or default
+        if key in overrides and given != own:
             raise fail(
                 f"--set {key}={overrides[key]}: the run starts from {initial.describe()}, "
-                f"whose {key} is {initial.run_config[key]}; use --fresh or --initial-weights "
+                f"whose {key} is {own}; use --fresh or --initial-weights "
                 "to train another network",
                 2,
             )

@@ -24,6 +24,11 @@ Messages (``message_type``) and what they carry:
 - ``query.final``: the final weights; the site writes its own record of the run
   (:func:`appliance.federation.outputs.site_result`).
 
+A refiner run (``refiner-margin`` set: the run federates a two-stage model's refiner)
+trains and evaluates the refiner on the site's cases cut to their truth boxes
+(:func:`appliance.federation.site_data.run_training_cases`, ``run_held_out_cases``); a
+FedBN site keeps its refiner's normalisation entries apart from a UNet's of the task.
+
 At an appliance site (``case-source = store``) the ClientApp process runs at nice 19 and
 local training pauses between steps while the appliance's inference queue has work
 (:func:`appliance.federation.schedule.inference_busy` on the store in ``node_config``).
@@ -60,7 +65,12 @@ from appliance.federation.settings import (
     round_seed,
     simulated_node_config,
 )
-from appliance.federation.site_data import SiteCases, load_site_cases
+from appliance.federation.site_data import (
+    SiteCases,
+    load_site_cases,
+    run_held_out_cases,
+    run_training_cases,
+)
 from appliance.federation.site_state import (
     load_site_norm,
     load_state,
@@ -128,22 +138,33 @@ class _Site:
     def own_model_path(self) -> Any:
         return self.run_dir / "model.pt"
 
-    def prepared(self) -> list[Any]:
+    def training_cases(self, server_round: int) -> tuple[Any, ...]:
+        """The cases this round trains on (a refiner run: cut to boxes drawn with the
+        round's seed of this site)."""
+        return run_training_cases(self.run, self.cases.train, self.seed(server_round))
+
+    def held_out_cases(self) -> tuple[Any, ...]:
+        return run_held_out_cases(self.run, self.cases.held_out)
+
+    def prepared(self, server_round: int) -> list[Any]:
         """The training cases pre-processed for the sampler, once per process and site
-        (the simulation runtime's workers serve many rounds)."""
-        key = (self.site, self.spec, self.run.seed)
+        (the simulation runtime's workers serve many rounds; a refiner run's boxes
+        change with the round, so its cases once per round)."""
+        boxes = self.seed(server_round) if self.run.stage else None
+        key = (self.site, self.spec, self.run.seed, boxes)
         cached = _PREPARED.get(key)
         if cached is None:
             from models.training import prepare_cases
 
-            cached = prepare_cases(self.spec, list(self.cases.train), seed=self.run.seed)
+            cases = list(self.training_cases(server_round))
+            cached = prepare_cases(self.spec, cases, seed=self.run.seed)
             while len(_PREPARED) >= _PREPARED_SITES:  # a worker may serve every site
                 del _PREPARED[next(iter(_PREPARED))]
             _PREPARED[key] = cached
         return cached
 
     def with_local_norm(self, state: State) -> State:
-        norm = load_site_norm(self.site.state_dir, self.run.task)
+        norm = load_site_norm(self.site.state_dir, self.run.norm_scope())
         return dict(state) if norm is None else merge_site_norm(state, norm)
 
     def seed(self, server_round: int) -> int:
@@ -234,10 +255,10 @@ def _train_locally(
         report = fine_tune(
             s.model,
             s.spec,
-            list(s.cases.train),
+            list(s.training_cases(server_round)),
             train_config,
             initial_state=initial,
-            prepared=s.prepared(),
+            prepared=s.prepared(server_round),
             should_pause=should_pause,
         )
     return model_state(s.model), report
@@ -295,7 +316,7 @@ def train(msg: Message, context: Context) -> Message:
     if mode == "fedbn":
         start = s.with_local_norm(received)
         new, report = _train_locally(s, start, config, fedgs=False)
-        save_site_norm(s.site.state_dir, s.run.task, {k: new[k] for k in s.norm_keys})
+        save_site_norm(s.site.state_dir, s.run.norm_scope(), {k: new[k] for k in s.norm_keys})
         metrics = _train_metrics(s, report)
         metrics["norm-entries-kept"] = len(s.norm_keys)
         return _reply(msg, to_record(new, exclude=s.norm_keys), metrics, s.site.site)
@@ -336,10 +357,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         if mode == "fedbn":
             state = s.with_local_norm(state)
     load_into(s.model, state)
-    metrics = {
-        "num-examples": len(s.cases.held_out),
-        "dice": mean_dice(s.model, s.spec, s.cases.held_out),
-    }
+    held_out = s.held_out_cases()
+    metrics = {"num-examples": len(held_out), "dice": mean_dice(s.model, s.spec, held_out)}
     return _reply(msg, None, metrics, s.site.site)
 
 
@@ -362,24 +381,16 @@ def final(msg: Message, context: Context) -> Message:
         rounds=int(config.get("rounds", s.run.rounds)),
         task=s.run.task,
         network=s.network.to_dict(),
-        task_overrides=_overrides(s.run),
+        task_overrides=s.run.task_overrides(),
         sites=[],
         state=state,
         global_model=mode != "gossip",
         norm_local=mode == "fedbn",
         extra={"site": s.site.site},
+        stage=s.run.stage,
     )
     return (
         _reply(msg, None, {"written": 1}, s.site.site)
         if result
         else _reply(msg, None, {"written": 0}, s.site.site)
     )
-
-
-def _overrides(run: RunSettings) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if run.patch_size is not None:
-        out["patch_size"] = list(run.patch_size)
-    if run.target_spacing is not None:
-        out["target_spacing_mm"] = list(run.target_spacing)
-    return out

@@ -15,6 +15,13 @@ and registers the weights with :func:`appliance.site_models.registry.register_ca
 - card ``source`` = ``{"kind": "federated", "strategy", "run_id", "rounds", "site"}``,
   ``federated_round`` = rounds, ``parent_version`` = the active model's version.
 
+A two-stage (cascade) parent federates only its refiner (a run with ``stage`` =
+``"refiner"``): the run's network must be the parent's refiner architecture, and the
+candidate's weights are the parent's ``locator.*`` entries, bit for bit, with the run's
+weights as ``refiner.*`` under the parent's cascade card (both stages' architectures
+and pre-processing); the gate then judges the whole cascade. A whole-model run cannot
+become a candidate of a cascade, nor a refiner run one of a single-stage model.
+
 Then the gate runs on the site's held-out cases (:func:`appliance.site_models.gate.load_held_out`,
 the same cases as ``appliance models validate``) and its decision is logged. Used by
 ``appliance federate join`` and by ``appliance serve``'s scheduled joins. No Flower
@@ -121,8 +128,11 @@ def check_architecture(
     result: FederatedResult, parent_architecture: Mapping[str, Any], parent_ref: str
 ) -> None:
     """Refuse (:class:`HandoffError`) when the run's network is not the parent's
-    architecture: another network class, or other state-dict entries or shapes."""
-    from models.networks import NetworkConfig, build_network, network_architecture
+    architecture (for a two-stage parent: its refiner's): another network class, or other
+    state-dict entries or shapes; or when a refiner run meets a single-stage parent or a
+    whole-model run a two-stage one."""
+    from models.cascade_spec import CASCADE_NETWORK, REFINER, stage_architectures
+    from models.networks import Architecture, NetworkConfig, build_network, network_architecture
     from models.registry import build_network as build_from_card
     from models.tasks import get_task
 
@@ -137,25 +147,48 @@ def check_architecture(
         run_net = build_network(spec, config)
     except (ModelsError, KeyError, TypeError, ValueError) as exc:
         raise HandoffError(f"run {result.run_id}: its network cannot be rebuilt: {exc}") from exc
+    units = f"{config.num_res_units} residual unit(s), " if config.name is Architecture.UNET else ""
     described = (
         f"{run_arch['network']} filters {','.join(str(f) for f in config.filters)}, "
-        f"{config.num_res_units} residual unit(s), {config.norm} norm"
+        f"{units}{config.norm} norm"
     )
     parent_name = str(parent_architecture.get("network", "?"))
+    is_cascade = parent_name == CASCADE_NETWORK
+    if is_cascade != (result.stage == REFINER):
+        if is_cascade:
+            raise HandoffError(
+                f"run {result.run_id} trained a whole {described}; the active model "
+                f"{parent_ref} is a two-stage model, of which only the refiner is federated "
+                "(start the run from the active model: appliance federate start then trains "
+                "its refiner): the run's weights cannot become a candidate of that model"
+            )
+        raise HandoffError(
+            f"run {result.run_id} trained a two-stage model's refiner ({described}); the "
+            f"active model {parent_ref} is a {parent_name} without a refiner: the run's "
+            "weights cannot become a candidate of that model"
+        )
+    target, whose = parent_architecture, f"the active model {parent_ref}"
+    if is_cascade:
+        try:
+            target = stage_architectures(parent_architecture)[1]
+        except ModelsError as exc:
+            raise HandoffError(f"the active model {parent_ref}: {exc}") from exc
+        whose = f"the refiner of the active model {parent_ref}"
+        parent_name = str(target.get("network", "?"))
     if parent_name != run_arch["network"]:
         raise HandoffError(
-            f"run {result.run_id} trained a {described}; the active model {parent_ref} is a "
+            f"run {result.run_id} trained a {described}; {whose} is a "
             f"{parent_name}: its weights cannot become a candidate of that model"
         )
     try:
-        parent_net = build_from_card(thaw(parent_architecture))
+        parent_net = build_from_card(thaw(target))
     except ModelsError as exc:
         raise HandoffError(f"the active model {parent_ref} cannot be rebuilt: {exc}") from exc
     ours, theirs = state_signature(run_net), state_signature(parent_net)
     if ours != theirs:
         raise HandoffError(
             f"run {result.run_id} trained a {described}, which is not the architecture of "
-            f"the active model {parent_ref} ({describe_difference(ours, theirs)}); start "
+            f"{whose} ({describe_difference(ours, theirs)}); start "
             "the run from the active model (appliance federate start uses the coordinator's "
             "active model) or from weights of the same architecture"
         )
@@ -167,6 +200,22 @@ def _tensors(state: Mapping[str, np.ndarray], like: Mapping[str, torch.Tensor]) 
         tensor = torch.from_numpy(np.array(value, copy=True))
         out[key] = tensor.to(like[key].dtype) if key in like else tensor
     return out
+
+
+def _candidate_weights(
+    result: FederatedResult, parent: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The candidate's state dict: the run's weights in the parent's dtypes; for a refiner
+    run the parent's locator entries as they are plus the run's weights as the refiner."""
+    from models.cascade_training import cascade_state_dict, split_state_dict
+
+    if not result.stage:
+        return _tensors(result.load_weights(), parent)
+    try:
+        locator, refiner = split_state_dict(parent)
+    except ModelsError as exc:
+        raise HandoffError(f"the active model is not a two-stage model: {exc}") from exc
+    return cascade_state_dict(locator, _tensors(result.load_weights(), refiner))
 
 
 def hand_off(
@@ -215,7 +264,7 @@ def hand_off(
             like = registry.load_state_dict(parent_bundle)
         except ModelsError as exc:
             raise HandoffError(f"the active model {parent_ref}: {exc}") from exc
-        weights = _tensors(result.load_weights(), like)
+        weights = _candidate_weights(result, like)
         source = {
             "kind": "federated",
             "strategy": result.strategy,
@@ -223,8 +272,9 @@ def hand_off(
             "rounds": result.rounds,
             "site": site,
         }
+        what = "the refiner (stage 2) of " if result.stage else ""
         training_data = (
-            f"Federated fine-tuning of {parent.version}: run {result.run_id}, strategy "
+            f"Federated fine-tuning of {what}{parent.version}: run {result.run_id}, strategy "
             f"{result.strategy}, {result.rounds} round(s), with this site ({site or 'unnamed'}) "
             "and the other sites of the run, each on its own annotated cases (training split; "
             "the held-out split was never trained on)."

@@ -1,13 +1,20 @@
 """Where a federated run starts: by default the coordinator's ACTIVE model of the task.
 
 :func:`initial_from_active` takes the active model's bundle from the site registry,
-derives the run's network settings from its card's architecture (``net-filters``,
-``net-res-units``, ``net-norm``) and its pre-processing (``patch-size``,
+derives the run's network settings from its card's architecture (``net-class``,
+``net-filters``, ``net-res-units``, ``net-norm``) and its pre-processing (``patch-size``,
 ``target-spacing``), checks that the network the sites will build has exactly the
 bundle's state-dict entries and shapes, and writes the weights where the ServerApp reads
-``initial-weights``. Run settings are UNet-only (they name no network class and no
-dropout), so an active model of another kind is refused with a clear message; start such
-a run from ``--initial-weights`` or ``--fresh``. No Flower import.
+``initial-weights``. Run settings describe UNets and DynUNets of the layout
+:func:`models.networks.network_architecture` gives (no dropout), so an active model of
+another kind is refused with a clear message; start such a run from ``--initial-weights``
+or ``--fresh``.
+
+A two-stage (cascade) active model federates only its refiner: the run settings describe
+the refiner (its network, ``preprocessing.refiner``'s grid as ``patch-size`` /
+``target-spacing``, its margin as ``refiner-margin``) and the initial weights are the
+bundle's ``refiner.*`` entries; the locator stays as shipped and rejoins the refiner at
+the hand-off (:mod:`appliance.federation.handoff`). No Flower import.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from appliance.federation.site_state import save_state
 from appliance.store import ModelRecord, Store
 from models.errors import ModelsError
 from models.model_card import thaw
+from models.networks import Architecture
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,20 +39,94 @@ class InitialModel:
 
     record: ModelRecord
     weights: Path
-    #: run-config entries (``net-*``, ``patch-size``, ``target-spacing``, ``initial-weights``)
+    #: run-config entries (``net-*``, ``patch-size``, ``target-spacing``, ``initial-weights``;
+    #: for a cascade also ``refiner-margin``)
     run_config: Mapping[str, Any]
 
     def describe(self) -> str:
         c = self.run_config
-        return (
-            f"the active model {self.record.task}/{self.record.version} "
-            f"(UNet filters {c['net-filters']}, {c['net-res-units']} residual unit(s), "
-            f"{c['net-norm']} norm; patch {c['patch-size']}, spacing {c['target-spacing']} mm)"
-        )
+        ref = f"{self.record.task}/{self.record.version}"
+        if c.get("net-class") == Architecture.DYNUNET.value:
+            network = f"DynUNet filters {c['net-filters']}, {c['net-norm']} norm"
+        else:
+            network = (
+                f"UNet filters {c['net-filters']}, {c['net-res-units']} residual unit(s), "
+                f"{c['net-norm']} norm"
+            )
+        grid = f"patch {c['patch-size']}, spacing {c['target-spacing']} mm"
+        if "refiner-margin" in c:
+            return (
+                f"the refiner of the active two-stage model {ref} ({network}; {grid}, "
+                f"margin {c['refiner-margin']:g} mm; its locator is not trained)"
+            )
+        return f"the active model {ref} ({network}; {grid})"
 
 
 def _csv(values: Any) -> str:
     return ",".join(f"{float(v):g}" if isinstance(v, float) else str(int(v)) for v in values)
+
+
+def _norm_name(norm: Any) -> str:
+    return str(norm[0] if isinstance(norm, list | tuple) else norm).lower()
+
+
+def network_settings(architecture: Mapping[str, Any], ref: str) -> dict[str, Any]:
+    """The ``net-*`` run settings of a card's (or a cascade stage's) architecture: a UNet
+    (:func:`unet_settings`) or a DynUNet (:func:`dynunet_settings`); anything else is
+    refused naming what runs can train."""
+    network = architecture.get("network")
+    if network == "UNet":
+        return unet_settings(architecture, ref)
+    if network == "DynUNet":
+        return dynunet_settings(architecture, ref)
+    raise FederationError(
+        f"the active model {ref} is a {network}; federated runs train UNets, DynUNets and "
+        "two-stage models' refiners (start from --initial-weights or --fresh instead)"
+    )
+
+
+def dynunet_settings(architecture: Mapping[str, Any], ref: str) -> dict[str, Any]:
+    """``net-class``/``net-filters``/``net-norm`` for a DynUNet of the layout the sites
+    build (:func:`models.networks.network_architecture`: 3x3x3 kernels, stride 1 then 2 at
+    every level, no residual blocks, deep supervision or dropout)."""
+    kwargs = dict(architecture.get("kwargs", {}))
+    filters = [int(f) for f in kwargs.get("filters") or []]
+    levels = len(filters)
+    if levels < 2:
+        raise FederationError(f"the active model {ref} is a DynUNet without its filters")
+    strides = [1] + [2] * (levels - 1)
+    norm_name = _norm_name(kwargs.get("norm_name", ["INSTANCE", {"affine": True}]))
+    expected = {
+        "spatial_dims": 3,
+        "kernel_size": [3] * levels,
+        "strides": strides,
+        "upsample_kernel_size": strides[1:],
+        "res_block": False,
+        "deep_supervision": False,
+    }
+    defaults = {"res_block": False, "deep_supervision": False}  # MONAI's
+    for key, value in expected.items():
+        if _plain(kwargs.get(key, defaults.get(key))) != value:
+            raise FederationError(
+                f"the active model {ref} is a DynUNet with {key}={kwargs.get(key)!r}; "
+                f"federated runs build DynUNets with {key}={value!r}"
+            )
+    if norm_name not in ("instance", "batch"):
+        raise FederationError(f"the active model {ref} uses {norm_name} normalisation")
+    if float(kwargs.get("dropout", 0.0) or 0.0) != 0.0:
+        raise FederationError(f"the active model {ref} uses dropout; run settings have none")
+    return {
+        "net-class": Architecture.DYNUNET.value,
+        "net-filters": _csv(filters),
+        "net-norm": norm_name,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like values compared as lists (a card's tuples and lists alike)."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def unet_settings(architecture: Mapping[str, Any], ref: str) -> dict[str, Any]:
@@ -57,8 +139,7 @@ def unet_settings(architecture: Mapping[str, Any], ref: str) -> dict[str, Any]:
     kwargs = dict(architecture.get("kwargs", {}))
     channels = [int(c) for c in kwargs.get("channels", [])]
     strides = kwargs.get("strides", [])
-    norm = kwargs.get("norm", ["INSTANCE", {"affine": True}])
-    norm_name = str(norm[0] if isinstance(norm, list | tuple) else norm).lower()
+    norm_name = _norm_name(kwargs.get("norm", ["INSTANCE", {"affine": True}]))
     if kwargs.get("spatial_dims", 3) != 3 or list(strides) != [2] * (len(channels) - 1):
         raise FederationError(
             f"the active model {ref} is a UNet with strides {strides}; federated runs "
@@ -82,6 +163,8 @@ def initial_from_active(
     from appliance.federation.handoff import describe_difference, state_signature
     from appliance.federation.settings import RunSettings
     from appliance.site_models.registry import registry_for
+    from models.cascade_spec import CASCADE_NETWORK, REFINER, stage_architectures
+    from models.cascade_training import split_state_dict
     from models.networks import build_network
     from models.registry import build_network as build_from_card
 
@@ -102,16 +185,34 @@ def initial_from_active(
             f"the active model {ref} is an imported bundle that runs its own pre-processing; "
             "federated runs train and evaluate with the task's, so it cannot start a run"
         )
-    entries = unet_settings(architecture, ref)
     pre = thaw(bundle.card.preprocessing)
-    if pre.get("patch_size"):
-        entries["patch-size"] = _csv(pre["patch_size"])
-    if pre.get("target_spacing_mm"):
-        entries["target-spacing"] = _csv(float(v) for v in pre["target_spacing_mm"])
-    settings = RunSettings.from_config({"task": task, **entries})
+    if architecture.get("network") == CASCADE_NETWORK:
+        # only the refiner is federated: its network, its grid, its weights
+        refiner = bundle.card.refiner
+        try:
+            refiner_arch = stage_architectures(architecture)[1]
+            state = split_state_dict(state)[1]
+        except ModelsError as exc:
+            raise FederationError(f"the active model {ref}: {exc}") from exc
+        if refiner is None:
+            raise FederationError(
+                f"the active model {ref} is a two-stage model without preprocessing.refiner"
+            )
+        entries = network_settings(refiner_arch, f"{ref} ({REFINER})")
+        entries["patch-size"] = _csv(refiner.patch_size)
+        entries["target-spacing"] = _csv(refiner.target_spacing_mm)
+        entries["refiner-margin"] = refiner.margin_mm
+        bundle_net = bundle_net.get_submodule(REFINER)
+    else:
+        entries = network_settings(architecture, ref)
+        if pre.get("patch_size"):
+            entries["patch-size"] = _csv(pre["patch_size"])
+        if pre.get("target_spacing_mm"):
+            entries["target-spacing"] = _csv(float(v) for v in pre["target_spacing_mm"])
     try:
+        settings = RunSettings.from_config({"task": task, **entries})
         run_net = build_network(settings.task_spec(), settings.network_config())
-    except ModelsError as exc:
+    except (ModelsError, FederationError) as exc:
         raise FederationError(f"the active model {ref}: {exc}") from exc
     ours, theirs = state_signature(run_net), state_signature(bundle_net)
     if ours != theirs or set(state) != set(theirs):

@@ -6,7 +6,9 @@ layout under its own state dir, with the weights *it* should use):
 
 - ``federation.json``: ``run_id``, ``strategy``, ``rounds``, ``task``, ``network``
   (:meth:`models.networks.NetworkConfig.to_dict`), ``task_overrides``, ``sites``,
-  ``global_model`` (false for gossip), ``norm_local`` (true for fedbn), ``weights``
+  ``global_model`` (false for gossip), ``norm_local`` (true for fedbn), ``stage``
+  (``"refiner"`` when the run federated a two-stage model's refiner, else ``""``;
+  absent in records written before there were such runs), ``weights``
   (file name or null), ``weights_sha256``, ``finished``, ``extra`` (e.g. gossip's
   ``consensus_distance``, the site's name in a site's copy);
 - ``weights.pt``: the final global state dict (coordinator; absent for gossip), or the
@@ -58,6 +60,9 @@ class FederatedResult:
     weights_sha256: str | None
     finished: str
     extra: Mapping[str, Any]
+    #: ``""``: the run trained a whole model; ``"refiner"``: a two-stage model's refiner
+    #: (``network`` and ``task_overrides`` then describe the refiner and its grid)
+    stage: str = ""
 
     @property
     def weights_path(self) -> Path | None:
@@ -92,6 +97,7 @@ def write_result(
     global_model: bool,
     norm_local: bool,
     extra: Mapping[str, Any] | None = None,
+    stage: str = "",
 ) -> FederatedResult:
     directory = result_dir(output_dir, run_id)
     directory.mkdir(parents=True, exist_ok=True)
@@ -109,6 +115,7 @@ def write_result(
         "sites": list(sites),
         "global_model": global_model,
         "norm_local": norm_local,
+        "stage": stage,
         "weights": WEIGHTS_FILE if state is not None else None,
         "weights_sha256": digest,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -138,6 +145,7 @@ def read_result(directory: Path) -> FederatedResult:
             weights_sha256=data.get("weights_sha256"),
             finished=str(data["finished"]),
             extra=dict(data.get("extra", {})),
+            stage=str(data.get("stage", "")),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FederationError(f"cannot read the federated result in {directory}: {exc}") from exc

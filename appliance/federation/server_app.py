@@ -1,7 +1,8 @@
 """The ServerApp the coordinator's SuperLink runs for ``appliance federate start``.
 
 1. reads the run settings (Flower ``run_config``), builds the initial network (seeded, or
-   ``initial-weights``);
+   ``initial-weights``): the task's model, or for a refiner run (``refiner-margin``) a
+   two-stage model's refiner on its own grid;
 2. waits for ``min-sites`` SuperNodes and asks each for its site name and case count
    (``query.info``);
 3. runs the named strategy (:func:`appliance.federation.strategies.build_strategy`),
@@ -172,11 +173,6 @@ def run_federation(grid: Grid, context: Context) -> None:
         if is_gossip:
             extra["consensus_distance"] = getattr(strategy, "consensus", None)
             extra["pairings"] = getattr(strategy, "pairings", [])
-        overrides: dict[str, Any] = {}
-        if run.patch_size is not None:
-            overrides["patch_size"] = list(run.patch_size)
-        if run.target_spacing is not None:
-            overrides["target_spacing_mm"] = list(run.target_spacing)
         written = write_result(
             out,
             run_id=run_id,
@@ -184,12 +180,13 @@ def run_federation(grid: Grid, context: Context) -> None:
             rounds=rounds,
             task=run.task,
             network=network,
-            task_overrides=overrides,
+            task_overrides=run.task_overrides(),
             sites=[book.names[n] for n in sorted(book.names, key=book.name)],
             state=final,
             global_model=not is_gossip,
             norm_local=run.strategy == StrategyName.FEDBN,
             extra=extra,
+            stage=run.stage,
         )
         progress.finish(
             {

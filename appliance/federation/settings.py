@@ -14,10 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import ConfigReader, StrategyName
 from appliance.errors import ConfigIssue, FederationError
+
+if TYPE_CHECKING:
+    from models.cascade_spec import RefinerSettings
 
 
 class CaseSource(StrEnum):
@@ -72,6 +75,18 @@ def _res_units(value: int) -> int | None:
     return None if value < 0 else value
 
 
+def _margin(value: float) -> float | None:
+    return None if value < 0 else value
+
+
+def federated_networks() -> tuple[str, ...]:
+    """The network classes a run can train (``net-class``): :class:`models.networks.Architecture`
+    values whose layout run settings describe completely (filters, residual units, norm)."""
+    from models.networks import Architecture
+
+    return (Architecture.UNET.value, Architecture.DYNUNET.value)
+
+
 @dataclass(frozen=True, slots=True)
 class RunSettings:
     """What every party of one run agrees on (the Flower ``run_config``)."""
@@ -85,13 +100,20 @@ class RunSettings:
     lr: float = 1e-3
     seed: int = 0
     evaluate: bool = True
-    #: network: comma-separated filters, residual units, norm ("instance"/"batch")
+    #: network: class (``net-class``: "unet", the default, or "dynunet"), comma-separated
+    #: filters, residual units (UNet), norm ("instance"/"batch")
+    net_class: str = ""
     net_filters: tuple[int, ...] | None = None
     net_res_units: int | None = None
     net_norm: str = ""
     #: task overrides (tests use tiny patches/coarse spacing): "16,16,16" / "5,5,5"
     patch_size: tuple[int, ...] | None = None
     target_spacing: tuple[float, ...] | None = None
+    #: set (mm, >= 0; ``refiner-margin``, -1 on the wire = unset): the run federates the
+    #: refiner of a two-stage model (:mod:`models.cascade`): the network is the refiner,
+    #: ``patch-size``/``target-spacing`` are its grid (both required), and each site
+    #: trains and scores it on its cases cut to their truth boxes grown by this margin
+    refiner_margin: float | None = None
     #: cwt/swt: site names in visiting order; "" = sorted site names
     site_order: tuple[str, ...] = ()
     prox_mu: float = 0.01
@@ -137,11 +159,13 @@ class RunSettings:
             lr=r.get("lr", float, d.lr),
             seed=r.get("seed", int, d.seed),
             evaluate=r.get("evaluate", bool, d.evaluate),
+            net_class=r.get("net-class", str, ""),
             net_filters=r.ints("net-filters", None),
             net_res_units=_res_units(r.get("net-res-units", int, -1)),
             net_norm=r.get("net-norm", str, ""),
             patch_size=r.ints("patch-size", 3),
             target_spacing=r.floats("target-spacing", 3),
+            refiner_margin=_margin(r.get("refiner-margin", float, -1.0)),
             site_order=tuple(s for s in order.replace(" ", "").split(",") if s),
             prox_mu=r.get("prox-mu", float, d.prox_mu),
             fedgs_threshold=r.get("fedgs-threshold", float, d.fedgs_threshold),
@@ -190,6 +214,13 @@ class RunSettings:
         for ok, message in checks:
             if not ok:
                 raise FederationError(message)
+        if self.net_class and self.net_class not in federated_networks():
+            raise FederationError(
+                f"net-class: must be one of {', '.join(federated_networks())} "
+                f"(empty: unet), got {self.net_class!r}"
+            )
+        if self.refiner_margin is not None:
+            self._check_refiner()
         if self.sim_sites:
             parse_sim_sites(self.sim_sites)
         if self.strategy == StrategyName.GOSSIP and self.min_sites < 2:
@@ -206,10 +237,71 @@ class RunSettings:
                 f"fedmedian, fedtrimmedavg and krum, not with {self.strategy}"
             )
 
+    def _check_refiner(self) -> None:
+        from models.errors import ModelsError
+
+        if self.patch_size is None or self.target_spacing is None:
+            raise FederationError(
+                "refiner-margin: a refiner run needs patch-size and target-spacing "
+                "(the refiner's grid)"
+            )
+        try:
+            self.task_spec()
+        except ModelsError as exc:
+            raise FederationError(f"refiner-margin: not a valid refiner run: {exc}") from exc
+
+    @property
+    def stage(self) -> str:
+        """What the run federates: ``""`` (a whole model) or
+        :data:`models.cascade_spec.REFINER` (a two-stage model's refiner)."""
+        if self.refiner_margin is None:
+            return ""
+        from models.cascade_spec import REFINER
+
+        return REFINER
+
+    def refiner_settings(self) -> RefinerSettings | None:
+        """The refiner's :class:`models.cascade_spec.RefinerSettings` (grid and margin) of
+        a refiner run; ``None`` for a run of a whole model."""
+        if self.refiner_margin is None or self.patch_size is None or self.target_spacing is None:
+            return None
+        from models.cascade_spec import RefinerSettings
+
+        t, p = self.target_spacing, self.patch_size
+        return RefinerSettings(
+            target_spacing_mm=(t[0], t[1], t[2]),
+            patch_size=(p[0], p[1], p[2]),
+            margin_mm=self.refiner_margin,
+        )
+
+    def norm_scope(self) -> str:
+        """The name a FedBN site keeps its normalisation entries under: the task, or
+        ``<task>.refiner`` for a refiner run (another network than the task's UNet)."""
+        return f"{self.task}.{self.stage}" if self.stage else self.task
+
+    def task_overrides(self) -> dict[str, Any]:
+        """What a run's record keeps of the grid it trained on (``patch_size``,
+        ``target_spacing_mm``; a refiner run also its ``margin_mm``)."""
+        out: dict[str, Any] = {}
+        if self.patch_size is not None:
+            out["patch_size"] = list(self.patch_size)
+        if self.target_spacing is not None:
+            out["target_spacing_mm"] = list(self.target_spacing)
+        if self.refiner_margin is not None:
+            out["margin_mm"] = self.refiner_margin
+        return out
+
     def task_spec(self) -> Any:
+        """The task as the run's network sees it (for a refiner run the task on the
+        refiner's grid, :func:`models.cascade_spec.refiner_spec`)."""
         from models.tasks import get_task
 
         spec = get_task(self.task)
+        refiner = self.refiner_settings()
+        if refiner is not None:
+            from models.cascade_spec import refiner_spec
+
+            return refiner_spec(spec, refiner)
         if self.patch_size is not None:
             p = self.patch_size
             spec = replace(spec, patch_size=(p[0], p[1], p[2]))
@@ -219,9 +311,11 @@ class RunSettings:
         return spec
 
     def network_config(self) -> Any:
-        from models.networks import DEFAULT_NETWORK, NetworkConfig, Norm
+        from models.networks import DEFAULT_NETWORK, Architecture, NetworkConfig, Norm
 
         net: NetworkConfig = DEFAULT_NETWORK
+        if self.net_class:
+            net = replace(net, name=Architecture(self.net_class))
         if self.net_filters is not None:
             net = replace(net, filters=self.net_filters)
         if self.net_res_units is not None:
@@ -249,6 +343,7 @@ def run_config_map(settings: RunSettings) -> dict[str, Any]:
         "lr": settings.lr,
         "seed": settings.seed,
         "evaluate": settings.evaluate,
+        "net-class": settings.net_class,
         "net-norm": settings.net_norm,
         "site-order": ",".join(settings.site_order),
         "prox-mu": settings.prox_mu,
@@ -269,6 +364,7 @@ def run_config_map(settings: RunSettings) -> dict[str, Any]:
         "net-res-units": -1 if settings.net_res_units is None else settings.net_res_units,
         "patch-size": ",".join(str(v) for v in settings.patch_size or ()),
         "target-spacing": ",".join(f"{v:g}" for v in settings.target_spacing or ()),
+        "refiner-margin": -1.0 if settings.refiner_margin is None else settings.refiner_margin,
         "sim-sites": settings.sim_sites,
         "sim-state-root": settings.sim_state_root,
         "sim-threads": settings.sim_threads,

@@ -10,6 +10,10 @@ out for evaluation and never trained on.
 ``store`` (an appliance joining with ``appliance federate join``): the site's ACTIVE
 annotated cases of the task from its store (:func:`appliance.cases.loading.load_cases`): the
 ``train`` split for training, the ``held_out`` split for evaluation only.
+
+A run that federates a two-stage model's refiner (``refiner-margin``) trains and scores
+on the same cases cut to boxes around their truth (:func:`run_training_cases`,
+:func:`run_held_out_cases`), as the refiner sees them behind the locator.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -25,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from appliance.errors import FederationError
-from appliance.federation.settings import CaseSource, SiteSettings
+from appliance.federation.settings import CaseSource, RunSettings, SiteSettings
+from models.errors import InputError
 from models.phantoms import SITE_PRESETS, PhantomKind, generate_phantom
 from models.tasks import Modality, TaskSpec
 from models.training import TrainingCase
@@ -165,3 +170,39 @@ def _phantom_cases(site: SiteSettings, spec: TaskSpec) -> SiteCases:
     cases = [c.case for c in phantom_site_cases(site, spec.modality)]
     split = len(cases) - held_out_count(site)
     return SiteCases(train=tuple(cases[:split]), held_out=tuple(cases[split:]))
+
+
+def run_training_cases(
+    run: RunSettings, cases: Sequence[TrainingCase], seed: int
+) -> tuple[TrainingCase, ...]:
+    """The cases a site trains the run's network on: its training cases, or for a refiner
+    run each labelled one cut to its truth box grown by ``refiner-margin`` ± 5 mm per side
+    (:func:`models.cascade_training.refiner_cases`, drawn with ``seed``: the round's seed
+    of this site, so each round sees other boxes, as an imperfect locator gives them)."""
+    settings = run.refiner_settings()
+    if settings is None:
+        return tuple(cases)
+    from models.cascade_training import refiner_cases
+
+    try:
+        return tuple(refiner_cases(cases, settings, seed=seed))
+    except InputError as exc:
+        raise FederationError(
+            f"this site cannot train the refiner of task {run.task}: {exc}"
+        ) from exc
+
+
+def run_held_out_cases(run: RunSettings, cases: Sequence[TrainingCase]) -> tuple[TrainingCase, ...]:
+    """The cases a site scores the run's network on: its held-out cases, or for a refiner
+    run each labelled one cut to its truth box grown by exactly ``refiner-margin`` (no
+    jitter): the box a perfect locator gives, the same in every round, so the scores of
+    rounds and sites compare the refiner alone. An unlabelled held-out case is left out."""
+    settings = run.refiner_settings()
+    if settings is None:
+        return tuple(cases)
+    from models.cascade_training import refiner_cases
+
+    try:
+        return tuple(refiner_cases(cases, settings, seed=run.seed, jitter_mm=0.0))
+    except InputError:  # no held-out case has a label: nothing to score
+        return ()

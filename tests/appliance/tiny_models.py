@@ -26,6 +26,25 @@ TINY_ARCHITECTURE: dict[str, Any] = {
 }
 
 
+#: a tiny DynUNet refiner: three levels (MONAI's least), stride 1 first, the layout the
+#: federation's run settings build (:func:`models.networks.network_architecture`)
+TINY_DYNUNET_ARCHITECTURE: dict[str, Any] = {
+    "network": "DynUNet",
+    "kwargs": {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 3,
+        "kernel_size": [3, 3, 3],
+        "strides": [1, 2, 2],
+        "upsample_kernel_size": [2, 2],
+        "filters": [4, 8, 16],
+        "norm_name": ["INSTANCE", {"affine": True}],
+        "dropout": None,
+        "res_block": False,
+    },
+}
+
+
 def make_tiny_bundle(
     root: Path, *, task: str = "liver_ct", version: str = "0.0.1-test", seed: int = 0
 ) -> ModelBundle:
@@ -58,16 +77,24 @@ def make_tiny_bundle(
 
 
 def make_tiny_cascade_bundle(
-    root: Path, *, version: str = "0.0.1-cascade", locator_finds: bool = True, seed: int = 0
+    root: Path,
+    *,
+    version: str = "0.0.1-cascade",
+    locator_finds: bool = True,
+    seed: int = 0,
+    refiner: dict[str, Any] | None = None,
+    refiner_spacing_mm: float = 2.0,
 ) -> ModelBundle:
-    """A two-stage liver_ct bundle (:mod:`models.cascade`) of two tiny UNets. The locator
+    """A two-stage liver_ct bundle (:mod:`models.cascade`) of two tiny UNets (``refiner``:
+    another refiner architecture, e.g. :data:`TINY_DYNUNET_ARCHITECTURE`). The locator
     has all weights zero and its last bias says "liver everywhere" (``locator_finds``) or
-    "background everywhere"; the refiner is seeded and untrained, on a 2 mm grid."""
+    "background everywhere"; the refiner is seeded and untrained, on a 2 mm grid (or
+    ``refiner_spacing_mm``)."""
     from models.cascade_spec import RefinerSettings, cascade_architecture
 
     spec = get_task("liver_ct")
     stage = {**TINY_ARCHITECTURE, "kwargs": {**TINY_ARCHITECTURE["kwargs"]}}
-    architecture = cascade_architecture(stage, stage)
+    architecture = cascade_architecture(stage, refiner or stage)
     torch.manual_seed(seed)
     network = build_network(architecture)
     locator = network.get_submodule("locator")
@@ -79,7 +106,8 @@ def make_tiny_cascade_bundle(
     preprocessing = preprocessing_for_task(spec)
     preprocessing["patch_size"] = [32, 32, 32]
     preprocessing["target_spacing_mm"] = [3.0, 3.0, 3.0]
-    preprocessing["refiner"] = RefinerSettings((2.0, 2.0, 2.0), (32, 32, 32), 6.0).to_dict()
+    grid = (refiner_spacing_mm, refiner_spacing_mm, refiner_spacing_mm)
+    preprocessing["refiner"] = RefinerSettings(grid, (32, 32, 32), 6.0).to_dict()
     return ModelRegistry(root).add(
         "liver_ct",
         version,
