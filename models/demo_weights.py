@@ -36,6 +36,14 @@ bundle already registered (the quality check of issue 3). Each run:
 lesion spans two voxels. Being the highest version, it is the one a first start
 activates; 0.1.0 stays registered for rollback.
 
+Long runs: ``--checkpoint PATH`` (every ``--checkpoint-every`` steps, default 200) makes
+a rerun of the same command resume an interrupted run; ``--log PATH`` appends timestamped
+progress lines (:class:`models.progress.TrainingProgress`, also the live line on a
+terminal); ``--validate-every N --validate-cases K`` keeps and registers the weights that
+score best on K validation phantoms of their own seed (:class:`PeriodicValidation`);
+``--precision`` and ``--thin-slab-probability`` are :class:`models.training.TrainConfig`'s.
+See ``docs/training.md``.
+
 Results depend on the seed (and, through floating point, slightly on the CPU's math
 library); the numbers measured when the shipped bundles were made are in their cards.
 """
