@@ -131,7 +131,9 @@ class TrainingProgress:
         self._end_line()
         self.stream.flush()
         if self._log is not None:
-            self._log.write(f"{_utc_now()} {text}\n")
+            stamp = _utc_now()
+            for line in text.splitlines() or [""]:
+                self._log.write(f"{stamp} {line}\n")
 
     def _end_line(self) -> None:
         if self._line_open:

@@ -299,7 +299,7 @@ def test_progress_lines_and_log_file(tmp_path: Path) -> None:
     log.write_text("earlier run\n")
     stream = io.StringIO()  # not a terminal: plain lines every `every` steps
     with TrainingProgress(prefix="[t] ", stream=stream, log_path=log, every=2) as progress:
-        progress.note("resuming")
+        progress.note("resuming\nfrom step 2")  # every line gets its time
         for step in range(3, 8):  # a resumed run: steps 3..7 of 7, 2 s each
             progress(StepInfo(step, 7, 1.0 / step, 1e-3, 2.0 * (step - 2)))
     shown = stream.getvalue().splitlines()
@@ -309,9 +309,9 @@ def test_progress_lines_and_log_file(tmp_path: Path) -> None:
         "[t] step 7/7 loss 0.1429 0.50 steps/s ETA 0:00:00",
     ]
     lines = log.read_text().splitlines()
-    assert lines[0] == "earlier run" and lines[1].endswith(" resuming")  # appended
-    assert len(lines) == 2 + 5
-    stamp, rest = lines[2].split(" ", 1)
+    assert lines[0] == "earlier run" and lines[1].endswith("Z resuming")  # appended
+    assert lines[2].endswith("Z from step 2") and len(lines) == 3 + 5
+    stamp, rest = lines[3].split(" ", 1)
     assert stamp.endswith("Z") and stamp[4] == "-" and "T" in stamp
     assert rest == "step 3/7 loss 0.333333 lr 1.000e-03 seconds 2.0"
 
