@@ -67,7 +67,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+    except (
+        OSError,
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        # what the weights-only unpickler raises on some other garbage
+        KeyError,
+        IndexError,
+        ValueError,
+        TypeError,
+    ) as exc:
         raise CheckpointError(f"cannot read the training checkpoint {path.name}: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(

@@ -36,6 +36,14 @@ bundle already registered (the quality check of issue 3). Each run:
 lesion spans two voxels. Being the highest version, it is the one a first start
 activates; 0.1.0 stays registered for rollback.
 
+Long runs: ``--checkpoint PATH`` (every ``--checkpoint-every`` steps, default 200) makes
+a rerun of the same command resume an interrupted run; ``--log PATH`` appends timestamped
+progress lines (:class:`models.progress.TrainingProgress`, also the live line on a
+terminal); ``--validate-every N --validate-cases K`` keeps and registers the weights that
+score best on K validation phantoms of their own seed (:class:`PeriodicValidation`);
+``--precision`` and ``--thin-slab-probability`` are :class:`models.training.TrainConfig`'s.
+See ``docs/training.md``.
+
 Results depend on the seed (and, through floating point, slightly on the CPU's math
 library); the numbers measured when the shipped bundles were made are in their cards.
 """
@@ -45,18 +53,20 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import ModelsError, NetworkConfigError
+from .errors import InputError, ModelsError, NetworkConfigError
 from .evaluation import CaseMetrics, EvaluationSummary, evaluate_case, summarize
-from .inference import segment
+from .inference import resolve_device, segment
 from .model_card import DEMO_INTENDED_USE, labels_for_task, preprocessing_for_task, thaw
 from .networks import (
     DEFAULT_NETWORK,
@@ -74,17 +84,32 @@ from .phantoms import (
     SiteProfile,
     generate_phantom,
 )
+from .precision import Precision, PrecisionError, training_precision
+from .progress import ProgressError, TrainingProgress
 from .registry import BundleNotFoundError, ModelBundle, ModelRegistry
 from .tasks import TaskName, TaskSpec, get_task
-from .training import StepInfo, TrainConfig, TrainingCase, TrainReport, train
+from .training import (
+    StepInfo,
+    TrainConfig,
+    TrainingCase,
+    TrainingError,
+    TrainReport,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
 DEMO_VERSION = "0.1.0"
 
-#: Seeds of the phantom generator: training and evaluation never share one.
+#: Seeds of the phantom generator: training, validation and evaluation never share one
+#: (``+ 1000 * seed``; the validation seeds end in 501, so they match no training or
+#: evaluation seed of any ``--seed`` either).
 TRAIN_PHANTOM_SEED = 7001
 EVAL_PHANTOM_SEED = 8001
+VALIDATION_PHANTOM_SEED = 9501
+
+#: ``--checkpoint-every`` when ``--checkpoint`` is given without it.
+DEFAULT_CHECKPOINT_EVERY = 200
 
 
 class DemoWeightsError(ModelsError, ValueError):
@@ -191,6 +216,71 @@ def evaluate_model(
     return summarize(results)
 
 
+def validation_score(summary: EvaluationSummary) -> float:
+    """The score periodic validation keeps the best weights by: the mean over the task's
+    labels of the per-case mean Dice (labels no case scored are left out; 0 if none)."""
+    means = [stat.mean for stat in summary.dice.values() if math.isfinite(stat.mean)]
+    return float(np.mean(means)) if means else 0.0
+
+
+@dataclass(slots=True, eq=False)
+class PeriodicValidation:
+    """Every ``every`` steps (and after the last) score the model being trained on the
+    validation ``cases`` through :func:`evaluate_model` and keep a copy of the best
+    weights (by :func:`validation_score`; the earlier step wins a tie). An ``on_step``
+    callback and the ``extra_state`` of :func:`models.training.train`, so a resumed run
+    keeps the best so far. The torch random state is restored after each validation, so
+    validating does not change the training."""
+
+    model: nn.Module
+    spec: TaskSpec
+    cases: Sequence[tuple[TrainingCase, np.ndarray]]
+    every: int
+    log: Callable[[str], None] = print
+    best_step: int = 0
+    best_score: float = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    scores: list[tuple[int, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise DemoWeightsError(f"--validate-every must be >= 1, got {self.every}")
+        if not self.cases:
+            raise DemoWeightsError("--validate-cases must be >= 1 with --validate-every")
+
+    def __call__(self, info: StepInfo) -> None:
+        if info.step % self.every != 0 and info.step != info.steps:
+            return
+        with torch.random.fork_rng():
+            score = validation_score(evaluate_model(self.model, self.spec, self.cases))
+        self.scores.append((info.step, score))
+        better = score > self.best_score
+        if better:
+            self.best_step, self.best_score = info.step, score
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            }
+        self.log(
+            f"[{self.spec.name}] validation at step {info.step}: score {score:.4f} "
+            f"(best {self.best_score:.4f} at step {self.best_step}{', kept' if better else ''})"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_step": self.best_step,
+            "best_score": self.best_score,
+            "best_state": self.best_state,
+            "scores": [[step, score] for step, score in self.scores],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best_step = int(state["best_step"])
+        self.best_score = float(state["best_score"])
+        saved = state["best_state"]
+        self.best_state = None if saved is None else dict(saved)
+        self.scores = [(int(step), float(score)) for step, score in state["scores"]]
+
+
 def train_demo_weights(
     task: TaskName | str,
     out_registry_root: Path,
@@ -207,6 +297,13 @@ def train_demo_weights(
     lr: float | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     log: Callable[[str], None] = print,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    precision: Precision | str = Precision.AUTO,
+    thin_slab_probability: float = 0.0,
+    validate_every: int = 0,
+    validate_cases: int = 0,
+    progress: Callable[[StepInfo], None] | None = None,
 ) -> ModelBundle:
     """Generate phantoms, train, evaluate on fresh phantoms, register the bundle
     ``task/version`` under ``out_registry_root`` (see the module docstring).
@@ -215,7 +312,27 @@ def train_demo_weights(
     the training starts from instead of a random initialisation - fine-tuning; the new
     card names it as its parent. ``lr``: the initial learning rate (default: training's).
     ``network``: default the recipe's.
+
+    ``checkpoint``: the training checkpoint file, written every ``checkpoint_every``
+    steps; calling again with the same arguments resumes from it (the phantoms and the
+    starting weights are regenerated identically from the seeds). ``precision``,
+    ``thin_slab_probability``: see :class:`models.training.TrainConfig`.
+    ``validate_every``/``validate_cases``: every that many steps score the weights on
+    ``validate_cases`` fresh phantoms (seed :data:`VALIDATION_PHANTOM_SEED` ``+ 1000 *
+    seed``) and register the best (:class:`PeriodicValidation`). ``progress``: an
+    ``on_step`` callback that replaces the periodic step lines of ``log`` (e.g. a
+    :class:`models.progress.TrainingProgress`).
     """
+    if validate_every < 0 or validate_cases < 0:
+        raise DemoWeightsError("--validate-every and --validate-cases must be >= 0")
+    if (validate_every > 0) != (validate_cases > 0):
+        raise DemoWeightsError("--validate-every and --validate-cases go together")
+    if checkpoint_every < 1:
+        raise DemoWeightsError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
+    try:  # before any phantom is drawn: bf16 on a CPU without it fails at once
+        training_precision(resolve_device(None), precision)
+    except (PrecisionError, InputError) as exc:
+        raise DemoWeightsError(f"--precision {precision}: {exc}") from exc
     spec = get_task(task)
     recipe = RECIPES[spec.name]
     if network is None:
@@ -244,32 +361,72 @@ def train_demo_weights(
     if parent is not None:
         model.load_state_dict(registry.load_state_dict(parent), strict=True)
         log(f"[{spec.name}] starting from {parent.ref} (sha256 {parent.card.weights_sha256[:12]})")
-    config = TrainConfig(
-        steps=steps,
-        batch_size=batch_size,
-        seed=seed,
-        class_ratios=recipe.class_ratios,
-        crop_foreground=recipe.crop_foreground,
-        balance_lesions=recipe.balance_lesions,
-    )
+    try:
+        config = TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            class_ratios=recipe.class_ratios,
+            crop_foreground=recipe.crop_foreground,
+            balance_lesions=recipe.balance_lesions,
+            precision=Precision(precision),
+            thin_slab_probability=thin_slab_probability,
+        )
+    except (ValueError, TrainingError) as exc:
+        raise DemoWeightsError(str(exc)) from exc
     if lr is not None:
         config = replace(config, lr=lr)
+    validation_seed = VALIDATION_PHANTOM_SEED + 1000 * seed
+    validation = (
+        PeriodicValidation(
+            model,
+            spec,
+            phantom_cases(spec.name, seed=validation_seed, cases=validate_cases, profile=profile),
+            validate_every,
+            log=log,
+        )
+        if validate_every > 0
+        else None
+    )
 
     def _progress(info: StepInfo) -> None:
         if on_step is not None:
             on_step(info)
-        if info.step % 25 == 0 or info.step == info.steps:
+        if progress is not None:
+            progress(info)
+        elif info.step % 25 == 0 or info.step == info.steps:
             log(
                 f"[{spec.name}] step {info.step}/{info.steps} loss {info.loss:.4f} "
                 f"lr {info.lr:.2e} {info.elapsed_s:.0f}s"
             )
+        if validation is not None:
+            validation(info)
 
-    report: TrainReport = train(model, spec, [c for c, _ in training], config, on_step=_progress)
+    if checkpoint is not None and Path(checkpoint).exists():
+        log(f"[{spec.name}] resuming from the checkpoint {checkpoint}")
+    report: TrainReport = train(
+        model,
+        spec,
+        [c for c, _ in training],
+        config,
+        on_step=_progress,
+        checkpoint=None if checkpoint is None else Path(checkpoint),
+        checkpoint_every=checkpoint_every,
+        extra_state=validation,
+    )
     log(
         f"[{spec.name}] trained {report.steps} steps in {report.seconds:.0f}s "
-        f"(pre-processing {report.preprocess_seconds:.0f}s), final loss {report.final_loss:.4f}"
+        f"(pre-processing {report.preprocess_seconds:.0f}s, resumed at step "
+        f"{report.resumed_from_step}), final loss {report.final_loss:.4f}, precision "
+        f"{report.precision} ({report.precision_reason})"
     )
     del training
+    if validation is not None and validation.best_state is not None:
+        model.load_state_dict(validation.best_state, strict=True)
+        log(
+            f"[{spec.name}] registering the weights of step {validation.best_step} "
+            f"(validation score {validation.best_score:.4f})"
+        )
 
     eval_seed = EVAL_PHANTOM_SEED + 1000 * seed
     fresh = phantom_cases(spec.name, seed=eval_seed, cases=eval_cases, profile=profile)
@@ -284,6 +441,9 @@ def train_demo_weights(
     metrics["train_steps"] = float(report.steps)
     metrics["train_seconds"] = round(report.seconds, 1)
     metrics["train_final_loss"] = report.final_loss
+    if validation is not None:
+        metrics["validation_best_step"] = float(validation.best_step)
+        metrics["validation_best_score"] = validation.best_score
     kinds = ", ".join(str(k) for k in recipe.kinds)
     site = profile if profile is not None else recipe.profile
     origin = (
@@ -299,13 +459,28 @@ def train_demo_weights(
         f"models.training.train: {steps} steps x {batch_size} patches, seed {seed}, "
         f"initial learning rate {config.lr:g}, "
         f"class ratios {recipe.class_ratios}"
-        f"{', lesion-balanced sampling' if recipe.balance_lesions else ''}."
+        f"{', lesion-balanced sampling' if recipe.balance_lesions else ''}"
+        f"{f', thin slabs p={thin_slab_probability:g}' if thin_slab_probability else ''}; "
+        f"precision {report.precision} ({report.precision_reason})."
     )
+    if validation is not None:
+        training_data += (
+            f" Weights of step {validation.best_step} of {steps}, the best of a validation "
+            f"every {validate_every} steps on {validate_cases} other fresh phantoms (seed "
+            f"{validation_seed}; score = mean over labels of the per-case Dice, "
+            f"{validation.best_score:.4f})."
+        )
     options = "" if profile is None else f" --profile {site.name}"
     if parent is not None:
         options += f" --init-from {parent.card.version}"
     if lr is not None:
         options += f" --lr {lr:g}"
+    if config.precision != Precision.AUTO:
+        options += f" --precision {config.precision}"
+    if thin_slab_probability:
+        options += f" --thin-slab-probability {thin_slab_probability:g}"
+    if validation is not None:
+        options += f" --validate-every {validate_every} --validate-cases {validate_cases}"
     if network != recipe.network:
         options += f" --network {network.name} --filters {','.join(map(str, network.filters))}"
     bundle = registry.add(
@@ -329,6 +504,7 @@ def train_demo_weights(
             ),
             "synthetic": True,
             "clinical_use": False,
+            "precision": str(report.precision),
         },
     )
     log(f"[{spec.name}] wrote {bundle.path} in {time.perf_counter() - start:.0f}s total")
@@ -410,6 +586,60 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=(
+            "training checkpoint file: written every --checkpoint-every steps; rerunning the "
+            "same command resumes from it (a different run refuses it)"
+        ),
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=DEFAULT_CHECKPOINT_EVERY,
+        metavar="N",
+        help=f"steps between checkpoints (default {DEFAULT_CHECKPOINT_EVERY})",
+    )
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="append timestamped progress lines (step, loss, lr, seconds) to this file",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=[str(p) for p in (Precision.AUTO, Precision.FP32, Precision.BF16)],
+        default=str(Precision.AUTO),
+        help=(
+            "auto (default): bf16 autocast on a bf16 GPU or a CPU with native bf16 "
+            "(avx512_bf16/amx_bf16), fp16 on other GPUs, else fp32"
+        ),
+    )
+    parser.add_argument(
+        "--thin-slab-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of patches cut to a thin slab of 3+ slices with replicated edges (0-1)",
+    )
+    parser.add_argument(
+        "--validate-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score the weights every N steps on --validate-cases fresh phantoms; keep the best",
+    )
+    parser.add_argument(
+        "--validate-cases",
+        type=int,
+        default=0,
+        metavar="K",
+        help="validation phantoms (a seed of their own; with --validate-every)",
+    )
+    parser.add_argument(
         "--evaluate-only",
         action="store_true",
         help="do not train: evaluate the bundle already in --out on fresh phantoms",
@@ -428,6 +658,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr must be a finite number > 0, not {args.lr}")
+    if not (math.isfinite(args.thin_slab_probability) and 0.0 <= args.thin_slab_probability <= 1.0):
+        parser.error(f"--thin-slab-probability must be in [0, 1], not {args.thin_slab_probability}")
+    if args.checkpoint_every < 1:
+        parser.error(f"--checkpoint-every must be >= 1, not {args.checkpoint_every}")
+    if args.validate_every < 0 or args.validate_cases < 0:
+        parser.error("--validate-every and --validate-cases must be >= 0")
+    if (args.validate_every > 0) != (args.validate_cases > 0):
+        parser.error("--validate-every and --validate-cases go together (both > 0)")
     try:
         network = _network_from_args(args)
     except NetworkConfigError as exc:
@@ -445,8 +683,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         _train_from_args(args, profile, network)
-    except DemoWeightsError as exc:
+    except (DemoWeightsError, ProgressError) as exc:
         parser.error(str(exc))
+    except TrainingError as exc:
+        where = f"--checkpoint {args.checkpoint}: " if args.checkpoint is not None else ""
+        parser.exit(1, f"{parser.prog}: error: {where}{exc}\n")
     return 0
 
 
@@ -471,21 +712,36 @@ def _network_from_args(args: argparse.Namespace) -> NetworkConfig:
 def _train_from_args(
     args: argparse.Namespace, profile: SiteProfile | None, network: NetworkConfig
 ) -> None:
-    train_demo_weights(
-        args.task,
-        args.out,
-        seed=args.seed,
-        cases=args.cases,
-        steps=args.steps,
-        eval_cases=args.eval_cases,
-        batch_size=args.batch_size,
-        version=args.version,
-        network=network,
-        profile=profile,
-        init_from=args.init_from,
-        lr=args.lr,
-        log=lambda line: print(line, flush=True),
-    )
+    with TrainingProgress(
+        prefix=f"[{args.task}] ", stream=sys.stderr, log_path=args.log
+    ) as progress:
+
+        def log(line: str) -> None:
+            progress.note(line)
+            print(line, flush=True)
+
+        train_demo_weights(
+            args.task,
+            args.out,
+            seed=args.seed,
+            cases=args.cases,
+            steps=args.steps,
+            eval_cases=args.eval_cases,
+            batch_size=args.batch_size,
+            version=args.version,
+            network=network,
+            profile=profile,
+            init_from=args.init_from,
+            lr=args.lr,
+            log=log,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            precision=args.precision,
+            thin_slab_probability=args.thin_slab_probability,
+            validate_every=args.validate_every,
+            validate_cases=args.validate_cases,
+            progress=progress,
+        )
 
 
 if __name__ == "__main__":

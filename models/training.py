@@ -19,7 +19,9 @@ the federation's local training rounds).
    centre, plus mild intensity jitter;
 3. optionally (``augment``) each patch goes through a light, seeded MONAI augmentation
    (:mod:`models.augmentation`: flips, in-plane 90 degree rotations, intensity scale and
-   shift, noise);
+   shift, noise), after an optional thin-slab cut (``thin_slab_probability``: a random
+   slab of 3 or more slices, the rest of the patch its replicated edges, as inference
+   pads a short stack);
 4. loss is MONAI ``DiceCELoss``: softmax with one-hot targets for a softmax task; for a
    sigmoid task (:class:`models.tasks.OutputActivation`) sigmoid per channel with the
    region masks as targets (:func:`models.regions.region_targets`: the training label
@@ -27,8 +29,9 @@ the federation's local training rounds).
    ``ConvertToMultiChannelBasedOnBratsClasses``; the cross-entropy term is then binary
    cross-entropy), plus the FedProx proximal
    term ``(prox_mu / 2) * ||w - w_ref||^2`` when ``prox_mu > 0``; optimiser AdamW (or SGD
-   with momentum) with a polynomial learning-rate decay; autocast (and a grad scaler for
-   fp16) on CUDA when ``amp``;
+   with momentum) with a polynomial learning-rate decay; autocast when ``amp`` and the
+   device runs it natively (:mod:`models.precision`: bf16 on a bf16 GPU or a CPU with
+   native bf16, fp16 with a grad scaler on other GPUs, else fp32), the loss in fp32;
 5. with ``small_lesion_scaling`` each step gets the FedGS factor ``p``
    (:mod:`models.lesion_scaling`), reported per step and applied to the accumulated
    update (:attr:`TrainReport.scaled_update`), see ``docs/training.md``.
@@ -54,7 +57,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -64,9 +67,10 @@ from torch import nn
 from .augmentation import augment_patch, build_patch_augmentation, step_seed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, state_digest
 from .errors import InputError, ModelsError
-from .inference import amp_dtype_for, resolve_device
+from .inference import resolve_device
 from .lesion_scaling import SmallLesionScaling, batch_step_scale
 from .postprocess import label_components
+from .precision import Precision, PrecisionChoice, PrecisionError, training_precision
 from .regions import region_targets
 from .tasks import MORPHOLOGICALLY_ABNORMAL_STRUCTURE, TaskSpec
 from .transforms import IMAGE_KEY, LABEL_KEY, build_preprocess, make_sample
@@ -87,7 +91,9 @@ class OptimizerName(StrEnum):
 
 
 __all__ = [
+    "CheckpointExtra",
     "OptimizerName",
+    "Precision",
     "PreparedCase",
     "SmallLesionScaling",
     "StepInfo",
@@ -97,6 +103,7 @@ __all__ = [
     "TrainingError",
     "fine_tune",
     "prepare_cases",
+    "thin_slab",
     "train",
 ]
 
@@ -128,8 +135,16 @@ class TrainConfig:
 
     ``optimizer``: ``"adamw"`` or ``"sgd"`` (with ``momentum``). ``prox_mu``: FedProx
     proximal weight (0 = off). ``small_lesion_scaling``: FedGS step scaling (``None`` =
-    off). ``augment``: MONAI patch augmentation. ``amp``: mixed precision, used only when
-    the device is CUDA.
+    off). ``augment``: MONAI patch augmentation. ``amp``: mixed precision where the
+    device runs it natively; ``precision`` (``auto``, ``fp32``, ``bf16``) says which,
+    decided at start by :func:`models.precision.training_precision` (``auto``: bf16 on a
+    bf16 GPU or a CPU with native bf16, fp16 on other GPUs, else fp32; ``amp=False``
+    means fp32).
+
+    ``thin_slab_probability``: per patch, the probability that only a random slab of 3
+    to patch-depth slices (along the last axis, superior-inferior: the slice axis of an
+    axial series) is kept and the rest of the patch is filled by replicating its edge
+    slices, as inference pads a short stack (see :func:`thin_slab`).
     """
 
     steps: int = 500
@@ -152,8 +167,29 @@ class TrainConfig:
     small_lesion_scaling: SmallLesionScaling | None = None
     augment: bool = False
     amp: bool = True
+    precision: Precision = Precision.AUTO
+    thin_slab_probability: float = 0.0
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "precision", Precision(self.precision))
+        except ValueError as exc:
+            raise TrainingError(
+                f"precision must be one of auto, fp32, bf16, got {self.precision!r}"
+            ) from exc
+        if self.precision == Precision.FP16:
+            raise TrainingError(
+                "precision must be one of auto, fp32, bf16 (fp16 is only CUDA's automatic "
+                "fallback), got 'fp16'"
+            )
+        if not self.amp and self.precision == Precision.BF16:
+            raise TrainingError("precision bf16 needs amp=True (amp=False trains in fp32)")
+        if not (
+            math.isfinite(self.thin_slab_probability) and 0.0 <= self.thin_slab_probability <= 1.0
+        ):
+            raise TrainingError(
+                f"thin_slab_probability must be in [0, 1], got {self.thin_slab_probability!r}"
+            )
         if self.steps < 0 or self.batch_size < 1:
             raise TrainingError("need steps >= 0 and batch_size >= 1")
         try:
@@ -219,6 +255,9 @@ class TrainReport:
     paused_seconds: float = 0.0
     #: the step a checkpoint resumed this run from (0 = started afresh)
     resumed_from_step: int = 0
+    #: the precision the run trained in (decided at start) and why
+    precision: Precision = Precision.FP32
+    precision_reason: str = ""
     #: with ``small_lesion_scaling``: sum over steps of ``p_t`` times the parameter change
     #: of step ``t`` (the "accumulated update" FedGS sends), per trainable parameter name,
     #: on the CPU; ``None`` without scaling
@@ -347,12 +386,33 @@ def _class_ratios(spec: TaskSpec, config: TrainConfig) -> np.ndarray:
     return ratios / ratios.sum()
 
 
+#: The thinnest slab :func:`thin_slab` keeps (inference takes series of 3 slices or more).
+MIN_SLAB_SLICES = 3
+
+
+def thin_slab(tensor: torch.Tensor, start: int, depth: int) -> torch.Tensor:
+    """Keep slices ``start .. start + depth - 1`` of ``tensor``'s last axis and fill the
+    rest of that axis's length by replicating the slab's edge slices, with the slab in
+    the middle: ``(length - depth) // 2`` copies of its first slice before it, the rest
+    copies of its last slice after it. That is what MONAI's sliding window (inference,
+    ``padding_mode="replicate"``) does to a stack of ``depth`` slices in a window of
+    ``length``, so a thin-slab patch looks like one window over a short series. Works on
+    any dtype (images and label maps alike)."""
+    length = int(tensor.shape[-1])
+    if not (1 <= depth <= length and 0 <= start <= length - depth):
+        raise TrainingError(f"a slab of {depth} slices from {start} does not fit in {length}")
+    before = (length - depth) // 2
+    index = (torch.arange(length) - before).clamp(0, depth - 1) + start
+    return tensor.index_select(tensor.dim() - 1, index)
+
+
 def _sample_patch(
     case: PreparedCase,
     ratios: np.ndarray,
     patch: Sequence[int],
     rng: np.random.Generator,
     jitter: float,
+    thin_slab_probability: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     shape = case.label.shape[1:]
     available = np.asarray([idx.size > 0 for idx in case.indices], dtype=np.float64)
@@ -375,6 +435,14 @@ def _sample_patch(
         slices.append(slice(start, start + p))
     image = case.image[:, slices[0], slices[1], slices[2]]
     label = case.label[:, slices[0], slices[1], slices[2]]
+    # drawn only when enabled, so that runs without thin slabs sample as before
+    if thin_slab_probability > 0 and rng.random() < thin_slab_probability:
+        length = int(patch[2])
+        depth = int(rng.integers(MIN_SLAB_SLICES, length + 1))
+        first = int(rng.integers(0, length - depth + 1))
+        # the label's replicated slices get the replicated label: that is what the
+        # replicated image shows, and inference crops those slices away anyway
+        image, label = thin_slab(image, first, depth), thin_slab(label, first, depth)
     if jitter > 0:
         if rng.random() < 0.5:
             image = image * float(1.0 + rng.uniform(-jitter, jitter))
@@ -468,6 +536,17 @@ def _autocast(
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class CheckpointExtra(Protocol):
+    """More state a caller keeps in :func:`train`'s checkpoint (e.g. the best weights of
+    a periodic validation): saved with every checkpoint, restored on resume. The dict
+    must hold only what ``torch.load(weights_only=True)`` reads back (tensors, numbers,
+    strings, lists, dicts)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
 @dataclass(slots=True)
 class _RunState:
     """What a checkpoint restores besides the model and optimiser."""
@@ -490,6 +569,7 @@ class _Checkpointer:
     scaler: torch.amp.GradScaler | None
     rng: np.random.Generator
     device: torch.device
+    extra: CheckpointExtra | None = None
 
     def save(self, state: _RunState) -> None:
         cuda = self.device.type == "cuda"
@@ -513,6 +593,7 @@ class _Checkpointer:
                         if update is not None
                         else None
                     ),
+                    "extra": self.extra.state_dict() if self.extra is not None else None,
                 },
             )
         except CheckpointError as exc:
@@ -543,6 +624,8 @@ class _Checkpointer:
             if state.update is not None:
                 saved = payload["update"]
                 state.update = {k: saved[k].to(self.device) for k in state.update}
+            if self.extra is not None and payload.get("extra") is not None:
+                self.extra.load_state_dict(payload["extra"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise TrainingError(f"the checkpoint {self.path.name} is incomplete: {exc}") from exc
 
@@ -561,7 +644,10 @@ def _sample_batch(
         augmentation.set_random_state(seed=step_seed(config.seed, step))
     for _ in range(config.batch_size):
         case = cached[int(rng.integers(0, len(cached)))]
-        image, label = _sample_patch(case, ratios, patch, rng, config.intensity_jitter)
+        image, label = _sample_patch(
+            case, ratios, patch, rng, config.intensity_jitter, config.thin_slab_probability
+        )
+
         if augmentation is not None:
             image, label = augment_patch(augmentation, image, label)
         images.append(image)
@@ -599,6 +685,7 @@ def train(
     checkpoint_every: int = 50,
     should_pause: Callable[[], bool] | None = None,
     pause_poll_s: float = PAUSE_POLL_S,
+    extra_state: CheckpointExtra | None = None,
 ) -> TrainReport:
     """Train ``model`` in place on ``cases`` for ``config.steps`` steps; returns the loss
     per step. ``prepared`` (from :func:`prepare_cases`) skips pre-processing, e.g. when
@@ -610,13 +697,28 @@ def train(
     if it exists when called, the run resumes from it (it must come from the same
     config, starting weights and cases). ``should_pause``: polled before every step;
     while it returns True training sleeps (``pause_poll_s`` between polls), then goes on
-    exactly where it was."""
+    exactly where it was. ``on_step`` is called after each step, before that step's
+    checkpoint is written, so what it changes in ``extra_state`` (kept in the
+    checkpoint, see :class:`CheckpointExtra`) is saved with the step."""
     if checkpoint_every < 1:
         raise TrainingError("checkpoint_every must be >= 1")
     if not (math.isfinite(pause_poll_s) and pause_poll_s > 0):
         raise TrainingError("pause_poll_s must be a finite number > 0")
     device = resolve_device(config.device)
+    try:
+        precision = (
+            training_precision(device, config.precision)
+            if config.amp
+            else PrecisionChoice(Precision.FP32, "amp off")
+        )
+    except PrecisionError as exc:
+        raise TrainingError(str(exc)) from exc
     patch = config.patch_size if config.patch_size is not None else spec.patch_size
+    if config.thin_slab_probability > 0 and int(patch[2]) < MIN_SLAB_SLICES:
+        raise TrainingError(
+            f"thin_slab_probability needs a patch depth of at least {MIN_SLAB_SLICES} slices, "
+            f"the patch is {tuple(patch)}"
+        )
     start = time.perf_counter()
     cached = (
         list(prepared)
@@ -651,15 +753,17 @@ def train(
     )
     loss_fn = _loss_function(spec)
     optimiser = _build_optimiser(model, config)
-    amp_dtype = amp_dtype_for(device) if config.amp else None
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    amp_dtype = precision.autocast_dtype
+    scaler = torch.amp.GradScaler("cuda") if precision.needs_grad_scaler else None
     augmentation = build_patch_augmentation(patch) if config.augment else None
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     state = _RunState(
         update={name: torch.zeros_like(p) for name, p in trainable} if scaling is not None else None
     )
     saver = (
-        _Checkpointer(Path(checkpoint), fingerprint, model, optimiser, scaler, rng, device)
+        _Checkpointer(
+            Path(checkpoint), fingerprint, model, optimiser, scaler, rng, device, extra_state
+        )
         if checkpoint is not None
         else None
     )
@@ -707,14 +811,14 @@ def train(
             state.losses.append(value)
             state.scales.append(scale)
             state.step = step + 1
-            if saver is not None and (
-                state.step % checkpoint_every == 0 or state.step == config.steps
-            ):
-                saver.save(state)
             if on_step is not None:
                 on_step(
                     StepInfo(step + 1, config.steps, value, lr, time.perf_counter() - mark, scale)
                 )
+            if saver is not None and (
+                state.step % checkpoint_every == 0 or state.step == config.steps
+            ):
+                saver.save(state)
     return TrainReport(
         steps=config.steps,
         losses=tuple(state.losses),
@@ -727,6 +831,8 @@ def train(
         step_scales=tuple(state.scales),
         paused_seconds=state.paused_s,
         resumed_from_step=resumed_from,
+        precision=precision.precision,
+        precision_reason=precision.reason,
         scaled_update=(
             {k: v.detach().to("cpu") for k, v in state.update.items()}
             if state.update is not None
@@ -748,6 +854,7 @@ def fine_tune(
     checkpoint_every: int = 50,
     should_pause: Callable[[], bool] | None = None,
     pause_poll_s: float = PAUSE_POLL_S,
+    extra_state: CheckpointExtra | None = None,
 ) -> TrainReport:
     """:func:`train` starting from ``initial_state`` (loaded with ``strict=True``), which
     is also the FedProx reference ``w_ref``."""
@@ -767,4 +874,5 @@ def fine_tune(
         checkpoint_every=checkpoint_every,
         should_pause=should_pause,
         pause_poll_s=pause_poll_s,
+        extra_state=extra_state,
     )

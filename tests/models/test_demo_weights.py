@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,27 +22,29 @@ from models.demo_weights import (
 )
 from models.networks import DEFAULT_NETWORK, Architecture, NetworkConfig
 from models.phantoms import CT_DEFAULT, CT_FINE, MR_BRATS
+from models.precision import cpu_bf16_flags, training_precision
+from models.progress import TrainingProgress, format_duration
 from models.registry import ModelRegistry
 from models.tasks import TaskName
+from models.training import StepInfo, TrainingError
 
 #: A small abdomen and network so that a whole train -> evaluate -> register run is quick.
 TINY_CT = replace(CT_DEFAULT, name="tiny", spacing_mm=(5.0, 5.0, 5.0), matrix=(32, 64, 64))
 TINY_NET = NetworkConfig(filters=(4, 8), num_res_units=0)
 
 
-def _train(root: Path, version: str, network: NetworkConfig = TINY_NET, **kwargs: object) -> None:
+def _train(
+    root: Path, version: str, *, network: NetworkConfig = TINY_NET, **kwargs: object
+) -> None:
+    options: dict[str, object] = {"cases": 1, "eval_cases": 1, "steps": 1, "batch_size": 1}
     train_demo_weights(
         TaskName.LIVER_CT,
         root,
-        cases=1,
-        eval_cases=1,
-        steps=1,
-        batch_size=1,
         version=version,
         network=network,
         profile=TINY_CT,
         log=lambda _line: None,
-        **kwargs,  # type: ignore[arg-type]
+        **(options | kwargs),  # type: ignore[arg-type]
     )
 
 
@@ -173,3 +177,168 @@ def test_glioma_brats_defaults_to_a_small_network() -> None:
     args = build_parser().parse_args(["--task", "liver_ct", "--out", "x"])
     assert _network_from_args(args) == DEFAULT_NETWORK
     assert [p.name for p in PROFILES[TaskName.GLIOMA_BRATS]] == ["mr_brats"]
+
+
+class _Crash(RuntimeError):
+    """Raised from on_step to simulate an interrupted training run."""
+
+
+def _weights(root: Path, version: str = "0.1.0") -> dict[str, torch.Tensor]:
+    registry = ModelRegistry(root)
+    return registry.load_state_dict(registry.get("liver_ct", version))
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_with_its_validation(
+    tmp_path: Path,
+) -> None:
+    options: dict[str, Any] = {
+        "steps": 4,
+        "cases": 2,
+        "batch_size": 2,
+        "validate_every": 2,
+        "validate_cases": 1,
+        "thin_slab_probability": 0.5,
+    }
+    whole_root, resumed_root, plain_root = tmp_path / "whole", tmp_path / "resumed", tmp_path / "p"
+    _train(whole_root, "0.1.0", **options)
+
+    ckpt = tmp_path / "run" / "liver.ckpt"
+
+    def crash_at_3(info: StepInfo) -> None:
+        if info.step == 3:
+            raise _Crash("simulated interruption")
+
+    with pytest.raises(_Crash):
+        _train(
+            resumed_root,
+            "0.1.0",
+            checkpoint=ckpt,
+            checkpoint_every=2,
+            on_step=crash_at_3,
+            **options,
+        )
+    assert ckpt.exists() and not ModelRegistry(resumed_root).list("liver_ct")
+    lines: list[str] = []
+    train_demo_weights(
+        TaskName.LIVER_CT,
+        resumed_root,
+        eval_cases=1,
+        version="0.1.0",
+        network=TINY_NET,
+        profile=TINY_CT,
+        log=lines.append,
+        checkpoint=ckpt,
+        checkpoint_every=2,
+        **options,
+    )
+    assert any("resuming from the checkpoint" in line for line in lines)
+    assert any("resumed at step 2" in line for line in lines)
+    # the step-2 validation ran before the interruption; its result came back from the
+    # checkpoint, so the resumed run registers what the uninterrupted one did
+    assert sum("validation at step" in line for line in lines) == 1  # step 4 only
+    whole, resumed = _weights(whole_root), _weights(resumed_root)
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    card = ModelRegistry(resumed_root).get("liver_ct", "0.1.0").card
+    whole_card = ModelRegistry(whole_root).get("liver_ct", "0.1.0").card
+    assert card.metrics == dict(whole_card.metrics) | {
+        "train_seconds": card.metrics["train_seconds"]
+    }
+    best = int(card.metrics["validation_best_step"])
+    assert best in (2, 4) and 0.0 <= card.metrics["validation_best_score"] <= 1.0
+    assert f"Weights of step {best} of 4" in card.training_data
+    assert "seed 9501" in card.training_data and "thin slabs p=0.5" in card.training_data
+    assert card.source["command"].endswith(
+        "--thin-slab-probability 0.5 --validate-every 2 --validate-cases 1 "
+        "--network unet --filters 4,8"
+    )
+
+    # the same run without validation registers its last weights: different from the
+    # best of the validation exactly when that was not the last step
+    _train(plain_root, "0.1.0", **{**options, "validate_every": 0, "validate_cases": 0})
+    last = _weights(plain_root)
+    assert all(torch.equal(last[k], whole[k]) for k in last) == (best == 4)
+
+    # another run (more steps) refuses the checkpoint
+    with pytest.raises(TrainingError, match="another training run"):
+        _train(resumed_root, "0.2.0", checkpoint=ckpt, **{**options, "steps": 5})
+
+
+def test_the_card_says_which_precision_trained_it(tmp_path: Path) -> None:
+    _train(tmp_path, "0.1.0")
+    card = ModelRegistry(tmp_path).get("liver_ct", "0.1.0").card
+    expected = training_precision(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    assert card.source["precision"] == str(expected.precision)
+    assert f"precision {expected.precision} ({expected.reason})" in card.training_data
+
+
+def test_cli_refuses_bad_training_options_before_drawing_phantoms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--task", "liver_ct", "--out", str(tmp_path)]
+    bad_options = [
+        (["--validate-every", "5"], "go together"),
+        (["--validate-cases", "2"], "go together"),
+        (["--thin-slab-probability", "1.5"], "--thin-slab-probability must be in [0, 1]"),
+        (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
+        (["--precision", "fp16"], "invalid choice"),
+    ]
+    if not torch.cuda.is_available() and not cpu_bf16_flags():
+        bad_options.append((["--precision", "bf16"], "no native bf16"))
+    for bad, says in bad_options:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*base, *bad])
+        assert exit_info.value.code == 2
+        assert says in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_progress_lines_and_log_file(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "train.log"
+    log.parent.mkdir()
+    log.write_text("earlier run\n")
+    stream = io.StringIO()  # not a terminal: plain lines every `every` steps
+    with TrainingProgress(prefix="[t] ", stream=stream, log_path=log, every=2) as progress:
+        progress.note("resuming\nfrom step 2")  # every line gets its time
+        for step in range(3, 8):  # a resumed run: steps 3..7 of 7, 2 s each
+            progress(StepInfo(step, 7, 1.0 / step, 1e-3, 2.0 * (step - 2)))
+    shown = stream.getvalue().splitlines()
+    assert shown == [
+        "[t] step 4/7 loss 0.2500 0.50 steps/s ETA 0:00:06",
+        "[t] step 6/7 loss 0.1667 0.50 steps/s ETA 0:00:02",
+        "[t] step 7/7 loss 0.1429 0.50 steps/s ETA 0:00:00",
+    ]
+    lines = log.read_text().splitlines()
+    assert lines[0] == "earlier run" and lines[1].endswith("Z resuming")  # appended
+    assert lines[2].endswith("Z from step 2") and len(lines) == 3 + 5
+    stamp, rest = lines[3].split(" ", 1)
+    assert stamp.endswith("Z") and stamp[4] == "-" and "T" in stamp
+    assert rest == "step 3/7 loss 0.333333 lr 1.000e-03 seconds 2.0"
+
+    class _Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = _Terminal()
+    with TrainingProgress(stream=terminal, refresh_s=0.0) as live:
+        for step in (1, 2):
+            live(StepInfo(step, 2, 0.5, 1e-3, float(step)))
+    assert terminal.getvalue().count("\r") == 2 and terminal.getvalue().endswith("ETA 0:00:00\n")
+    assert format_duration(3725.2) == "1:02:05" and format_duration(float("nan")) == "--:--:--"
+
+
+def test_cli_names_the_checkpoint_it_cannot_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "train.ckpt"
+    bad.write_text("junk\n")
+    log = tmp_path / "train.log"
+    argv = ["--task", "glioma_mr", "--out", str(tmp_path / "registry"), "--cases", "1"]
+    argv += ["--steps", "1", "--eval-cases", "1", "--checkpoint", str(bad), "--log", str(log)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"--checkpoint {bad}: cannot read the training checkpoint train.ckpt" in err
+    assert "resuming from the checkpoint" in log.read_text()
+    assert not (tmp_path / "registry").exists()

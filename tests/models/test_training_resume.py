@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from models.networks import NetworkConfig, build_network
 from models.phantoms import MR_DEFAULT, generate_phantom
+from models.precision import Precision, cpu_bf16_flags
 from models.tasks import get_task
 from models.training import (
     PreparedCase,
@@ -20,7 +23,9 @@ from models.training import (
     TrainingCase,
     TrainingError,
     TrainReport,
+    _sample_patch,
     prepare_cases,
+    thin_slab,
     train,
 )
 
@@ -80,10 +85,12 @@ def test_augmented_training_is_deterministic(prepared: list[PreparedCase]) -> No
     assert plain.losses != first.losses and not _same(state, plain_state)
 
 
+@pytest.mark.parametrize("thin_slab_probability", [0.0, 0.5])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(
-    prepared: list[PreparedCase], tmp_path: Path
+    prepared: list[PreparedCase], tmp_path: Path, thin_slab_probability: float
 ) -> None:
-    reference, reference_state = _run(prepared, FULL)
+    config = replace(FULL, thin_slab_probability=thin_slab_probability)
+    reference, reference_state = _run(prepared, config)
 
     ckpt = tmp_path / "run" / "train.ckpt"
 
@@ -92,12 +99,16 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
             raise _Crash("simulated crash")
 
     with pytest.raises(_Crash):
-        _run(prepared, FULL, checkpoint=ckpt, checkpoint_every=3, on_step=crash_at_7)
+        _run(prepared, config, checkpoint=ckpt, checkpoint_every=3, on_step=crash_at_7)
     assert ckpt.exists() and not (tmp_path / "run" / "train.ckpt.tmp").exists()
 
     seen: list[int] = []
     resumed, resumed_state = _run(
-        prepared, FULL, checkpoint=ckpt, checkpoint_every=3, on_step=lambda i: seen.append(i.step)
+        prepared,
+        config,
+        checkpoint=ckpt,
+        checkpoint_every=3,
+        on_step=lambda i: seen.append(i.step),
     )
     assert resumed.resumed_from_step == 6 and seen == [7, 8, 9, 10]
     assert resumed.losses == reference.losses
@@ -107,9 +118,130 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     assert _same(dict(resumed.scaled_update), dict(reference.scaled_update))
 
     # the finished run's checkpoint gives back the same result without training again
-    done, done_state = _run(prepared, FULL, checkpoint=ckpt, on_step=crash_at_7)
+    done, done_state = _run(prepared, config, checkpoint=ckpt, on_step=crash_at_7)
     assert done.resumed_from_step == 10 and done.losses == reference.losses
     assert _same(done_state, reference_state)
+    # thin slabs are part of the run's identity
+    other = replace(config, thin_slab_probability=0.25 if thin_slab_probability else 0.5)
+    with pytest.raises(TrainingError, match="another training run"):
+        _run(prepared, other, checkpoint=ckpt)
+
+
+class _BestSoFar:
+    """A caller's extra checkpoint state: the highest loss seen so far and its step."""
+
+    def __init__(self) -> None:
+        self.step, self.loss = 0, -1.0
+
+    def state_dict(self) -> dict[str, object]:
+        return {"step": self.step, "loss": torch.tensor(self.loss)}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        loss = state["loss"]
+        assert isinstance(loss, torch.Tensor)
+        self.step, self.loss = int(state["step"]), float(loss)  # type: ignore[call-overload]
+
+    def __call__(self, info: StepInfo) -> None:
+        if info.loss > self.loss:
+            self.step, self.loss = info.step, info.loss
+
+
+def test_extra_state_is_saved_with_each_checkpoint_and_restored(
+    prepared: list[PreparedCase], tmp_path: Path
+) -> None:
+    config = replace(FULL, steps=6)
+    whole = _BestSoFar()
+    _run(prepared, config, on_step=whole)
+    ckpt = tmp_path / "extra.ckpt"
+    first = _BestSoFar()
+
+    def crash_at_5(info: StepInfo) -> None:
+        first(info)
+        if info.step == 5:
+            raise _Crash("simulated crash")
+
+    with pytest.raises(_Crash):
+        _run(
+            prepared,
+            config,
+            checkpoint=ckpt,
+            checkpoint_every=2,
+            on_step=crash_at_5,
+            extra_state=first,
+        )
+    resumed = _BestSoFar()
+    _run(
+        prepared, config, checkpoint=ckpt, checkpoint_every=2, on_step=resumed, extra_state=resumed
+    )
+    assert (resumed.step, resumed.loss) == (whole.step, whole.loss)
+
+
+def test_thin_slab_keeps_a_slab_and_replicates_its_edges() -> None:
+    column = torch.arange(16, dtype=torch.uint8).reshape(1, 1, 1, 16)
+    slab = thin_slab(column, 5, 4)  # slices 5..8, 12 copies around, 6 before and 6 after
+    assert slab.dtype == torch.uint8
+    assert slab.flatten().tolist() == [5] * 7 + [6, 7] + [8] * 7
+    assert thin_slab(column, 0, 16).flatten().tolist() == list(range(16))
+    assert thin_slab(column, 13, 3).flatten().tolist() == [13] * 7 + [14] + [15] * 8
+    with pytest.raises(TrainingError, match="does not fit"):
+        thin_slab(column, 14, 3)
+
+
+def _runs(t: torch.Tensor) -> list[int]:
+    """Lengths of the runs of identical consecutive slices along the last axis."""
+    lengths = [1]
+    for k in range(1, t.shape[-1]):
+        if torch.equal(t[..., k], t[..., k - 1]):
+            lengths[-1] += 1
+        else:
+            lengths.append(1)
+    return lengths
+
+
+def test_thin_slab_patches_look_like_a_padded_short_stack(prepared: list[PreparedCase]) -> None:
+    patch = SPEC.patch_size
+    ratios = np.full(SPEC.training_classes, 1.0 / SPEC.training_classes)
+    depths = set()
+    for draw in range(12):
+        rng = np.random.default_rng([3, draw])
+        image, label = _sample_patch(prepared[draw % 2], ratios, patch, rng, 0.0, 1.0)
+        runs = _runs(image)
+        depth = len(runs)  # the noisy phantom has no two equal slices of its own
+        assert 3 <= depth <= patch[2]
+        # only the end slices repeat, as MONAI's replicate padding of a centred stack
+        assert runs[1:-1] == [1] * (depth - 2)
+        assert runs[0] - 1 == (patch[2] - depth) // 2
+        assert runs[0] + runs[-1] - 2 == patch[2] - depth
+        # the label is replicated the same way: equal wherever the image is
+        ends = [(0, runs[0]), (patch[2] - runs[-1], patch[2])]
+        for lo, hi in ends:
+            for k in range(lo + 1, hi):
+                assert torch.equal(label[..., k], label[..., lo])
+        depths.add(depth)
+        # the same draw gives the same patch
+        again = _sample_patch(
+            prepared[draw % 2], ratios, patch, np.random.default_rng([3, draw]), 0.0, 1.0
+        )
+        assert torch.equal(again[0], image) and torch.equal(again[1], label)
+    assert len(depths) > 1
+    # probability 0 draws nothing more than before: the same patch as without the option
+    plain = _sample_patch(prepared[0], ratios, patch, np.random.default_rng(5), 0.1)
+    zero = _sample_patch(prepared[0], ratios, patch, np.random.default_rng(5), 0.1, 0.0)
+    assert torch.equal(plain[0], zero[0]) and torch.equal(plain[1], zero[1])
+
+
+def test_thin_slab_training_is_deterministic_and_differs(prepared: list[PreparedCase]) -> None:
+    config = replace(FULL, steps=4, prox_mu=0.0, small_lesion_scaling=None)
+    slabs = replace(config, thin_slab_probability=1.0)
+    first, state = _run(prepared, slabs)
+    again, state_again = _run(prepared, slabs)
+    assert first.losses == again.losses and _same(state, state_again)
+    plain, _ = _run(prepared, config)
+    assert plain.losses != first.losses
+    with pytest.raises(TrainingError, match="thin_slab_probability must be in"):
+        TrainConfig(thin_slab_probability=1.5)
+    with pytest.raises(TrainingError, match="patch depth of at least 3"):
+        _run(prepared, replace(slabs, patch_size=(16, 16, 2)))
 
 
 def test_a_checkpoint_is_not_resumed_by_another_run(
@@ -174,11 +306,20 @@ def test_pausing_between_steps_changes_nothing_but_the_time(
     assert flipped.losses == reference.losses and _same(flipped_state, reference_state)
 
 
-def test_amp_is_cuda_only(prepared: list[PreparedCase]) -> None:
+@pytest.mark.skipif(bool(cpu_bf16_flags()), reason="this CPU has native bf16")
+def test_amp_on_a_cpu_without_native_bf16_trains_in_fp32(prepared: list[PreparedCase]) -> None:
     config = replace(FULL, steps=3, device="cpu")
     with_amp, state = _run(prepared, replace(config, amp=True))
     without, state_without = _run(prepared, replace(config, amp=False))
     assert with_amp.losses == without.losses and _same(state, state_without)
+    assert (
+        with_amp.precision == Precision.FP32 and "without native bf16" in with_amp.precision_reason
+    )
+    assert without.precision == Precision.FP32
+    with pytest.raises(TrainingError, match="no native bf16"):
+        _run(prepared, replace(config, precision=Precision.BF16))
+    with pytest.raises(TrainingError, match="precision must be one of auto, fp32, bf16"):
+        TrainConfig(precision="fp16")  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (AMP runs on CUDA)")

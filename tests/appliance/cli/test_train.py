@@ -10,7 +10,9 @@ from appliance.cli import app
 def test_train_help_lists_the_reproducible_options() -> None:
     result = CliRunner().invoke(app, ["train", "--help"])
     assert result.exit_code == 0
-    for option in ("--task", "--out", "--seed", "--steps", "--cases"):
+    for option in ("--task", "--out", "--seed", "--steps", "--cases", "--checkpoint", "--log"):
+        assert option in result.output
+    for option in ("--precision", "--thin-slab-probability", "--validate-every"):
         assert option in result.output
 
 
