@@ -452,6 +452,10 @@ class EvaluationSummary:
     )
     #: 95 % bootstrap intervals, keyed by the :meth:`as_metrics` key of the figure
     intervals: Mapping[str, Interval] = field(default_factory=lambda: MappingProxyType({}))
+    #: Dice per case over every case, empty-truth ones included (1.0 when the label is
+    #: neither in the truth nor predicted, 0.0 when only predicted): what the site gate
+    #: compares, where a hallucinated lesion must count against a candidate
+    dice_all_cases: Mapping[str, Stat] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if self.cases < 1:
@@ -598,6 +602,7 @@ def summarize(
         return intervals[key].value
 
     dice_stats: dict[str, Stat] = {}
+    dice_all: dict[str, Stat] = {}
     hd_stats: dict[str, Stat] = {}
     pooled: dict[str, float] = {}
     for name in names:
@@ -609,6 +614,7 @@ def summarize(
         hd = np.asarray([c.hd95_mm[name] for c in cases], dtype=np.float64)
         with_truth = vt > 0 if name in lesion_names else np.ones(count, dtype=bool)
         dice_stats[name] = _stat(d[with_truth].tolist())
+        dice_all[name] = _stat(d.tolist())
         figure(f"dice_{key}", np.where(with_truth, d, 0.0), with_truth.astype(np.float64))
         both = float((vp + vt).sum())
         pooled[name] = 2.0 * float(ov.sum()) / both if both > 0 else 1.0
@@ -668,4 +674,5 @@ def summarize(
         empty_truth_cases=MappingProxyType(empty),
         empty_truth_false_positives=MappingProxyType(empty_fp),
         intervals=MappingProxyType(intervals),
+        dice_all_cases=MappingProxyType(dice_all),
     )

@@ -249,6 +249,9 @@ def test_infinite_hd95_and_empty_truth_cases_are_counted_not_averaged_away() -> 
     assert flat["dice_liver_tumour"] == pytest.approx(0.5)
     assert flat["dice_cases_liver_tumour"] == 2.0
     assert summary.dice["Liver"].n == 4
+    # the gate's figure keeps every case: the hallucination scores 0, both-empty 1
+    assert summary.dice_all_cases["Liver tumour"].n == 4
+    assert summary.dice_all_cases["Liver tumour"].mean == pytest.approx(0.5)
     assert flat["empty_truth_cases_liver_tumour"] == 2.0
     assert flat["empty_truth_false_positives_liver_tumour"] == 1.0
     assert flat["false_positives_per_case_liver_tumour"] == pytest.approx(0.25)
