@@ -11,7 +11,9 @@ The weights under ``models/bundles/<task>/<version>/`` were made with::
 which is this module's :func:`main` (``python -m models.demo_weights --task ... --out
 ... --seed ... --steps ... --cases ...`` runs the same thing without the CLI), with
 ``torch.set_num_threads(2)`` (``--threads``). ``--evaluate-only`` re-runs step 3 on the
-bundle already registered (the quality check of issue 3). Each run:
+bundle already registered (the quality check of issue 3), on one set of ``--eval-cases``
+phantoms per ``--seed`` (repeatable) or ``--seeds S,S``, with one table per set, the
+combined figures and 95 % bootstrap intervals (``--json PATH`` writes them all). Each run:
 
 1. generates ``cases`` training phantoms (:func:`models.phantoms.generate_phantom`) from
    the task's demo profile (:data:`CT_DEFAULT` / :data:`MR_DEFAULT`, or ``--profile``,
