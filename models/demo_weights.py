@@ -11,7 +11,9 @@ The weights under ``models/bundles/<task>/<version>/`` were made with::
 which is this module's :func:`main` (``python -m models.demo_weights --task ... --out
 ... --seed ... --steps ... --cases ...`` runs the same thing without the CLI), with
 ``torch.set_num_threads(2)`` (``--threads``). ``--evaluate-only`` re-runs step 3 on the
-bundle already registered (the quality check of issue 3). Each run:
+bundle already registered (the quality check of issue 3), on one set of ``--eval-cases``
+phantoms per ``--seed`` (repeatable) or ``--seeds S,S``, with one table per set, the
+combined figures and 95 % bootstrap intervals (``--json PATH`` writes them all). Each run:
 
 1. generates ``cases`` training phantoms (:func:`models.phantoms.generate_phantom`) from
    the task's demo profile (:data:`CT_DEFAULT` / :data:`MR_DEFAULT`, or ``--profile``,
@@ -51,6 +53,7 @@ library); the numbers measured when the shipped bundles were made are in their c
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -58,6 +61,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -67,6 +71,8 @@ from torch import nn
 from .errors import InputError, ModelsError, NetworkConfigError
 from .evaluation import CaseMetrics, EvaluationSummary, evaluate_case, summarize
 from .inference import resolve_device, segment
+from .intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+from .lesion_size import LesionSizeBin
 from .model_card import DEMO_INTENDED_USE, labels_for_task, preprocessing_for_task, thaw
 from .networks import (
     DEFAULT_NETWORK,
@@ -195,14 +201,14 @@ def phantom_cases(
     return out
 
 
-def evaluate_model(
+def score_cases(
     model: nn.Module,
     spec: TaskSpec,
     cases: Sequence[tuple[TrainingCase, np.ndarray]],
     *,
     on_case: Callable[[int, CaseMetrics, float], None] | None = None,
     device: str | None = None,
-) -> EvaluationSummary:
+) -> list[CaseMetrics]:
     """Segment each case through :func:`models.inference.segment` (on CUDA, with its
     autocast, where there is a GPU, unless ``device`` says otherwise) and score it."""
     results: list[CaseMetrics] = []
@@ -213,7 +219,19 @@ def evaluate_model(
         results.append(metrics)
         if on_case is not None:
             on_case(number, metrics, time.perf_counter() - start)
-    return summarize(results)
+    return results
+
+
+def evaluate_model(
+    model: nn.Module,
+    spec: TaskSpec,
+    cases: Sequence[tuple[TrainingCase, np.ndarray]],
+    *,
+    on_case: Callable[[int, CaseMetrics, float], None] | None = None,
+    device: str | None = None,
+) -> EvaluationSummary:
+    """:func:`score_cases`, summarised (:func:`models.evaluation.summarize`)."""
+    return summarize(score_cases(model, spec, cases, on_case=on_case, device=device))
 
 
 def validation_score(summary: EvaluationSummary) -> float:
@@ -511,19 +529,66 @@ def train_demo_weights(
     return bundle
 
 
+def eval_phantom_seed(seed: int) -> int:
+    """The phantom generator's seed of evaluation set ``seed`` (never a training seed)."""
+    return EVAL_PHANTOM_SEED + 1000 * seed
+
+
+@dataclass(frozen=True, slots=True)
+class SetsEvaluation:
+    """A bundle evaluated on several sets of fresh phantoms: one summary per set (keyed by
+    the evaluation seed) and the figures of all sets' cases together (``combined``)."""
+
+    bundle: str
+    profile: str
+    cases_per_set: int
+    sets: Mapping[int, EvaluationSummary]
+    combined: EvaluationSummary
+
+    def __post_init__(self) -> None:
+        if not self.sets:
+            raise DemoWeightsError("an evaluation has at least one phantom set")
+        if self.combined.cases != sum(s.cases for s in self.sets.values()):
+            raise DemoWeightsError("the combined figures must cover every set's cases")
+
+    def to_dict(self) -> dict[str, object]:
+        """Every figure (card keys, finite values only) per set and combined."""
+        return {
+            "bundle": self.bundle,
+            "profile": self.profile,
+            "cases_per_set": self.cases_per_set,
+            "interval": (
+                f"95 % percentile bootstrap over cases, {BOOTSTRAP_RESAMPLES} resamples, "
+                f"generator seed {BOOTSTRAP_SEED}"
+            ),
+            "small_lesion": f"equivalent-sphere diameter {LesionSizeBin.SMALL.description}",
+            "sets": [
+                {"seed": seed, "phantom_seed": eval_phantom_seed(seed), "metrics": s.as_metrics()}
+                for seed, s in self.sets.items()
+            ],
+            "combined": self.combined.as_metrics(),
+        }
+
+
 def evaluate_bundle(
     task: TaskName | str,
     registry_root: Path,
     *,
     version: str | None = None,
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
     eval_cases: int = 10,
     profile: SiteProfile | None = None,
     log: Callable[[str], None] = print,
-) -> EvaluationSummary:
+) -> SetsEvaluation:
     """Re-run the fresh-phantom evaluation of a registered bundle (the latest version by
-    default) with the same phantoms :func:`train_demo_weights` used for ``seed``."""
+    default) on one set of ``eval_cases`` phantoms per seed in ``seeds``, each the set
+    :func:`train_demo_weights` evaluates on for that seed; logs one table per set and,
+    for several sets, the combined figures."""
     spec = get_task(task)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise DemoWeightsError(f"--seed: need one or more distinct seeds, not {list(seeds)}")
+    if eval_cases < 1:
+        raise DemoWeightsError(f"--eval-cases must be >= 1, not {eval_cases}")
     registry = ModelRegistry(Path(registry_root))
     bundle = (
         registry.get(str(spec.name), version)
@@ -533,19 +598,35 @@ def evaluate_bundle(
     if bundle is None:
         raise FileNotFoundError(f"no bundle for {spec.name} under {registry_root}")
     model = registry.load_network(bundle)
-    fresh = phantom_cases(
-        spec.name, seed=EVAL_PHANTOM_SEED + 1000 * seed, cases=eval_cases, profile=profile
-    )
-
-    def _case(number: int, metrics: CaseMetrics, seconds: float) -> None:
-        dice_text = " ".join(f"{k}={v:.3f}" for k, v in metrics.dice.items())
-        log(f"[{spec.name}] eval case {number}: {dice_text} ({seconds:.1f}s)")
-
-    summary = evaluate_model(model, spec, fresh, on_case=_case)
     site = profile if profile is not None else RECIPES[spec.name].profile
-    log(f"[{spec.name}] {bundle.ref} on {eval_cases} fresh phantoms (profile {site.name!r})")
-    log(summary.format_table())
-    return summary
+    every: list[CaseMetrics] = []
+    sets: dict[int, EvaluationSummary] = {}
+    for seed in seeds:
+        fresh = phantom_cases(
+            spec.name, seed=eval_phantom_seed(seed), cases=eval_cases, profile=profile
+        )
+
+        def _case(number: int, metrics: CaseMetrics, seconds: float, seed: int = seed) -> None:
+            dice_text = " ".join(f"{k}={v:.3f}" for k, v in metrics.dice.items())
+            log(f"[{spec.name}] set {seed} case {number}: {dice_text} ({seconds:.1f}s)")
+
+        scored = score_cases(model, spec, fresh, on_case=_case)
+        del fresh
+        every.extend(scored)
+        sets[seed] = summarize(scored)
+        log(
+            f"[{spec.name}] {bundle.ref} on {eval_cases} fresh phantoms (profile "
+            f"{site.name!r}, set {seed}, phantom seed {eval_phantom_seed(seed)})"
+        )
+        log(sets[seed].format_table())
+    combined = sets[seeds[0]] if len(seeds) == 1 else summarize(every)
+    if len(seeds) > 1:
+        log(
+            f"[{spec.name}] {bundle.ref} combined: {len(every)} phantoms of "
+            f"{len(seeds)} sets (seeds {', '.join(map(str, seeds))})"
+        )
+        log(combined.format_table())
+    return SetsEvaluation(str(bundle.ref), site.name, eval_cases, MappingProxyType(sets), combined)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -554,10 +635,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--task", required=True, choices=[str(t) for t in TaskName])
     parser.add_argument("--out", required=True, type=Path, help="model registry root")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        action="append",
+        default=None,
+        help=(
+            "training seed (default 0); with --evaluate-only the evaluation set, and "
+            "repeated (--seed 0 --seed 1) several sets"
+        ),
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S,S,...",
+        help="with --evaluate-only: evaluation sets, comma-separated (e.g. 0,1)",
+    )
     parser.add_argument("--steps", type=int, default=900)
     parser.add_argument("--cases", type=int, default=24)
-    parser.add_argument("--eval-cases", type=int, default=10)
+    parser.add_argument(
+        "--eval-cases", type=int, default=10, help="fresh phantoms per evaluation set"
+    )
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--version", default=DEMO_VERSION)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -644,6 +742,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not train: evaluate the bundle already in --out on fresh phantoms",
     )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="with --evaluate-only: write every figure (per set and combined) to PATH",
+    )
     return parser
 
 
@@ -670,17 +775,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         network = _network_from_args(args)
     except NetworkConfigError as exc:
         parser.error(f"--network/--filters: {exc}")
+    seeds = _seeds_from_args(args, parser)
+    if args.eval_cases < 1:
+        parser.error(f"--eval-cases must be >= 1, not {args.eval_cases}")
     if args.evaluate_only:
-        evaluate_bundle(
+        result = evaluate_bundle(
             args.task,
             args.out,
             version=args.version,
-            seed=args.seed,
+            seeds=seeds,
             eval_cases=args.eval_cases,
             profile=profile,
             log=lambda line: print(line, flush=True),
         )
+        if args.json is not None:
+            args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+            print(f"wrote {args.json}", flush=True)
         return 0
+    if len(seeds) != 1:
+        parser.error("--seed/--seeds: training takes one seed; several only with --evaluate-only")
+    if args.json is not None:
+        parser.error("--json is for --evaluate-only (appliance evaluate)")
+    args.seed = seeds[0]
     try:
         _train_from_args(args, profile, network)
     except (DemoWeightsError, ProgressError) as exc:
@@ -689,6 +805,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"--checkpoint {args.checkpoint}: " if args.checkpoint is not None else ""
         parser.exit(1, f"{parser.prog}: error: {where}{exc}\n")
     return 0
+
+
+def _seeds_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[int]:
+    """``--seed`` (repeatable) and ``--seeds S,S`` together, in order; default ``[0]``."""
+    seeds = list(args.seed or [])
+    if args.seeds is not None:
+        try:
+            seeds += [int(s) for s in str(args.seeds).split(",")]
+        except ValueError:
+            parser.error(f"--seeds must be comma-separated integers, not {args.seeds!r}")
+    if not seeds:
+        seeds = [0]
+    if len(set(seeds)) != len(seeds):
+        parser.error(f"--seed/--seeds: each seed once, not {seeds}")
+    if any(s < 0 for s in seeds):
+        parser.error(f"--seed/--seeds must be >= 0, not {seeds}")
+    return seeds
 
 
 def _network_from_args(args: argparse.Namespace) -> NetworkConfig:

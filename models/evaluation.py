@@ -1,4 +1,4 @@
-"""Evaluation of label maps against truth: Dice, HD95 (mm) and small-lesion metrics.
+"""Evaluation of label maps against truth: Dice, HD95 (mm) and lesion-wise metrics.
 
 Everything works on the boundary format (``(slice, row, column)`` arrays plus an
 index -> LPS affine), so a prediction is scored on the grid of its input image.
@@ -19,12 +19,20 @@ index -> LPS affine), so a prediction is scored on the grid of its input image.
   0.0 when both masks are empty, ``inf`` when exactly one is.
 - **Lesion metrics** for labels that are lesions (category "Morphologically abnormal
   structure"): truth lesions are the components of the phantom's ``lesion_map`` (or the
-  connected components of the truth label); each is matched with the predicted
-  components that overlap it. A lesion is *detected* when it overlaps a predicted
-  component. *Small-lesion Dice* pools the matched voxels of the lesions whose
-  equivalent-sphere diameter is below a threshold (default 15 mm):
-  ``2 Σ|L∩P_L| / Σ(|L|+|P_L|)``, where ``P_L`` are the predicted components touching
-  ``L``. Predicted components touching no truth lesion are false positives.
+  connected components of the truth label), each sized by its equivalent-sphere diameter
+  and put in a :class:`models.lesion_size.LesionSizeBin` (small < 10 mm, medium 10-20 mm,
+  large >= 20 mm: the one definition the cards, this module and the federated benchmark
+  share). A lesion is *detected* when a predicted component overlaps it; recall is given
+  per bin. A predicted component touching several lesions is *charged* to each in
+  proportion to its overlap with it (a component covering 30 voxels of lesion A and 10 of
+  lesion B gives A three quarters of its voxels), so a lesion's Dice is
+  ``2|L∩P| / (|L| + charged_L)``; *small-lesion Dice* pools these over a case's small
+  lesions. Predicted components touching no truth lesion are false positives.
+- **Summaries** (:func:`summarize`) give each headline figure with a 95 % interval (a
+  seeded percentile bootstrap over cases, :mod:`models.intervals`), the HD95 mean over the
+  cases where it is finite next to the count of cases where it is infinite, and for a
+  lesion label the Dice mean over the cases with a lesion, the empty-truth cases being
+  counted apart with their false-positive components.
 """
 
 from __future__ import annotations
@@ -39,12 +47,17 @@ import torch
 
 from .errors import InputError
 from .geometry import validate_affine, voxel_volume_ml
+from .intervals import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    Interval,
+    bootstrap_indices,
+    ratio_interval,
+)
+from .lesion_size import LesionSizeBin, equivalent_diameter_mm
 from .postprocess import label_components
 from .regions import region_masks
 from .tasks import MORPHOLOGICALLY_ABNORMAL_STRUCTURE, TaskSpec
-
-#: Lesions with an equivalent-sphere diameter below this count as small (mm).
-SMALL_LESION_DIAMETER_MM = 15.0
 
 _CHUNK = 4096
 
@@ -122,16 +135,104 @@ def hausdorff_distance(
 
 @dataclass(frozen=True, slots=True)
 class LesionMetrics:
-    """Per-lesion results for one lesion label of one case (see the module docstring)."""
+    """Per-lesion results for one lesion label of one case (see the module docstring).
 
-    lesions: int
-    detected: int
-    small_lesions: int
-    small_detected: int
-    small_lesion_dice: float | None  # None when the case has no small lesion
-    false_positive_components: int
-    per_lesion_dice: tuple[float, ...]
+    Per truth lesion, in one order: its voxels, its equivalent-sphere diameter, the
+    predicted voxels overlapping it and the predicted voxels charged to it (the voxels of
+    every predicted component touching it, shared between the lesions a component touches
+    in proportion to its overlap with each: fractional)."""
+
+    per_lesion_voxels: tuple[int, ...]
     per_lesion_diameter_mm: tuple[float, ...]
+    per_lesion_overlap: tuple[float, ...]
+    per_lesion_charged: tuple[float, ...]
+    false_positive_components: int
+
+    def __post_init__(self) -> None:
+        count = len(self.per_lesion_voxels)
+        lengths = {
+            len(self.per_lesion_diameter_mm),
+            len(self.per_lesion_overlap),
+            len(self.per_lesion_charged),
+        }
+        if lengths != {count}:
+            raise InputError("per-lesion tuples must have one entry per lesion")
+        if any(v <= 0 for v in self.per_lesion_voxels):
+            raise InputError("a truth lesion has at least one voxel")
+        for overlap, charged, voxels in zip(
+            self.per_lesion_overlap, self.per_lesion_charged, self.per_lesion_voxels, strict=True
+        ):
+            if not (0.0 <= overlap <= voxels and overlap <= charged + 1e-6):
+                raise InputError("a lesion's overlap must lie within it and its charged voxels")
+        if self.false_positive_components < 0:
+            raise InputError("false_positive_components must be >= 0")
+
+    @property
+    def lesions(self) -> int:
+        return len(self.per_lesion_voxels)
+
+    @property
+    def per_lesion_bin(self) -> tuple[LesionSizeBin, ...]:
+        return tuple(LesionSizeBin.of(d) for d in self.per_lesion_diameter_mm)
+
+    @property
+    def per_lesion_detected(self) -> tuple[bool, ...]:
+        """A lesion is detected when a predicted component overlaps it."""
+        return tuple(o > 0 for o in self.per_lesion_overlap)
+
+    @property
+    def per_lesion_dice(self) -> tuple[float, ...]:
+        return tuple(
+            2.0 * o / (v + c)
+            for o, v, c in zip(
+                self.per_lesion_overlap,
+                self.per_lesion_voxels,
+                self.per_lesion_charged,
+                strict=True,
+            )
+        )
+
+    @property
+    def detected(self) -> int:
+        return sum(self.per_lesion_detected)
+
+    def in_bin(self, size_bin: LesionSizeBin) -> tuple[int, int]:
+        """``(lesions, detected)`` of the bin."""
+        picked = [
+            d
+            for b, d in zip(self.per_lesion_bin, self.per_lesion_detected, strict=True)
+            if b is size_bin
+        ]
+        return len(picked), sum(picked)
+
+    def bin_dice(self, size_bin: LesionSizeBin) -> float | None:
+        """Dice pooled over the bin's lesions, ``2 Σ overlap / Σ (voxels + charged)``;
+        ``None`` when the case has no lesion in the bin."""
+        inter = total = 0.0
+        for b, o, v, c in zip(
+            self.per_lesion_bin,
+            self.per_lesion_overlap,
+            self.per_lesion_voxels,
+            self.per_lesion_charged,
+            strict=True,
+        ):
+            if b is size_bin:
+                inter += o
+                total += v + c
+        return 2.0 * inter / total if total else None
+
+    @property
+    def small_lesions(self) -> int:
+        return self.in_bin(LesionSizeBin.SMALL)[0]
+
+    @property
+    def small_detected(self) -> int:
+        return self.in_bin(LesionSizeBin.SMALL)[1]
+
+    @property
+    def small_lesion_dice(self) -> float | None:
+        """Dice pooled over the small lesions (``None`` when the case has none)."""
+        return self.bin_dice(LesionSizeBin.SMALL)
 
     @property
     def detection_rate(self) -> float | None:
@@ -139,7 +240,8 @@ class LesionMetrics:
 
     @property
     def small_detection_rate(self) -> float | None:
-        return self.small_detected / self.small_lesions if self.small_lesions else None
+        small, found = self.in_bin(LesionSizeBin.SMALL)
+        return found / small if small else None
 
 
 def lesion_metrics(
@@ -148,13 +250,14 @@ def lesion_metrics(
     affine: np.ndarray,
     *,
     lesion_map: np.ndarray | None = None,
-    small_diameter_mm: float = SMALL_LESION_DIAMETER_MM,
     connectivity: int = 26,
 ) -> LesionMetrics:
-    """Per-lesion detection and small-lesion Dice of boolean ``pred`` against ``truth``.
+    """Per-lesion detection and charged voxels of boolean ``pred`` against ``truth``.
 
     ``lesion_map`` (e.g. :attr:`models.phantoms.Phantom.lesion_map`) numbers the truth
-    lesions; without it they are the connected components of ``truth``.
+    lesions; without it they are the connected components of ``truth``. A predicted
+    component touching several lesions is charged to each in proportion to its overlap
+    with it; one touching none is a false positive.
     """
     p = np.asarray(pred, dtype=bool)
     t = np.asarray(truth, dtype=bool)
@@ -165,45 +268,37 @@ def lesion_metrics(
         lmap = np.asarray(lesion_map)
         if lmap.shape != t.shape:
             raise InputError(f"lesion_map shape {lmap.shape} differs from {t.shape}")
-        lmap = np.where(t, lmap, 0).astype(np.int32)
-        ids = [int(i) for i in np.unique(lmap) if i != 0]
+        lmap = np.where(t, lmap, 0).astype(np.int64)
+        ids = np.asarray([int(i) for i in np.unique(lmap) if i != 0], dtype=np.int64)
     else:
-        lmap, n = label_components(t, connectivity)
-        ids = list(range(1, n + 1))
+        labelled, n = label_components(t, connectivity)
+        lmap = np.asarray(labelled, dtype=np.int64)
+        ids = np.arange(1, n + 1, dtype=np.int64)
     pred_cc, n_pred = label_components(p, connectivity)
-    touched: set[int] = set()
-    dices: list[float] = []
-    diameters: list[float] = []
-    detected = small = small_detected = 0
-    small_inter = small_total = 0
-    for lesion_id in ids:
-        lesion = lmap == lesion_id
-        size = int(lesion.sum())
-        diameter = (6.0 * size * voxel_ml * 1000.0 / math.pi) ** (1.0 / 3.0)
-        hits = np.unique(pred_cc[lesion])
-        hits = hits[hits != 0]
-        touched.update(int(h) for h in hits)
-        matched = np.isin(pred_cc, hits) if hits.size else np.zeros_like(lesion)
-        inter = int(np.logical_and(matched, lesion).sum())
-        total = size + int(matched.sum())
-        dices.append(2.0 * inter / total if total else 1.0)
-        diameters.append(float(diameter))
-        found = hits.size > 0
-        detected += int(found)
-        if diameter < small_diameter_mm:
-            small += 1
-            small_detected += int(found)
-            small_inter += inter
-            small_total += total
+    pred_cc = np.asarray(pred_cc, dtype=np.int64)
+    width = n_pred + 1
+    # row: position of the lesion in ids (+1; 0 = no lesion), column: predicted component
+    rows = np.zeros(lmap.shape, dtype=np.int64)
+    inside = lmap != 0
+    rows[inside] = np.searchsorted(ids, lmap[inside]) + 1
+    table = np.bincount((rows * width + pred_cc).ravel(), minlength=(ids.size + 1) * width).reshape(
+        ids.size + 1, width
+    )
+    voxels = table[1:].sum(axis=1)  # truth voxels per lesion
+    overlap = table[1:, 1:].astype(np.float64)  # lesion x component
+    component_size = table[:, 1:].sum(axis=0).astype(np.float64)
+    component_overlap = overlap.sum(axis=0)
+    touched = component_overlap > 0
+    share = np.divide(
+        overlap, component_overlap, out=np.zeros_like(overlap), where=component_overlap > 0
+    )
+    charged = (share * component_size).sum(axis=1)
     return LesionMetrics(
-        lesions=len(ids),
-        detected=detected,
-        small_lesions=small,
-        small_detected=small_detected,
-        small_lesion_dice=(2.0 * small_inter / small_total) if small_total else None,
-        false_positive_components=n_pred - len(touched),
-        per_lesion_dice=tuple(dices),
-        per_lesion_diameter_mm=tuple(diameters),
+        per_lesion_voxels=tuple(int(v) for v in voxels),
+        per_lesion_diameter_mm=tuple(equivalent_diameter_mm(int(v), voxel_ml) for v in voxels),
+        per_lesion_overlap=tuple(float(o) for o in overlap.sum(axis=1)),
+        per_lesion_charged=tuple(float(c) for c in charged),
+        false_positive_components=int(n_pred - int(touched.sum())),
     )
 
 
@@ -233,7 +328,6 @@ def evaluate_case(
     spec: TaskSpec,
     *,
     lesion_map: np.ndarray | None = None,
-    small_diameter_mm: float = SMALL_LESION_DIAMETER_MM,
     hd_percentile: float = 95.0,
 ) -> CaseMetrics:
     """Score a label map ``pred`` against ``truth`` (same shape, label indices of
@@ -264,9 +358,7 @@ def evaluate_case(
         vt[label.name] = float(tm.sum()) * voxel_ml
         overlap[label.name] = float(np.logical_and(pm, tm).sum()) * voxel_ml
         if label.index in lesion_labels:
-            lesions[label.name] = lesion_metrics(
-                pm, tm, aff, lesion_map=lesion_map, small_diameter_mm=small_diameter_mm
-            )
+            lesions[label.name] = lesion_metrics(pm, tm, aff, lesion_map=lesion_map)
     return CaseMetrics(
         dice=MappingProxyType(dices),
         hd95_mm=MappingProxyType(hds),
@@ -309,7 +401,8 @@ def _label_masks(
 
 @dataclass(frozen=True, slots=True)
 class Stat:
-    """Summary of one metric over cases (``n`` finite values; ``infinite`` left out)."""
+    """Summary of one metric over cases (``n`` finite values; ``infinite`` left out and
+    counted)."""
 
     mean: float
     std: float
@@ -336,7 +429,8 @@ def _stat(values: Sequence[float]) -> Stat:
 
 @dataclass(frozen=True, slots=True)
 class EvaluationSummary:
-    """Aggregate of :class:`CaseMetrics` over cases, keyed by label name."""
+    """Aggregate of :class:`CaseMetrics` over cases, keyed by label name (see
+    :func:`summarize` for what each figure is over)."""
 
     cases: int
     dice: Mapping[str, Stat]
@@ -346,17 +440,43 @@ class EvaluationSummary:
     detection_rate: Mapping[str, float]
     small_detection_rate: Mapping[str, float]
     false_positives_per_case: Mapping[str, float]
+    lesions_per_bin: Mapping[str, Mapping[LesionSizeBin, int]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    recall: Mapping[str, Mapping[LesionSizeBin, float]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    empty_truth_cases: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    empty_truth_false_positives: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    #: 95 % bootstrap intervals, keyed by the :meth:`as_metrics` key of the figure
+    intervals: Mapping[str, Interval] = field(default_factory=lambda: MappingProxyType({}))
+    #: Dice per case over every case, empty-truth ones included (1.0 when the label is
+    #: neither in the truth nor predicted, 0.0 when only predicted): what the site gate
+    #: compares, where a hallucinated lesion must count against a candidate
+    dice_all_cases: Mapping[str, Stat] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if self.cases < 1:
+            raise InputError("a summary covers at least one case")
+        if set(self.hd95_mm) != set(self.dice):
+            raise InputError("dice and hd95_mm must cover the same labels")
 
     def as_metrics(self) -> dict[str, float]:
-        """Flat, finite ``{name: value}`` for a model card's ``metrics``."""
+        """Flat, finite ``{name: value}`` for a model card's ``metrics`` (undefined
+        figures, e.g. a recall without lesions, are left out)."""
         out: dict[str, float] = {"cases": float(self.cases)}
         for name, stat in self.dice.items():
             out[f"dice_{_key(name)}"] = stat.mean
             out[f"dice_{_key(name)}_min"] = stat.minimum
+            out[f"dice_cases_{_key(name)}"] = float(stat.n)
         for name, value in self.pooled_dice.items():
             out[f"dice_pooled_{_key(name)}"] = value
         for name, stat in self.hd95_mm.items():
             out[f"hd95_mm_{_key(name)}"] = stat.mean
+            out[f"hd95_finite_cases_{_key(name)}"] = float(stat.n)
+            out[f"hd95_inf_cases_{_key(name)}"] = float(stat.infinite)
         for name, stat in self.small_lesion_dice.items():
             out[f"small_lesion_dice_{_key(name)}"] = stat.mean
         for name, rate in self.detection_rate.items():
@@ -365,61 +485,194 @@ class EvaluationSummary:
             out[f"small_detection_rate_{_key(name)}"] = rate
         for name, fp in self.false_positives_per_case.items():
             out[f"false_positives_per_case_{_key(name)}"] = fp
+        for name, counts in self.lesions_per_bin.items():
+            for size_bin, count in counts.items():
+                out[f"lesions_{size_bin}_{_key(name)}"] = float(count)
+        for name, rates in self.recall.items():
+            for size_bin, rate in rates.items():
+                out[f"recall_{size_bin}_{_key(name)}"] = rate
+        for name, count in self.empty_truth_cases.items():
+            out[f"empty_truth_cases_{_key(name)}"] = float(count)
+        for name, count in self.empty_truth_false_positives.items():
+            out[f"empty_truth_false_positives_{_key(name)}"] = float(count)
+        for key, interval in self.intervals.items():
+            out[f"{key}_ci95_low"] = interval.low
+            out[f"{key}_ci95_high"] = interval.high
         return {k: float(v) for k, v in out.items() if math.isfinite(v)}
 
+    def interval(self, key: str) -> Interval | None:
+        """The interval of the figure with card key ``key`` (None without one)."""
+        return self.intervals.get(key)
+
     def format_table(self) -> str:
-        """A short human-readable table (one line per label)."""
+        """A human-readable table: one line per label (Dice, HD95), then one per lesion
+        label and size bin (recall), with 95 % intervals in brackets."""
         lines = [
-            f"{'label':<16} {'Dice mean':>9} {'min':>6} {'pooled':>6} {'HD95 mm':>8} "
-            f"{'small Dice':>10}"
+            f"{self.cases} cases; [95 % interval: percentile bootstrap over cases]",
+            f"{'label':<16} {'Dice mean [95 % CI]':>24} {'n':>3} {'min':>6} {'pooled':>6} "
+            f"{'HD95 mm (finite) [95 % CI]':>28} {'inf':>4}",
         ]
         for name, stat in self.dice.items():
+            key = _key(name)
             hd = self.hd95_mm[name]
-            small = self.small_lesion_dice.get(name)
-            small_text = f"{small.mean:10.3f}" if small is not None and small.n else f"{'-':>10}"
             lines.append(
-                f"{name:<16} {stat.mean:9.3f} {stat.minimum:6.3f} "
-                f"{self.pooled_dice.get(name, math.nan):6.3f} {hd.mean:8.2f} {small_text}"
+                f"{name:<16} {_with_ci(stat.mean, self.interval(f'dice_{key}'), 3):>24} "
+                f"{stat.n:>3} {stat.minimum:6.3f} {self.pooled_dice.get(name, math.nan):6.3f} "
+                f"{_with_ci(hd.mean, self.interval(f'hd95_mm_{key}'), 2):>28} {hd.infinite:>4}"
+            )
+        if self.recall:
+            lines.append(
+                f"{'lesion label':<16} {'size bin':<10} {'lesions':>7} "
+                f"{'recall [95 % CI]':>24} {'bin Dice':>8}"
+            )
+        for name, rates in self.recall.items():
+            key = _key(name)
+            for size_bin, rate in rates.items():
+                dice_text = (
+                    f"{self.small_lesion_dice[name].mean:8.3f}"
+                    if size_bin is LesionSizeBin.SMALL and self.small_lesion_dice[name].n
+                    else f"{'-':>8}"
+                )
+                lines.append(
+                    f"{name:<16} {size_bin.description:<10} "
+                    f"{self.lesions_per_bin[name][size_bin]:>7} "
+                    f"{_with_ci(rate, self.interval(f'recall_{size_bin}_{key}'), 3):>24} "
+                    f"{dice_text}"
+                )
+            fp = _with_ci(
+                self.false_positives_per_case[name],
+                self.interval(f"false_positives_per_case_{key}"),
+                2,
+            )
+            lines.append(
+                f"{name:<16} false-positive components per case {fp}; "
+                f"empty-truth cases {self.empty_truth_cases[name]} "
+                f"(their false-positive components: {self.empty_truth_false_positives[name]})"
             )
         return "\n".join(lines)
+
+
+def _with_ci(value: float, interval: Interval | None, digits: int) -> str:
+    if not math.isfinite(value):
+        return "-"
+    text = f"{value:.{digits}f}"
+    if interval is not None and math.isfinite(interval.low):
+        text += f" [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+    return text
 
 
 def _key(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower())
 
 
-def summarize(cases: Sequence[CaseMetrics]) -> EvaluationSummary:
-    """Mean / std / min / max per label over ``cases``; lesion counts pooled."""
+def summarize(
+    cases: Sequence[CaseMetrics],
+    *,
+    seed: int = BOOTSTRAP_SEED,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> EvaluationSummary:
+    """Figures per label over ``cases``, each with a 95 % percentile-bootstrap interval
+    over cases (:mod:`models.intervals`; ``seed`` and ``resamples`` of the bootstrap).
+
+    - **Dice**: mean / std / min / max per case. For a lesion label the mean is over the
+      cases whose truth has the label (an empty truth would score 1.0 or 0.0 by luck);
+      the empty-truth cases are counted apart with their false-positive components.
+    - **Pooled Dice**: all cases' voxels together.
+    - **HD95**: mean over the cases where it is finite (both masks non-empty); the cases
+      where it is infinite (the label missed or hallucinated) are counted, never averaged
+      away; cases where both masks are empty have no distance and are in neither.
+    - **Lesions**: recall (detected / truth lesions) per :class:`LesionSizeBin` and over
+      all sizes, pooled over cases; false-positive components per case (over all cases);
+      small-lesion Dice, the mean over the cases with a small lesion of their pooled
+      small-lesion Dice.
+    """
     if not cases:
         raise InputError("nothing to summarise")
+    count = len(cases)
     names = list(cases[0].dice)
     lesion_names = list(cases[0].lesions)
+    if any(set(c.dice) != set(names) or set(c.lesions) != set(lesion_names) for c in cases):
+        raise InputError("every case must be scored on the same labels")
+    indices = bootstrap_indices(count, seed=seed, resamples=resamples)
+    ones = np.ones(count)
+    intervals: dict[str, Interval] = {}
+
+    def figure(key: str, numerator: np.ndarray, denominator: np.ndarray) -> float:
+        intervals[key] = ratio_interval(numerator, denominator, indices)
+        return intervals[key].value
+
+    dice_stats: dict[str, Stat] = {}
+    dice_all: dict[str, Stat] = {}
+    hd_stats: dict[str, Stat] = {}
+    pooled: dict[str, float] = {}
+    for name in names:
+        key = _key(name)
+        d = np.asarray([c.dice[name] for c in cases], dtype=np.float64)
+        vp = np.asarray([c.volume_ml_pred[name] for c in cases], dtype=np.float64)
+        vt = np.asarray([c.volume_ml_truth[name] for c in cases], dtype=np.float64)
+        ov = np.asarray([c.overlap_ml.get(name, 0.0) for c in cases], dtype=np.float64)
+        hd = np.asarray([c.hd95_mm[name] for c in cases], dtype=np.float64)
+        with_truth = vt > 0 if name in lesion_names else np.ones(count, dtype=bool)
+        dice_stats[name] = _stat(d[with_truth].tolist())
+        dice_all[name] = _stat(d.tolist())
+        figure(f"dice_{key}", np.where(with_truth, d, 0.0), with_truth.astype(np.float64))
+        both = float((vp + vt).sum())
+        pooled[name] = 2.0 * float(ov.sum()) / both if both > 0 else 1.0
+        figure(f"dice_pooled_{key}", 2.0 * ov, vp + vt)
+        scored = (vp > 0) | (vt > 0)
+        hd_stats[name] = _stat(hd[scored].tolist())
+        finite = scored & np.isfinite(hd)
+        figure(f"hd95_mm_{key}", np.where(finite, hd, 0.0), finite.astype(np.float64))
+
     small: dict[str, Stat] = {}
     detection: dict[str, float] = {}
     small_detection: dict[str, float] = {}
     false_pos: dict[str, float] = {}
+    per_bin: dict[str, Mapping[LesionSizeBin, int]] = {}
+    recall: dict[str, Mapping[LesionSizeBin, float]] = {}
+    empty: dict[str, int] = {}
+    empty_fp: dict[str, int] = {}
     for name in lesion_names:
-        found = [c.lesions[name] for c in cases if name in c.lesions]
-        small[name] = _stat([m.small_lesion_dice for m in found if m.small_lesion_dice is not None])
-        total = sum(m.lesions for m in found)
-        small_total = sum(m.small_lesions for m in found)
-        detection[name] = sum(m.detected for m in found) / total if total else math.nan
-        small_detection[name] = (
-            sum(m.small_detected for m in found) / small_total if small_total else math.nan
+        key = _key(name)
+        found = [c.lesions[name] for c in cases]
+        lesions = np.asarray([m.lesions for m in found], dtype=np.float64)
+        detected = np.asarray([m.detected for m in found], dtype=np.float64)
+        detection[name] = figure(f"detection_rate_{key}", detected, lesions)
+        bins: dict[LesionSizeBin, int] = {}
+        rates: dict[LesionSizeBin, float] = {}
+        for size_bin in LesionSizeBin:
+            counts = np.asarray([m.in_bin(size_bin) for m in found], dtype=np.float64)
+            bins[size_bin] = int(counts[:, 0].sum())
+            rates[size_bin] = figure(f"recall_{size_bin}_{key}", counts[:, 1], counts[:, 0])
+        per_bin[name] = MappingProxyType(bins)
+        recall[name] = MappingProxyType(rates)
+        small_detection[name] = rates[LesionSizeBin.SMALL]
+        fp = np.asarray([m.false_positive_components for m in found], dtype=np.float64)
+        false_pos[name] = figure(f"false_positives_per_case_{key}", fp, ones)
+        small_values = [m.small_lesion_dice for m in found]
+        has_small = np.asarray([v is not None for v in small_values])
+        small[name] = _stat([v for v in small_values if v is not None])
+        figure(
+            f"small_lesion_dice_{key}",
+            np.asarray([v if v is not None else 0.0 for v in small_values], dtype=np.float64),
+            has_small.astype(np.float64),
         )
-        false_pos[name] = sum(m.false_positive_components for m in found) / len(found)
-    pooled: dict[str, float] = {}
-    for name in names:
-        both = sum(c.volume_ml_pred[name] + c.volume_ml_truth[name] for c in cases)
-        inter = sum(c.overlap_ml.get(name, 0.0) for c in cases)
-        pooled[name] = 2.0 * inter / both if both > 0 else 1.0
+        no_lesion = lesions == 0
+        empty[name] = int(no_lesion.sum())
+        empty_fp[name] = int(fp[no_lesion].sum())
     return EvaluationSummary(
-        cases=len(cases),
-        dice=MappingProxyType({n: _stat([c.dice[n] for c in cases]) for n in names}),
+        cases=count,
+        dice=MappingProxyType(dice_stats),
         pooled_dice=MappingProxyType(pooled),
-        hd95_mm=MappingProxyType({n: _stat([c.hd95_mm[n] for c in cases]) for n in names}),
+        hd95_mm=MappingProxyType(hd_stats),
         small_lesion_dice=MappingProxyType(small),
         detection_rate=MappingProxyType(detection),
         small_detection_rate=MappingProxyType(small_detection),
         false_positives_per_case=MappingProxyType(false_pos),
+        lesions_per_bin=MappingProxyType(per_bin),
+        recall=MappingProxyType(recall),
+        empty_truth_cases=MappingProxyType(empty),
+        empty_truth_false_positives=MappingProxyType(empty_fp),
+        intervals=MappingProxyType(intervals),
+        dice_all_cases=MappingProxyType(dice_all),
     )

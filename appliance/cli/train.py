@@ -22,9 +22,9 @@ def train(ctx: typer.Context) -> None:
 
 
 def evaluate(ctx: typer.Context) -> None:
-    """Evaluate a registered bundle on fresh phantoms (Dice, HD95, small-lesion Dice).
+    """Evaluate a registered bundle on fresh phantoms (Dice, HD95, lesion recall per size).
 
-    e.g. appliance evaluate --task liver_ct --out models/bundles --eval-cases 10
+    e.g. appliance evaluate --task liver_ct --out models/bundles --eval-cases 10 --seeds 0,1
     """
     from models.demo_weights import main
 

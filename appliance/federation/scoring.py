@@ -18,9 +18,6 @@ from torch import nn
 from models.tasks import TaskSpec
 from models.training import TrainingCase
 
-#: The benchmark's "small lesion": equivalent-sphere diameter below this (mm).
-SMALL_LESION_MM = 10.0
-
 
 def mean_dice(model: nn.Module, spec: TaskSpec, cases: Sequence[TrainingCase]) -> float:
     """Mean Dice over ``cases`` and the task's labels; -1 when there is no case."""
@@ -40,7 +37,9 @@ class SiteScore:
     """One model on one site's held-out cases (means over the cases).
 
     ``dice_mean``: mean over labels of ``dice``. ``small_lesion_dice``: mean over the cases
-    that have a lesion smaller than :data:`SMALL_LESION_MM` (``None`` without any).
+    that have a small lesion (:attr:`models.lesion_size.LesionSizeBin.SMALL`: below
+    :data:`models.lesion_size.SMALL_LESION_DIAMETER_MM`, the cards' definition) of their
+    small-lesion Dice (``None`` without any).
     ``hd95_mm``: mean over the cases where both masks are non-empty; ``hd95_missed``: the
     cases where a label was missed or hallucinated outright (HD95 infinite).
     """
@@ -69,8 +68,6 @@ def score_site(
     model: nn.Module,
     spec: TaskSpec,
     cases: Sequence[tuple[TrainingCase, np.ndarray]],
-    *,
-    small_lesion_mm: float = SMALL_LESION_MM,
 ) -> SiteScore:
     """Segment each ``(case, lesion_map)`` through :func:`models.inference.segment` and
     score it with :func:`models.evaluation.evaluate_case`."""
@@ -86,14 +83,7 @@ def score_site(
     small: list[float] = []
     for case, lesion_map in cases:
         mask = segment(model, spec, case.image, case.affine, device="cpu").mask
-        metrics = evaluate_case(
-            mask,
-            case.labels,
-            case.affine,
-            spec,
-            lesion_map=lesion_map,
-            small_diameter_mm=small_lesion_mm,
-        )
+        metrics = evaluate_case(mask, case.labels, case.affine, spec, lesion_map=lesion_map)
         for name in names:
             dices[name].append(float(metrics.dice[name]))
             distance = float(metrics.hd95_mm[name])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -342,3 +343,46 @@ def test_cli_names_the_checkpoint_it_cannot_resume(
     assert f"--checkpoint {bad}: cannot read the training checkpoint train.ckpt" in err
     assert "resuming from the checkpoint" in log.read_text()
     assert not (tmp_path / "registry").exists()
+
+
+def test_evaluate_on_several_seeds_prints_each_set_and_the_combined_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _train(tmp_path, "0.1.0")
+    # the tiny abdomen as a named profile, so that the CLI can pick it (fast phantoms)
+    monkeypatch.setitem(PROFILES, TaskName.LIVER_CT, (CT_DEFAULT, CT_FINE, TINY_CT))
+    out = tmp_path / "figures.json"
+    common = ["--task", "liver_ct", "--out", str(tmp_path), "--profile", "tiny"]
+    args = [*common, "--evaluate-only", "--eval-cases", "2", "--seed", "0", "--seeds", "1"]
+    assert main([*args, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "set 0, phantom seed 8001" in printed and "set 1, phantom seed 9001" in printed
+    assert "combined: 4 phantoms of 2 sets (seeds 0, 1)" in printed
+    assert printed.count("95 % interval") == 3  # two sets and the combined figures
+    figures = json.loads(out.read_text(encoding="utf-8"))
+    assert figures["bundle"] == "liver_ct/0.1.0"
+    assert [s["seed"] for s in figures["sets"]] == [0, 1]
+    assert [s["metrics"]["cases"] for s in figures["sets"]] == [2.0, 2.0]
+    combined = figures["combined"]
+    assert combined["cases"] == 4.0
+    low, high = combined["dice_liver_ci95_low"], combined["dice_liver_ci95_high"]
+    assert low <= combined["dice_liver"] <= high
+    assert "hd95_inf_cases_liver_tumour" in combined
+    assert figures["small_lesion"] == "equivalent-sphere diameter < 10 mm"
+    # the same command gives the same figures (phantoms and bootstrap are seeded)
+    again = tmp_path / "again.json"
+    assert main([*args, "--json", str(again)]) == 0
+    assert json.loads(again.read_text(encoding="utf-8")) == figures
+    capsys.readouterr()
+    # training takes one seed; a repeated evaluation seed is refused
+    for bad, says in (
+        (["--seed", "0", "--seed", "1"], "training takes one seed"),
+        (["--evaluate-only", "--seeds", "0,0"], "each seed once"),
+        (["--evaluate-only", "--seeds", "0,x"], "comma-separated integers"),
+        (["--evaluate-only", "--eval-cases", "0"], "--eval-cases must be >= 1"),
+        (["--json", str(out)], "--json is for --evaluate-only"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*common, *bad])
+        assert exit_info.value.code == 2
+        assert says in capsys.readouterr().err

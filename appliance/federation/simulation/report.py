@@ -11,7 +11,7 @@ simulate` it writes, under the output directory, for config ``<name>``:
 
 Dice is the mean over a site's held-out cases of the mean over the task's labels; a
 method's overall Dice is the mean over sites (each hospital counts once). Small-lesion
-Dice covers lesions below :data:`appliance.federation.scoring.SMALL_LESION_MM`.
+Dice covers lesions below :data:`models.lesion_size.SMALL_LESION_DIAMETER_MM`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from appliance.federation.scoring import SMALL_LESION_MM
 from appliance.federation.simulation.config import Method, SimConfig, config_dir
+from models.lesion_size import SMALL_LESION_DIAMETER_MM
 
 #: "within 1 Dice point" of the issue and the papers: 0.01 on a 0-1 scale
 DICE_POINT = 0.01
@@ -166,7 +166,7 @@ def check_targets(config: SimConfig, task: str, summary: Mapping[str, Any]) -> l
     else:
         targets.append(Target(name, fedbn >= fedavg, f"fedbn {fedbn:.3f} vs fedavg {fedavg:.3f}"))
 
-    name = f"fedgs > fedavg on small-lesion Dice (< {SMALL_LESION_MM:g} mm)"
+    name = f"fedgs > fedavg on small-lesion Dice (< {SMALL_LESION_DIAMETER_MM:g} mm)"
     gs = summary.get(Method.FEDGS)
     avg = summary.get(Method.FEDAVG)
     if gs is None or avg is None:
@@ -176,7 +176,11 @@ def check_targets(config: SimConfig, task: str, summary: Mapping[str, Any]) -> l
         b = _mean(avg["mean"]["small_lesion_dice"])
         if a is None or b is None:
             targets.append(
-                Target(name, None, f"no lesion below {SMALL_LESION_MM:g} mm in the held-out cases")
+                Target(
+                    name,
+                    None,
+                    f"no lesion below {SMALL_LESION_DIAMETER_MM:g} mm in the held-out cases",
+                )
             )
         else:
             targets.append(Target(name, a > b, f"fedgs {a:.3f} vs fedavg {b:.3f}"))
@@ -276,7 +280,7 @@ def render_markdown(
             + " | ".join(sites)
             + " | "
             + " | ".join(f"Dice {lab}" for lab in labels)
-            + f" | small-lesion Dice (< {SMALL_LESION_MM:g} mm) | "
+            + f" | small-lesion Dice (< {SMALL_LESION_DIAMETER_MM:g} mm) | "
             + " | ".join(f"HD95 {lab} (mm)" for lab in labels)
             + " | MB sent per site | wall time (s) |",
             "|---" * (5 + len(sites) + 2 * len(labels)) + "|",
@@ -383,7 +387,7 @@ def write_report(
                 "config": config.to_dict(),
                 "command": command,
                 "generated": datetime.now(UTC).isoformat(timespec="seconds"),
-                "small_lesion_mm": SMALL_LESION_MM,
+                "small_lesion_mm": SMALL_LESION_DIAMETER_MM,
                 "tasks": tasks,
                 "records": [{k: v for k, v in r.items() if k != "fingerprint"} for r in records],
             },

@@ -20,3 +20,10 @@ def test_bad_task_is_refused_with_the_allowed_values() -> None:
     result = CliRunner().invoke(app, ["evaluate", "--task", "spleen_ct", "--out", "x"])
     assert result.exit_code == 2
     assert "liver_ct" in result.output and "glioma_mr" in result.output
+
+
+def test_evaluate_help_lists_the_set_options() -> None:
+    result = CliRunner().invoke(app, ["evaluate", "--help"])
+    assert result.exit_code == 0
+    for option in ("--eval-cases", "--seed", "--seeds", "--json"):
+        assert option in result.output
