@@ -82,6 +82,27 @@ def crop_affine(affine_lps: np.ndarray, box: tuple[slice, slice, slice]) -> np.n
     return affine
 
 
+def locate(
+    network: CascadeNetwork,
+    spec: TaskSpec,
+    image: np.ndarray,
+    affine_lps: np.ndarray,
+    *,
+    device: str | torch.device | None = None,
+    max_working_voxels: int | None = MAX_WORKING_VOXELS,
+) -> SegmentationResult:
+    """Stage 1 alone: the locator's post-processed labels on the input grid."""
+    return segment(
+        network.locator,
+        spec,
+        image,
+        affine_lps,
+        device=device,
+        postprocess=True,
+        max_working_voxels=max_working_voxels,
+    )
+
+
 def segment_cascade(
     network: CascadeNetwork,
     spec: TaskSpec,
@@ -92,23 +113,23 @@ def segment_cascade(
     device: str | torch.device | None = None,
     postprocess: bool = True,
     max_working_voxels: int | None = MAX_WORKING_VOXELS,
+    located: SegmentationResult | None = None,
 ) -> SegmentationResult:
     """Segment ``image`` (as :func:`models.inference.segment` takes it) with a cascade:
     locator on the whole image, refiner in the box around what the locator found (see the
     module docstring). The result's ``roi_found`` is False, and its mask empty, when the
-    locator found nothing."""
+    locator found nothing. ``located``: stage 1's result on this image when it is already
+    known (:func:`locate`; an evaluation that scores several refiners behind one locator
+    runs it once per case)."""
     start = time.perf_counter()
     validate_affine(affine_lps)
     stage2_spec = refiner_spec(spec, settings)
-    located = segment(
-        network.locator,
-        spec,
-        image,
-        affine_lps,
-        device=device,
-        postprocess=True,
-        max_working_voxels=max_working_voxels,
-    )
+    if located is None:
+        located = locate(
+            network, spec, image, affine_lps, device=device, max_working_voxels=max_working_voxels
+        )
+    elif located.mask.shape != image.shape[-3:]:
+        raise InferenceError(f"stage 1's mask {located.mask.shape} is not on the image's grid")
     timings = {f"locator_{k}": v for k, v in located.timings_s.items()}
     box = region_of_interest(located.mask, affine_lps, settings.margin_mm)
     if box is None:

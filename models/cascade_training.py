@@ -24,6 +24,9 @@ from .cascade_spec import LOCATOR, REFINER, RefinerSettings
 from .errors import InputError
 from .training import TrainingCase
 
+#: each side's margin of a refiner training box is drawn from ``margin_mm`` +- this (mm)
+REFINER_JITTER_MM = 5.0
+
 
 def refiner_box(
     labels: np.ndarray,
@@ -67,7 +70,7 @@ def refiner_cases(
     settings: RefinerSettings,
     *,
     seed: int,
-    jitter_mm: float = 5.0,
+    jitter_mm: float = REFINER_JITTER_MM,
 ) -> list[TrainingCase]:
     """Each labelled case cut to its refiner box (see the module docstring), seeded."""
     rng = np.random.default_rng([seed, 31])

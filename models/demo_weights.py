@@ -68,9 +68,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputError, ModelsError, NetworkConfigError
+from .cascade import CascadeNetwork, locate, segment_cascade
+from .cascade_spec import (
+    REFINER_KEY,
+    RefinerSettings,
+    cascade_architecture,
+    refiner_spec,
+    stage_architectures,
+)
+from .cascade_training import (
+    REFINER_JITTER_MM,
+    cascade_state_dict,
+    refiner_cases,
+    split_state_dict,
+)
+from .errors import InputError, ModelsError, NetworkConfigError, SpecError
 from .evaluation import CaseMetrics, EvaluationSummary, evaluate_case, summarize
-from .inference import resolve_device, segment
+from .inference import SegmentationResult, resolve_device, segment
 from .intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from .lesion_size import LesionSizeBin
 from .model_card import DEMO_INTENDED_USE, labels_for_task, preprocessing_for_task, thaw
@@ -138,6 +152,10 @@ class DemoRecipe:
     balance_lesions: bool = False
     #: the network trained unless ``--network``/``--filters`` say otherwise
     network: NetworkConfig = DEFAULT_NETWORK
+    #: a two-stage model's refiner (``--refine-from``): its grid and box margin, and the
+    #: network trained as it unless ``--network``/``--filters`` say otherwise
+    refiner: RefinerSettings | None = None
+    refiner_network: NetworkConfig | None = None
 
 
 RECIPES: dict[TaskName, DemoRecipe] = {
@@ -147,6 +165,10 @@ RECIPES: dict[TaskName, DemoRecipe] = {
         class_ratios=(0.3, 0.3, 0.4),  # background, liver, tumour
         crop_foreground=True,
         balance_lesions=True,
+        # stage 2 of the two-stage liver model: a full-resolution first level (DynUNet,
+        # stride 1) on a 1 x 1 x 1.5 mm grid inside the liver's box + 10 mm
+        refiner=RefinerSettings((1.0, 1.0, 1.5), (64, 64, 48), 10.0),
+        refiner_network=NetworkConfig(name=Architecture.DYNUNET, filters=(8, 16, 32, 64, 128)),
     ),
     TaskName.GLIOMA_MR: DemoRecipe(
         kinds=(PhantomKind.MR_T1C, PhantomKind.MR_FLAIR),
@@ -208,13 +230,34 @@ def score_cases(
     *,
     on_case: Callable[[int, CaseMetrics, float], None] | None = None,
     device: str | None = None,
+    refiner: RefinerSettings | None = None,
+    located: Sequence[SegmentationResult] | None = None,
 ) -> list[CaseMetrics]:
     """Segment each case through :func:`models.inference.segment` (on CUDA, with its
-    autocast, where there is a GPU, unless ``device`` says otherwise) and score it."""
+    autocast, where there is a GPU, unless ``device`` says otherwise) and score it. With
+    ``refiner`` the model is a two-stage :class:`~models.cascade.CascadeNetwork` and runs
+    as one (:func:`models.cascade.segment_cascade`), ``located`` being its stage-1 results
+    per case when they are known already."""
+    if refiner is not None and not isinstance(model, CascadeNetwork):
+        raise DemoWeightsError("a refiner's settings need a two-stage network")
+    if located is not None and len(located) != len(cases):
+        raise DemoWeightsError("need one stage-1 result per case")
     results: list[CaseMetrics] = []
     for number, (case, lesion_map) in enumerate(cases):
         start = time.perf_counter()
-        mask = segment(model, spec, case.image, case.affine, device=device).mask
+        if refiner is not None:
+            assert isinstance(model, CascadeNetwork)
+            mask = segment_cascade(
+                model,
+                spec,
+                refiner,
+                case.image,
+                case.affine,
+                device=device,
+                located=None if located is None else located[number],
+            ).mask
+        else:
+            mask = segment(model, spec, case.image, case.affine, device=device).mask
         metrics = evaluate_case(mask, case.labels, case.affine, spec, lesion_map=lesion_map)
         results.append(metrics)
         if on_case is not None:
@@ -229,9 +272,15 @@ def evaluate_model(
     *,
     on_case: Callable[[int, CaseMetrics, float], None] | None = None,
     device: str | None = None,
+    refiner: RefinerSettings | None = None,
+    located: Sequence[SegmentationResult] | None = None,
 ) -> EvaluationSummary:
     """:func:`score_cases`, summarised (:func:`models.evaluation.summarize`)."""
-    return summarize(score_cases(model, spec, cases, on_case=on_case, device=device))
+    return summarize(
+        score_cases(
+            model, spec, cases, on_case=on_case, device=device, refiner=refiner, located=located
+        )
+    )
 
 
 def validation_score(summary: EvaluationSummary) -> float:
@@ -248,7 +297,8 @@ class PeriodicValidation:
     weights (by :func:`validation_score`; the earlier step wins a tie). An ``on_step``
     callback and the ``extra_state`` of :func:`models.training.train`, so a resumed run
     keeps the best so far. The torch random state is restored after each validation, so
-    validating does not change the training."""
+    validating does not change the training. A refiner being trained (``refiner`` set)
+    is scored as stage 2 of ``cascade``, whose stage 1 runs once per case."""
 
     model: nn.Module
     spec: TaskSpec
@@ -259,6 +309,9 @@ class PeriodicValidation:
     best_score: float = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     scores: list[tuple[int, float]] = field(default_factory=list)
+    cascade: CascadeNetwork | None = None
+    refiner: RefinerSettings | None = None
+    _located: list[SegmentationResult] | None = None
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -270,7 +323,7 @@ class PeriodicValidation:
         if info.step % self.every != 0 and info.step != info.steps:
             return
         with torch.random.fork_rng():
-            score = validation_score(evaluate_model(self.model, self.spec, self.cases))
+            score = validation_score(self._evaluate())
         self.scores.append((info.step, score))
         better = score > self.best_score
         if better:
@@ -281,6 +334,17 @@ class PeriodicValidation:
         self.log(
             f"[{self.spec.name}] validation at step {info.step}: score {score:.4f} "
             f"(best {self.best_score:.4f} at step {self.best_step}{', kept' if better else ''})"
+        )
+
+    def _evaluate(self) -> EvaluationSummary:
+        if self.cascade is None or self.refiner is None:
+            return evaluate_model(self.model, self.spec, self.cases)
+        if self._located is None:  # stage 1 does not change while its refiner trains
+            self._located = [
+                locate(self.cascade, self.spec, case.image, case.affine) for case, _ in self.cases
+            ]
+        return evaluate_model(
+            self.cascade, self.spec, self.cases, refiner=self.refiner, located=self._located
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -322,6 +386,8 @@ def train_demo_weights(
     validate_every: int = 0,
     validate_cases: int = 0,
     progress: Callable[[StepInfo], None] | None = None,
+    refine_from: str | None = None,
+    refiner: RefinerSettings | None = None,
 ) -> ModelBundle:
     """Generate phantoms, train, evaluate on fresh phantoms, register the bundle
     ``task/version`` under ``out_registry_root`` (see the module docstring).
@@ -340,6 +406,14 @@ def train_demo_weights(
     seed``) and register the best (:class:`PeriodicValidation`). ``progress``: an
     ``on_step`` callback that replaces the periodic step lines of ``log`` (e.g. a
     :class:`models.progress.TrainingProgress`).
+
+    ``refine_from``: train a two-stage model (:mod:`models.cascade`): the registered
+    one-stage version ``refine_from`` of the task is stage 1, unchanged, and the network
+    trained is stage 2, the refiner, on ``refiner``'s grid (default: the recipe's) over
+    the training phantoms cut to their truth boxes (:mod:`models.cascade_training`);
+    ``network`` defaults to the recipe's refiner network, ``init_from`` must then name a
+    two-stage version whose refiner starts the training; validation and evaluation run
+    both stages. The bundle holds both (one card, one weights file).
     """
     if validate_every < 0 or validate_cases < 0:
         raise DemoWeightsError("--validate-every and --validate-cases must be >= 0")
@@ -353,9 +427,11 @@ def train_demo_weights(
         raise DemoWeightsError(f"--precision {precision}: {exc}") from exc
     spec = get_task(task)
     recipe = RECIPES[spec.name]
-    if network is None:
-        network = recipe.network
     registry = ModelRegistry(Path(out_registry_root))
+    stage1 = None if refine_from is None else _Stage1.load(registry, spec, refine_from, refiner)
+    if network is None:
+        network = recipe.network if stage1 is None else stage1.network_default
+    train_spec = spec if stage1 is None else refiner_spec(spec, stage1.settings)
     parent = None
     if init_from is not None:
         try:
@@ -365,7 +441,15 @@ def train_demo_weights(
                 f"--init-from {init_from}: no {spec.name} bundle of that version under "
                 f"{out_registry_root}"
             ) from exc
-        if thaw(parent.card.architecture) != network_architecture(spec, network):
+        trained_part = thaw(parent.card.architecture)
+        if stage1 is not None:
+            if parent.card.refiner is None:
+                raise DemoWeightsError(
+                    f"--init-from {parent.ref}: with --refine-from it must be a two-stage "
+                    "version, whose refiner starts the training"
+                )
+            trained_part = thaw(stage_architectures(parent.card.architecture)[1])
+        if trained_part != network_architecture(train_spec, network):
             raise DemoWeightsError(
                 f"--init-from {parent.ref}: its architecture differs from the network being trained"
             )
@@ -374,10 +458,21 @@ def train_demo_weights(
     training = phantom_cases(spec.name, seed=train_seed, cases=cases, profile=profile)
     log(f"[{spec.name}] generated {cases} training phantoms in {time.perf_counter() - start:.1f}s")
 
+    train_cases = [c for c, _ in training]
+    if stage1 is not None:
+        train_cases = refiner_cases(train_cases, stage1.settings, seed=seed)
+        log(
+            f"[{spec.name}] refiner: {len(train_cases)} cases cut to their truth box "
+            f"+ {stage1.settings.margin_mm:g} mm (+- {REFINER_JITTER_MM:g} mm per side)"
+        )
+
     torch.manual_seed(seed)
-    model = build_network(spec, network)
+    model = build_network(train_spec, network)
     if parent is not None:
-        model.load_state_dict(registry.load_state_dict(parent), strict=True)
+        weights = registry.load_state_dict(parent)
+        if stage1 is not None:
+            weights = split_state_dict(weights)[1]
+        model.load_state_dict(weights, strict=True)
         log(f"[{spec.name}] starting from {parent.ref} (sha256 {parent.card.weights_sha256[:12]})")
     try:
         config = TrainConfig(
@@ -385,7 +480,7 @@ def train_demo_weights(
             batch_size=batch_size,
             seed=seed,
             class_ratios=recipe.class_ratios,
-            crop_foreground=recipe.crop_foreground,
+            crop_foreground=recipe.crop_foreground and stage1 is None,  # a box is cropped
             balance_lesions=recipe.balance_lesions,
             precision=Precision(precision),
             thin_slab_probability=thin_slab_probability,
@@ -394,6 +489,8 @@ def train_demo_weights(
         raise DemoWeightsError(str(exc)) from exc
     if lr is not None:
         config = replace(config, lr=lr)
+    scored: nn.Module = model if stage1 is None else CascadeNetwork(stage1.network, model)
+    settings = None if stage1 is None else stage1.settings
     validation_seed = VALIDATION_PHANTOM_SEED + 1000 * seed
     validation = (
         PeriodicValidation(
@@ -402,6 +499,8 @@ def train_demo_weights(
             phantom_cases(spec.name, seed=validation_seed, cases=validate_cases, profile=profile),
             validate_every,
             log=log,
+            cascade=scored if isinstance(scored, CascadeNetwork) else None,
+            refiner=settings,
         )
         if validate_every > 0
         else None
@@ -424,8 +523,8 @@ def train_demo_weights(
         log(f"[{spec.name}] resuming from the checkpoint {checkpoint}")
     report: TrainReport = train(
         model,
-        spec,
-        [c for c, _ in training],
+        train_spec,
+        train_cases,
         config,
         on_step=_progress,
         checkpoint=None if checkpoint is None else Path(checkpoint),
@@ -438,7 +537,7 @@ def train_demo_weights(
         f"{report.resumed_from_step}), final loss {report.final_loss:.4f}, precision "
         f"{report.precision} ({report.precision_reason})"
     )
-    del training
+    del training, train_cases
     if validation is not None and validation.best_state is not None:
         model.load_state_dict(validation.best_state, strict=True)
         log(
@@ -453,7 +552,7 @@ def train_demo_weights(
         dice_text = " ".join(f"{k}={v:.3f}" for k, v in metrics.dice.items())
         log(f"[{spec.name}] eval case {number}: {dice_text} ({seconds:.1f}s)")
 
-    summary = evaluate_model(model, spec, fresh, on_case=_case)
+    summary = evaluate_model(scored, spec, fresh, on_case=_case, refiner=settings)
     log(summary.format_table())
     metrics = summary.as_metrics()
     metrics["train_steps"] = float(report.steps)
@@ -469,6 +568,8 @@ def train_demo_weights(
         if parent is None
         else f"Fine-tuned from {parent.ref} (weights sha256 {parent.card.weights_sha256}). "
     )
+    if stage1 is not None:
+        origin = stage1.describe() + origin
     training_data = (
         f"{origin}Synthetic phantoms only ({kinds}; profile {site.name!r}, spacing "
         f"{site.spacing_mm} mm, matrix {site.matrix}), {cases} cases, phantom seed "
@@ -489,6 +590,8 @@ def train_demo_weights(
             f"{validation.best_score:.4f})."
         )
     options = "" if profile is None else f" --profile {site.name}"
+    if stage1 is not None:
+        options += stage1.options()
     if parent is not None:
         options += f" --init-from {parent.card.version}"
     if lr is not None:
@@ -499,20 +602,32 @@ def train_demo_weights(
         options += f" --thin-slab-probability {thin_slab_probability:g}"
     if validation is not None:
         options += f" --validate-every {validate_every} --validate-cases {validate_cases}"
-    if network != recipe.network:
+    if network != (recipe.network if stage1 is None else stage1.network_default):
         options += f" --network {network.name} --filters {','.join(map(str, network.filters))}"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    architecture = network_architecture(train_spec, network)
+    preprocessing = preprocessing_for_task(spec)
+    parent_version = None if parent is None else parent.card.version
+    if stage1 is not None:
+        state = cascade_state_dict(stage1.network.state_dict(), state)
+        architecture = cascade_architecture(thaw(stage1.bundle.card.architecture), architecture)
+        preprocessing = {
+            **thaw(stage1.bundle.card.preprocessing),
+            REFINER_KEY: stage1.settings.to_dict(),
+        }
+        parent_version = parent_version or stage1.bundle.card.version
     bundle = registry.add(
         str(spec.name),
         version,
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        state,
         name=f"demo-{spec.name}",
         labels=labels_for_task(spec),
-        architecture=network_architecture(spec, network),
-        preprocessing=preprocessing_for_task(spec),
+        architecture=architecture,
+        preprocessing=preprocessing,
         intended_use=DEMO_INTENDED_USE,
         training_data=training_data,
         metrics=metrics,
-        parent_version=None if parent is None else parent.card.version,
+        parent_version=parent_version,
         source={
             "kind": "demo-weights",
             "command": (
@@ -527,6 +642,62 @@ def train_demo_weights(
     )
     log(f"[{spec.name}] wrote {bundle.path} in {time.perf_counter() - start:.0f}s total")
     return bundle
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage1:
+    """The registered one-stage model a two-stage model is built on (``--refine-from``)."""
+
+    bundle: ModelBundle
+    network: nn.Module
+    settings: RefinerSettings
+    network_default: NetworkConfig
+
+    @classmethod
+    def load(
+        cls,
+        registry: ModelRegistry,
+        spec: TaskSpec,
+        version: str,
+        settings: RefinerSettings | None,
+    ) -> _Stage1:
+        recipe = RECIPES[spec.name]
+        if recipe.refiner is None or recipe.refiner_network is None:
+            raise DemoWeightsError(f"--refine-from: task {spec.name} has no two-stage recipe")
+        try:
+            bundle = registry.get(str(spec.name), version)
+        except BundleNotFoundError as exc:
+            raise DemoWeightsError(
+                f"--refine-from {version}: no {spec.name} bundle of that version under "
+                f"{registry.root}"
+            ) from exc
+        if bundle.card.refiner is not None or bundle.card.bundle_pipeline is not None:
+            raise DemoWeightsError(
+                f"--refine-from {bundle.ref}: stage 1 must be a one-stage model of the task's "
+                "own pipeline"
+            )
+        network = registry.load_network(bundle)
+        for parameter in network.parameters():
+            parameter.requires_grad_(False)
+        return cls(bundle, network, settings or recipe.refiner, recipe.refiner_network)
+
+    def describe(self) -> str:
+        s = self.settings
+        return (
+            f"Two-stage model: stage 1 is {self.bundle.ref} (weights sha256 "
+            f"{self.bundle.card.weights_sha256}), unchanged; stage 2, the refiner, was trained "
+            f"here on a {'x'.join(f'{v:g}' for v in s.target_spacing_mm)} mm grid "
+            f"({'x'.join(map(str, s.patch_size))} patches) over the training phantoms cut to "
+            f"their truth box + {s.margin_mm:g} mm (+- {REFINER_JITTER_MM:g} mm per side). "
+        )
+
+    def options(self) -> str:
+        s = self.settings
+        return (
+            f" --refine-from {self.bundle.card.version}"
+            f" --refiner-spacing {','.join(f'{v:g}' for v in s.target_spacing_mm)}"
+            f" --refiner-patch {','.join(map(str, s.patch_size))} --margin-mm {s.margin_mm:g}"
+        )
 
 
 def eval_phantom_seed(seed: int) -> int:
@@ -610,7 +781,7 @@ def evaluate_bundle(
             dice_text = " ".join(f"{k}={v:.3f}" for k, v in metrics.dice.items())
             log(f"[{spec.name}] set {seed} case {number}: {dice_text} ({seconds:.1f}s)")
 
-        scored = score_cases(model, spec, fresh, on_case=_case)
+        scored = score_cases(model, spec, fresh, on_case=_case, refiner=bundle.card.refiner)
         del fresh
         every.extend(scored)
         sets[seed] = summarize(scored)
@@ -738,6 +909,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation phantoms (a seed of their own; with --validate-every)",
     )
     parser.add_argument(
+        "--refine-from",
+        default=None,
+        metavar="VERSION",
+        help=(
+            "train a two-stage model: this registered one-stage version is stage 1 (unchanged), "
+            "the network trained is stage 2, the refiner (docs/models.md)"
+        ),
+    )
+    parser.add_argument(
+        "--refiner-spacing",
+        default=None,
+        metavar="X,Y,Z",
+        help="with --refine-from: the refiner's grid in mm (default: the task's, 1,1,1.5)",
+    )
+    parser.add_argument(
+        "--refiner-patch",
+        default=None,
+        metavar="X,Y,Z",
+        help="with --refine-from: the refiner's patch size (default: the task's, 64,64,48)",
+    )
+    parser.add_argument(
+        "--margin-mm",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="with --refine-from: margin around stage 1's labels (default: the task's, 10)",
+    )
+    parser.add_argument(
         "--evaluate-only",
         action="store_true",
         help="do not train: evaluate the bundle already in --out on fresh phantoms",
@@ -772,7 +971,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.validate_every > 0) != (args.validate_cases > 0):
         parser.error("--validate-every and --validate-cases go together (both > 0)")
     try:
-        network = _network_from_args(args)
+        refiner = _refiner_from_args(args)
+    except SpecError as exc:
+        parser.error(f"--refiner-spacing/--refiner-patch/--margin-mm: {exc}")
+    try:
+        network = _network_from_args(args, refiner)
     except NetworkConfigError as exc:
         parser.error(f"--network/--filters: {exc}")
     seeds = _seeds_from_args(args, parser)
@@ -798,7 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--json is for --evaluate-only (appliance evaluate)")
     args.seed = seeds[0]
     try:
-        _train_from_args(args, profile, network)
+        _train_from_args(args, profile, network, refiner)
     except (DemoWeightsError, ProgressError) as exc:
         parser.error(str(exc))
     except TrainingError as exc:
@@ -824,10 +1027,43 @@ def _seeds_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     return seeds
 
 
-def _network_from_args(args: argparse.Namespace) -> NetworkConfig:
-    """``--network``/``--filters`` (each defaulting to the task recipe's) as a config
-    that fits the task's patch size."""
-    default = RECIPES[TaskName(args.task)].network
+def _refiner_from_args(args: argparse.Namespace) -> RefinerSettings | None:
+    """``--refiner-spacing``/``--refiner-patch``/``--margin-mm`` over the recipe's refiner
+    (None without ``--refine-from``; then they are refused)."""
+    given = [args.refiner_spacing, args.refiner_patch, args.margin_mm]
+    if args.refine_from is None:
+        if any(v is not None for v in given):
+            raise SpecError("they need --refine-from")
+        return None
+    base = RECIPES[TaskName(args.task)].refiner
+    if base is None:
+        raise SpecError(f"task {args.task} has no two-stage recipe")
+
+    def triple(text: str | None, current: tuple[Any, ...], kind: type) -> tuple[Any, ...]:
+        if text is None:
+            return current
+        try:
+            return tuple(kind(v) for v in str(text).split(","))
+        except ValueError as exc:
+            raise SpecError(f"{text!r} is not three comma-separated numbers") from exc
+
+    return RefinerSettings(
+        triple(args.refiner_spacing, base.target_spacing_mm, float),
+        triple(args.refiner_patch, base.patch_size, int),
+        base.margin_mm if args.margin_mm is None else args.margin_mm,
+    )
+
+
+def _network_from_args(
+    args: argparse.Namespace, refiner: RefinerSettings | None = None
+) -> NetworkConfig:
+    """``--network``/``--filters`` (each defaulting to the task recipe's, or with
+    ``--refine-from`` to its refiner's) as a config that fits the patch size."""
+    recipe = RECIPES[TaskName(args.task)]
+    default = recipe.network
+    spec = get_task(args.task)
+    if refiner is not None and recipe.refiner_network is not None:
+        default, spec = recipe.refiner_network, refiner_spec(spec, refiner)
     text = ",".join(map(str, default.filters)) if args.filters is None else str(args.filters)
     try:
         filters = tuple(int(f) for f in text.split(","))
@@ -838,12 +1074,15 @@ def _network_from_args(args: argparse.Namespace) -> NetworkConfig:
         network = default
     else:
         network = NetworkConfig(name=name, filters=filters)
-    build_network(get_task(args.task), network)  # MONAI's own checks, and the patch must fit
+    build_network(spec, network)  # MONAI's own checks, and the patch must fit
     return network
 
 
 def _train_from_args(
-    args: argparse.Namespace, profile: SiteProfile | None, network: NetworkConfig
+    args: argparse.Namespace,
+    profile: SiteProfile | None,
+    network: NetworkConfig,
+    refiner: RefinerSettings | None = None,
 ) -> None:
     with TrainingProgress(
         prefix=f"[{args.task}] ", stream=sys.stderr, log_path=args.log
@@ -874,6 +1113,8 @@ def _train_from_args(
             validate_every=args.validate_every,
             validate_cases=args.validate_cases,
             progress=progress,
+            refine_from=args.refine_from,
+            refiner=refiner,
         )
 
 

@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 import torch
 
+from models.cascade_spec import RefinerSettings
 from models.demo_weights import (
     PROFILES,
     RECIPES,
     DemoWeightsError,
     _network_from_args,
     build_parser,
+    evaluate_bundle,
     main,
     named_profile,
     train_demo_weights,
@@ -38,13 +40,13 @@ def _train(
     root: Path, version: str, *, network: NetworkConfig = TINY_NET, **kwargs: object
 ) -> None:
     options: dict[str, object] = {"cases": 1, "eval_cases": 1, "steps": 1, "batch_size": 1}
+    options["log"] = lambda _line: None
     train_demo_weights(
         TaskName.LIVER_CT,
         root,
         version=version,
         network=network,
         profile=TINY_CT,
-        log=lambda _line: None,
         **(options | kwargs),  # type: ignore[arg-type]
     )
 
@@ -386,3 +388,67 @@ def test_evaluate_on_several_seeds_prints_each_set_and_the_combined_figures(
             main([*common, *bad])
         assert exit_info.value.code == 2
         assert says in capsys.readouterr().err
+
+
+#: a refiner small enough for a test: 3 levels (DynUNet's least), stride-1 first level
+TINY_REFINER_NET = NetworkConfig(name=Architecture.DYNUNET, filters=(4, 8, 8))
+TINY_REFINER = RefinerSettings((4.0, 4.0, 4.0), (32, 32, 32), 8.0)
+
+
+def test_a_two_stage_model_trains_its_refiner_on_a_registered_locator(tmp_path: Path) -> None:
+    _train(tmp_path, "0.1.0")
+    locator = ModelRegistry(tmp_path).get("liver_ct", "0.1.0")
+    lines: list[str] = []
+    options: dict[str, Any] = {"refine_from": "0.1.0", "refiner": TINY_REFINER}
+    options |= {"validate_every": 1, "validate_cases": 1, "steps": 2}
+    _train(tmp_path, "0.3.0", network=TINY_REFINER_NET, log=lines.append, **options)
+    registry = ModelRegistry(tmp_path)
+    bundle = registry.get("liver_ct", "0.3.0")
+    card = bundle.card
+    assert card.refiner == TINY_REFINER and card.parent_version == "0.1.0"
+    assert card.architecture["network"] == "Cascade"
+    assert card.architecture["kwargs"]["locator"] == locator.card.architecture
+    assert card.architecture["kwargs"]["refiner"]["network"] == "DynUNet"
+    # stage 1 is the registered locator, bit for bit; the refiner was trained
+    weights, stage1 = registry.load_state_dict(bundle), registry.load_state_dict(locator)
+    assert all(torch.equal(weights[f"locator.{k}"], v) for k, v in stage1.items())
+    assert any(k.startswith("refiner.") for k in weights)
+    assert "Two-stage model: stage 1 is liver_ct/0.1.0" in card.training_data
+    assert " --refine-from 0.1.0 --refiner-spacing 4,4,4 --refiner-patch 32,32,32 " in (
+        card.source["command"] + " "
+    )
+    assert card.source["command"].endswith(
+        "--margin-mm 8 --validate-every 1 --validate-cases 1 --network dynunet --filters 4,8,8"
+    )
+    assert sum("validation at step" in line for line in lines) == 2
+    assert any("cut to their truth box" in line for line in lines)
+    # evaluate runs both stages; the card's metrics came from the same path
+    result = evaluate_bundle(
+        "liver_ct", tmp_path, version="0.3.0", eval_cases=1, profile=TINY_CT, log=lines.append
+    )
+    assert result.combined.cases == 1
+    # fine-tuning a refiner starts from a two-stage version, and only from one
+    _train(tmp_path, "0.3.1", network=TINY_REFINER_NET, init_from="0.3.0", **options)
+    assert registry.get("liver_ct", "0.3.1").card.parent_version == "0.3.0"
+    with pytest.raises(DemoWeightsError, match="must be a two-stage version"):
+        _train(tmp_path, "0.3.2", network=TINY_REFINER_NET, init_from="0.1.0", **options)
+    with pytest.raises(DemoWeightsError, match="stage 1 must be a one-stage model"):
+        _train(tmp_path, "0.3.3", network=TINY_REFINER_NET, **{**options, "refine_from": "0.3.0"})
+
+
+def test_cli_refiner_options_need_refine_from_and_valid_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--task", "liver_ct", "--out", str(tmp_path)]
+    for bad, says in (
+        (["--margin-mm", "5"], "they need --refine-from"),
+        (["--refine-from", "0.1.0", "--refiner-patch", "64,64,40"], "multiples of 16"),
+        (["--refine-from", "0.1.0", "--refiner-spacing", "1,x,1"], "three comma-separated"),
+        (["--refine-from", "0.1.0", "--margin-mm", "-1"], "margin_mm"),
+        (["--task", "glioma_mr", "--refine-from", "0.1.0"], "no two-stage recipe"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*base, *bad])
+        assert exit_info.value.code == 2
+        assert says in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
