@@ -22,7 +22,8 @@ What varies, per case:
 - ``deform_mm``: a smooth random displacement field (plane waves of wavelengths in
   ``deform_wavelength_mm``, amplitude up to ``deform_mm``) applied to the points at
   which the anatomy is sampled, so every organ's shape bends a little - the image and
-  the truth alike;
+  the truth alike (a lesion's ``centre_lps`` in the truth stays the undeformed one, at
+  most ``deform_mm`` from where it is drawn);
 - ``noise_gain``: the profile's noise sigma scaled by ``uniform(*noise_gain)``.
 
 Not random but part of the same rendering: ``slice_samples`` (odd) averages the image

@@ -27,6 +27,14 @@ the anatomy come first and never depend on the grid, the contrast phase or the M
 sequence; only the noise, drawn last, does. So one seed gives one patient: the same
 anatomy at every site grid, in every CT phase and in every MR sequence.
 
+Two profile fields, off by default (and then drawing nothing), make the phantoms look
+more like patients: ``variation`` (:mod:`models.phantom_variation`: per-case tissue
+intensities, bias field, blur, smooth deformation, noise level, slice profile; drawn
+after the anatomy, before the noise, never depending on the grid) and
+``detailed_anatomy`` (:mod:`models.phantom_anatomy`: liver vessel tree and textured
+lesions; scalp fat, skull marrow, dura and vessels). Named profiles that use them are in
+:mod:`models.phantom_profiles`.
+
 Intensities are in phantom units before a profile's scanner calibration: HU for CT, and
 for MR units in which normal white matter is about 1000 on T1C. The stored int16 image
 is, clipped to CT -1024..3071 or MR 0..32767:
