@@ -160,7 +160,7 @@ class Tissue(IntEnum):
     STOMACH = 6
     LUNG = 7
     BONE = 8
-    MARROW = 9
+    MARROW = 9  # also the skull's diploe in the detailed MR head
     DISC = 10
     CANAL = 11
     KIDNEY_CORTEX = 12
@@ -187,7 +187,7 @@ class Tissue(IntEnum):
     NECROTIC = 39
     SCALP_FAT = 40  # detailed anatomy: subcutaneous fat of the scalp
     DURA = 41  # detailed anatomy: enhancing on T1C
-    VESSEL = 42  # detailed anatomy: scalp vessels and dural sinus (MR); MR skull marrow: MARROW
+    VESSEL = 42  # detailed anatomy: scalp vessels and the dural sinus (MR)
 
 
 _LIVER_TISSUES: Final = frozenset({Tissue.LIVER, Tissue.HEPATIC_VESSEL})
