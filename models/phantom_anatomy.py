@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 import numpy as np
@@ -136,26 +137,22 @@ def _branch(
         _branch(rng, add, origin, tip, r1, values, depth - 1)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
 class LiverLesion:
     """What :func:`add_liver_lesion` needs of one placed lesion (local mm, no scaling)."""
 
-    __slots__ = ("diameter", "index", "inner", "outer", "position", "radii", "rotation", "tumour")
+    index: int
+    tumour: _Shape
+    position: np.ndarray
+    radii: np.ndarray
+    rotation: np.ndarray
+    diameter: float
+    outer: Values
+    inner: Values
 
-    def __init__(
-        self,
-        *,
-        index: int,
-        tumour: _Shape,
-        position: np.ndarray,
-        radii: np.ndarray,
-        rotation: np.ndarray,
-        diameter: float,
-        outer: Values,
-        inner: Values,
-    ) -> None:
-        self.index, self.tumour, self.position = index, tumour, position
-        self.radii, self.rotation, self.diameter = radii, rotation, diameter
-        self.outer, self.inner = outer, inner
+    def __post_init__(self) -> None:
+        if self.diameter <= 0:
+            raise ValueError("a lesion's diameter must be positive")
 
 
 def add_liver_lesion(
