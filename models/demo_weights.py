@@ -95,6 +95,7 @@ from .networks import (
     build_network,
     network_architecture,
 )
+from .phantom_profiles import CT_REALISTIC, CT_VARIED, MR_BRATS_VARIED, MR_THICK, MR_VARIED
 from .phantoms import (
     CT_DEFAULT,
     CT_FINE,
@@ -185,11 +186,13 @@ RECIPES: dict[TaskName, DemoRecipe] = {
 }
 
 
-#: Phantom profiles ``--profile`` may name, per task (the recipe's own comes first).
+#: Phantom profiles ``--profile`` may name, per task (the recipe's own comes first). The
+#: ``*_varied`` ones randomise each case widely for training, ``ct_realistic`` and
+#: ``mr_thick`` are harder evaluation sets (see :mod:`models.phantom_profiles`).
 PROFILES: dict[TaskName, tuple[SiteProfile, ...]] = {
-    TaskName.LIVER_CT: (CT_DEFAULT, CT_FINE),
-    TaskName.GLIOMA_MR: (MR_DEFAULT,),
-    TaskName.GLIOMA_BRATS: (MR_BRATS,),
+    TaskName.LIVER_CT: (CT_DEFAULT, CT_FINE, CT_VARIED, CT_REALISTIC),
+    TaskName.GLIOMA_MR: (MR_DEFAULT, MR_VARIED, MR_THICK),
+    TaskName.GLIOMA_BRATS: (MR_BRATS, MR_BRATS_VARIED),
 }
 
 

@@ -27,6 +27,14 @@ the anatomy come first and never depend on the grid, the contrast phase or the M
 sequence; only the noise, drawn last, does. So one seed gives one patient: the same
 anatomy at every site grid, in every CT phase and in every MR sequence.
 
+Two profile fields, off by default (and then drawing nothing), make the phantoms look
+more like patients: ``variation`` (:mod:`models.phantom_variation`: per-case tissue
+intensities, bias field, blur, smooth deformation, noise level, slice profile; drawn
+after the anatomy, before the noise, never depending on the grid) and
+``detailed_anatomy`` (:mod:`models.phantom_anatomy`: liver vessel tree and textured
+lesions; scalp fat, skull marrow, dura and vessels). Named profiles that use them are in
+:mod:`models.phantom_profiles`.
+
 Intensities are in phantom units before a profile's scanner calibration: HU for CT, and
 for MR units in which normal white matter is about 1000 on T1C. The stored int16 image
 is, clipped to CT -1024..3071 or MR 0..32767:
@@ -48,6 +56,8 @@ from types import MappingProxyType
 from typing import Final
 
 import numpy as np
+
+from .phantom_variation import NO_VARIATION, Variation, VariationDraw
 
 __all__ = [
     "AXIAL",
@@ -150,7 +160,7 @@ class Tissue(IntEnum):
     STOMACH = 6
     LUNG = 7
     BONE = 8
-    MARROW = 9
+    MARROW = 9  # also the skull's diploe in the detailed MR head
     DISC = 10
     CANAL = 11
     KIDNEY_CORTEX = 12
@@ -164,6 +174,7 @@ class Tissue(IntEnum):
     GALLBLADDER = 20
     TUMOUR = 21
     TUMOUR_NECROSIS = 22  # part of the liver tumour label
+    CALCIFICATION = 23  # in a liver tumour (detailed anatomy); part of its label
     SCALP = 30
     SKULL = 31
     CSF = 32
@@ -174,10 +185,15 @@ class Tissue(IntEnum):
     OEDEMA = 37
     ENHANCING = 38
     NECROTIC = 39
+    SCALP_FAT = 40  # detailed anatomy: subcutaneous fat of the scalp
+    DURA = 41  # detailed anatomy: enhancing on T1C
+    VESSEL = 42  # detailed anatomy: scalp vessels and the dural sinus (MR)
 
 
 _LIVER_TISSUES: Final = frozenset({Tissue.LIVER, Tissue.HEPATIC_VESSEL})
-_LIVER_TUMOUR_TISSUES: Final = frozenset({Tissue.TUMOUR, Tissue.TUMOUR_NECROSIS})
+_LIVER_TUMOUR_TISSUES: Final = frozenset(
+    {Tissue.TUMOUR, Tissue.TUMOUR_NECROSIS, Tissue.CALCIFICATION}
+)
 _PARENCHYMA: Final = frozenset({Tissue.GREY_MATTER, Tissue.WHITE_MATTER, Tissue.DEEP_GREY})
 _GLIOMA_TISSUES: Final = frozenset({Tissue.OEDEMA, Tissue.ENHANCING, Tissue.NECROTIC})
 _BRAIN_TISSUES: Final = _PARENCHYMA | _GLIOMA_TISSUES | {Tissue.VENTRICLE}
@@ -228,18 +244,23 @@ class LesionDistribution:
     For the CT phantom these are liver tumours; for the MR phantom the glioma's tumour
     core (enhancing rim plus necrosis; oedema extends beyond it). Lesions that cannot be
     placed inside their organ after many tries are left out and not listed as truth.
+    ``isodense_fraction`` (CT) is the chance that a liver lesion is near-isodense: within
+    a few HU of the liver (:data:`models.phantom_anatomy.ISODENSE_DELTA_HU`).
     """
 
     min_diameter_mm: float = 5.0
     max_diameter_mm: float = 40.0
     min_count: int = 1
     max_count: int = 4
+    isodense_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.min_diameter_mm <= self.max_diameter_mm:
             raise ValueError("need 0 < min_diameter_mm <= max_diameter_mm")
         if not 0 <= self.min_count <= self.max_count:
             raise ValueError("need 0 <= min_count <= max_count")
+        if not 0 <= self.isodense_fraction <= 1:
+            raise ValueError("isodense_fraction must be in [0, 1]")
 
     def draw_count(self, rng: np.random.Generator) -> int:
         return int(rng.integers(self.min_count, self.max_count + 1))
@@ -268,6 +289,13 @@ class SiteProfile:
       field within ``exp(+-bias_field)``) apply to one modality each.
     - ``anatomy_scale`` scales the patient (1 is an adult).
     - ``seed`` seeds :meth:`rng`; case ``k`` of a site is ``profile.rng(k)``.
+    - ``detailed_anatomy`` adds the anatomy of :mod:`models.phantom_anatomy` (CT: liver
+      vessel tree, textured lesions; MR: scalp fat, skull marrow, dura, vessels).
+    - ``variation`` randomises each case (:class:`models.phantom_variation.Variation`:
+      tissue intensities, bias field, blur, deformation, noise; slice profile).
+
+    The defaults of the last two change nothing and draw nothing, so a profile without
+    them makes the same phantoms as before they existed.
     """
 
     name: str = "default"
@@ -284,6 +312,8 @@ class SiteProfile:
     centre_offset_mm: Vec3 = (0.0, 0.0, 0.0)
     anatomy_scale: float = 1.0
     seed: int = 0
+    detailed_anatomy: bool = False
+    variation: Variation = NO_VARIATION
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -311,6 +341,8 @@ class SiteProfile:
             raise ValueError("bias_field must be in [0, 1)")
         if self.anatomy_scale <= 0:
             raise ValueError("anatomy_scale must be positive")
+        if not isinstance(self.variation, Variation):
+            raise ValueError("variation must be a models.phantom_variation.Variation")
 
     @property
     def normal(self) -> np.ndarray:
@@ -510,6 +542,8 @@ class Lesion:
     axes_mm: Vec3
     voxels: int
     volume_ml: float
+    #: a near-isodense liver lesion (see ``LesionDistribution.isodense_fraction``)
+    isodense: bool = False
 
     @property
     def equivalent_diameter_mm(self) -> float:
@@ -864,6 +898,7 @@ class _LesionSpec:
     diameter_mm: float
     axes_mm: Vec3
     extent_mm: float  # no part of the lesion lies farther than this from its centre
+    isodense: bool = False
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -898,9 +933,12 @@ class _Canvas:
         self.tissues = np.zeros(self.shape, dtype=np.uint8)
         self.lesion_map = np.zeros(self.shape, dtype=np.uint8)  # lesion index + 1
         self.inv_edge = np.float32(1.0 / float(np.prod(profile.spacing_mm) ** (1.0 / 3.0)))
+        self.margin_mm = 0.0  # how far a deformation may move a shape from its bounds
 
     def block(self, shape: _Shape) -> tuple[slice, slice, slice] | None:
         lo, hi = shape.bounds()
+        if self.margin_mm > 0:
+            lo, hi = lo - self.margin_mm, hi + self.margin_mm
         lo, hi = np.clip(lo, -_BIG, _BIG), np.clip(hi, -_BIG, _BIG)
         corners = np.array(
             [[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
@@ -940,11 +978,61 @@ class _Canvas:
             np.copyto(self.lesion_map[where], np.uint8(layer.lesion + 1), where=inside)
 
 
-def _paint_all(canvas: _Canvas, anatomy: _Anatomy, condition: str) -> None:
+def _paint_all(
+    canvas: _Canvas,
+    anatomy: _Anatomy,
+    condition: str,
+    draw: VariationDraw | None = None,
+    *,
+    additive: bool = True,
+) -> None:
     if len(anatomy.lesions) > 254:
         raise ValueError("at most 254 lesions per phantom")
     for layer in anatomy.layers:
-        canvas.paint(layer, float(layer.values[condition]))
+        value = float(layer.values[condition])
+        if draw is not None:
+            value = draw.value(int(layer.tissue), condition, value, additive=additive)
+        canvas.paint(layer, value)
+
+
+def _render(
+    profile: SiteProfile,
+    anatomy: _Anatomy,
+    condition: str,
+    draw: VariationDraw | None,
+    *,
+    background: float,
+    additive: bool,
+) -> _Canvas:
+    """Paint the anatomy on the profile's grid: deformed, averaged over the slice profile
+    and blurred as ``draw`` and ``profile.variation`` say (the truth stays sharp)."""
+
+    def canvas_at(fraction: float) -> _Canvas:
+        canvas = _Canvas(profile, anatomy.to_lps, background)
+        index_to_local = canvas.index_to_local.copy()
+        if fraction != 0.0:
+            step = canvas.index_to_local[:3, 0] * fraction
+            index_to_local[:3, 3] += step
+            for axis in range(3):
+                canvas.coords[axis][...] += np.float32(step[axis])
+        if draw is not None:
+            draw.displace(canvas.coords, index_to_local)
+            canvas.margin_mm = draw.deform_mm
+        _paint_all(canvas, anatomy, condition, draw, additive=additive)
+        return canvas
+
+    canvas = canvas_at(0.0)
+    samples = profile.variation.slice_samples
+    if samples > 1:
+        total = canvas.image.copy()
+        for k in range(samples):
+            fraction = (k + 0.5) / samples - 0.5
+            if k != samples // 2:
+                total += canvas_at(fraction).image
+        canvas.image = total * np.float32(1.0 / samples)
+    if draw is not None:
+        canvas.image = draw.blur(canvas.image, profile.spacing_mm)
+    return canvas
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -1260,6 +1348,7 @@ def _abdomen(rng: np.random.Generator, profile: SiteProfile) -> _Anatomy:
     hilum = np.array([-45.0, 5.0, 32.0]) + rng.uniform(-5, 5, 3)
     ivc_top = np.array([-25.0, -12.0, 87.0])
     only_liver = frozenset({Tissue.LIVER})
+    trunks: list[tuple[np.ndarray, np.ndarray, float, Values]] = []
     for a, b, r0, r1, values in (
         ((-18.0, 5.0, 7.0), hilum, 7.0, 6.0, _PORTAL_VEIN),
         (hilum, (-95.0, 10.0, 27.0), 5.0, 3.0, _PORTAL_VEIN),
@@ -1275,6 +1364,12 @@ def _abdomen(rng: np.random.Generator, profile: SiteProfile) -> _Anatomy:
             values=_enhanced(values, enhancement),
             allowed=only_liver,
         )
+        trunks.append((np.asarray(a, dtype=float), end, r1, _enhanced(values, enhancement)))
+    detailed = profile.detailed_anatomy
+    if detailed:
+        from . import phantom_anatomy  # imported here: it builds on this module's shapes
+
+        phantom_anatomy.add_liver_vessel_tree(rng, add, trunks)
     if gallbladder is not None:
         add(gallbladder, Tissue.GALLBLADDER, texture=tex(2.0))
 
@@ -1307,11 +1402,42 @@ def _abdomen(rng: np.random.Generator, profile: SiteProfile) -> _Anatomy:
         position, diameter = placed
         radii = ratios * diameter / 2.0
         index = len(specs)
+        fraction = profile.lesions.isodense_fraction
+        isodense = fraction > 0 and bool(rng.uniform() < fraction)
         specs.append(
-            _LesionSpec(kind, position, diameter, _vec3(2.0 * radii), _extent(ratios, diameter))
+            _LesionSpec(
+                kind,
+                position,
+                diameter,
+                _vec3(2.0 * radii),
+                _extent(ratios, diameter),
+                isodense,
+            )
         )
         tumour = _Wavy(_Ellipsoid(position, radii, rot), _LESION_WAVINESS * diameter, waves)
         outer, inner = _TUMOUR_HU[kind]
+        if detailed or isodense:
+            from . import phantom_anatomy  # imported here: it builds on this module's shapes
+
+            phantom_anatomy.add_liver_lesion(
+                rng,
+                add,
+                phantom_anatomy.LiverLesion(
+                    index=index,
+                    tumour=tumour,
+                    position=position,
+                    radii=radii,
+                    rotation=rot,
+                    diameter=diameter,
+                    outer=_enhanced(outer, enhancement, shift),
+                    inner=_enhanced(inner, enhancement, shift),
+                ),
+                liver=hu(Tissue.LIVER),
+                necrosis=_NECROSIS,
+                isodense=isodense,
+                allowed=_LIVER_TISSUES,
+            )
+            continue
         add(
             tumour,
             Tissue.TUMOUR,
@@ -1420,6 +1546,13 @@ _MR_VALUES: Final[Mapping[Tissue, Values]] = MappingProxyType(
         Tissue.OEDEMA: _seq(760, 1650, 720, 1600),
         Tissue.ENHANCING: _seq(1550, 1350, 780, 1250),
         Tissue.NECROTIC: _seq(320, 1150, 420, 1900),
+        # detailed anatomy (models.phantom_anatomy): fat bright on T1 with or without
+        # gadolinium; fatty marrow a little less; dura and vessels enhance on T1C, the
+        # vessels are flow voids otherwise
+        Tissue.SCALP_FAT: _seq(1500, 1150, 1500, 1300),
+        Tissue.MARROW: _seq(1250, 900, 1250, 1000),
+        Tissue.DURA: _seq(1450, 600, 550, 500),
+        Tissue.VESSEL: _seq(1700, 250, 350, 200),
     }
 )
 
@@ -1476,6 +1609,10 @@ def _brain(rng: np.random.Generator, profile: SiteProfile) -> _Anatomy:
         texture=tex(15.0),
     )
     add(_Intersection([_Offset(envelope, 3.0), _Offset(head, -9.0)]), Tissue.CSF, texture=tex(10.0))
+    if profile.detailed_anatomy:
+        from . import phantom_anatomy  # imported here: it builds on this module's shapes
+
+        phantom_anatomy.add_head_detail(rng, add, head, envelope, tex)
     brain = _Intersection([envelope, _Offset(head, -11.0)])
     add(brain, Tissue.GREY_MATTER, texture=tex(15.0))
     gyri = _random_waves(rng, 4, (18.0, 30.0))
@@ -1603,8 +1740,10 @@ def _finish(
     *,
     rician: bool,
     value_range: tuple[float, float],
+    draw: VariationDraw | None = None,
 ) -> np.ndarray:
-    sigma = np.float32(profile.noise_sigma)
+    gain = 1.0 if draw is None else draw.noise_gain
+    sigma = np.float32(profile.noise_sigma * gain)
     if rician:
         if sigma > 0:
             real = signal + sigma * rng.standard_normal(signal.shape, dtype=np.float32)
@@ -1650,6 +1789,7 @@ def _lesion_truth(anatomy: _Anatomy, lesion_map: np.ndarray, voxel_ml: float) ->
                 axes_mm=spec.axes_mm,
                 voxels=voxels,
                 volume_ml=voxels * voxel_ml,
+                isodense=spec.isodense,
             )
         )
     return tuple(out)
@@ -1679,15 +1819,20 @@ def abdominal_ct_phantom(
     """
     rng = profile.rng() if rng is None else rng
     anatomy = _abdomen(rng, profile)
-    canvas = _Canvas(profile, anatomy.to_lps, background=-1000.0)
-    _paint_all(canvas, anatomy, profile.contrast_phase.value)
+    draw = _variation_draw(profile, rng, _CT_CONDITIONS, _CT_FOLLOWS)
+    canvas = _render(
+        profile, anatomy, profile.contrast_phase.value, draw, background=-1000.0, additive=True
+    )
+    field_hu = _variation_bias(canvas, draw)
+    if field_hu is not None:
+        canvas.image += field_hu
     tissues = canvas.tissues
     labels = np.zeros(tissues.shape, dtype=np.uint8)
     labels[_in(tissues, _LIVER_TISSUES)] = 1
     tumour = _in(tissues, _LIVER_TUMOUR_TISSUES)
     labels[tumour] = 2
     lesion_map = np.where(tumour, canvas.lesion_map, np.uint8(0))
-    image = _finish(profile, canvas.image, rng, rician=False, value_range=_CT_RANGE)
+    image = _finish(profile, canvas.image, rng, rician=False, value_range=_CT_RANGE, draw=draw)
     voxel_ml = float(abs(np.linalg.det(canvas.affine[:3, :3]))) / 1000.0
     return Phantom(
         image=image,
@@ -1719,13 +1864,16 @@ def brain_mr_phantom(
     sequence = MRSequence(sequence)
     rng = profile.rng() if rng is None else rng
     anatomy = _brain(rng, profile)
-    canvas = _Canvas(profile, anatomy.to_lps, background=0.0)
-    _paint_all(canvas, anatomy, sequence.value)
+    draw = _variation_draw(profile, rng, _MR_CONDITIONS, None)
+    canvas = _render(profile, anatomy, sequence.value, draw, background=0.0, additive=False)
     tissues = canvas.tissues
     signal = canvas.image
     if profile.bias_field > 0:
         signal *= _bias_field(canvas, anatomy.bias, profile.bias_field)
-    image = _finish(profile, signal, rng, rician=True, value_range=_MR_RANGE)
+    field = _variation_bias(canvas, draw)
+    if field is not None:
+        signal *= np.exp(field)
+    image = _finish(profile, signal, rng, rician=True, value_range=_MR_RANGE, draw=draw)
     labels = _in(tissues, _GLIOMA_TISSUES).astype(np.uint8)
     lesion_map = np.where(labels > 0, canvas.lesion_map, np.uint8(0))
     masks = {
@@ -1779,6 +1927,7 @@ def brats_mr_study(
     """
     rng = profile.rng() if rng is None else rng
     anatomy = _brain(rng, profile)
+    draw = _variation_draw(profile, rng, _MR_CONDITIONS, None)
     bias = (
         None
         if profile.bias_field <= 0
@@ -1789,12 +1938,14 @@ def brats_mr_study(
     images: list[np.ndarray] = []
     canvas: _Canvas | None = None
     for name in BRATS_CHANNELS:
-        canvas = _Canvas(profile, anatomy.to_lps, background=0.0)
-        _paint_all(canvas, anatomy, name)
+        canvas = _render(profile, anatomy, name, draw, background=0.0, additive=False)
         signal = canvas.image
         if bias is not None:
             signal *= bias
-        images.append(_finish(profile, signal, rng, rician=True, value_range=_MR_RANGE))
+        field = _variation_bias(canvas, draw)
+        if field is not None:
+            signal *= np.exp(field)
+        images.append(_finish(profile, signal, rng, rician=True, value_range=_MR_RANGE, draw=draw))
     assert canvas is not None
     tissues = canvas.tissues
     brain = _in(tissues, _BRAIN_TISSUES)
@@ -1827,6 +1978,32 @@ def brats_mr_study(
         body_part="HEAD",
         label_names=BRATS_TISSUE_LABELS,
     )
+
+
+_CT_CONDITIONS: Final = tuple(phase.value for phase in ContrastPhase)
+_MR_CONDITIONS: Final = tuple(sequence.value for sequence in MRSequence)
+#: Lesion tissues take the liver's random HU shift plus their own.
+_CT_FOLLOWS: Final[Mapping[int, int]] = MappingProxyType(
+    {int(t): int(Tissue.LIVER) for t in _LIVER_TUMOUR_TISSUES}
+)
+
+
+def _variation_draw(
+    profile: SiteProfile,
+    rng: np.random.Generator,
+    conditions: Sequence[str],
+    follows: Mapping[int, int] | None,
+) -> VariationDraw | None:
+    """This case's draw of the profile's variation, after the anatomy; None (and nothing
+    drawn) where the profile randomises nothing."""
+    if not profile.variation.random:
+        return None
+    return profile.variation.draw(rng, conditions, follows)
+
+
+def _variation_bias(canvas: _Canvas, draw: VariationDraw | None) -> np.ndarray | None:
+    """The case's random bias field on the canvas (None: none)."""
+    return None if draw is None else draw.bias_field(canvas.index_to_local, canvas.shape)
 
 
 def _bias_field(canvas: _Canvas, coefficients: np.ndarray, strength: float) -> np.ndarray:

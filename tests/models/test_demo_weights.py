@@ -60,9 +60,9 @@ def test_profiles_by_name() -> None:
         CT_FINE.spacing_mm, CT_DEFAULT.spacing_mm, CT_FINE.matrix, CT_DEFAULT.matrix, strict=True
     ):
         assert abs(fine * n - default * d) <= fine
-    with pytest.raises(DemoWeightsError, match="ct_default, ct_fine"):
+    with pytest.raises(DemoWeightsError, match="ct_default, ct_fine, ct_varied, ct_realistic"):
         named_profile("liver_ct", "ct_coarse")
-    assert [p.name for p in PROFILES[TaskName.GLIOMA_MR]] == ["mr_default"]
+    assert [p.name for p in PROFILES[TaskName.GLIOMA_MR]] == ["mr_default", "mr_varied", "mr_thick"]
 
 
 def test_cli_refuses_an_unknown_profile_and_a_bad_lr(
@@ -179,7 +179,7 @@ def test_glioma_brats_defaults_to_a_small_network() -> None:
     assert _network_from_args(args) == network
     args = build_parser().parse_args(["--task", "liver_ct", "--out", "x"])
     assert _network_from_args(args) == DEFAULT_NETWORK
-    assert [p.name for p in PROFILES[TaskName.GLIOMA_BRATS]] == ["mr_brats"]
+    assert [p.name for p in PROFILES[TaskName.GLIOMA_BRATS]] == ["mr_brats", "mr_brats_varied"]
 
 
 class _Crash(RuntimeError):
