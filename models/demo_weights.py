@@ -391,6 +391,8 @@ def train_demo_weights(
     progress: Callable[[StepInfo], None] | None = None,
     refine_from: str | None = None,
     refiner: RefinerSettings | None = None,
+    eval_profile: SiteProfile | None = None,
+    eval_seeds: Sequence[int] | None = None,
 ) -> ModelBundle:
     """Generate phantoms, train, evaluate on fresh phantoms, register the bundle
     ``task/version`` under ``out_registry_root`` (see the module docstring).
@@ -417,6 +419,11 @@ def train_demo_weights(
     ``network`` defaults to the recipe's refiner network, ``init_from`` must then name a
     two-stage version whose refiner starts the training; validation and evaluation run
     both stages. The bundle holds both (one card, one weights file).
+
+    ``eval_profile``/``eval_seeds``: the final evaluation's phantom profile (default: the
+    training profile) and evaluation sets (default: the training seed's set), each of
+    ``eval_cases`` phantoms; the card records the figures of all sets together
+    (:func:`evaluate_sets`).
     """
     if validate_every < 0 or validate_cases < 0:
         raise DemoWeightsError("--validate-every and --validate-cases must be >= 0")
@@ -458,6 +465,11 @@ def train_demo_weights(
             )
     start = time.perf_counter()
     train_seed = TRAIN_PHANTOM_SEED + 1000 * seed
+    if eval_seeds is not None and train_seed in {eval_phantom_seed(e) for e in eval_seeds}:
+        raise DemoWeightsError(
+            f"--eval-seeds {','.join(map(str, eval_seeds))}: a set would be the training "
+            f"phantoms (seed {train_seed}); pick others"
+        )
     training = phantom_cases(spec.name, seed=train_seed, cases=cases, profile=profile)
     log(f"[{spec.name}] generated {cases} training phantoms in {time.perf_counter() - start:.1f}s")
 
@@ -548,16 +560,19 @@ def train_demo_weights(
             f"(validation score {validation.best_score:.4f})"
         )
 
-    eval_seed = EVAL_PHANTOM_SEED + 1000 * seed
-    fresh = phantom_cases(spec.name, seed=eval_seed, cases=eval_cases, profile=profile)
-
-    def _case(number: int, metrics: CaseMetrics, seconds: float) -> None:
-        dice_text = " ".join(f"{k}={v:.3f}" for k, v in metrics.dice.items())
-        log(f"[{spec.name}] eval case {number}: {dice_text} ({seconds:.1f}s)")
-
-    summary = evaluate_model(scored, spec, fresh, on_case=_case, refiner=settings)
-    log(summary.format_table())
-    metrics = summary.as_metrics()
+    sets_seeds = [seed] if eval_seeds is None else list(eval_seeds)
+    eval_site = eval_profile if eval_profile is not None else profile
+    evaluation = evaluate_sets(
+        scored,
+        spec,
+        f"{spec.name}/{version}",
+        seeds=sets_seeds,
+        eval_cases=eval_cases,
+        profile=eval_site,
+        log=log,
+        refiner=settings,
+    )
+    metrics = evaluation.combined.as_metrics()
     metrics["train_steps"] = float(report.steps)
     metrics["train_seconds"] = round(report.seconds, 1)
     metrics["train_final_loss"] = report.final_loss
@@ -576,8 +591,8 @@ def train_demo_weights(
     training_data = (
         f"{origin}Synthetic phantoms only ({kinds}; profile {site.name!r}, spacing "
         f"{site.spacing_mm} mm, matrix {site.matrix}), {cases} cases, phantom seed "
-        f"{train_seed}; no patient data. Metrics: {eval_cases} fresh phantoms (seed "
-        f"{eval_seed}), via models.inference.segment with post-processing. Trained with "
+        f"{train_seed}; no patient data. Metrics: {_sets_text(evaluation, sets_seeds)}, "
+        "through the clinical inference path with post-processing. Trained with "
         f"models.training.train: {steps} steps x {batch_size} patches, seed {seed}, "
         f"initial learning rate {config.lr:g}, "
         f"class ratios {recipe.class_ratios}"
@@ -593,6 +608,10 @@ def train_demo_weights(
             f"{validation.best_score:.4f})."
         )
     options = "" if profile is None else f" --profile {site.name}"
+    if eval_profile is not None:
+        options += f" --eval-profile {eval_profile.name}"
+    if eval_seeds is not None:
+        options += f" --eval-seeds {','.join(map(str, eval_seeds))}"
     if stage1 is not None:
         options += stage1.options()
     if parent is not None:
@@ -703,6 +722,15 @@ class _Stage1:
         )
 
 
+def _sets_text(evaluation: SetsEvaluation, seeds: Sequence[int]) -> str:
+    sets = ", ".join(str(eval_phantom_seed(s)) for s in seeds)
+    return (
+        f"{len(seeds) * evaluation.cases_per_set} fresh phantoms of profile "
+        f"{evaluation.profile!r} ({len(seeds)} set(s) of {evaluation.cases_per_set}, "
+        f"phantom seed(s) {sets}; 95 % intervals by bootstrap over cases)"
+    )
+
+
 def eval_phantom_seed(seed: int) -> int:
     """The phantom generator's seed of evaluation set ``seed`` (never a training seed)."""
     return EVAL_PHANTOM_SEED + 1000 * seed
@@ -772,6 +800,37 @@ def evaluate_bundle(
     if bundle is None:
         raise FileNotFoundError(f"no bundle for {spec.name} under {registry_root}")
     model = registry.load_network(bundle)
+    return evaluate_sets(
+        model,
+        spec,
+        str(bundle.ref),
+        seeds=seeds,
+        eval_cases=eval_cases,
+        profile=profile,
+        log=log,
+        refiner=bundle.card.refiner,
+    )
+
+
+def evaluate_sets(
+    model: nn.Module,
+    spec: TaskSpec,
+    what: str,
+    *,
+    seeds: Sequence[int],
+    eval_cases: int,
+    profile: SiteProfile | None = None,
+    log: Callable[[str], None] = print,
+    refiner: RefinerSettings | None = None,
+) -> SetsEvaluation:
+    """``model`` (called ``what`` in the log) on one set of ``eval_cases`` fresh phantoms
+    of ``profile`` (default: the recipe's) per evaluation seed in ``seeds``, through
+    :func:`score_cases`; logs one table per set and, for several sets, the combined
+    figures."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise DemoWeightsError(f"--seed: need one or more distinct seeds, not {list(seeds)}")
+    if eval_cases < 1:
+        raise DemoWeightsError(f"--eval-cases must be >= 1, not {eval_cases}")
     site = profile if profile is not None else RECIPES[spec.name].profile
     every: list[CaseMetrics] = []
     sets: dict[int, EvaluationSummary] = {}
@@ -784,23 +843,23 @@ def evaluate_bundle(
             dice_text = " ".join(f"{k}={v:.3f}" for k, v in metrics.dice.items())
             log(f"[{spec.name}] set {seed} case {number}: {dice_text} ({seconds:.1f}s)")
 
-        scored = score_cases(model, spec, fresh, on_case=_case, refiner=bundle.card.refiner)
+        scored = score_cases(model, spec, fresh, on_case=_case, refiner=refiner)
         del fresh
         every.extend(scored)
         sets[seed] = summarize(scored)
         log(
-            f"[{spec.name}] {bundle.ref} on {eval_cases} fresh phantoms (profile "
+            f"[{spec.name}] {what} on {eval_cases} fresh phantoms (profile "
             f"{site.name!r}, set {seed}, phantom seed {eval_phantom_seed(seed)})"
         )
         log(sets[seed].format_table())
     combined = sets[seeds[0]] if len(seeds) == 1 else summarize(every)
     if len(seeds) > 1:
         log(
-            f"[{spec.name}] {bundle.ref} combined: {len(every)} phantoms of "
+            f"[{spec.name}] {what} combined: {len(every)} phantoms of "
             f"{len(seeds)} sets (seeds {', '.join(map(str, seeds))})"
         )
         log(combined.format_table())
-    return SetsEvaluation(str(bundle.ref), site.name, eval_cases, MappingProxyType(sets), combined)
+    return SetsEvaluation(what, site.name, eval_cases, MappingProxyType(sets), combined)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -912,6 +971,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation phantoms (a seed of their own; with --validate-every)",
     )
     parser.add_argument(
+        "--eval-profile",
+        default=None,
+        metavar="P",
+        help="training: the final evaluation's phantom profile (default: --profile's)",
+    )
+    parser.add_argument(
+        "--eval-seeds",
+        default=None,
+        metavar="S,S,...",
+        help=(
+            "training: the final evaluation's sets, comma-separated (default: the training "
+            "seed's set); the card records all sets' figures together"
+        ),
+    )
+    parser.add_argument(
         "--refine-from",
         default=None,
         metavar="VERSION",
@@ -961,8 +1035,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     try:
         profile = None if args.profile is None else named_profile(args.task, args.profile)
+        eval_profile = (
+            None if args.eval_profile is None else named_profile(args.task, args.eval_profile)
+        )
     except DemoWeightsError as exc:
         parser.error(str(exc))
+    eval_seeds = None
+    if args.eval_seeds is not None:
+        try:
+            eval_seeds = [int(s) for s in str(args.eval_seeds).split(",")]
+        except ValueError:
+            parser.error(f"--eval-seeds must be comma-separated integers, not {args.eval_seeds!r}")
+        if len(set(eval_seeds)) != len(eval_seeds) or any(s < 0 for s in eval_seeds):
+            parser.error(f"--eval-seeds: distinct seeds >= 0, not {eval_seeds}")
     if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr must be a finite number > 0, not {args.lr}")
     if not (math.isfinite(args.thin_slab_probability) and 0.0 <= args.thin_slab_probability <= 1.0):
@@ -994,6 +1079,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile=profile,
             log=lambda line: print(line, flush=True),
         )
+        if args.eval_profile is not None or args.eval_seeds is not None:
+            parser.error("--eval-profile/--eval-seeds are for training; use --profile/--seeds")
         if args.json is not None:
             args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
             print(f"wrote {args.json}", flush=True)
@@ -1004,7 +1091,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--json is for --evaluate-only (appliance evaluate)")
     args.seed = seeds[0]
     try:
-        _train_from_args(args, profile, network, refiner)
+        _train_from_args(args, profile, network, refiner, eval_profile, eval_seeds)
     except (DemoWeightsError, ProgressError) as exc:
         parser.error(str(exc))
     except TrainingError as exc:
@@ -1086,6 +1173,8 @@ def _train_from_args(
     profile: SiteProfile | None,
     network: NetworkConfig,
     refiner: RefinerSettings | None = None,
+    eval_profile: SiteProfile | None = None,
+    eval_seeds: Sequence[int] | None = None,
 ) -> None:
     with TrainingProgress(
         prefix=f"[{args.task}] ", stream=sys.stderr, log_path=args.log
@@ -1118,6 +1207,8 @@ def _train_from_args(
             progress=progress,
             refine_from=args.refine_from,
             refiner=refiner,
+            eval_profile=eval_profile,
+            eval_seeds=eval_seeds,
         )
 
 

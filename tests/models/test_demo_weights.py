@@ -452,3 +452,17 @@ def test_cli_refiner_options_need_refine_from_and_valid_values(
         assert exit_info.value.code == 2
         assert says in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_training_evaluates_on_the_sets_and_profile_it_is_told(tmp_path: Path) -> None:
+    _train(tmp_path, "0.1.0", eval_seeds=[0, 2], eval_profile=TINY_CT)
+    card = ModelRegistry(tmp_path).get("liver_ct", "0.1.0").card
+    assert card.metrics["cases"] == 2.0  # one phantom per set, both sets together
+    assert "2 fresh phantoms of profile 'tiny' (2 set(s) of 1, phantom seed(s) 8001, 10001" in (
+        card.training_data
+    )
+    assert card.source["command"].endswith(
+        "--profile tiny --eval-profile tiny --eval-seeds 0,2 --network unet --filters 4,8"
+    )
+    with pytest.raises(DemoWeightsError, match="would be the training phantoms"):
+        _train(tmp_path, "0.1.1", seed=1, eval_seeds=[0])
