@@ -52,11 +52,20 @@ class CascadeNetwork(nn.Module):
 
 
 def region_of_interest(
-    mask: np.ndarray, affine_lps: np.ndarray, margin_mm: float
+    mask: np.ndarray,
+    affine_lps: np.ndarray,
+    margin_mm: float,
+    *,
+    rng: np.random.Generator | None = None,
+    jitter_mm: float = 0.0,
 ) -> tuple[slice, slice, slice] | None:
     """The box (index slices) around the non-zero voxels of ``mask`` grown by
-    ``margin_mm`` along each axis (the axis' own spacing), clipped to the grid; None
-    when ``mask`` is empty."""
+    ``margin_mm`` on each side, in each axis' own spacing, clipped to the grid; None when
+    ``mask`` is empty. With ``rng``, each side's margin is drawn from ``margin_mm ±
+    jitter_mm`` (never below zero): how a refiner's training boxes are cut
+    (:mod:`models.cascade_training`)."""
+    if margin_mm < 0 or jitter_mm < 0:
+        raise InferenceError("margin_mm and jitter_mm must be >= 0")
     m = np.asarray(mask) != 0
     if m.ndim != 3:
         raise InferenceError(f"region_of_interest needs a 3-D mask, not {m.shape}")
@@ -66,10 +75,14 @@ def region_of_interest(
         present = np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != axis)))
         if present.size == 0:
             return None
-        grow = math.ceil(margin_mm / float(spacing[axis]) - 1e-9)
-        box.append(
-            slice(max(0, int(present[0]) - grow), min(m.shape[axis], int(present[-1]) + 1 + grow))
-        )
+        grow = []
+        for _side in range(2):
+            margin = margin_mm
+            if rng is not None and jitter_mm > 0:
+                margin = max(0.0, margin_mm + float(rng.uniform(-jitter_mm, jitter_mm)))
+            grow.append(math.ceil(margin / float(spacing[axis]) - 1e-9))
+        start = max(0, int(present[0]) - grow[0])
+        box.append(slice(start, min(m.shape[axis], int(present[-1]) + 1 + grow[1])))
     return (box[0], box[1], box[2])
 
 

@@ -2,7 +2,8 @@
 
 The refiner only ever sees the box the locator found: at inference the bounding box of
 stage 1's labels grown by ``margin_mm``. Its training cases are cut the same way from the
-truth, with each side's margin drawn from ``margin_mm ± jitter_mm`` (never below zero),
+truth (:func:`models.cascade.region_of_interest`), with each side's margin drawn from
+``margin_mm ± jitter_mm`` (never below zero),
 so the refiner learns boxes a little tighter or looser than the nominal one, as an
 imperfect locator gives them. A case whose truth has no label gives no refiner case (at
 inference the refiner does not run without a box).
@@ -13,56 +14,18 @@ bundle stores (``locator.*``, ``refiner.*``); :func:`split_state_dict` takes the
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .cascade import crop_affine
+from .cascade import crop_affine, region_of_interest
 from .cascade_spec import LOCATOR, REFINER, RefinerSettings
 from .errors import InputError
 from .training import TrainingCase
 
 #: each side's margin of a refiner training box is drawn from ``margin_mm`` +- this (mm)
 REFINER_JITTER_MM = 5.0
-
-
-def refiner_box(
-    labels: np.ndarray,
-    affine_lps: np.ndarray,
-    margin_mm: float,
-    *,
-    rng: np.random.Generator | None = None,
-    jitter_mm: float = 0.0,
-) -> tuple[slice, slice, slice] | None:
-    """The training box of one case: the labels' bounding box grown on each side by
-    ``margin_mm`` (plus, with ``rng``, a uniform draw in ``±jitter_mm`` per side), in the
-    axis' own spacing, clipped to the grid; None when ``labels`` is empty."""
-    if jitter_mm < 0 or margin_mm < 0:
-        raise InputError("margin_mm and jitter_mm must be >= 0")
-    m = np.asarray(labels) != 0
-    if m.ndim != 3:
-        raise InputError(f"labels must be (slice, row, column), not {m.shape}")
-    spacing = np.linalg.norm(np.asarray(affine_lps, dtype=np.float64)[:3, :3], axis=0)
-    box = []
-    for axis in range(3):
-        present = np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != axis)))
-        if present.size == 0:
-            return None
-        grow = []
-        for _side in range(2):
-            margin = margin_mm
-            if rng is not None and jitter_mm > 0:
-                margin = max(0.0, margin_mm + float(rng.uniform(-jitter_mm, jitter_mm)))
-            grow.append(math.ceil(margin / float(spacing[axis]) - 1e-9))
-        box.append(
-            slice(
-                max(0, int(present[0]) - grow[0]),
-                min(m.shape[axis], int(present[-1]) + 1 + grow[1]),
-            )
-        )
-    return (box[0], box[1], box[2])
 
 
 def refiner_cases(
@@ -76,7 +39,7 @@ def refiner_cases(
     rng = np.random.default_rng([seed, 31])
     out: list[TrainingCase] = []
     for case in cases:
-        box = refiner_box(
+        box = region_of_interest(
             case.labels, case.affine, settings.margin_mm, rng=rng, jitter_mm=jitter_mm
         )
         if box is None:

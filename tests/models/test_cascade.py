@@ -229,12 +229,12 @@ def test_a_refiner_on_the_locators_own_grid_reproduces_the_one_stage_result() ->
 
 
 def test_refiner_cases_are_cut_to_jittered_boxes_around_the_truth() -> None:
-    from models.cascade_training import refiner_box, refiner_cases
+    from models.cascade_training import refiner_cases
     from models.training import TrainingCase
 
     image, truth = organ_image()
     affine = np.diag([2.0, 1.0, 1.0, 1.0])
-    exact = refiner_box(truth, affine, 4.0)
+    exact = region_of_interest(truth, affine, 4.0)
     assert exact == (slice(1, 11), slice(2, 21), slice(4, 24))
     empty = TrainingCase(image, np.zeros_like(truth), affine)
     settings = RefinerSettings((1.0, 1.0, 1.0), (16, 16, 16), 4.0)
