@@ -126,7 +126,7 @@ def test_validate_promotes_on_held_out_cases_and_rollback_restores(
             store,
             config,
             parent=shipped,
-            version="0.2.0",
+            version="0.9.0",
             state_dict=weights,
             training_data="test",
             source={"kind": "federated", "strategy": "fedavg", "run_id": "r1", "rounds": 2},
@@ -135,13 +135,13 @@ def test_validate_promotes_on_held_out_cases_and_rollback_restores(
     finally:
         store.close()
 
-    result = runner.invoke(app, ["models", "validate", "glioma_mr", "0.2.0", "-c", str(cfg)])
+    result = runner.invoke(app, ["models", "validate", "glioma_mr", "0.9.0", "-c", str(cfg)])
     assert result.exit_code == 0, result.output
     assert "PROMOTED" in result.output and "1 held-out case" in result.output
     listed = runner.invoke(app, ["models", "list", "--json", "-c", str(cfg)]).output
     states = {m["version"]: m["state"] for m in json.loads(listed) if m["task"] == "glioma_mr"}
-    assert states == {shipped.version: "retired", "0.2.0": "active"}
-    shown = runner.invoke(app, ["models", "show", "glioma_mr", "0.2.0", "-c", str(cfg)]).output
+    assert states == {shipped.version: "retired", "0.9.0": "active"}
+    shown = runner.invoke(app, ["models", "show", "glioma_mr", "0.9.0", "-c", str(cfg)]).output
     assert "gate: promoted" in shown
 
     # The next job segments with the promoted version, and its SEG says so.
@@ -150,16 +150,16 @@ def test_validate_promotes_on_held_out_cases_and_rollback_restores(
         store.complete_quiet_series(-1.0)
         assert Worker(store, threading.Event(), config).run_once()
         (job,) = [j for j in store.list_jobs() if j.task == "glioma_mr"]
-        assert job.state is JobState.DONE and job.model_version == "0.2.0"
+        assert job.state is JobState.DONE and job.model_version == "0.9.0"
         assert job.federated_round == 2
         seg_out = dcmread(job.outputs["seg_path"])
         algorithm = seg_out.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
-        assert algorithm.AlgorithmVersion == "0.2.0"
+        assert algorithm.AlgorithmVersion == "0.9.0"
     finally:
         store.close()
 
     # Validating it again is refused: it is no longer a candidate.
-    again = runner.invoke(app, ["models", "validate", "glioma_mr", "0.2.0", "-c", str(cfg)])
+    again = runner.invoke(app, ["models", "validate", "glioma_mr", "0.9.0", "-c", str(cfg)])
     assert again.exit_code == 1 and "only a candidate" in again.output
 
     back = runner.invoke(app, ["models", "rollback", "glioma_mr", "-c", str(cfg)])

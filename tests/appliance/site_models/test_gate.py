@@ -112,39 +112,39 @@ def test_degraded_candidate_is_rejected_equal_one_promoted_then_rolled_back(
         store,
         config,
         parent=shipped,
-        version="0.2.0-degraded",
+        version="0.9.0-degraded",
         state_dict=_weights(config, store, noise=2.0),
         training_data="test: shipped weights plus heavy noise",
         source=source,
         federated_round=2,
     )
     assert degraded.state is ModelState.CANDIDATE and degraded.federated_round == 2
-    report = run_gate(store, config, "glioma_mr", "0.2.0-degraded", held_out, cache=cache)
+    report = run_gate(store, config, "glioma_mr", "0.9.0-degraded", held_out, cache=cache)
     assert report.decision is GateDecision.REJECTED, report.format_text()
     (glioma,) = report.labels
     assert glioma.active_dice is not None and glioma.active_dice > 0.5
     assert glioma.candidate_dice < glioma.active_dice - 0.02
-    assert store.get_model("glioma_mr", "0.2.0-degraded").state is ModelState.REJECTED
+    assert store.get_model("glioma_mr", "0.9.0-degraded").state is ModelState.REJECTED
     assert store.active_model("glioma_mr") == store.get_model("glioma_mr", shipped.version)
     with pytest.raises(GateError):  # a rejected model never goes through again
-        run_gate(store, config, "glioma_mr", "0.2.0-degraded", held_out, cache=cache)
+        run_gate(store, config, "glioma_mr", "0.9.0-degraded", held_out, cache=cache)
 
     register_candidate(
         store,
         config,
         parent=shipped,
-        version="0.2.0",
+        version="0.9.0",
         state_dict=_weights(config, store, noise=0.0),
         training_data="test: the shipped weights unchanged",
         source=source,
         federated_round=2,
     )
-    report = run_gate(store, config, "glioma_mr", "0.2.0", held_out, cache=cache)
+    report = run_gate(store, config, "glioma_mr", "0.9.0", held_out, cache=cache)
     assert report.decision is GateDecision.PROMOTED, report.format_text()
     assert report.labels[0].delta == pytest.approx(0.0, abs=1e-9)
     active = store.active_model("glioma_mr")
-    assert active is not None and active.version == "0.2.0"
-    card = registry_for(config).get("glioma_mr", "0.2.0").card
+    assert active is not None and active.version == "0.9.0"
+    card = registry_for(config).get("glioma_mr", "0.9.0").card
     assert card.parent_version == shipped.version and card.source["strategy"] == "fedavg"
 
     reports = latest_reports(config, "glioma_mr")
@@ -153,7 +153,7 @@ def test_degraded_candidate_is_rejected_equal_one_promoted_then_rolled_back(
 
     back = store.rollback("glioma_mr")
     assert back.version == shipped.version
-    assert store.get_model("glioma_mr", "0.2.0").state is ModelState.RETIRED
+    assert store.get_model("glioma_mr", "0.9.0").state is ModelState.RETIRED
 
 
 def test_candidate_weights_must_fit_the_parent_architecture(site: tuple[AppConfig, Store]) -> None:
@@ -165,12 +165,12 @@ def test_candidate_weights_must_fit_the_parent_architecture(site: tuple[AppConfi
             store,
             config,
             parent=shipped,
-            version="0.3.0",
+            version="0.9.2",
             state_dict={"nope": torch.zeros(2)},
             training_data="x",
             source={"kind": "federated"},
         )
-    assert not registry_for(config).bundle_path("glioma_mr", "0.3.0").exists()
+    assert not registry_for(config).bundle_path("glioma_mr", "0.9.2").exists()
 
 
 def test_too_few_held_out_cases_leaves_the_candidate_waiting(
@@ -183,11 +183,11 @@ def test_too_few_held_out_cases_leaves_the_candidate_waiting(
         store,
         config,
         parent=shipped,
-        version="0.2.1",
+        version="0.9.1",
         state_dict=_weights(config, store, noise=0.0),
         training_data="x",
         source={"kind": "federated"},
     )
-    report = run_gate(store, config, "glioma_mr", "0.2.1", held_out[:1], cache=NetworkCache(config))
+    report = run_gate(store, config, "glioma_mr", "0.9.1", held_out[:1], cache=NetworkCache(config))
     assert report.decision is GateDecision.UNDECIDED
-    assert store.get_model("glioma_mr", "0.2.1").state is ModelState.CANDIDATE
+    assert store.get_model("glioma_mr", "0.9.1").state is ModelState.CANDIDATE
