@@ -112,10 +112,10 @@ def test_orthanc_ct_comes_back_as_valid_seg_and_sr(
             extra=MODELS,
             start=False,
         )
-        bundle = make_tiny_bundle(tmp_path / "bundles", version="0.3.0")
+        bundle = make_tiny_bundle(tmp_path / "bundles", version="0.9.3")
         imported = app.cli("models", "import", str(bundle.path), "--task", "liver_ct")
         assert "candidate" in imported.stdout
-        app.cli("models", "activate", "liver_ct", "0.3.0", "--force")
+        app.cli("models", "activate", "liver_ct", "0.9.3", "--force")
         app.start()
         pacs.request(
             "PUT", "/modalities/seg", {"AET": "SEGAPPLIANCE", "Host": "127.0.0.1", "Port": app.port}
@@ -134,7 +134,7 @@ def test_orthanc_ct_comes_back_as_valid_seg_and_sr(
             return jobs[0] if jobs and jobs[0]["state"] == "done" else None
 
         job = wait_for(job_done, 60, "the job did not finish")
-        assert job["model"]["version"] == "0.3.0"
+        assert job["model"]["version"] == "0.9.3"
         assert job["model"]["weights_sha256"] == bundle.card.weights_sha256
         assert {"volume_s", "inference_s", "seg_s", "sr_s", "enqueue_s"} <= set(job["timings"])
 
