@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.config import ConfigReader, StrategyName
 from appliance.errors import ConfigIssue, FederationError
+from appliance.federation.sim_sites import parse_sim_sites
 
 if TYPE_CHECKING:
     from models.cascade_spec import RefinerSettings
@@ -376,47 +377,6 @@ def run_config_map(settings: RunSettings) -> dict[str, Any]:
 def round_seed(run_seed: int, server_round: int, site: str) -> int:
     """The seed of one site's local training in one round (patch sampling, dropout)."""
     return (run_seed * 1_000_003 + server_round * 7919 + zlib.crc32(site.encode())) % (2**31)
-
-
-@dataclass(frozen=True, slots=True)
-class SimSite:
-    """One simulated site of ``sim-sites``: a phantom preset and its case counts."""
-
-    preset: str
-    train: int
-    held_out: int
-
-    def entry(self) -> str:
-        return f"{self.preset}:{self.train}:{self.held_out}"
-
-
-def parse_sim_sites(text: str) -> tuple[SimSite, ...]:
-    """``"site_a:10:2,site_d:2:2"`` -> :class:`SimSite` s (errors name ``sim-sites``)."""
-    from models.phantoms import SITE_PRESETS
-
-    out: list[SimSite] = []
-    for entry in (e for e in text.replace(" ", "").split(",") if e):
-        parts = entry.split(":")
-        try:
-            preset, train, held_out = parts[0], int(parts[1]), int(parts[2])
-        except (IndexError, ValueError) as exc:
-            raise FederationError(
-                f"sim-sites: entries are preset:train:held_out, got {entry!r}"
-            ) from exc
-        if len(parts) != 3 or train < 1 or held_out < 1:
-            raise FederationError(
-                f"sim-sites: {entry!r} needs >= 1 training and >= 1 held-out case"
-            )
-        if preset not in SITE_PRESETS:
-            known = ", ".join(SITE_PRESETS)
-            raise FederationError(f"sim-sites: unknown preset {preset!r}; known: {known}")
-        out.append(SimSite(preset, train, held_out))
-    if not out:
-        raise FederationError("sim-sites: no site given")
-    presets = [s.preset for s in out]
-    if len(set(presets)) != len(presets):
-        raise FederationError("sim-sites: a preset is listed twice")
-    return tuple(out)
 
 
 def simulated_node_config(run: RunSettings, partition_id: int) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from typing import Any
 
 from appliance.config import ConfigReader, StrategyName
 from appliance.errors import FederationError
-from appliance.federation.settings import SimSite, parse_sim_sites
+from appliance.federation.sim_sites import SimSite, parse_sim_sites
 
 #: Where the shipped configs live in a checkout (``--config quick`` is
 #: ``<this>/quick.toml``); an installed image sets ``APPLIANCE_BENCHMARK_DIR`` instead.

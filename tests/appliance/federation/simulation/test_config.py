@@ -16,10 +16,10 @@ from appliance.federation.params import from_record, to_record
 from appliance.federation.settings import (
     RunSettings,
     SiteSettings,
-    parse_sim_sites,
     run_config_map,
     simulated_node_config,
 )
+from appliance.federation.sim_sites import parse_sim_sites
 from appliance.federation.simulation.config import (
     REPO_CONFIG_DIR,
     Method,
