@@ -315,8 +315,8 @@ def test_brats_study_folder_and_4d_nifti_give_the_jobs_overlapping_masks(
             store.record_instance(to_new_instance(describe_spooled_file(path)))
         store.complete_quiet_series(-1.0)
         worker = Worker(store, threading.Event(), config)
-        while worker.run_once():
-            pass
+        claims = list(iter(worker.run_once, False))  # run until the queue is empty
+        assert claims, "the worker found nothing to process"
         (job,) = store.list_jobs()
         assert job.state is JobState.DONE and job.task == "glioma_brats", job
     finally:
