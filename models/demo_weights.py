@@ -548,7 +548,8 @@ def train_demo_weights(
     )
     log(
         f"[{spec.name}] trained {report.steps} steps in {report.seconds:.0f}s "
-        f"(pre-processing {report.preprocess_seconds:.0f}s, resumed at step "
+        f"({report.step_seconds_total:.0f}s of steps over all runs; pre-processing "
+        f"{report.preprocess_seconds:.0f}s, resumed at step "
         f"{report.resumed_from_step}), final loss {report.final_loss:.4f}, precision "
         f"{report.precision} ({report.precision_reason})"
     )
@@ -574,7 +575,9 @@ def train_demo_weights(
     )
     metrics = evaluation.combined.as_metrics()
     metrics["train_steps"] = float(report.steps)
-    metrics["train_seconds"] = round(report.seconds, 1)
+    # optimiser steps over every run that continued the checkpoint (a resumed run's own
+    # wall time would undercount)
+    metrics["train_seconds"] = round(report.step_seconds_total, 1)
     metrics["train_final_loss"] = report.final_loss
     if validation is not None:
         metrics["validation_best_step"] = float(validation.best_step)

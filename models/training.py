@@ -255,6 +255,9 @@ class TrainReport:
     paused_seconds: float = 0.0
     #: the step a checkpoint resumed this run from (0 = started afresh)
     resumed_from_step: int = 0
+    #: seconds spent in optimiser steps over the whole run, earlier runs that wrote the
+    #: resumed checkpoint included (``seconds`` is this call's wall time only)
+    step_seconds_total: float = 0.0
     #: the precision the run trained in (decided at start) and why
     precision: Precision = Precision.FP32
     precision_reason: str = ""
@@ -556,6 +559,8 @@ class _RunState:
     scales: list[float] = field(default_factory=list)
     update: dict[str, torch.Tensor] | None = None
     paused_s: float = 0.0
+    #: seconds in the step loop, summed over every run that continued this checkpoint
+    step_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -588,6 +593,7 @@ class _Checkpointer:
                     "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
                     "losses": list(state.losses),
                     "scales": list(state.scales),
+                    "step_seconds": state.step_s,
                     "update": (
                         {k: v.detach().to("cpu") for k, v in update.items()}
                         if update is not None
@@ -621,6 +627,8 @@ class _Checkpointer:
             state.step = int(payload["step"])
             state.losses = [float(v) for v in payload["losses"]]
             state.scales = [float(v) for v in payload["scales"]]
+            # absent from checkpoints written before it was recorded
+            state.step_s = float(payload.get("step_seconds", 0.0))
             if state.update is not None:
                 saved = payload["update"]
                 state.update = {k: saved[k].to(self.device) for k in state.update}
@@ -771,6 +779,7 @@ def train(
         saver.resume(state)
     resumed_from = state.step
     mark = time.perf_counter()
+    step_s_before = state.step_s
     with _training_mode(model):
         for step in range(state.step, config.steps):
             if should_pause is not None:
@@ -811,6 +820,7 @@ def train(
             state.losses.append(value)
             state.scales.append(scale)
             state.step = step + 1
+            state.step_s = step_s_before + time.perf_counter() - mark - state.paused_s
             if on_step is not None:
                 on_step(
                     StepInfo(step + 1, config.steps, value, lr, time.perf_counter() - mark, scale)
@@ -831,6 +841,7 @@ def train(
         step_scales=tuple(state.scales),
         paused_seconds=state.paused_s,
         resumed_from_step=resumed_from,
+        step_seconds_total=state.step_s,
         precision=precision.precision,
         precision_reason=precision.reason,
         scaled_update=(

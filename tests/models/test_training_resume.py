@@ -103,14 +103,18 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     assert ckpt.exists() and not (tmp_path / "run" / "train.ckpt.tmp").exists()
 
     seen: list[int] = []
+    this_run_s: list[float] = []
+
+    def record(info: StepInfo) -> None:
+        seen.append(info.step)
+        this_run_s.append(info.elapsed_s)
+
     resumed, resumed_state = _run(
-        prepared,
-        config,
-        checkpoint=ckpt,
-        checkpoint_every=3,
-        on_step=lambda i: seen.append(i.step),
+        prepared, config, checkpoint=ckpt, checkpoint_every=3, on_step=record
     )
     assert resumed.resumed_from_step == 6 and seen == [7, 8, 9, 10]
+    # the step time of the crashed run's six checkpointed steps is carried over
+    assert resumed.step_seconds_total > this_run_s[-1] > 0
     assert resumed.losses == reference.losses
     assert resumed.step_scales == reference.step_scales
     assert _same(resumed_state, reference_state)
@@ -120,6 +124,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(
     # the finished run's checkpoint gives back the same result without training again
     done, done_state = _run(prepared, config, checkpoint=ckpt, on_step=crash_at_7)
     assert done.resumed_from_step == 10 and done.losses == reference.losses
+    assert done.step_seconds_total == pytest.approx(resumed.step_seconds_total)
     assert _same(done_state, reference_state)
     # thin slabs are part of the run's identity
     other = replace(config, thin_slab_probability=0.25 if thin_slab_probability else 0.5)
