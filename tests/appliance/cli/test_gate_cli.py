@@ -27,6 +27,7 @@ from appliance.states import CaseSplit, JobState
 from appliance.store import Store
 from dicom_bridge.phantom_series import write_phantom_series
 from dicom_bridge.synthetic import SeriesIdentity
+from models.lifecycle import ModelState
 from models.phantoms import MR_DEFAULT, generate_phantom
 from models.tasks import GLIOMA_MR_SPEC, Code
 
@@ -119,7 +120,10 @@ def test_validate_promotes_on_held_out_cases_and_rollback_restores(
     config = load_config(cfg)
     store = Store(config.storage.database)
     try:
-        (shipped,) = [r for r in register_shipped(store, config) if r.task == "glioma_mr"]
+        glioma = [r for r in register_shipped(store, config) if r.task == "glioma_mr"]
+        # every shipped version is registered; the newest is active
+        (shipped,) = [r for r in glioma if r.state is ModelState.ACTIVE]
+        older = {r.version for r in glioma} - {shipped.version}
         registry = registry_for(config)
         weights = registry.load_state_dict(registry.get("glioma_mr", shipped.version))
         register_candidate(
@@ -140,7 +144,9 @@ def test_validate_promotes_on_held_out_cases_and_rollback_restores(
     assert "PROMOTED" in result.output and "1 held-out case" in result.output
     listed = runner.invoke(app, ["models", "list", "--json", "-c", str(cfg)]).output
     states = {m["version"]: m["state"] for m in json.loads(listed) if m["task"] == "glioma_mr"}
-    assert states == {shipped.version: "retired", "0.9.0": "active"}
+    assert states == {shipped.version: "retired", "0.9.0": "active"} | dict.fromkeys(
+        older, "validated"
+    )
     shown = runner.invoke(app, ["models", "show", "glioma_mr", "0.9.0", "-c", str(cfg)]).output
     assert "gate: promoted" in shown
 
