@@ -141,9 +141,7 @@ def test_report_files(config: SimConfig, tmp_path: Path) -> None:
         assert f"]({png.name})" in md
 
 
-def test_report_without_round_scores_has_no_rounds_plot(
-    config: SimConfig, tmp_path: Path
-) -> None:
+def test_report_without_round_scores_has_no_rounds_plot(config: SimConfig, tmp_path: Path) -> None:
     records = _records(0.4, 0.75, 0.5)
     for r in records:
         r["history"] = []
