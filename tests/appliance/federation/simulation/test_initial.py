@@ -32,8 +32,8 @@ from models.evaluation import evaluate_case
 from models.registry import ModelRegistry
 from models.tasks import get_task
 from tests.appliance.tiny_models import (
-    TINY_ARCHITECTURE,
     TINY_DYNUNET_ARCHITECTURE,
+    make_background_bundle,
     make_tiny_bundle,
     make_tiny_cascade_bundle,
 )
@@ -42,34 +42,7 @@ TASK = "liver_ct"
 
 
 def _background_bundle(root: Path, seed: int) -> Any:
-    """A tiny UNet bundle whose last bias says "background" loudly: a few steps cannot
-    change its masks, so scoring the full-size phantoms stays fast (an untrained net's
-    noise everywhere makes HD95's surfaces huge)."""
-    import torch
-
-    from models.model_card import labels_for_task, preprocessing_for_task
-    from models.registry import build_network
-
-    spec = get_task(TASK)
-    torch.manual_seed(seed)
-    network = build_network(TINY_ARCHITECTURE)
-    with torch.no_grad():
-        [p for n, p in network.named_parameters() if n.endswith("bias")][-1][0] = 8.0
-    preprocessing = preprocessing_for_task(spec)
-    preprocessing["patch_size"] = [32, 32, 32]
-    preprocessing["target_spacing_mm"] = [3.0, 3.0, 3.0]
-    return ModelRegistry(root).add(
-        TASK,
-        "0.0.1-test",
-        network.state_dict(),
-        name="Tiny background UNet",
-        labels=labels_for_task(spec),
-        architecture=TINY_ARCHITECTURE,
-        preprocessing=preprocessing,
-        intended_use="Tests only.",
-        training_data="none",
-        federated_round=1,
-    )
+    return make_background_bundle(root, task=TASK, version="0.0.1-test", seed=seed)
 
 
 def _config(initial: str, **changes: Any) -> dict[str, Any]:
