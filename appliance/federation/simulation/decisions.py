@@ -397,6 +397,9 @@ def everyone_beats_pretrained(records: Sequence[Record], c: TargetContext) -> De
     """(6) Every method > the initial weights without fine-tuning on the most shifted site
     (site_b in the shipped configs), paired per seed."""
     site = c.most_shifted_site
+    name = f"(6) every method > pretrained without fine-tuning on {site}"
+    if not any(r["method"] == "pretrained" for r in records):
+        return Decision(name, Verdict.UNDECIDED, note="pretrained not run (no initial model)")
     others = [m for m in c.methods if m != "pretrained"]
     parts = [
         compare(
@@ -410,7 +413,7 @@ def everyone_beats_pretrained(records: Sequence[Record], c: TargetContext) -> De
         )
         for m in others
     ]
-    return _all(f"(6) every method > pretrained without fine-tuning on {site}", parts)
+    return _all(name, parts)
 
 
 TARGETS: tuple[Callable[[Sequence[Record], TargetContext], Decision], ...] = (
