@@ -345,9 +345,10 @@ def simulate(
     tasks: Annotated[str, typer.Option("--tasks", help="Override: e.g. liver_ct.")] = "",
     methods: Annotated[str, typer.Option("--methods", help="Override: e.g. local,fedavg.")] = "",
 ) -> None:
-    """Benchmark: local-only, centralised and every federated strategy on simulated
-    hospitals (phantoms with per-site domain shift), on Flower's simulation runtime with
-    the production ServerApp/ClientApp. Writes docs/results/federation_<name>.*"""
+    """Benchmark: pretrained (a task's initial model untrained), local-only, centralised
+    and every federated strategy on simulated hospitals (phantoms with per-site domain
+    shift), on Flower's simulation runtime with the production ServerApp/ClientApp.
+    Writes docs/results/federation_<name>.*"""
     import tempfile
     from dataclasses import replace
 
@@ -384,7 +385,8 @@ def simulate(
         records = run_benchmark(config, work, resume=resume, log=typer.echo)
     except FederationError as exc:
         raise fail(str(exc)) from exc
-    written = write_report(config, records, out, command=command)
-    typer.echo(f"done in {time.monotonic() - start:.0f} s")
+    wall_s = time.monotonic() - start
+    written = write_report(config, records, out, command=command, wall_s=wall_s)
+    typer.echo(f"done in {wall_s:.0f} s")
     for path in written.values():
         typer.echo(f"wrote {path}")

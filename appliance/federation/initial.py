@@ -14,7 +14,11 @@ A two-stage (cascade) active model federates only its refiner: the run settings 
 the refiner (its network, ``preprocessing.refiner``'s grid as ``patch-size`` /
 ``target-spacing``, its margin as ``refiner-margin``) and the initial weights are the
 bundle's ``refiner.*`` entries; the locator stays as shipped and rejoins the refiner at
-the hand-off (:mod:`appliance.federation.handoff`). No Flower import.
+the hand-off (:mod:`appliance.federation.handoff`).
+
+Settings and weights come from one derivation, :func:`card_run_config` (card only) and
+:func:`trained_state` (with the weights), which the federated benchmark
+(``appliance federate simulate`` with a task's ``initial``) shares. No Flower import.
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config import AppConfig
 from appliance.errors import FederationError
 from appliance.federation.site_state import save_state
 from appliance.store import ModelRecord, Store
 from models.errors import ModelsError
-from models.model_card import thaw
+from models.model_card import ModelCard, thaw
 from models.networks import Architecture
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,42 +163,25 @@ def unet_settings(architecture: Mapping[str, Any], ref: str) -> dict[str, Any]:
     }
 
 
-def initial_from_active(
-    store: Store, config: AppConfig, task: str, directory: Path
-) -> InitialModel | None:
-    """The active model of ``task`` as the run's start (``None`` when there is none)."""
-    from appliance.federation.handoff import describe_difference, state_signature
-    from appliance.federation.settings import RunSettings
-    from appliance.site_models.registry import registry_for
+def card_run_config(card: ModelCard, ref: str) -> dict[str, Any]:
+    """The run settings a run starting from the model of ``card`` (``ref``: how errors name
+    it) trains with: ``net-class``/``net-*`` from its architecture and ``patch-size`` /
+    ``target-spacing`` from its pre-processing; for a two-stage card its refiner's
+    network, grid and ``refiner-margin`` (only the refiner is federated). Card only: no
+    weights are read. Refuses an imported bundle that runs its own pre-processing."""
     from models.cascade_spec import CASCADE_NETWORK, REFINER, stage_architectures
-    from models.cascade_training import split_state_dict
-    from models.networks import build_network
-    from models.registry import build_network as build_from_card
 
-    record = store.active_model(task)
-    if record is None:
-        return None
-    ref = f"{task}/{record.version}"
-    registry = registry_for(config)
-    try:
-        bundle = registry.get(task, record.version)
-        architecture = thaw(bundle.card.architecture)
-        state = registry.load_state_dict(bundle)
-        bundle_net = build_from_card(architecture)
-    except ModelsError as exc:
-        raise FederationError(f"the active model {ref}: {exc}") from exc
-    if "bundle_pipeline" in bundle.card.preprocessing:
+    architecture = thaw(card.architecture)
+    if "bundle_pipeline" in card.preprocessing:
         raise FederationError(
             f"the active model {ref} is an imported bundle that runs its own pre-processing; "
             "federated runs train and evaluate with the task's, so it cannot start a run"
         )
-    pre = thaw(bundle.card.preprocessing)
+    pre = thaw(card.preprocessing)
     if architecture.get("network") == CASCADE_NETWORK:
-        # only the refiner is federated: its network, its grid, its weights
-        refiner = bundle.card.refiner
+        refiner = card.refiner
         try:
             refiner_arch = stage_architectures(architecture)[1]
-            state = split_state_dict(state)[1]
         except ModelsError as exc:
             raise FederationError(f"the active model {ref}: {exc}") from exc
         if refiner is None:
@@ -202,25 +192,69 @@ def initial_from_active(
         entries["patch-size"] = _csv(refiner.patch_size)
         entries["target-spacing"] = _csv(refiner.target_spacing_mm)
         entries["refiner-margin"] = refiner.margin_mm
-        bundle_net = bundle_net.get_submodule(REFINER)
-    else:
-        entries = network_settings(architecture, ref)
-        if pre.get("patch_size"):
-            entries["patch-size"] = _csv(pre["patch_size"])
-        if pre.get("target_spacing_mm"):
-            entries["target-spacing"] = _csv(float(v) for v in pre["target_spacing_mm"])
+        return entries
+    entries = network_settings(architecture, ref)
+    if pre.get("patch_size"):
+        entries["patch-size"] = _csv(pre["patch_size"])
+    if pre.get("target_spacing_mm"):
+        entries["target-spacing"] = _csv(float(v) for v in pre["target_spacing_mm"])
+    return entries
+
+
+def trained_state(
+    card: ModelCard, state: Mapping[str, torch.Tensor], task: str, ref: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(run-config entries, weights)`` of a run starting from the model of ``card`` with
+    weights ``state``: :func:`card_run_config` and the weights the run trains (a
+    two-stage model's ``refiner.*`` entries without the prefix), checked to have exactly
+    the entries and shapes of the network the sites build from those settings."""
+    from appliance.federation.handoff import describe_difference, state_signature
+    from appliance.federation.settings import RunSettings
+    from models.cascade_spec import CASCADE_NETWORK, REFINER
+    from models.cascade_training import split_state_dict
+    from models.networks import build_network
+    from models.registry import build_network as build_from_card
+
+    entries = card_run_config(card, ref)
+    architecture = thaw(card.architecture)
     try:
+        bundle_net = build_from_card(architecture)
+        weights = dict(state)
+        if architecture.get("network") == CASCADE_NETWORK:
+            weights = split_state_dict(weights)[1]
+            bundle_net = bundle_net.get_submodule(REFINER)
         settings = RunSettings.from_config({"task": task, **entries})
         run_net = build_network(settings.task_spec(), settings.network_config())
     except (ModelsError, FederationError) as exc:
         raise FederationError(f"the active model {ref}: {exc}") from exc
     ours, theirs = state_signature(run_net), state_signature(bundle_net)
-    if ours != theirs or set(state) != set(theirs):
+    if ours != theirs or set(weights) != set(theirs):
         raise FederationError(
             f"the network the sites would build from {ref}'s card differs from the bundle "
             f"({describe_difference(ours, theirs)})"
         )
-    weights = directory / "initial" / f"{task}-{record.version}.pt"
-    save_state(weights, {k: v.detach().cpu().numpy() for k, v in state.items()})
-    entries["initial-weights"] = str(weights)
-    return InitialModel(record, weights, entries)
+    return entries, weights
+
+
+def initial_from_active(
+    store: Store, config: AppConfig, task: str, directory: Path
+) -> InitialModel | None:
+    """The active model of ``task`` as the run's start (``None`` when there is none)."""
+    from appliance.site_models.registry import registry_for
+
+    record = store.active_model(task)
+    if record is None:
+        return None
+    ref = f"{task}/{record.version}"
+    registry = registry_for(config)
+    try:
+        bundle = registry.get(task, record.version)
+        card_run_config(bundle.card, ref)  # refuse what no run can train before reading weights
+        state = registry.load_state_dict(bundle)
+    except ModelsError as exc:
+        raise FederationError(f"the active model {ref}: {exc}") from exc
+    entries, weights = trained_state(bundle.card, state, task, ref)
+    path = directory / "initial" / f"{task}-{record.version}.pt"
+    save_state(path, {k: v.detach().cpu().numpy() for k, v in weights.items()})
+    entries["initial-weights"] = str(path)
+    return InitialModel(record, path, entries)

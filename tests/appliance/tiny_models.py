@@ -76,6 +76,40 @@ def make_tiny_bundle(
     )
 
 
+def make_background_bundle(
+    root: Path, *, task: str = "liver_ct", version: str = "0.0.1-test", seed: int = 0
+) -> ModelBundle:
+    """Like :func:`make_tiny_bundle`, but the last bias says "background" loudly: a few
+    training steps cannot change its masks, so scoring full-size phantoms stays fast (an
+    untrained network's noise everywhere makes HD95's surfaces huge)."""
+    spec = get_task(task)
+    architecture = dict(TINY_ARCHITECTURE)
+    architecture["kwargs"] = {
+        **TINY_ARCHITECTURE["kwargs"],
+        "in_channels": len(spec.channels),
+        "out_channels": spec.num_classes,
+    }
+    torch.manual_seed(seed)
+    network = build_network(architecture)
+    with torch.no_grad():
+        [p for n, p in network.named_parameters() if n.endswith("bias")][-1][0] = 8.0
+    preprocessing = preprocessing_for_task(spec)
+    preprocessing["patch_size"] = [32, 32, 32]
+    preprocessing["target_spacing_mm"] = [3.0, 3.0, 3.0]
+    return ModelRegistry(root).add(
+        task,
+        version,
+        network.state_dict(),
+        name="Tiny background UNet",
+        labels=labels_for_task(spec),
+        architecture=architecture,
+        preprocessing=preprocessing,
+        intended_use="Tests only: untrained. Not for clinical use.",
+        training_data="none",
+        federated_round=1,
+    )
+
+
 def make_tiny_cascade_bundle(
     root: Path,
     *,

@@ -130,3 +130,37 @@ def test_simulate_runs_baselines_and_strategies_on_the_simulation_runtime(
     for method in ("local", "fedavg"):
         for site, value in _dice(redone[method]).items():
             assert value == pytest.approx(_dice(records[method])[site], abs=1e-3), method
+
+
+def test_simulate_fine_tunes_from_initial_weights_without_round_scoring(tmp_path: Path) -> None:
+    """A task's ``initial`` bundle starts the baselines and a real Flower run alike;
+    ``pretrained`` scores it untrained; with ``evaluate_rounds = false`` nobody scores a
+    round (the ServerApp's ``evaluate`` off), only the final models."""
+    from tests.appliance.tiny_models import make_background_bundle
+
+    bundle = make_background_bundle(tmp_path / "registry", task="liver_ct", version="0.0.1-ft")
+    config = tmp_path / "ft.toml"
+    config.write_text(
+        'name = "ft"\nseeds = [0]\ntasks = ["liver_ct"]\n'
+        'methods = ["pretrained", "local", "fedavg"]\n'
+        "rounds = 2\nlocal_steps = 2\nbatch_size = 1\nlr = 0.001\nworkers = 2\n"
+        "timeout_s = 600\nevaluate_rounds = false\n"
+        f'[task.liver_ct]\ninitial = "{bundle.path}"\nmost_shifted_site = "site_b"\n'
+        '[[site]]\npreset = "site_a"\ntrain = 1\nheld_out = 1\n'
+        '[[site]]\npreset = "site_b"\ntrain = 1\nheld_out = 1\n'
+    )
+    out, work = tmp_path / "results", tmp_path / "work"
+    log = _simulate(config, out, work)
+    assert "every method starts from liver_ct/0.0.1-ft" in log
+    data = json.loads((out / "federation_ft.json").read_text())
+    records = {r["method"]: r for r in data["records"]}
+    assert set(records) == {"pretrained", "local", "fedavg"}
+    assert all(r["history"] == [] for r in records.values())  # no per-round scoring
+    assert set(records["pretrained"]["bytes_sent"].values()) == {0}
+    fedavg = records["fedavg"]
+    assert fedavg["extra"]["run_id"] and all(v > 0 for v in fedavg["bytes_sent"].values())
+    # the sites trained the bundle's network: 4-8 filters, not the [network] default
+    assert all(v < 200_000 for v in fedavg["bytes_sent"].values())
+    md = (out / "federation_ft.md").read_text()
+    assert "fine-tuning the model liver_ct/0.0.1-ft" in md and "| pretrained |" in md
+    assert not (out / "federation_ft_rounds.png").exists()

@@ -21,8 +21,10 @@ Layout::
     workers = 2                 # simulated sites training at once
     threads_per_site = 1        # torch threads of each
     timeout_s = 1800            # per federated run
+    evaluate_rounds = true      # score every round (the Dice-against-budget plot); false:
+                                # only the final scoring (the ServerApp's ``evaluate``)
 
-    [network]
+    [network]                   # tasks without ``initial``: trained from scratch
     filters = [8, 16, 32]
     res_units = 1
     norm = "batch"
@@ -31,6 +33,16 @@ Layout::
     patch_size = [32, 32, 32]
     target_spacing_mm = [3.0, 3.0, 3.0]
     most_shifted_site = "site_b"
+    # initial = "shipped"       # fine-tune: "shipped" (the newest shipped bundle of the
+    #                           # task, what a fresh appliance activates), a version of
+    #                           # models/bundles/<task>/, or a bundle directory
+
+A task with ``initial`` starts every method (``pretrained``, the baselines and every
+strategy) from that bundle's weights; its network, patch size and spacing (a two-stage
+model: its refiner's, and the margin) come from the bundle's card
+(:func:`appliance.federation.initial.card_run_config`), the ``[network]`` table does not
+apply to it, and the task's ``patch_size`` / ``target_spacing_mm`` may be left out (given,
+they must equal the card's). ``pretrained`` scores the initial weights untrained.
 
     [[site]]
     preset = "site_a"
@@ -43,7 +55,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -64,9 +76,11 @@ def config_dir() -> Path:
 
 
 class Method(StrEnum):
-    """What the benchmark compares: two baselines and federated strategies (named as
+    """What the benchmark compares: the initial weights untrained (``pretrained``: needs a
+    task ``initial``), two baselines and federated strategies (named as
     :class:`~appliance.config.StrategyName` names them)."""
 
+    PRETRAINED = "pretrained"
     LOCAL = "local"
     CENTRALISED = "centralised"
     FEDAVG = StrategyName.FEDAVG.value
@@ -79,7 +93,7 @@ class Method(StrEnum):
 
     @property
     def federated(self) -> bool:
-        return self not in (Method.LOCAL, Method.CENTRALISED)
+        return self not in (Method.PRETRAINED, Method.LOCAL, Method.CENTRALISED)
 
     @property
     def strategy(self) -> StrategyName:
@@ -88,12 +102,49 @@ class Method(StrEnum):
         return StrategyName(self.value)
 
 
+#: ``initial = "shipped"``: the newest shipped bundle of the task
+SHIPPED = "shipped"
+
+
+@dataclass(frozen=True, slots=True)
+class InitialModel:
+    """Where a task's methods start (``[task.<name>] initial``): a model bundle, and the
+    run settings its card gives (:func:`appliance.federation.initial.card_run_config`)."""
+
+    #: as the config wrote it ("shipped", a version, a path)
+    source: str
+    bundle_dir: Path
+    #: ``task/version``
+    ref: str
+    weights_sha256: str
+    #: ``net-*``, ``patch-size``, ``target-spacing`` and (a two-stage model) ``refiner-margin``
+    run_config: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if "patch-size" not in self.run_config or "target-spacing" not in self.run_config:
+            raise FederationError(f"{self.ref}: its card records no patch size or spacing")
+
+    @property
+    def two_stage(self) -> bool:
+        return "refiner-margin" in self.run_config
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "ref": self.ref,
+            "weights_sha256": self.weights_sha256,
+            "run_config": dict(self.run_config),
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSetup:
     patch_size: tuple[int, int, int]
     target_spacing_mm: tuple[float, float, float]
     #: the site whose scanners differ most from the others (fedbn's target)
     most_shifted_site: str
+    #: fine-tuning: the model every method starts from (``None``: from scratch)
+    initial: InitialModel | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +163,7 @@ class SimConfig:
     workers: int
     threads_per_site: int
     timeout_s: float
+    evaluate_rounds: bool
     filters: tuple[int, ...]
     res_units: int
     norm: str
@@ -144,6 +196,7 @@ class SimConfig:
             "prox_mu": self.prox_mu,
             "workers": self.workers,
             "threads_per_site": self.threads_per_site,
+            "evaluate_rounds": self.evaluate_rounds,
             "network": {
                 "filters": list(self.filters),
                 "res_units": self.res_units,
@@ -155,6 +208,7 @@ class SimConfig:
                     "target_spacing_mm": list(s.target_spacing_mm),
                     "most_shifted_site": s.most_shifted_site,
                 }
+                | ({"initial": s.initial.to_dict()} if s.initial is not None else {})
                 for t, s in self.task_setup.items()
             },
             "sites": [
@@ -206,10 +260,91 @@ def load_config(name_or_path: str) -> SimConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise FederationError(f"{path}: {exc}") from exc
-    return parse_config(data, source=str(path))
+    return parse_config(data, source=str(path), base_dir=path.parent)
 
 
-def parse_config(data: Mapping[str, Any], *, source: str = "config") -> SimConfig:
+def _csv_numbers(text: str, kind: type) -> tuple[Any, Any, Any]:
+    values = [kind(v) for v in str(text).split(",")]
+    return (values[0], values[1], values[2])
+
+
+def resolve_initial(task: str, value: str, base_dir: Path) -> InitialModel:
+    """The bundle ``initial = value`` names for ``task``: ``"shipped"`` (the newest shipped
+    bundle of the task: the one :func:`appliance.site_models.registry.register_shipped`
+    activates on a fresh appliance), a version of ``models/bundles/<task>/`` or a bundle
+    directory (``<root>/<task>/<version>``; relative to the config's folder)."""
+    from appliance.config import shipped_bundles_dir
+    from appliance.federation.initial import card_run_config
+    from models.errors import ModelsError
+    from models.registry import ModelRegistry
+
+    shipped = ModelRegistry(shipped_bundles_dir())
+    try:
+        if value == SHIPPED:
+            bundle = shipped.latest(task)
+            if bundle is None:
+                raise FederationError(f"no shipped {task} bundle under {shipped.root}")
+        elif "/" in value or value.startswith("."):
+            path = Path(value)
+            path = path if path.is_absolute() else base_dir / path
+            if not path.is_dir():
+                raise FederationError(f"no bundle directory {path}")
+            bundle = ModelRegistry(path.parent.parent).get(path.parent.name, path.name)
+        else:
+            bundle = shipped.get(task, value)
+    except ModelsError as exc:
+        raise FederationError(str(exc)) from exc
+    if bundle.card.task != task:
+        raise FederationError(f"{bundle.ref} is a model of {bundle.card.task}, not of {task}")
+    entries = card_run_config(bundle.card, bundle.ref)
+    return InitialModel(
+        source=value,
+        bundle_dir=bundle.path,
+        ref=bundle.ref,
+        weights_sha256=bundle.card.weights_sha256,
+        run_config=entries,
+    )
+
+
+def _task_setup(t: ConfigReader, task: str, sites: Sequence[SimSite], base_dir: Path) -> TaskSetup:
+    shifted = t.typed("most_shifted_site", str)
+    if shifted not in {s.preset for s in sites}:
+        raise t.fail("most_shifted_site", f"{shifted!r} is not one of the sites")
+    source = t.typed("initial", str, "")
+    if not source:
+        patch = _numbers(t, "patch_size", int, 3)
+        spacing = _numbers(t, "target_spacing_mm", float, 3)
+        return TaskSetup(
+            (patch[0], patch[1], patch[2]), (spacing[0], spacing[1], spacing[2]), shifted
+        )
+    try:
+        initial = resolve_initial(task, source, base_dir)
+    except FederationError as exc:
+        raise t.fail(
+            "initial",
+            f"{exc} (allowed: {SHIPPED!r}, a version of models/bundles/{task}/, or a bundle "
+            "directory)",
+        ) from exc
+    card_patch = _csv_numbers(initial.run_config["patch-size"], int)
+    card_spacing = _csv_numbers(initial.run_config["target-spacing"], float)
+    grid = "its refiner's" if initial.two_stage else "its card's"
+    for key, kind, card_value in (
+        ("patch_size", int, card_patch),
+        ("target_spacing_mm", float, card_spacing),
+    ):
+        if t.data.get(key) is not None and _numbers(t, key, kind, 3) != card_value:
+            raise t.fail(
+                key,
+                f"{list(_numbers(t, key, kind, 3))} contradicts the initial model "
+                f"{initial.ref} ({grid} {key} is {list(card_value)}); leave it out or set "
+                "it to that",
+            )
+    return TaskSetup(card_patch, card_spacing, shifted, initial)
+
+
+def parse_config(
+    data: Mapping[str, Any], *, source: str = "config", base_dir: Path | None = None
+) -> SimConfig:
     from models.tasks import TaskName
 
     r = _reader(source, data)
@@ -280,17 +415,20 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> SimConfi
         table = task_tables.data.get(task)
         if not isinstance(table, dict):
             raise task_tables.fail(
-                task, "is required (patch_size, target_spacing_mm, most_shifted_site)"
+                task,
+                "is required (patch_size, target_spacing_mm, most_shifted_site; or initial "
+                "and most_shifted_site)",
             )
         t = task_tables.child(table, task_tables.key(task))
-        patch = _numbers(t, "patch_size", int, 3)
-        spacing = _numbers(t, "target_spacing_mm", float, 3)
-        shifted = t.typed("most_shifted_site", str)
-        if shifted not in {s.preset for s in sites}:
-            raise t.fail("most_shifted_site", f"{shifted!r} is not one of the sites")
-        setups[task] = TaskSetup(
-            (patch[0], patch[1], patch[2]), (spacing[0], spacing[1], spacing[2]), shifted
-        )
+        setups[task] = _task_setup(t, task, sites, base_dir or Path.cwd())
+    if Method.PRETRAINED in methods:
+        scratch = [t for t, s in setups.items() if s.initial is None]
+        if scratch:
+            raise r.fail(
+                "methods",
+                f"pretrained scores the initial weights, but task {', '.join(scratch)} has no "
+                "initial (set [task.<name>] initial or drop pretrained)",
+            )
 
     return SimConfig(
         name=r.typed("name", str),
@@ -307,6 +445,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> SimConfi
         workers=_positive_int(r, "workers", 2),
         threads_per_site=_positive_int(r, "threads_per_site", 1),
         timeout_s=timeout_s,
+        evaluate_rounds=bool(r.typed("evaluate_rounds", bool, True)),
         filters=tuple(int(f) for f in filters),
         res_units=int(res_units),
         norm=norm,

@@ -2,17 +2,29 @@
 
 For each task and seed of a :class:`~appliance.federation.simulation.config.SimConfig`:
 
+0. a task with ``initial`` (fine-tuning) has its bundle's weights, checked against the
+   network its card describes (:func:`appliance.federation.initial.trained_state`; a
+   two-stage model: its refiner's), written once under the work dir; every method
+   starts from them, ``pretrained`` scores them untrained;
 1. the simulated sites' phantom cases are drawn exactly as their ClientApps draw them
    (:func:`appliance.federation.settings.simulated_node_config` +
    :func:`appliance.federation.site_data.phantom_site_cases`);
 2. the baselines (``local``, ``centralised``) train in-process
-   (:mod:`appliance.federation.simulation.baselines`);
+   (:mod:`appliance.federation.simulation.baselines`), in the precision the sites'
+   training decides (:func:`models.precision.training_precision`, ``auto``);
 3. each federated strategy runs as a real Flower run: a ``flower-superlink
    --simulation`` started here, the production ServerApp and ClientApp submitted with
    ``flwr run``, one virtual SuperNode per site on Flower's simulation runtime (Ray);
 4. every site's final weights (what the site would turn into a candidate model: global
    weights, for fedbn with the site's own normalisation, for gossip its own model) are
-   scored on that site's held-out cases (:func:`appliance.federation.scoring.score_site`).
+   scored on that site's held-out cases (:func:`appliance.federation.scoring.score_site`)
+   through the inference the site would deploy: the network, or for a two-stage initial
+   model the bundle's locator with the site's fine-tuned refiner
+   (:func:`models.cascade.segment_cascade`; the locator's result per case is computed
+   once, it is never trained). One scoring for every method.
+
+``evaluate_rounds = false`` runs the ServerApp with ``evaluate`` off (no per-round
+evaluate phase at the ClientApps) and the baselines without their per-session scoring.
 
 Each finished (task, seed, method) is kept as JSON under the work dir, so an interrupted
 benchmark resumes where it stopped (``--resume``). The report
@@ -36,7 +48,7 @@ from appliance.errors import FederationError
 from appliance.federation import runner
 from appliance.federation.outputs import site_weights
 from appliance.federation.params import load_into
-from appliance.federation.scoring import score_site
+from appliance.federation.scoring import Segmenter, network_segmenter, score_site
 from appliance.federation.settings import (
     RunSettings,
     SiteSettings,
@@ -48,8 +60,9 @@ from appliance.federation.simulation.baselines import (
     run_centralised,
     run_local,
 )
-from appliance.federation.simulation.config import Method, SimConfig
+from appliance.federation.simulation.config import InitialModel, Method, SimConfig
 from appliance.federation.site_data import held_out_count, phantom_site_cases
+from appliance.federation.site_state import load_state, save_state
 
 Log = Callable[[str], None]
 
@@ -116,8 +129,16 @@ class SimulatedSite:
 
 
 def base_settings(
-    config: SimConfig, task: str, seed: int, timeout_s: float, phantom_cache: Path | None = None
+    config: SimConfig,
+    task: str,
+    seed: int,
+    timeout_s: float,
+    phantom_cache: Path | None = None,
+    initial_weights: Path | None = None,
 ) -> RunSettings:
+    """The run settings of (task, seed): the config's budget and network, or for a task
+    with ``initial`` the network, grid (and refiner margin) of the initial model's card
+    and ``initial_weights`` (what :func:`write_initial` wrote)."""
     setup = config.task_setup[task]
     settings = RunSettings(
         rounds=config.rounds,
@@ -137,9 +158,43 @@ def base_settings(
         sim_sites=config.sim_sites(),
         sim_threads=config.threads_per_site,
         sim_phantom_cache=str(phantom_cache) if phantom_cache is not None else "",
+        evaluate=config.evaluate_rounds,
     )
+    if setup.initial is not None:
+        card = RunSettings.from_config({"task": task, **setup.initial.run_config})
+        settings = replace(
+            settings,
+            net_class=card.net_class,
+            net_filters=card.net_filters,
+            net_res_units=card.net_res_units,
+            net_norm=card.net_norm,
+            patch_size=card.patch_size,
+            target_spacing=card.target_spacing,
+            refiner_margin=card.refiner_margin,
+            initial_weights=str(initial_weights) if initial_weights is not None else "",
+        )
     settings.validate()
     return settings
+
+
+def write_initial(task: str, initial: InitialModel, workdir: Path) -> Path:
+    """The weights a task's runs start from (the bundle's, verified; a two-stage model's
+    refiner entries), as the ServerApp reads ``initial-weights``."""
+    from appliance.federation.initial import trained_state
+    from models.errors import ModelsError
+    from models.registry import ModelRegistry
+
+    directory = initial.bundle_dir
+    registry = ModelRegistry(directory.parent.parent)
+    try:
+        bundle = registry.get(directory.parent.name, directory.name)
+        state = registry.load_state_dict(bundle)
+    except ModelsError as exc:
+        raise FederationError(f"task.{task}.initial: {exc}") from exc
+    _, weights = trained_state(bundle.card, state, task, bundle.ref)
+    path = workdir / "initial" / f"{task}-{bundle.card.version}.pt"
+    save_state(path, {k: v.detach().cpu().numpy() for k, v in weights.items()})
+    return path
 
 
 def simulated_sites(settings: RunSettings) -> list[SimulatedSite]:
@@ -195,18 +250,68 @@ def _bytes_from_progress(progress: Mapping[str, Any], key: str) -> dict[str, int
     return totals
 
 
-def _score(
-    settings: RunSettings, sites: Sequence[SimulatedSite], weights: Mapping[str, Any]
-) -> dict[str, dict[str, Any]]:
-    from models.networks import build_network
+class SiteScorer:
+    """Scores weights on the simulated sites the way each would deploy them: the run's
+    network on the run's grid, or (a two-stage initial model) the bundle's locator, as
+    shipped, followed by the weights as its refiner on the whole image. The locator's
+    result on a held-out case does not depend on the method, so it is kept per case."""
 
-    spec = settings.task_spec()
-    model = build_network(spec, settings.network_config())
-    scores = {}
-    for site in sites:
-        load_into(model, weights[site.data.name])
-        scores[site.data.name] = score_site(model, spec, site.scored).to_dict()
-    return scores
+    def __init__(self, settings: RunSettings, initial: InitialModel | None, device: str) -> None:
+        from models.networks import build_network
+
+        self.settings = settings
+        self.device = device
+        self.spec = settings.task_spec()
+        self.model = build_network(self.spec, settings.network_config())
+        self.cascade: Any = None
+        self.card: Any = None
+        self._located: dict[tuple[str, int], Any] = {}
+        if initial is not None and initial.two_stage:
+            from models.registry import ModelRegistry
+
+            directory = initial.bundle_dir
+            registry = ModelRegistry(directory.parent.parent)
+            bundle = registry.get(directory.parent.name, directory.name)
+            self.card = bundle.card
+            self.cascade = registry.load_network(bundle, device)
+
+    def _segmenter(self, site: str, weights: Mapping[str, Any]) -> Segmenter:
+        if self.cascade is None:
+            load_into(self.model, weights)
+            return network_segmenter(self.model, self.spec, self.device)
+        from appliance.flow.segmenting import task_spec_for
+        from models.cascade import locate, segment_cascade
+
+        load_into(self.cascade.refiner, weights)
+        spec = task_spec_for(self.settings.task, self.card.preprocessing)
+        refiner = self.card.refiner
+        counter = iter(range(1_000_000))
+
+        def run(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+            key = (site, next(counter))
+            located = self._located.get(key)
+            if located is None:
+                located = locate(self.cascade, spec, image, affine, device=self.device)
+                self._located[key] = located
+            result = segment_cascade(
+                self.cascade, spec, refiner, image, affine, device=self.device, located=located
+            )
+            return np.asarray(result.mask)
+
+        return run
+
+    def score(
+        self, sites: Sequence[SimulatedSite], weights: Mapping[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        from models.tasks import get_task
+
+        labels = get_task(self.settings.task)
+        return {
+            site.data.name: score_site(
+                self._segmenter(site.data.name, weights[site.data.name]), labels, site.scored
+            ).to_dict()
+            for site in sites
+        }
 
 
 def run_method(
@@ -217,16 +322,27 @@ def run_method(
     workdir: Path,
     link: Callable[[], SimulationLink],
     log: Log,
+    scorer: SiteScorer | None = None,
 ) -> dict[str, Any]:
     """Train one method on the simulated sites and score it; the JSON-ready record."""
+    scorer = scorer or SiteScorer(settings, config.task_setup[settings.task].initial, "cpu")
     start = time.perf_counter()
     data = [s.data for s in sites]
     names = [s.data.name for s in sites]
     extra: dict[str, Any] = {}
-    if method is Method.LOCAL or method is Method.CENTRALISED:
+    weights: Mapping[str, Any]
+    history: list[dict[str, Any]]
+    if method is Method.PRETRAINED:  # the initial weights, untrained: nothing sent
+        if not settings.initial_weights:
+            raise FederationError(f"pretrained: task {settings.task} has no initial weights")
+        initial = load_state(Path(settings.initial_weights))
+        weights = dict.fromkeys(names, initial)
+        history = []
+        sent, received = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+    elif method is Method.LOCAL or method is Method.CENTRALISED:
         train = run_local if method is Method.LOCAL else run_centralised
         baseline: BaselineResult = train(settings, data, device=config.device, log=log)
-        weights: Mapping[str, Any] = baseline.weights
+        weights = baseline.weights
         history = baseline.history
         if method is Method.CENTRALISED:  # pooling sends each site's images and labels
             sent = {s.data.name: s.train_bytes for s in sites}
@@ -250,7 +366,7 @@ def run_method(
         extra = {"run_id": run_id, **(progress.get("result") or {})}
         extra.pop("directory", None)
     train_s = time.perf_counter() - start
-    scores = _score(settings, sites, weights)
+    scores = scorer.score(sites, weights)
     return {
         "task": settings.task,
         "seed": settings.seed,
@@ -294,13 +410,26 @@ def simulate(
             link = SimulationLink(workdir / "flower", config)
         return link
 
+    import torch
+
+    from models.precision import training_precision
+
+    precision = training_precision(torch.device(config.device)).describe()
+    log(f"training precision: {precision}")
     records: list[dict[str, Any]] = []
     try:
         for task in config.tasks:
+            initial = config.task_setup[task].initial
+            weights_path = write_initial(task, initial, workdir) if initial else None
+            if initial is not None:
+                log(f"[{task}] every method starts from {initial.ref} ({initial.source})")
             for seed in config.seeds:
-                settings = base_settings(config, task, seed, config.timeout_s, workdir / "phantoms")
+                settings = base_settings(
+                    config, task, seed, config.timeout_s, workdir / "phantoms", weights_path
+                )
                 fingerprint = config_fingerprint(config, task, seed)
                 sites: list[SimulatedSite] | None = None
+                scorer: SiteScorer | None = None
                 for method in config.methods:
                     path = records_dir / f"{task}-seed{seed}-{method.value}.json"
                     if resume and path.is_file():
@@ -309,11 +438,15 @@ def simulate(
                             log(f"[{task} seed {seed}] {method}: kept from an earlier run")
                             records.append(kept)
                             continue
-                    if sites is None:
+                    if sites is None or scorer is None:
                         sites = simulated_sites(settings)
+                        scorer = SiteScorer(settings, initial, config.device)
                     log(f"[{task} seed {seed}] {method} ...")
-                    record = run_method(config, method, settings, sites, workdir, get_link, log)
+                    record = run_method(
+                        config, method, settings, sites, workdir, get_link, log, scorer
+                    )
                     record["fingerprint"] = fingerprint
+                    record["precision"] = precision
                     path.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
                     mean = np.mean([s["dice_mean"] for s in record["sites"].values()])
                     log(

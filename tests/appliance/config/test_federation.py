@@ -93,7 +93,7 @@ def test_one_vocabulary_of_strategies() -> None:
     # the benchmark's federated methods are strategies by the same names
     federated = [m for m in Method if m.federated]
     assert federated and all(m.strategy is StrategyName(m.value) for m in federated)
-    assert {m.value for m in Method if not m.federated} == {"local", "centralised"}
+    assert {m.value for m in Method if not m.federated} == {"pretrained", "local", "centralised"}
 
 
 def test_the_vocabulary_lives_in_the_config_package_only() -> None:

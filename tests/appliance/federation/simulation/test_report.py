@@ -1,6 +1,7 @@
-"""The federated benchmark's report from per-run records: seeds aggregated as mean ± std,
-the four targets decided from the numbers (met, missed, or not decidable), and the
-markdown, JSON and PNG files written."""
+"""The federated benchmark's report from per-run records: seeds aggregated as mean ± std
+(Dice, lesion recall per size bin, false positives per case, HD95 with its infinite
+cases), the six targets decided with their intervals, and the markdown, JSON and PNG
+files written (the rounds plot only when rounds were scored)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from appliance.federation.simulation.config import SimConfig, load_config
-from appliance.federation.simulation.report import check_targets, summarise, write_report
+from appliance.federation.simulation.report import summarise, write_report
 
 SITES = ("site_a", "site_b", "site_c", "site_d")
 
@@ -25,6 +26,9 @@ def _site(dice: float, small: float | None = None) -> dict[str, Any]:
         "small_lesion_cases": 0 if small is None else 2,
         "hd95_mm": {"Liver": 5.0, "Liver tumour": None},
         "hd95_missed": {"Liver": 0, "Liver tumour": 2},
+        "lesions": {"small": 0 if small is None else 4, "medium": 2, "large": 1},
+        "detected": {"small": 0 if small is None else round(4 * small), "medium": 1, "large": 1},
+        "false_positive_components": 3,
     }
 
 
@@ -90,31 +94,32 @@ def test_seeds_are_aggregated_as_mean_and_std(config: SimConfig) -> None:
     assert local["mean"]["small_lesion_dice"] is None
 
 
-def test_targets_met(config: SimConfig) -> None:
+def test_recall_and_false_positives_are_pooled_over_sites(config: SimConfig) -> None:
+    tasks = summarise(config, _records(0.5, 0.75, 0.5))
+    fedgs = tasks["liver_ct"]["methods"]["fedgs"]
+    # only site_c has small lesions: 4 of which fedgs finds 2
+    assert fedgs["mean"]["recall"]["small"][0] == pytest.approx(0.5)
+    assert fedgs["mean"]["recall"]["medium"][0] == pytest.approx(0.5)
+    assert fedgs["mean"]["recall"]["large"][0] == pytest.approx(1.0)
+    assert fedgs["sites"]["site_c"]["lesions"]["small"] == 12  # 4 per seed
+    assert fedgs["mean"]["false_positives_per_case"][0] == pytest.approx(1.5)
+    assert fedgs["mean"]["hd95_missed"]["Liver tumour"] == 2 * 4 * 3
+    local = tasks["liver_ct"]["methods"]["local"]
+    assert local["mean"]["recall"]["small"] is None
+
+
+def test_the_targets_are_decisions_with_intervals(config: SimConfig) -> None:
     tasks = summarise(config, _records(fedgs_small=0.4, fedbn_b=0.75, cwt_d=0.5))
-    verdicts = [t["met"] for t in tasks["liver_ct"]["targets"]]
-    assert verdicts == [True, True, True, True]
-    assert "gap +0.5 points" in tasks["liver_ct"]["targets"][0]["detail"]
-
-
-def test_targets_missed_say_by_how_much(config: SimConfig) -> None:
-    records = _records(fedgs_small=0.2, fedbn_b=0.65, cwt_d=0.35)
-    records = [r for r in records if r["method"] not in ("fedavg", "fedprox")] + [
-        _record("fedavg", s, _flat(0.75, site_b=0.70), small=0.30) for s in (0, 1, 2)
-    ]
-    targets = check_targets(config, "liver_ct", summarise(config, records)["liver_ct"]["methods"])
-    assert [t.met for t in targets] == [False, False, False, False]
-    assert "best fedgs 0.780" in targets[0].detail and "gap +3.0 points" in targets[0].detail
-    assert "fedbn 0.650 vs fedavg 0.700" in targets[1].detail
-    assert "fedgs 0.200 vs fedavg 0.300" in targets[2].detail
-    assert "not above local: cwt" in targets[3].detail
-
-
-def test_targets_not_decidable_without_the_runs(config: SimConfig) -> None:
-    records = [r for r in _records(0.4, 0.75, 0.5) if r["method"] in ("local", "fedbn")]
-    targets = check_targets(config, "liver_ct", summarise(config, records)["liver_ct"]["methods"])
-    assert [t.met for t in targets[:3]] == [None, None, None]
-    assert targets[3].met is True
+    targets = tasks["liver_ct"]["targets"]
+    assert len(targets) == 6
+    assert all(t["verdict"] in ("met", "missed", "undecided") for t in targets)
+    first = targets[0]
+    assert first["difference"]["n"] == 12 and first["rule"] == "within 1 point"
+    # fedavg/fedprox trail centralised by exactly 0.5 points on every unit but site_b
+    assert "best federated method by mean Dice: fedprox" in first["note"]
+    assert first["verdict"] == "met"
+    # quick has no pretrained run: target 6 cannot be decided
+    assert targets[5]["verdict"] == "undecided"
 
 
 def test_report_files(config: SimConfig, tmp_path: Path) -> None:
@@ -123,11 +128,28 @@ def test_report_files(config: SimConfig, tmp_path: Path) -> None:
     assert "`cmd --x`" in md and "| fedbn |" in md and "### Targets" in md
     assert "| site_d | 2 | 2 |" in md
     assert "0.557 ± 0.006" in md  # local's mean over sites and seeds
+    assert "### Dice per label and site" in md and "recall < 10 mm" in md
+    assert "| (1) best federated method within 1 Dice point of centralised | **met** |" in md
+    assert "↳ fedavg > local" in md  # the parts of a combined target
     data = json.loads(written["json"].read_text())
     assert data["config"]["name"] == "quick" and len(data["records"]) == 27
-    assert data["tasks"]["liver_ct"]["targets"][0]["met"] is True
+    assert data["tasks"]["liver_ct"]["targets"][0]["verdict"] == "met"
     pngs = [p for p in written.values() if p.suffix == ".png"]
-    assert len(pngs) == 2
+    assert len(pngs) == 3
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
         assert f"]({png.name})" in md
+
+
+def test_report_without_round_scores_has_no_rounds_plot(config: SimConfig, tmp_path: Path) -> None:
+    records = _records(0.4, 0.75, 0.5)
+    for r in records:
+        r["history"] = []
+    written = write_report(config, records, tmp_path, command="cmd", wall_s=125.0)
+    assert sorted(p.name for p in written.values() if p.suffix == ".png") == [
+        "federation_quick_dice.png",
+        "federation_quick_recall.png",
+    ]
+    md = written["markdown"].read_text()
+    assert "in 2.1 min wall time" in md
+    assert json.loads(written["json"].read_text())["wall_s"] == 125.0
