@@ -19,13 +19,17 @@ What one run does:
      frames of each segment of the truth label map, ``np.packbits`` (LSB first), written
      to a file.
    - ``write_seg``: ``dicom_bridge.seg.write_seg`` (BINARY, empty frames omitted,
-     ``slice_uids`` given) + ``save_as`` of the same label map.
+     ``slice_uids`` given) + ``save_as`` of the same label map, called as the pipeline
+     calls it: with the volume's ``source_headers``, so the source files are not read again.
+   - ``write_seg_from_files``: the same without ``source_headers`` (the source headers are
+     read from the files, as before the volume kept them).
 
    Both sides of each ratio run back to back in the same process, so a neighbour that
    takes the CPU slows both; the ratio of each round is kept and the median reported.
 3. Prints the medians [min - max] in seconds, the median per-round ratios
    (``volume_ratio`` = loader / plain read, ``seg_ratio`` = write_seg + save / packbits
-   floor) and, with ``--json FILE``, writes them (keys in ``benchmarks/README.md``).
+   floor, ``seg_from_files_ratio`` the same for ``write_seg_from_files``) and, with
+   ``--json FILE``, writes them (keys in ``benchmarks/README.md``).
 
 Everything it writes goes to one temporary folder that is removed at the end.
 """
@@ -114,13 +118,22 @@ def run(slices: int, repeats: int, workdir: Path) -> dict[str, Any]:
     if reference.tobytes() != volume.array.tobytes():
         raise RuntimeError("the plain read and load_series_volume give different arrays")
     slice_uids = volume.sop_instance_uids
+    headers = volume.source_headers
     del volume, reference
 
     seg_path, floor_path = workdir / "seg.dcm", workdir / "floor.bin"
     label_indices = [s.label_index for s in segments]
 
-    def seg_and_save() -> int:
-        ds = write_seg(files, labels, segments, algorithm, options, slice_uids=slice_uids)
+    def seg_and_save(from_files: bool = False) -> int:
+        ds = write_seg(
+            files,
+            labels,
+            segments,
+            algorithm,
+            options,
+            slice_uids=slice_uids,
+            source_headers=None if from_files else headers,
+        )
         ds.save_as(seg_path, enforce_file_format=True)
         return int(ds.NumberOfFrames)
 
@@ -129,19 +142,23 @@ def run(slices: int, repeats: int, workdir: Path) -> dict[str, Any]:
         "load_series_volume": [],
         "packbits_floor": [],
         "write_seg": [],
+        "write_seg_from_files": [],
     }
     volume_ratios: list[float] = []
     seg_ratios: list[float] = []
+    seg_from_files_ratios: list[float] = []
     seg_frames = floor_frames = 0
     for _ in range(repeats):
         plain_s, _ = timed(lambda: plain_read(files))
         load_s, _ = timed(lambda: load_series_volume(files))
         floor_s, floor_frames = timed(lambda: packbits_floor(labels, label_indices, floor_path))
         seg_s, seg_frames = timed(seg_and_save)
-        for key, value in zip(times, (plain_s, load_s, floor_s, seg_s), strict=True):
+        files_s, _ = timed(lambda: seg_and_save(from_files=True))
+        for key, value in zip(times, (plain_s, load_s, floor_s, seg_s, files_s), strict=True):
             times[key].append(value)
         volume_ratios.append(load_s / plain_s)
         seg_ratios.append(seg_s / floor_s)
+        seg_from_files_ratios.append(files_s / floor_s)
     return {
         "benchmark": "dicom_speed",
         "slices": slices,
@@ -151,6 +168,7 @@ def run(slices: int, repeats: int, workdir: Path) -> dict[str, Any]:
         "seconds": {key: summary(values) for key, values in times.items()},
         "volume_ratio": summary(volume_ratios),
         "seg_ratio": summary(seg_ratios),
+        "seg_from_files_ratio": summary(seg_from_files_ratios),
         "seg_frames": seg_frames,
         "floor_frames": floor_frames,
         "seg_bytes": seg_path.stat().st_size,
@@ -168,6 +186,7 @@ def print_result(result: dict[str, Any]) -> None:
     for key, what in (
         ("volume_ratio", "load_series_volume / plain read"),
         ("seg_ratio", "write_seg + save / packbits floor"),
+        ("seg_from_files_ratio", "the same, source headers read from the files"),
     ):
         value = result[key]
         print(
