@@ -181,6 +181,10 @@ class SeriesVolume:
     modality: str
     sop_instance_uids: tuple[str, ...]
     frame_of_reference_uid: str | None
+    #: The datasets read from ``paths`` (image files only, in ``paths`` order, pixel data
+    #: dropped): ``dicom_bridge.seg.write_seg(..., source_headers=...)`` takes them so
+    #: that the SEG does not read the source files again. Empty when not loaded from files.
+    source_headers: tuple[Dataset, ...] = ()
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3 or min(self.array.shape) < 1:
@@ -258,7 +262,18 @@ def load_series_volume(paths: Sequence[Path], limits: SizeLimits | None = None) 
         modality=instances[0].modality,
         sop_instance_uids=uids,
         frame_of_reference_uid=str(frame_of_reference) if frame_of_reference else None,
+        source_headers=_headers_only(instances),
     )
+
+
+def _headers_only(instances: list[_Instance]) -> tuple[Dataset, ...]:
+    """The datasets without their pixel data (deleting it also drops pydicom's cache)."""
+    for inst in instances:
+        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in inst.dataset:
+                delattr(inst.dataset, keyword)
+        inst.pixels = None
+    return tuple(inst.dataset for inst in instances)
 
 
 # --- reading --------------------------------------------------------------------------
