@@ -930,3 +930,28 @@ def test_real_ct_seg_from_the_volumes_headers_equals_the_seg_from_the_files(
     assert _seg_content(from_headers) == _seg_content(from_files)
     from_headers.save_as(tmp_path / "seg.dcm")
     np.testing.assert_array_equal(read_seg_labelmap(tmp_path / "seg.dcm", sources).labelmap, mask)
+
+
+@pytest.mark.parametrize(
+    ("extra", "described", "undescribed"),
+    [
+        pytest.param((2,), (1, 3), "[2]", id="one-gap"),
+        pytest.param((17, 39), (1, 40), "[17, 39]", id="many-gaps-histogram"),
+    ],
+)
+def test_undescribed_label_values_are_named(
+    ct: tuple[list[Path], np.ndarray],
+    extra: tuple[int, ...],
+    described: tuple[int, ...],
+    undescribed: str,
+) -> None:
+    paths, mask = ct
+    labels = (mask > 0).astype(np.uint8)
+    labels[labels.shape[0] // 2, 0, 0] = described[-1]
+    for k, value in enumerate(extra):
+        labels[labels.shape[0] // 2, 1, k] = value
+    segments = [SegmentDescription(i, f"s{i}", C.ANATOMICAL_STRUCTURE, C.LIVER) for i in described]
+    options = SegOptions(segmentation_type=SegmentationType.LABELMAP)
+    with pytest.raises(SegmentationWriteError, match="no segment description") as info:
+        write_seg(paths, labels, segments, ALGORITHM, options)
+    assert undescribed in str(info.value)
