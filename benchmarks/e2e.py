@@ -30,8 +30,11 @@ What one run does:
    inference and its sub-stages, seg, sr, save, enqueue) and the outbox hand-off + send.
 6. SEG writing against its raw floor, on the produced mask of the last repeat and (for
    realistic anatomy) on the phantom's truth labels: ``write_seg`` (BINARY, empty frames
-   omitted) + ``save_as``, against ``np.packbits`` of the same non-empty frames written
-   to a file; median of ``--seg-repeats`` runs, with the ratio and file sizes.
+   omitted; given the volume's ``source_headers``, as the pipeline calls it) +
+   ``save_as``, against ``np.packbits`` of the same non-empty frames written to a file;
+   median of ``--seg-repeats`` runs, with the ratio and file sizes.
+7. With ``--json FILE``, writes the medians and ratios there (keys in
+   ``benchmarks/README.md``).
 
 Everything it starts is stopped by PID; everything it writes goes to one temporary
 folder that is removed at the end.
@@ -319,6 +322,7 @@ def time_seg(
     algorithm: Any,
     workdir: Path,
     repeats: int,
+    source_headers: Sequence[Any] | None = None,
 ) -> SegTiming:
     from appliance.flow.pipeline import segment_descriptions
     from dicom_bridge.seg import SegOptions, write_seg
@@ -333,7 +337,15 @@ def time_seg(
     seg_frames = 0
     for _ in range(repeats):
         start = time.perf_counter()
-        ds = write_seg(files, mask, segments, algorithm, options, slice_uids=slice_uids)
+        ds = write_seg(
+            files,
+            mask,
+            segments,
+            algorithm,
+            options,
+            slice_uids=slice_uids,
+            source_headers=source_headers,
+        )
         ds.save_as(seg_path, enforce_file_format=True)
         seg_s.append(time.perf_counter() - start)
         seg_frames = int(ds.NumberOfFrames)
@@ -377,17 +389,16 @@ def run_seg_comparison(
     )
     return [
         time_seg(
-            "produced mask", rep.files, volume.sop_instance_uids, mask, algorithm, workdir, repeats
-        ),
-        time_seg(
-            "phantom truth",
+            what,
             rep.files,
             volume.sop_instance_uids,
-            phantom.labels,
+            labels,
             algorithm,
             workdir,
             repeats,
-        ),
+            source_headers=volume.source_headers,  # as the pipeline calls it
+        )
+        for what, labels in (("produced mask", mask), ("phantom truth", phantom.labels))
     ]
 
 
@@ -469,6 +480,74 @@ def print_seg(results: Sequence[SegTiming], repeats: int) -> None:
         )
 
 
+_STAGES = ("volume_s", "model_s", "inference_s", "seg_s", "sr_s", "save_s", "enqueue_s")
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def json_result(
+    args: argparse.Namespace,
+    device_text: str,
+    model_text: str,
+    repeats: Sequence[Repeat],
+    seg_results: Sequence[SegTiming],
+) -> dict[str, Any]:
+    """The ``--json`` document (keys in ``benchmarks/README.md``)."""
+    per_repeat: list[dict[str, Any]] = []
+    for rep in repeats:
+        timings = rep.job.get("timings") or {}
+        per_repeat.append(
+            {
+                "latency_s": rep.latency,
+                "push_s": rep.push.seconds,
+                "pipeline_s": float(timings.get("total_s", 0.0)),
+                "stages_s": {k: float(timings[k]) for k in _STAGES if k in timings},
+                "inference_s": {
+                    k: float(v)
+                    for k, v in (timings.get("inference") or {}).items()
+                    if isinstance(v, int | float)
+                },
+                "device": timings.get("device"),
+            }
+        )
+    stages = {
+        key: statistics.median(r["stages_s"][key] for r in per_repeat)
+        for key in _STAGES
+        if all(key in r["stages_s"] for r in per_repeat)
+    }
+    seg = [
+        {
+            "mask": r.what,
+            "seg_frames": r.seg_frames,
+            "floor_frames": r.floor_frames,
+            "seg_s": _spread(r.seg_s),
+            "floor_s": _spread(r.floor_s),
+            "ratio": statistics.median(r.seg_s) / statistics.median(r.floor_s),
+            "seg_bytes": r.seg_bytes,
+            "floor_bytes": r.floor_bytes,
+        }
+        for r in seg_results
+    ]
+    return {
+        "benchmark": "e2e",
+        "slices": args.slices,
+        "repeats": len(repeats),
+        "device": device_text,
+        "model": model_text,
+        "quiet_seconds": args.quiet_seconds,
+        "outbox_poll_seconds": args.outbox_poll,
+        "cpu_count": os.cpu_count(),
+        "load_average": load_average(),
+        "latency_s": _spread([r["latency_s"] for r in per_repeat]),
+        "pipeline_s": _spread([r["pipeline_s"] for r in per_repeat]),
+        "stages_median_s": stages,
+        "per_repeat": per_repeat,
+        "seg": seg,
+    }
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -512,6 +591,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for each SEG at the PACS"
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the medians and ratios to this file (keys: benchmarks/README.md)",
     )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.seg_repeats < 1 or args.slices < 8:
@@ -653,6 +738,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seg_results = run_seg_comparison(repeats[-1], phantom, base / "segcheck", args.seg_repeats)
         print_seg(seg_results, args.seg_repeats)
         print(f"load average at the end: {load_average()}")
+        if args.json is not None:
+            document = json_result(args, device_text, model_text, repeats, seg_results)
+            args.json.write_text(json.dumps(document, indent=2) + "\n")
         shutil.rmtree(base / "pacs", ignore_errors=True)
     return 0
 

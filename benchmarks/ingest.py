@@ -326,6 +326,38 @@ def print_table(results: dict[str, Result], slices: int, repeats: int) -> None:
         print(f"ratio appliance (fsync off) / {DESCRIPTIONS['bare']}: {nofsync / bare:.2f}")
 
 
+def json_result(results: dict[str, Result], slices: int, repeats: int) -> dict[str, Any]:
+    """The ``--json`` document (keys in ``benchmarks/README.md``)."""
+
+    def spread(values: Sequence[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    targets = {
+        name: {"images_per_s": spread(res.rates(slices)), "seconds": spread(res.seconds)}
+        for name, res in results.items()
+    }
+    ratios: dict[str, float] = {}
+    for numerator, denominator in (
+        ("appliance", "bare"),
+        ("appliance", "storescp"),
+        ("appliance-nofsync", "bare"),
+    ):
+        if numerator in targets and denominator in targets:
+            ratios[f"{numerator}/{denominator}"] = (
+                targets[numerator]["images_per_s"]["median"]
+                / targets[denominator]["images_per_s"]["median"]
+            )
+    return {
+        "benchmark": "ingest",
+        "slices": slices,
+        "repeats": repeats,
+        "cpu_count": os.cpu_count(),
+        "load_average": load_average(),
+        "targets": targets,
+        "ratios": ratios,
+    }
+
+
 # --- in-process profile of the C-STORE handler ---------------------------------------------
 
 
@@ -732,6 +764,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="with --profile: also print a cProfile of the handler",
     )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the medians and ratios to this file (keys: benchmarks/README.md)",
+    )
     args = parser.parse_args(argv)
     names = [] if args.targets == "none" else [t.strip() for t in args.targets.split(",")]
     unknown = [n for n in names if n not in TARGETS]
@@ -780,6 +818,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"load average after the pushes: {load_average()} (other work on this "
                 "machine skews the figures)"
             )
+            if args.json is not None:
+                document = json_result(results, len(files), args.repeats)
+                args.json.write_text(json.dumps(document, indent=2) + "\n")
     return 0
 
 

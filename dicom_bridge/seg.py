@@ -82,6 +82,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from dicom_bridge import highdicom_tables
 from dicom_bridge.codes import (
     ARTIFICIAL_INTELLIGENCE,
     MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
@@ -110,8 +111,11 @@ __all__ = [
     "redact",
     "sanitized_warnings",
     "series_description",
+    "source_grid_from_headers",
     "write_seg",
 ]
+
+highdicom_tables.install()  # one IOD table walk per SOP class, not per source image
 
 #: The research-use marker written into every object made while ``research_only`` holds.
 RESEARCH_MARKER: Final = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
@@ -355,18 +359,30 @@ def read_source_grid(paths: Sequence[Path]) -> SourceGrid:
     Files that are not CT/MR images (for example an earlier SEG) are skipped. Raises
     :class:`SourceSeriesError` when the images are not one regular, untilted stack.
     """
-    datasets: list[tuple[int, Dataset]] = []
+    headers: list[Dataset] = []
     for index, path in enumerate(paths):
         try:
-            ds: Dataset = dcmread(Path(path), stop_before_pixels=True)
+            headers.append(dcmread(Path(path), stop_before_pixels=True))
         except Exception as exc:  # pydicom raises many types for corrupt input
             raise SourceSeriesError(
                 f"source_paths[{index}] cannot be parsed as DICOM ({type(exc).__name__})"
             ) from exc
-        if UID(str(ds.get("SOPClassUID", "") or "")) in VOLUME_CLASSES:
-            datasets.append((index, ds))
+    return source_grid_from_headers(headers)
+
+
+def source_grid_from_headers(headers: Sequence[Dataset]) -> SourceGrid:
+    """:func:`read_source_grid` of datasets already read (``SeriesVolume.source_headers``).
+
+    ``headers[i]`` stands for ``source_paths[i]``; the same checks run on them. Pixel data,
+    if present, is neither needed nor decoded.
+    """
+    datasets = [
+        (index, ds)
+        for index, ds in enumerate(headers)
+        if UID(str(ds.get("SOPClassUID", "") or "")) in VOLUME_CLASSES
+    ]
     if not datasets:
-        raise SourceSeriesError(f"none of the {len(paths)} source files is a CT or MR image")
+        raise SourceSeriesError(f"none of the {len(headers)} source files is a CT or MR image")
     for keyword in ("SeriesInstanceUID", "FrameOfReferenceUID", "StudyInstanceUID"):
         values = {str(ds.get(keyword, "") or "") for _, ds in datasets}
         if len(values) != 1 or "" in values:
@@ -553,6 +569,7 @@ def write_seg(
     options: SegOptions | None = None,
     *,
     slice_uids: Sequence[str] | None = None,
+    source_headers: Sequence[Dataset] | None = None,
 ) -> hd.seg.Segmentation:
     """Build the SEG of ``mask`` (a label map, or segment masks, on the source volume
     grid, see module doc).
@@ -561,9 +578,17 @@ def write_seg(
     segment masks); segments with no voxels are still described (a model that finds no
     tumour says so). ``slice_uids``, when given
     (``SeriesVolume.sop_instance_uids``), must match the slice order found here.
+
+    ``source_headers``, when given (``SeriesVolume.source_headers``: the image datasets
+    among ``source_paths`` that ``load_series_volume`` read, pixel data dropped), stand
+    for the files, which are then not read again; messages then count positions in
+    ``source_headers``.
     """
     options = options or SegOptions()
-    grid = read_source_grid(source_paths)
+    if source_headers is not None:
+        grid = source_grid_from_headers(source_headers)
+    else:
+        grid = read_source_grid(source_paths)
     if slice_uids is not None and tuple(slice_uids) != grid.sop_instance_uids:
         raise SegmentationWriteError(
             "slice_uids do not match the slice order of the source headers "
@@ -618,8 +643,10 @@ def write_seg(
     try:
         with sanitized_warnings(identifiers):
             seg = hd.seg.Segmentation(
-                # copies with invalid patient/study values fixed or dropped
-                source_images=list(sanitized_sources(grid.datasets)),
+                # highdicom copies the patient and study modules from the first source
+                # image only: that one is checked (a copy with invalid patient/study values
+                # fixed or dropped); the others give it references and positions.
+                source_images=[*sanitized_sources(grid.datasets[:1]), *grid.datasets[1:]],
                 pixel_array=pixels,
                 segmentation_type=hd.seg.SegmentationTypeValues(kind.value),
                 segment_descriptions=descriptions,
@@ -669,9 +696,11 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
         return mask.astype(np.uint8)
     if not np.issubdtype(mask.dtype, np.integer):
         raise SegmentationWriteError(f"mask must hold integer labels, not {mask.dtype}")
-    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > 65535):
+    low = int(mask.min()) if mask.size and mask.dtype.kind == "i" else 0
+    high = int(mask.max()) if mask.size else 0
+    if low < 0 or high > 65535:
         raise SegmentationWriteError("mask labels must lie in 0..65535")
-    target = np.uint8 if (not mask.size or int(mask.max()) <= 255) else np.uint16
+    target = np.uint8 if high <= 255 else np.uint16
     return np.ascontiguousarray(mask, dtype=target)
 
 
@@ -692,11 +721,27 @@ def _check_segments(
         )
     if labels is None:
         return ordered
-    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=1))
-    undescribed = sorted(set(present.tolist()) - {0, *numbers})
+    undescribed = _undescribed_labels(labels, {0, *numbers})
     if undescribed:
         raise SegmentationWriteError(f"mask values {undescribed[:10]} have no segment description")
     return ordered
+
+
+def _undescribed_labels(labels: np.ndarray, described: set[int]) -> list[int]:
+    """The values of ``labels`` outside ``described``, ascending.
+
+    One pass for the maximum; the values between 1 and it that no segment describes (none
+    for a label map whose segments are 1..n) are then looked for one by one, so the usual
+    case costs no histogram of the whole volume (``np.bincount`` copies it as int64).
+    """
+    if not labels.size:
+        return []
+    high = int(labels.max())
+    candidates = [v for v in range(1, high + 1) if v not in described]
+    if len(candidates) > 16:  # many gaps: one histogram is cheaper than many passes
+        present = np.flatnonzero(np.bincount(labels.ravel(), minlength=1))
+        return sorted(set(present.tolist()) - described)
+    return [v for v in candidates if bool(np.any(labels == v))]
 
 
 def _segment_description(

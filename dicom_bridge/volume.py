@@ -1,11 +1,18 @@
 """Series -> volume: the DICOM image files of one series become a numpy array plus an affine.
 
-:func:`load_series_volume` reads the files with pydicom, checks the series explicitly and
-then lets highdicom assemble it: :func:`highdicom.get_volume_from_series` for a stack of
-single-frame instances, :meth:`highdicom.Image.get_volume` for one multi-frame (Enhanced
-or Legacy Converted Enhanced CT/MR) instance. highdicom sorts the slices, applies the
-modality LUT (Rescale Slope/Intercept, or a Modality LUT Sequence) and computes the affine;
-this module does no slice sorting of its own.
+:func:`load_series_volume` reads the files with pydicom, checks the series explicitly
+(vectorised over the slices) and then assembles it with highdicom's geometry. For a stack
+of single-frame instances whose pixels are integers of up to 16 bits with a linear rescale
+(Rescale Slope/Intercept, or none; the usual CT and MR), highdicom's
+``get_volume_positions`` and ``VolumeGeometry`` give the slice order, spacing and affine
+from the checked positions, and the slices are rescaled straight into the result with
+highdicom's own arithmetic (float32 slope and intercept), bit for bit what
+:func:`highdicom.get_volume_from_series` returns, without its per-slice pixel-transform
+objects and without the extra copy that reversing its slice order costs. Any other
+single-frame stack (a Modality LUT Sequence, 32-bit or float pixels) goes through
+:func:`highdicom.get_volume_from_series`; one multi-frame (Enhanced or Legacy Converted
+Enhanced CT/MR) instance through :meth:`highdicom.Image.get_volume`. Either way highdicom
+decides the slice order and the affine; this module does no slice sorting of its own.
 
 Conventions of the result (:class:`SeriesVolume`):
 
@@ -83,6 +90,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from dicom_bridge import highdicom_tables
 from dicom_bridge.errors import MalformedDatasetError, VolumeError
 from dicom_bridge.limits import (
     ImageSize,
@@ -151,6 +159,8 @@ SPACING_ATOL_MM: Final = 0.01
 #: Largest distance of a slice from the regular grid, as a fraction of the spacing.
 GRID_TOLERANCE_FRACTION: Final = 0.1
 
+highdicom_tables.install()  # one IOD table walk per SOP class, not per slice
+
 _MULTIFRAME_CLASSES: Final = frozenset(
     {ENHANCED_CT, ENHANCED_MR, LEGACY_ENHANCED_CT, LEGACY_ENHANCED_MR}
 )
@@ -171,6 +181,10 @@ class SeriesVolume:
     modality: str
     sop_instance_uids: tuple[str, ...]
     frame_of_reference_uid: str | None
+    #: The datasets read from ``paths`` (image files only, in ``paths`` order, pixel data
+    #: dropped): ``dicom_bridge.seg.write_seg(..., source_headers=...)`` takes them so
+    #: that the SEG does not read the source files again. Empty when not loaded from files.
+    source_headers: tuple[Dataset, ...] = ()
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3 or min(self.array.shape) < 1:
@@ -229,17 +243,37 @@ def load_series_volume(paths: Sequence[Path], limits: SizeLimits | None = None) 
     if multiframe:
         volume = _multiframe_volume(instances[0], tolerances)
         uids: tuple[str, ...] = (instances[0].sop_instance_uid,)
+        array = np.ascontiguousarray(volume.array, dtype=np.float32)
+        affine, frame_of_reference = volume.affine, volume.frame_of_reference_uid
     else:
-        volume, uids = _single_frame_volume(instances, stack, tolerances)
+        rescales = _linear_rescales(instances)
+        if rescales is None:  # a Modality LUT or an unusual pixel type: highdicom assembles
+            volume, uids = _single_frame_volume(instances, stack, tolerances)
+            array = np.ascontiguousarray(volume.array, dtype=np.float32)
+            affine, frame_of_reference = volume.affine, volume.frame_of_reference_uid
+        else:
+            geometry, order = _single_frame_geometry_of(instances, stack, tolerances)
+            array = _stack_rescaled(instances, order, rescales)
+            uids = _uids_in_order(instances, order)
+            affine, frame_of_reference = geometry.affine, geometry.frame_of_reference_uid
     return SeriesVolume(
-        array=np.ascontiguousarray(volume.array, dtype=np.float32),
-        affine=np.array(volume.affine, dtype=np.float64) + 0.0,  # no -0.0 entries
+        array=array,
+        affine=np.array(affine, dtype=np.float64) + 0.0,  # no -0.0 entries
         modality=instances[0].modality,
         sop_instance_uids=uids,
-        frame_of_reference_uid=(
-            str(volume.frame_of_reference_uid) if volume.frame_of_reference_uid else None
-        ),
+        frame_of_reference_uid=str(frame_of_reference) if frame_of_reference else None,
+        source_headers=_headers_only(instances),
     )
+
+
+def _headers_only(instances: list[_Instance]) -> tuple[Dataset, ...]:
+    """The datasets without their pixel data (deleting it also drops pydicom's cache)."""
+    for inst in instances:
+        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in inst.dataset:
+                delattr(inst.dataset, keyword)
+        inst.pixels = None
+    return tuple(inst.dataset for inst in instances)
 
 
 # --- reading --------------------------------------------------------------------------
@@ -256,6 +290,7 @@ class _Instance:
     multiframe: bool
     number_of_frames: int
     image_type: tuple[str, ...]
+    pixels: np.ndarray | None = None  # the decoded pixel data of a single-frame instance
 
     @property
     def name(self) -> str:
@@ -600,7 +635,7 @@ def _check_sizes(instances: list[_Instance], limits: SizeLimits) -> None:
 def _decode(inst: _Instance) -> None:
     """Decode the pixel data once (pydicom caches it; highdicom reuses the cache)."""
     try:
-        inst.dataset.pixel_array  # noqa: B018 - decoding is the point
+        inst.pixels = inst.dataset.pixel_array
     except Exception as exc:  # decoders raise ValueError, RuntimeError, NotImplementedError...
         path = Path(str(getattr(inst.dataset, "filename", "") or "?"))
         raise VolumeError(
@@ -780,21 +815,133 @@ def _single_frame_volume(
     except Exception as exc:  # translated where the third-party error enters
         raise _translate(exc) from exc
     volume = _along_normal(volume)
-    # Which slice each instance became: map its position through the inverse affine.
+    order = _slice_order(stack, volume.inverse_affine)
+    return volume, _uids_in_order(instances, order)
+
+
+def _slice_order(stack: _Stack, inverse_affine: np.ndarray) -> list[int]:
+    """Which slice each instance became: its position mapped through the inverse affine."""
     homogeneous = np.column_stack([stack.positions, np.ones(len(stack.positions))])
-    slice_index = (homogeneous @ volume.inverse_affine.T)[:, 0]
+    slice_index = (homogeneous @ np.asarray(inverse_affine).T)[:, 0]
     order = np.rint(slice_index).astype(int)
-    if sorted(order.tolist()) != list(range(len(instances))) or not np.allclose(
+    if sorted(order.tolist()) != list(range(len(stack.positions))) or not np.allclose(
         slice_index, order, atol=0.25
     ):
         raise VolumeError(
             VolumeRejection.NOT_A_VOLUME,
             "the slice positions do not match the grid highdicom built",
         )
+    return [int(k) for k in order]
+
+
+def _uids_in_order(instances: list[_Instance], order: list[int]) -> tuple[str, ...]:
     uids = [""] * len(instances)
-    for inst, k in zip(instances, order.tolist(), strict=True):
+    for inst, k in zip(instances, order, strict=True):
         uids[k] = inst.sop_instance_uid
-    return volume, tuple(uids)
+    return tuple(uids)
+
+
+# --- single-frame assembly without per-instance highdicom objects -------------------------------
+#
+# hd.get_volume_from_series builds a pixel transform per dataset (each one looks the SOP class
+# up in the IOD tables) and returns the slices against the normal, so that the flip to our
+# convention costs one more copy of the volume. For the common case, a linear rescale (or
+# none) of integer pixels of up to 16 bits, the same result is assembled here: highdicom
+# still computes the spacing, the slice order and the affine from the checked positions
+# (get_volume_positions, VolumeGeometry), and the rescale repeats highdicom's arithmetic
+# exactly (float32 slope and intercept; multiply skipped for slope 1, add for intercept 0),
+# so the array is bit-identical. Anything else (Modality LUT Sequence, float or 32-bit
+# pixels, functional groups in a single-frame image) goes through hd.get_volume_from_series.
+
+_Rescale = tuple[np.float32, np.float32]
+
+
+def _linear_rescales(instances: list[_Instance]) -> list[_Rescale] | None:
+    """Each instance's (slope, intercept) as highdicom applies it; None where not linear."""
+    rescales: list[_Rescale] = []
+    shape = instances[0].pixels.shape if instances[0].pixels is not None else None
+    for inst in instances:
+        rescale = _linear_rescale(inst)
+        if rescale is None or inst.pixels is None or inst.pixels.shape != shape:
+            return None
+        rescales.append(rescale)
+    return rescales
+
+
+def _linear_rescale(inst: _Instance) -> _Rescale | None:
+    ds = inst.dataset
+    pixels = inst.pixels
+    if (
+        pixels is None
+        or pixels.ndim != 2
+        or pixels.dtype.kind not in "iu"
+        or pixels.dtype.itemsize > 2
+        or "PixelData" not in ds
+        or any(
+            keyword in ds
+            for keyword in (
+                "ModalityLUTSequence",
+                "PixelValueTransformationSequence",
+                "SharedFunctionalGroupsSequence",
+                "PerFrameFunctionalGroupsSequence",
+            )
+        )
+    ):
+        return None
+    try:
+        slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        if slope or intercept:  # highdicom's rule: empty values mean 1 and 0
+            return np.float32(float(slope or 1.0)), np.float32(float(intercept or 0.0))
+    except (TypeError, ValueError):
+        return None  # highdicom reports it
+    return np.float32(1.0), np.float32(0.0)
+
+
+def _single_frame_geometry_of(
+    instances: list[_Instance], stack: _Stack, tolerances: _Tolerances
+) -> tuple[hd.VolumeGeometry, list[int]]:
+    """highdicom's spacing and affine for the checked positions, and each instance's slice."""
+    rows, columns = (int(v) for v in stack.dimensions[0])
+    try:
+        spacing, positions = hd.spatial.get_volume_positions(
+            stack.positions.tolist(),
+            stack.orientation.tolist(),
+            atol=tolerances.atol,
+            perpendicular_tol=tolerances.perpendicular_tol,
+        )
+        if spacing is None or positions is None:
+            raise ValueError("Series is not a regularly-spaced volume.")
+        geometry = hd.VolumeGeometry.from_attributes(
+            image_position=stack.positions[positions.index(0)].tolist(),
+            image_orientation=stack.orientation.tolist(),
+            rows=rows,
+            columns=columns,
+            pixel_spacing=stack.pixel_spacings[0].tolist(),
+            spacing_between_slices=spacing,
+            number_of_frames=len(instances),
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            frame_of_reference_uid=str(instances[0].dataset.FrameOfReferenceUID),
+        )
+        geometry = geometry.ensure_handedness(hd.AxisHandedness.LEFT_HANDED, flip_axis=0)
+    except Exception as exc:  # translated where the third-party error enters
+        raise _translate(exc) from exc
+    return geometry, _slice_order(stack, geometry.inverse_affine)
+
+
+def _stack_rescaled(
+    instances: list[_Instance], order: list[int], rescales: list[_Rescale]
+) -> np.ndarray:
+    first = instances[0].pixels
+    assert first is not None  # _linear_rescales checked every instance
+    out = np.empty((len(instances), *first.shape), dtype=np.float32)
+    for inst, k, (slope, intercept) in zip(instances, order, rescales, strict=True):
+        target = out[k]
+        target[...] = inst.pixels  # integers of up to 16 bits are exact in float32
+        if slope != 1.0:
+            np.multiply(target, slope, out=target)
+        if intercept != 0.0:
+            np.add(target, intercept, out=target)
+    return out
 
 
 def _multiframe_volume(inst: _Instance, tolerances: _Tolerances) -> hd.Volume:

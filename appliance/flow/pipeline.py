@@ -305,6 +305,7 @@ def _run_stages(
             algorithm,
             SegOptions(segmentation_type=config.output.seg_type, research_only=research_only),
             slice_uids=volume.sop_instance_uids,
+            source_headers=volume.source_headers or None,  # the files are not read again
         )
         if routed.study_inputs is not None:  # it also references the study's other inputs
             reference_other_series(seg, routed.study_inputs.other_paths)

@@ -880,3 +880,78 @@ def test_overlapping_segments_on_a_multiframe_enhanced_ct(tmp_path: Path) -> Non
     assert_same_segments(by_frame, masks)
     with pytest.raises(SegmentationReadError, match="overlap"):
         read_seg_labelmap(tmp_path / "seg.dcm", [source])
+
+
+def _seg_content(seg: hd.seg.Segmentation) -> dict[str, object]:
+    """What must not depend on where the source headers came from."""
+    frames = seg.PerFrameFunctionalGroupsSequence
+    return {
+        "pixels": bytes(seg.PixelData),
+        "frames": int(seg.NumberOfFrames),
+        "sources": _frame_sources(seg),
+        "positions": [
+            [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+            for item in frames
+        ],
+        "segments": [
+            (int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)) for item in frames
+        ],
+        "referenced": [
+            str(i.ReferencedSOPInstanceUID)
+            for s in seg.ReferencedSeriesSequence
+            for i in s.ReferencedInstanceSequence
+        ],
+        "patient": (str(seg.PatientName), str(seg.PatientID), str(seg.StudyInstanceUID)),
+        "frame_of_reference": str(seg.FrameOfReferenceUID),
+        "stamp": (
+            str(seg.SeriesDescription),
+            str(seg.ContentLabel),
+            str(seg.ContentDescription),
+            str(seg.ImageComments),
+            [str(s.SegmentAlgorithmName) for s in seg.SegmentSequence],
+        ),
+    }
+
+
+def test_real_ct_seg_from_the_volumes_headers_equals_the_seg_from_the_files(
+    tmp_path: Path,
+) -> None:
+    sources = sorted(require_data(TOTALSEG / "dicom_uids_repaired").iterdir())
+    volume = load_series_volume(sources)
+    assert len(volume.source_headers) == len(sources)
+    assert all("PixelData" not in ds for ds in volume.source_headers)  # no pixels kept
+    mask = totalseg_liver_mask(volume.shape)
+    options = SegOptions(series_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.5")
+    args = (sources, mask, SEGMENTS, ALGORITHM, options)
+    from_files = write_seg(*args, slice_uids=volume.sop_instance_uids)
+    from_headers = write_seg(
+        *args, slice_uids=volume.sop_instance_uids, source_headers=volume.source_headers
+    )
+    assert _seg_content(from_headers) == _seg_content(from_files)
+    from_headers.save_as(tmp_path / "seg.dcm")
+    np.testing.assert_array_equal(read_seg_labelmap(tmp_path / "seg.dcm", sources).labelmap, mask)
+
+
+@pytest.mark.parametrize(
+    ("extra", "described", "undescribed"),
+    [
+        pytest.param((2,), (1, 3), "[2]", id="one-gap"),
+        pytest.param((17, 39), (1, 40), "[17, 39]", id="many-gaps-histogram"),
+    ],
+)
+def test_undescribed_label_values_are_named(
+    ct: tuple[list[Path], np.ndarray],
+    extra: tuple[int, ...],
+    described: tuple[int, ...],
+    undescribed: str,
+) -> None:
+    paths, mask = ct
+    labels = (mask > 0).astype(np.uint8)
+    labels[labels.shape[0] // 2, 0, 0] = described[-1]
+    for k, value in enumerate(extra):
+        labels[labels.shape[0] // 2, 1, k] = value
+    segments = [SegmentDescription(i, f"s{i}", C.ANATOMICAL_STRUCTURE, C.LIVER) for i in described]
+    options = SegOptions(segmentation_type=SegmentationType.LABELMAP)
+    with pytest.raises(SegmentationWriteError, match="no segment description") as info:
+        write_seg(paths, labels, segments, ALGORITHM, options)
+    assert undescribed in str(info.value)

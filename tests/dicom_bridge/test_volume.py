@@ -629,3 +629,188 @@ def test_real_truncated_mr_is_unreadable() -> None:
     exc = _reject([MR_TRUNCATED])
     assert exc.reason == "unreadable"
     assert isinstance(exc.__cause__, ValueError)
+
+
+# --- the assembly against highdicom's own, bit for bit -------------------------------------------
+
+
+def _highdicom_reference(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """hd.get_volume_from_series on fresh datasets, flipped to the slice-along-normal order."""
+    import highdicom as hd
+
+    volume = hd.get_volume_from_series(
+        [dcmread(p) for p in paths],
+        dtype=np.float32,
+        apply_real_world_transform=False,
+        apply_modality_transform=None,
+        apply_voi_transform=False,
+        apply_presentation_lut=False,
+        apply_palette_color_lut=False,
+        apply_icc_profile=False,
+    ).ensure_handedness(hd.AxisHandedness.LEFT_HANDED, flip_axis=0)
+    return np.ascontiguousarray(volume.array), np.asarray(volume.affine) + 0.0
+
+
+def _assert_same_as_highdicom(volume: SeriesVolume, paths: list[Path]) -> None:
+    array, affine = _highdicom_reference(paths)
+    assert volume.array.dtype == array.dtype == np.float32
+    assert volume.array.shape == array.shape
+    assert volume.array.tobytes() == array.tobytes()  # bit for bit, -0.0 included
+    np.testing.assert_array_equal(volume.affine, affine)
+
+
+@_needs(TOTALSEG)
+def test_real_jpeg2000_ct_is_bit_identical_to_highdicom() -> None:
+    paths = sorted(TOTALSEG.iterdir())
+    _assert_same_as_highdicom(load_series_volume(paths), paths)
+
+
+@_needs(DCMQI_3SLICE)
+def test_real_three_slice_ct_is_bit_identical_to_highdicom() -> None:
+    paths = [p for p in sorted(DCMQI_3SLICE.glob("*.dcm")) if "SEG" not in p.name.upper()]
+    paths = [p for p in paths if p.name[:2].isdigit()]
+    assert len(paths) == 3
+    _assert_same_as_highdicom(load_series_volume(paths), paths)
+
+
+@pytest.mark.parametrize(
+    ("modality", "rescales"),
+    [
+        pytest.param("CT", [("2.5", "-1024.25")] * 9, id="one-rescale"),
+        pytest.param(
+            "CT",
+            [("1", "-1024"), ("0.5", "0"), ("-1", "0"), ("1", "0"), ("3", "7.125")]
+            + [("", "")] * 4,
+            id="per-slice-rescales-negative-slope-and-empty-values",
+        ),
+        pytest.param("MR", [(None, None)] * 9, id="mr-no-rescale"),
+    ],
+)
+def test_rescaled_series_are_bit_identical_to_highdicom(
+    tmp_path: Path, modality: str, rescales: list[tuple[str | None, str | None]]
+) -> None:
+    geometry = SeriesGeometry(slices=9, rows=12, columns=10)
+    pixels = _random_pixels(geometry, seed=7)
+    if modality == "MR":
+        pixels = np.abs(pixels)
+    paths = write_series(tmp_path, geometry, pixels, modality=modality, slice_order=range(9)[::-1])
+    for path, (slope, intercept) in zip(paths, rescales, strict=True):
+
+        def change(
+            ds: Dataset, slope: str | None = slope, intercept: str | None = intercept
+        ) -> None:
+            for keyword, value in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
+                if value is None:
+                    if keyword in ds:
+                        del ds[keyword]
+                else:
+                    setattr(ds, keyword, value)
+
+        _edit(path, change)
+    shuffled = [paths[i] for i in (3, 0, 8, 5, 1, 7, 2, 6, 4)]
+    _assert_same_as_highdicom(load_series_volume(shuffled), shuffled)
+
+
+def test_a_modality_lut_series_is_assembled_by_highdicom(tmp_path: Path) -> None:
+    geometry = SeriesGeometry(slices=4, rows=8, columns=8)
+    stored = np.random.default_rng(9).integers(0, 16, size=(4, 8, 8)).astype(np.int16)
+    paths = write_series(tmp_path, geometry, stored)
+
+    def lut(ds: Dataset) -> None:
+        item = Dataset()
+        item.LUTDescriptor = [16, 0, 16]
+        item.ModalityLUTType = "HU"
+        item.LUTData = (np.arange(16, dtype=np.uint16) * 10 + 100).tobytes()
+        ds.ModalityLUTSequence = DicomSequence([item])
+        del ds.RescaleSlope
+        del ds.RescaleIntercept
+        del ds.RescaleType
+
+    for path in paths:
+        _edit(path, lut)
+    volume = load_series_volume(paths)
+    np.testing.assert_array_equal(volume.array, stored.astype(np.float32) * 10 + 100)
+    _assert_same_as_highdicom(volume, paths)
+
+
+def test_highdicom_iod_lookups_are_memoised_with_the_same_answers() -> None:
+    from highdicom import _standard_utils
+
+    from dicom_bridge import highdicom_tables
+    from dicom_bridge.sop_classes import CT_IMAGE, ENHANCED_MR, MR_IMAGE
+
+    assert highdicom_tables.installed()
+    seg_storage = "1.2.840.10008.5.1.4.1.1.66.4"
+    for sop_class in (CT_IMAGE, MR_IMAGE, ENHANCED_MR, seg_storage):
+        for attribute, excluded in (
+            ("NumberOfFrames", None),
+            ("PixelData", ["IconImageSequence"]),
+            ("SegmentSequence", None),
+        ):
+            expected = highdicom_tables._ORIGINAL(attribute, sop_class, excluded)
+            assert _standard_utils.is_attribute_in_iod(attribute, sop_class, excluded) is expected
+    for sop_class, multiframe in ((ENHANCED_MR, True), (CT_IMAGE, False)):
+        ds = Dataset()
+        ds.SOPClassUID = sop_class
+        assert _standard_utils.is_multiframe_image(ds) is multiframe
+    with pytest.raises(KeyError):
+        _standard_utils.is_attribute_in_iod("PixelData", "1.2.3.4")
+
+
+# --- each vectorised geometry check on the real CT ------------------------------------------------
+
+
+def _real_copy(tmp_path: Path) -> list[Path]:
+    paths = []
+    for source in sorted(TOTALSEG.iterdir()):
+        target = tmp_path / source.name
+        target.write_bytes(source.read_bytes())
+        paths.append(target)
+    return paths
+
+
+def _position(path: Path) -> list[float]:
+    return [float(v) for v in dcmread(path, stop_before_pixels=True).ImagePositionPatient]
+
+
+@_needs(TOTALSEG)
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        pytest.param("drop-middle-slice", "missing_slices", id="missing"),
+        pytest.param("tilt-one-orientation", "mixed_orientation", id="orientation"),
+        pytest.param("other-pixel-spacing", "mixed_dimensions", id="pixel-spacing"),
+        pytest.param("repeat-a-position", "duplicate_positions", id="duplicate"),
+        pytest.param("nudge-a-position", "uneven_spacing", id="uneven"),
+        pytest.param("shift-one-in-plane", "inconsistent_positions", id="off-the-line"),
+        pytest.param("shear-all", "gantry_tilt", id="tilt"),
+        pytest.param("claim-huge-rows", "too_large", id="too-large"),
+    ],
+)
+def test_real_ct_damaged_is_rejected_for_the_right_reason(
+    tmp_path: Path, damage: str, reason: str
+) -> None:
+    paths = _real_copy(tmp_path)
+    by_z = sorted(paths, key=lambda p: _position(p)[2])
+    middle = by_z[10]
+    x, y, z = _position(middle)
+    if damage == "drop-middle-slice":
+        paths.remove(middle)
+    elif damage == "tilt-one-orientation":
+        _edit(middle, _set(ImageOrientationPatient=[1, 0, 0, 0, 0.99, -0.141067]))
+    elif damage == "other-pixel-spacing":
+        _edit(middle, _set(PixelSpacing=[0.9765625, 0.98]))
+    elif damage == "repeat-a-position":
+        _edit(middle, _set(ImagePositionPatient=_position(by_z[11])))
+    elif damage == "nudge-a-position":
+        _edit(middle, _set(ImagePositionPatient=[x, y, z + 0.3]))
+    elif damage == "shift-one-in-plane":
+        _edit(middle, _set(ImagePositionPatient=[x + 3.0, y, z]))
+    elif damage == "shear-all":
+        for k, path in enumerate(by_z):
+            px, py, pz = _position(path)
+            _edit(path, _set(ImagePositionPatient=[px, py + k * 0.7, pz]))
+    elif damage == "claim-huge-rows":
+        _edit(middle, _set(Rows=60000, Columns=60000))
+    exc = _reject(paths)
+    assert exc.reason == reason, exc.detail
