@@ -5,8 +5,8 @@
 # Rerun this script to resume from the checkpoint after an interruption.
 cd "$(dirname "$0")/../.." || exit 1
 exec env OMP_WAIT_POLICY=PASSIVE nice -n 5 .venv/bin/appliance train --task liver_ct \
-  --out models/bundles --seed 0 --steps 8000 --cases 40 --eval-cases 30 --batch-size 2 \
+  --out models/bundles --seed 0 --steps 6000 --cases 40 --eval-cases 30 --batch-size 2 \
   --version 0.3.0 --refine-from 0.2.0 --profile ct_varied --thin-slab-probability 0.2 \
   --eval-profile ct_fine --eval-seeds 0,1 \
-  --validate-every 500 --validate-cases 6 --threads 2 --checkpoint-every 100 \
+  --validate-every 2000 --validate-cases 6 --threads 2 --checkpoint-every 100 \
   --checkpoint runs/liver_ct-0.3.0/train.ckpt --log runs/liver_ct-0.3.0/train.log
