@@ -25,6 +25,7 @@ from appliance.states import CaseSplit
 from appliance.store import Store
 from dicom_bridge.phantom_series import write_phantom_series
 from dicom_bridge.synthetic import SeriesIdentity
+from models.lifecycle import ModelState
 from models.phantoms import MR_DEFAULT, generate_phantom
 from tests.appliance.cli.test_gate_cli import _viewer_seg
 from tests.peers import free_port, require_program
@@ -94,13 +95,19 @@ def test_site_trains_on_its_annotated_cases_and_validates_the_result(tmp_path: P
     )
     assert sorted(c["split"] for c in listing["cases"]) == ["held_out", "train"]
     # Both appliances have the shipped models active (as `serve` registers on first start).
+    active: set[str] = set()
     for cfg in (site_cfg, coord_cfg):
         config = load_config(cfg)
         store = Store(config.storage.database)
         try:
-            assert {r.task for r in register_shipped(store, config)} >= {"glioma_mr"}
+            added = register_shipped(store, config)
+            assert {r.task for r in added} >= {"glioma_mr"}
+            active |= {
+                r.version for r in added if r.task == "glioma_mr" and r.state is ModelState.ACTIVE
+            }
         finally:
             store.close()
+    (active_version,) = active  # the newest shipped version, at both appliances
 
     phantom_node = runner.start_supernode(
         tmp_path / "site_b",
@@ -140,7 +147,7 @@ def test_site_trains_on_its_annotated_cases_and_validates_the_result(tmp_path: P
             timeout=600,
         )
         assert start.returncode == 0, start.stdout + start.stderr
-        assert "the active model glioma_mr/0.1.0" in start.stdout
+        assert f"the active model glioma_mr/{active_version}" in start.stdout
         joined_out, joined_err = join.communicate(timeout=300)
     finally:
         if join.poll() is None:
