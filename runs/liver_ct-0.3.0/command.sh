@@ -4,6 +4,10 @@
 # 64 x 64 x 48 patches), trained from scratch on ct_varied phantoms cut to their liver box.
 # Rerun this script to resume from the checkpoint after an interruption.
 cd "$(dirname "$0")/../.." || exit 1
+# The committed checkpoint is split into parts under 20 MB; join them once before resuming.
+if [ ! -f runs/liver_ct-0.3.0/train.ckpt ] && [ -f runs/liver_ct-0.3.0/train.ckpt.part-00 ]; then
+  cat runs/liver_ct-0.3.0/train.ckpt.part-* > runs/liver_ct-0.3.0/train.ckpt || exit 1
+fi
 exec env OMP_WAIT_POLICY=PASSIVE nice -n 5 .venv/bin/appliance train --task liver_ct \
   --out models/bundles --seed 0 --steps 6000 --cases 40 --eval-cases 30 --batch-size 2 \
   --version 0.3.0 --refine-from 0.2.0 --profile ct_varied --thin-slab-probability 0.2 \
