@@ -28,7 +28,7 @@ from appliance.store import Store
 from appliance.store.integrity import DatabaseCondition, ServiceLock, check_database
 from dicom_bridge.listener import AllowedCaller, Listener, ListenerSettings, TlsServerSettings
 from dicom_bridge.spool import Spool
-from models.threads import apply_thread_policy
+from models.inference import apply_thread_policy
 
 if TYPE_CHECKING:
     from appliance.federation.schedule import JoinScheduler

@@ -123,17 +123,22 @@ def _compare_segment(
 ) -> dict[str, Any]:
     import torch
 
-    from models.inference import segment
+    from models.inference import DEFAULT_SW_BATCH_SIZE, segment
 
     torch.set_num_threads(args.threads[-1])
     stages: dict[str, dict[str, list[float]]] = {"previous": {}, "engine": {}}
     masks: dict[str, np.ndarray] = {}
     for _ in range(args.repeats):
-        for name, kwargs in (
-            ("previous", {"reference": True, "sw_batch_size": 1}),
-            ("engine", {}),
-        ):
-            result = segment(network, spec, image, affine, device="cpu", **kwargs)
+        for name, previous in (("previous", True), ("engine", False)):
+            result = segment(
+                network,
+                spec,
+                image,
+                affine,
+                device="cpu",
+                reference=previous,
+                sw_batch_size=1 if previous else DEFAULT_SW_BATCH_SIZE,
+            )
             masks[name] = result.mask
             for stage, seconds in result.timings_s.items():
                 stages[name].setdefault(stage, []).append(seconds)

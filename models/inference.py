@@ -46,6 +46,7 @@ from .resample import (
     separable_map,
 )
 from .tasks import MAX_WORKING_VOXELS, TaskSpec
+from .threads import checked_threads
 from .transforms import IMAGE_KEY, build_preprocess, invert_to_input_grid, make_sample
 
 #: Windows per network call. 1 makes most 3-D convolutions of a small batch fall back to
@@ -92,6 +93,13 @@ def amp_dtype_for(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def apply_thread_policy(threads: int) -> int:
+    """Run torch's intra-op work on ``threads`` threads (1..1024; see
+    :mod:`models.threads`), once per process at start-up; returns it."""
+    torch.set_num_threads(checked_threads(threads))
+    return threads
 
 
 @contextlib.contextmanager

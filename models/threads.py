@@ -6,8 +6,9 @@ times slower than one thread; with OpenMP's passive waiting (``OMP_WAIT_POLICY=P
 two threads cost nothing over one in that case and are faster on a quiet machine
 (benchmarks/README.md, "Inference engine"). OpenMP reads the variable once, when it
 initialises (on torch's first parallel region), so an entry point calls
-:func:`passive_openmp_wait` before it imports torch, and :func:`apply_thread_policy`
-once its configuration is known.
+:func:`passive_openmp_wait` before it imports torch, and
+:func:`models.inference.apply_thread_policy` once its configuration is known. Torch-free,
+so the configuration can use it.
 """
 
 from __future__ import annotations
@@ -36,13 +37,10 @@ def passive_openmp_wait() -> None:
     os.environ.setdefault(OMP_WAIT_POLICY, "PASSIVE")
 
 
-def apply_thread_policy(threads: int) -> int:
-    """Run torch's intra-op work on ``threads`` threads (1..MAX_THREADS); returns it."""
+def checked_threads(threads: object) -> int:
+    """``threads`` when it is an integer in 1..MAX_THREADS; otherwise InputError."""
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
         raise InputError(
             f"inference threads must be an integer in 1..{MAX_THREADS}, not {threads!r}"
         )
-    import torch
-
-    torch.set_num_threads(threads)
     return threads

@@ -42,7 +42,7 @@ def load(config_path: Path | None, *, audit: bool = True) -> AppConfig:
 
 def use_inference_threads(config: AppConfig) -> None:
     """The process's thread policy for inference (``inference.threads``; imports torch)."""
-    from models.threads import apply_thread_policy
+    from models.inference import apply_thread_policy
 
     apply_thread_policy(config.inference.threads)
 

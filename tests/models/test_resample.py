@@ -21,7 +21,7 @@ from models.inference import segment, window_aligned
 from models.phantoms import CT_DEFAULT, CT_FINE, SiteProfile, generate_phantom
 from models.registry import ModelRegistry
 from models.resample import box_above, separable_map
-from models.tasks import BodyCrop, CTWindow, PostprocessSpec, TaskName, get_task
+from models.tasks import BodyCrop, CTWindow, PostprocessSpec, TaskName, TaskSpec, get_task
 from tests.models.test_geometry import make_affine, oblique_directions
 
 NON_AXIAL = make_affine(
@@ -63,7 +63,7 @@ def smooth_ct(shape: tuple[int, int, int], seed: int) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def ct_spec(*, body_crop: BodyCrop | None, patch: int = 16) -> object:
+def ct_spec(*, body_crop: BodyCrop | None, patch: int = 16) -> TaskSpec:
     return dataclasses.replace(
         get_task(TaskName.LIVER_CT),
         target_spacing_mm=(1.5, 1.5, 2.0),
@@ -124,9 +124,18 @@ def test_separable_invert_gives_the_previous_paths_mask(
 ) -> None:
     image = smooth_ct((18, 40, 44), seed=1)
     spec = ct_spec(body_crop=None)
-    kwargs = {"device": "cpu", "postprocess": False, "crop_foreground": crop_foreground}
-    previous = segment(SmoothNet(), spec, image, affine, reference=True, **kwargs).mask
-    engine = segment(SmoothNet(), spec, image, affine, **kwargs).mask
+    previous = segment(
+        SmoothNet(),
+        spec,
+        image,
+        affine,
+        postprocess=False,
+        crop_foreground=crop_foreground,
+        reference=True,
+    ).mask
+    engine = segment(
+        SmoothNet(), spec, image, affine, postprocess=False, crop_foreground=crop_foreground
+    ).mask
     assert {1, 2} <= set(np.unique(previous).tolist())
     np.testing.assert_array_equal(engine, previous)
 

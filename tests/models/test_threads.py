@@ -8,12 +8,8 @@ import pytest
 import torch
 
 from models.errors import InputError
-from models.threads import (
-    OMP_WAIT_POLICY,
-    apply_thread_policy,
-    passive_openmp_wait,
-    usable_cores,
-)
+from models.inference import apply_thread_policy
+from models.threads import OMP_WAIT_POLICY, passive_openmp_wait, usable_cores
 
 
 def test_usable_cores_is_the_affinity_of_this_process() -> None:
