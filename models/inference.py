@@ -1,9 +1,13 @@
 """Inference: one image (numpy + LPS affine) in, a segmentation on the same grid out.
 
 :func:`segment` pre-processes (:mod:`models.transforms`), runs MONAI
-``sliding_window_inference`` with Gaussian blending (under ``torch.autocast`` on CUDA,
-plain fp32 on CPU), turns logits into probabilities, inverts the pre-processing so
-that the probabilities land on the exact input grid (bilinear), and there:
+``sliding_window_inference`` with Gaussian blending, ``DEFAULT_SW_BATCH_SIZE`` windows
+per call (under ``torch.autocast`` on CUDA, plain fp32 on CPU; the same code on both),
+over the body's box when the task has a ``body_crop``, turns logits into probabilities,
+inverts the pre-processing so that they land on the exact input grid (bilinear; by
+separable interpolation of what decides the labels near the foreground,
+:mod:`models.resample`, or MONAI ``Invertd`` for grids rotated against each other and
+with ``reference=True``), and there:
 
 - softmax task: takes the argmax and post-processes (:mod:`models.postprocess`); the
   result is a uint8 label map with the input's shape and axis order
