@@ -45,11 +45,16 @@ TINY_DYNUNET_ARCHITECTURE: dict[str, Any] = {
 }
 
 
-def make_tiny_bundle(
-    root: Path, *, task: str = "liver_ct", version: str = "0.0.1-test", seed: int = 0
+def _register_tiny(
+    root: Path,
+    task: str,
+    version: str,
+    seed: int,
+    *,
+    name: str,
+    federated_round: int,
+    background_bias: float | None = None,
 ) -> ModelBundle:
-    """Register a seeded, untrained 2-level UNet for ``task`` under ``root`` (a registry
-    root). Coarse spacing and a 32^3 patch keep CPU inference well under a second."""
     spec = get_task(task)
     architecture = dict(TINY_ARCHITECTURE)
     architecture["kwargs"] = {
@@ -59,6 +64,11 @@ def make_tiny_bundle(
     }
     torch.manual_seed(seed)
     network = build_network(architecture)
+    if background_bias is not None:
+        with torch.no_grad():
+            [p for n, p in network.named_parameters() if n.endswith("bias")][-1][0] = (
+                background_bias
+            )
     preprocessing = preprocessing_for_task(spec)
     preprocessing["patch_size"] = [32, 32, 32]
     preprocessing["target_spacing_mm"] = [3.0, 3.0, 3.0]
@@ -66,14 +76,22 @@ def make_tiny_bundle(
         task,
         version,
         network.state_dict(),
-        name="Tiny test UNet",
+        name=name,
         labels=labels_for_task(spec),
         architecture=architecture,
         preprocessing=preprocessing,
         intended_use="Tests only: untrained. Not for clinical use.",
         training_data="none",
-        federated_round=2,
+        federated_round=federated_round,
     )
+
+
+def make_tiny_bundle(
+    root: Path, *, task: str = "liver_ct", version: str = "0.0.1-test", seed: int = 0
+) -> ModelBundle:
+    """Register a seeded, untrained 2-level UNet for ``task`` under ``root`` (a registry
+    root). Coarse spacing and a 32^3 patch keep CPU inference well under a second."""
+    return _register_tiny(root, task, version, seed, name="Tiny test UNet", federated_round=2)
 
 
 def make_background_bundle(
@@ -82,31 +100,14 @@ def make_background_bundle(
     """Like :func:`make_tiny_bundle`, but the last bias says "background" loudly: a few
     training steps cannot change its masks, so scoring full-size phantoms stays fast (an
     untrained network's noise everywhere makes HD95's surfaces huge)."""
-    spec = get_task(task)
-    architecture = dict(TINY_ARCHITECTURE)
-    architecture["kwargs"] = {
-        **TINY_ARCHITECTURE["kwargs"],
-        "in_channels": len(spec.channels),
-        "out_channels": spec.num_classes,
-    }
-    torch.manual_seed(seed)
-    network = build_network(architecture)
-    with torch.no_grad():
-        [p for n, p in network.named_parameters() if n.endswith("bias")][-1][0] = 8.0
-    preprocessing = preprocessing_for_task(spec)
-    preprocessing["patch_size"] = [32, 32, 32]
-    preprocessing["target_spacing_mm"] = [3.0, 3.0, 3.0]
-    return ModelRegistry(root).add(
+    return _register_tiny(
+        root,
         task,
         version,
-        network.state_dict(),
+        seed,
         name="Tiny background UNet",
-        labels=labels_for_task(spec),
-        architecture=architecture,
-        preprocessing=preprocessing,
-        intended_use="Tests only: untrained. Not for clinical use.",
-        training_data="none",
         federated_round=1,
+        background_bias=8.0,
     )
 
 
