@@ -28,6 +28,7 @@ from appliance.store import Store
 from appliance.store.integrity import DatabaseCondition, ServiceLock, check_database
 from dicom_bridge.listener import AllowedCaller, Listener, ListenerSettings, TlsServerSettings
 from dicom_bridge.spool import Spool
+from models.inference import apply_thread_policy
 
 if TYPE_CHECKING:
     from appliance.federation.schedule import JoinScheduler
@@ -89,6 +90,8 @@ class Service:
     def __init__(self, config: AppConfig, *, stop_event: threading.Event | None = None) -> None:
         self.config = config
         self.stop_event = stop_event if stop_event is not None else threading.Event()
+        threads = apply_thread_policy(config.inference.threads)
+        LOG.info("inference: %d CPU thread(s) (inference.threads)", threads)
         storage = config.storage
         storage.root.mkdir(parents=True, exist_ok=True)
         self.lock = ServiceLock(storage.database).acquire()

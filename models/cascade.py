@@ -103,8 +103,10 @@ def locate(
     *,
     device: str | torch.device | None = None,
     max_working_voxels: int | None = MAX_WORKING_VOXELS,
+    reference: bool = False,
 ) -> SegmentationResult:
-    """Stage 1 alone: the locator's post-processed labels on the input grid."""
+    """Stage 1 alone: the locator's post-processed labels on the input grid
+    (``reference``: see :func:`models.inference.segment`)."""
     return segment(
         network.locator,
         spec,
@@ -113,6 +115,7 @@ def locate(
         device=device,
         postprocess=True,
         max_working_voxels=max_working_voxels,
+        reference=reference,
     )
 
 
@@ -127,19 +130,27 @@ def segment_cascade(
     postprocess: bool = True,
     max_working_voxels: int | None = MAX_WORKING_VOXELS,
     located: SegmentationResult | None = None,
+    reference: bool = False,
 ) -> SegmentationResult:
     """Segment ``image`` (as :func:`models.inference.segment` takes it) with a cascade:
     locator on the whole image, refiner in the box around what the locator found (see the
     module docstring). The result's ``roi_found`` is False, and its mask empty, when the
     locator found nothing. ``located``: stage 1's result on this image when it is already
     known (:func:`locate`; an evaluation that scores several refiners behind one locator
-    runs it once per case)."""
+    runs it once per case). Both stages run through the inference engine of
+    :func:`models.inference.segment` (``reference=True``: both through its previous path)."""
     start = time.perf_counter()
     validate_affine(affine_lps)
     stage2_spec = refiner_spec(spec, settings)
     if located is None:
         located = locate(
-            network, spec, image, affine_lps, device=device, max_working_voxels=max_working_voxels
+            network,
+            spec,
+            image,
+            affine_lps,
+            device=device,
+            max_working_voxels=max_working_voxels,
+            reference=reference,
         )
     elif located.mask.shape != image.shape[-3:]:
         raise InferenceError(f"stage 1's mask {located.mask.shape} is not on the image's grid")
@@ -159,6 +170,7 @@ def segment_cascade(
         device=device,
         postprocess=False,
         max_working_voxels=max_working_voxels,
+        reference=reference,
     )
     timings.update({f"refiner_{k}": v for k, v in refined.timings_s.items()})
     mark = time.perf_counter()

@@ -1,9 +1,13 @@
 """Inference: one image (numpy + LPS affine) in, a segmentation on the same grid out.
 
 :func:`segment` pre-processes (:mod:`models.transforms`), runs MONAI
-``sliding_window_inference`` with Gaussian blending (under ``torch.autocast`` on CUDA,
-plain fp32 on CPU), turns logits into probabilities, inverts the pre-processing so
-that the probabilities land on the exact input grid (bilinear), and there:
+``sliding_window_inference`` with Gaussian blending, ``DEFAULT_SW_BATCH_SIZE`` windows
+per call (under ``torch.autocast`` on CUDA, plain fp32 on CPU; the same code on both),
+over the body's box when the task has a ``body_crop``, turns logits into probabilities,
+inverts the pre-processing so that they land on the exact input grid (bilinear; by
+separable interpolation of what decides the labels near the foreground,
+:mod:`models.resample`, or MONAI ``Invertd`` for grids rotated against each other and
+with ``reference=True``), and there:
 
 - softmax task: takes the argmax and post-processes (:mod:`models.postprocess`); the
   result is a uint8 label map with the input's shape and axis order
@@ -35,8 +39,24 @@ from .geometry import voxel_volume_ml
 from .postprocess import postprocess as apply_postprocess
 from .postprocess import remove_small_components
 from .regions import enforce_nesting
+from .resample import (
+    AxisMaps,
+    Box,
+    background_value,
+    box_above,
+    decisive_values,
+    grid_box_of_input_box,
+    labels_on_input,
+    separable_map,
+)
 from .tasks import MAX_WORKING_VOXELS, TaskSpec
+from .threads import checked_threads
 from .transforms import IMAGE_KEY, build_preprocess, invert_to_input_grid, make_sample
+
+#: Windows per network call. 1 makes most 3-D convolutions of a small batch fall back to
+#: ``aten::slow_conv3d`` on CPU; 4 measured fastest on 1 and 2 threads
+#: (benchmarks/README.md, "Inference engine").
+DEFAULT_SW_BATCH_SIZE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +97,13 @@ def amp_dtype_for(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def apply_thread_policy(threads: int) -> int:
+    """Run torch's intra-op work on ``threads`` threads (1..1024; see
+    :mod:`models.threads`), once per process at start-up; returns it."""
+    torch.set_num_threads(checked_threads(threads))
+    return threads
 
 
 @contextlib.contextmanager
@@ -121,7 +148,7 @@ def predict_probabilities(
     image: torch.Tensor,
     *,
     device: torch.device,
-    sw_batch_size: int = 1,
+    sw_batch_size: int = DEFAULT_SW_BATCH_SIZE,
     overlap: float = 0.25,
     amp: bool = True,
 ) -> torch.Tensor:
@@ -220,6 +247,47 @@ def _finish_regions(
     return enforce_nesting(spec, out)
 
 
+def window_aligned(lo: int, hi: int, size: int, roi: int, overlap: float) -> tuple[int, int]:
+    """The smallest ``[start, stop)`` of an axis of ``size`` voxels holding ``[lo, hi)``
+    whose sliding windows (``roi`` long, MONAI's placement for ``overlap``: every
+    ``int(roi * (1 - overlap))`` from 0, the last one ending at the axis end) are windows
+    of the whole axis too, so the network sees the same patches as over the whole image."""
+    if size <= roi:
+        return 0, size
+    step = max(int(roi * (1 - overlap)), 1)
+    start = min(lo // step, (size - roi) // step) * step
+    stop = start + roi + max(0, -(-(hi - start - roi) // step)) * step
+    return start, (stop if stop < size else size)
+
+
+def body_grid_box(
+    image: np.ndarray,
+    spec: TaskSpec,
+    maps: AxisMaps,
+    grid_shape: tuple[int, int, int],
+    overlap: float,
+) -> Box:
+    """The box of the pre-processed grid the windows run over: with ``spec.body_crop``
+    the box of the ``(C, slice, row, column)`` input voxels above its threshold (before
+    the intensity window) on that grid, grown by its margin and then to whole windows of
+    the full grid (:func:`window_aligned`); otherwise (or when no voxel is above the
+    threshold) the whole grid."""
+    whole: Box = ((0, grid_shape[0]), (0, grid_shape[1]), (0, grid_shape[2]))
+    crop = spec.body_crop
+    if crop is None:
+        return whole
+    body = box_above(image, crop.threshold_hu)
+    if body is None:
+        return whole
+    margin = tuple(math.ceil(crop.margin_mm / s - 1e-9) for s in spec.target_spacing_mm)
+    box = grid_box_of_input_box(maps, body, grid_shape, margin)
+    aligned = [
+        window_aligned(lo, hi, grid_shape[a], spec.patch_size[a], overlap)
+        for a, (lo, hi) in enumerate(box)
+    ]
+    return (aligned[0], aligned[1], aligned[2])
+
+
 def segment(
     model: nn.Module,
     spec: TaskSpec,
@@ -227,12 +295,13 @@ def segment(
     affine_lps: np.ndarray,
     *,
     device: str | torch.device | None = None,
-    sw_batch_size: int = 1,
+    sw_batch_size: int = DEFAULT_SW_BATCH_SIZE,
     overlap: float = 0.25,
     crop_foreground: bool = False,
     postprocess: bool = True,
     amp: bool = True,
     max_working_voxels: int | None = MAX_WORKING_VOXELS,
+    reference: bool = False,
 ) -> SegmentationResult:
     """Segment ``image`` with ``model`` for task ``spec``.
 
@@ -249,6 +318,15 @@ def segment(
     ``(len(spec.labels), slice, row, column)`` per-label mask for a sigmoid task (see the
     module docstring); ``postprocess=False`` skips the clean-up but not a sigmoid task's
     nesting.
+
+    The engine (default): when the pre-processed grid is the input grid permuted,
+    flipped, rescaled and cropped (not rotated against it: :func:`models.resample.
+    separable_map`), a task with ``body_crop`` runs its windows only over the body's box
+    (:func:`body_grid_box`), and the prediction comes back by separable interpolation of
+    the values that decide the labels, near the foreground only
+    (:func:`models.resample.labels_on_input`). Otherwise, or with ``reference=True``
+    (the previous path, kept to check the engine against), the whole grid is predicted
+    and MONAI ``Invertd`` resamples every channel.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -268,6 +346,12 @@ def segment(
         if isinstance(cause, ModelsError):
             raise cause from exc
         raise InferenceError(f"pre-processing failed: {exc}") from exc
+    pre = data[IMAGE_KEY]
+    grid_shape = (int(pre.shape[1]), int(pre.shape[2]), int(pre.shape[3]))
+    maps = None if reference else separable_map(sample[IMAGE_KEY].affine, pre.affine)
+    box: Box = ((0, grid_shape[0]), (0, grid_shape[1]), (0, grid_shape[2]))
+    if maps is not None:
+        box = body_grid_box(sample[IMAGE_KEY].as_tensor().numpy(), spec, maps, grid_shape, overlap)
     timings["preprocess"] = time.perf_counter() - start
 
     mark = time.perf_counter()
@@ -278,7 +362,7 @@ def segment(
     probabilities = predict_probabilities(
         model,
         spec,
-        data[IMAGE_KEY].as_tensor(),
+        pre.as_tensor()[(slice(None), *(slice(lo, hi) for lo, hi in box))],
         device=dev,
         sw_batch_size=sw_batch_size,
         overlap=overlap,
@@ -288,15 +372,27 @@ def segment(
     timings["inference"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    try:
-        on_input_grid = invert_to_input_grid(probabilities, data, transform, nearest=False)
-    except RuntimeError as exc:
-        raise InferenceError(f"inverting the pre-processing failed: {exc}") from exc
-    scores = on_input_grid.as_tensor()
-    if spec.is_sigmoid:
-        mask = np.ascontiguousarray((scores > SIGMOID_THRESHOLD).cpu().numpy())
+    if maps is not None:
+        sigmoid = spec.is_sigmoid
+        mask = labels_on_input(
+            decisive_values(probabilities, sigmoid=sigmoid, threshold=SIGMOID_THRESHOLD),
+            box,
+            grid_shape,
+            maps,
+            (spatial_shape[0], spatial_shape[1], spatial_shape[2]),
+            outside=background_value(sigmoid=sigmoid, threshold=SIGMOID_THRESHOLD),
+            sigmoid=sigmoid,
+        )
     else:
-        mask = np.ascontiguousarray(argmax_channels(scores).cpu().numpy())
+        try:
+            on_input_grid = invert_to_input_grid(probabilities, data, transform, nearest=False)
+        except RuntimeError as exc:
+            raise InferenceError(f"inverting the pre-processing failed: {exc}") from exc
+        scores = on_input_grid.as_tensor()
+        if spec.is_sigmoid:
+            mask = np.ascontiguousarray((scores > SIGMOID_THRESHOLD).cpu().numpy())
+        else:
+            mask = np.ascontiguousarray(argmax_channels(scores).cpu().numpy())
     if mask.shape[-3:] != spatial_shape:
         raise InferenceError(f"inverted mask has shape {mask.shape}, input is {spatial_shape}")
     timings["invert"] = time.perf_counter() - mark

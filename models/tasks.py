@@ -213,6 +213,24 @@ IntensitySpec: TypeAlias = CTWindow | MRZScore
 
 
 @dataclass(frozen=True, slots=True)
+class BodyCrop:
+    """Sliding windows only over the body (a CT task's option, see
+    :func:`models.inference.segment`): the box of the input voxels above ``threshold_hu``
+    (before the intensity window), grown by ``margin_mm`` on every side; the prediction
+    outside it is background."""
+
+    threshold_hu: float = -500.0
+    margin_mm: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require(_is_finite_number(self.threshold_hu), "body_crop.threshold_hu must be finite")
+        _require(
+            _is_finite_number(self.margin_mm) and self.margin_mm >= 0,
+            "body_crop.margin_mm must be a finite number >= 0",
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelSpec:
     """One input channel: its name, modality and which series kinds may fill it.
 
@@ -345,6 +363,8 @@ class TaskSpec:
     tissue_classes: tuple[str, ...] = ()
     #: sigmoid tasks: per label (in label order) the tissue values it is the union of
     regions: tuple[tuple[int, ...], ...] = ()
+    #: CT tasks: run the network only inside the body's box (None: over the whole image)
+    body_crop: BodyCrop | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -408,6 +428,11 @@ class TaskSpec:
         )
         _require(
             isinstance(self.postprocess, PostprocessSpec), "postprocess must be a PostprocessSpec"
+        )
+        _require(
+            self.body_crop is None
+            or (isinstance(self.body_crop, BodyCrop) and isinstance(self.intensity, CTWindow)),
+            "body_crop must be a BodyCrop, and only a CT task (CT window) may have one",
         )
         unknown = self.postprocess.referenced_labels - set(indices)
         _require(not unknown, f"post-processing refers to unknown labels {sorted(unknown)}")
@@ -565,6 +590,7 @@ LIVER_CT_SPEC = TaskSpec(
         inside_parent=(ParentConstraint(child=2, parent=1, max_distance_mm=5.0),),
         min_volume_ml=((1, 1.0), (2, 0.02)),
     ),
+    body_crop=BodyCrop(threshold_hu=-500.0, margin_mm=10.0),
 )
 
 GLIOMA_MR_SPEC = TaskSpec(

@@ -58,6 +58,10 @@ app.add_typer(storage.app, name="storage")
 
 def main() -> None:
     from appliance.errors import StoreError
+    from models.threads import passive_openmp_wait
+
+    # before any command imports torch: OpenMP reads its wait policy once (models.threads)
+    passive_openmp_wait()
 
     try:
         app()

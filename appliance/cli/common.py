@@ -40,6 +40,13 @@ def load(config_path: Path | None, *, audit: bool = True) -> AppConfig:
     return config
 
 
+def use_inference_threads(config: AppConfig) -> None:
+    """The process's thread policy for inference (``inference.threads``; imports torch)."""
+    from models.inference import apply_thread_policy
+
+    apply_thread_policy(config.inference.threads)
+
+
 _SAFE_VALUE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
 
 

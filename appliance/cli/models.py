@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from appliance.cli.common import ConfigOption, fail, load, open_store
+from appliance.cli.common import ConfigOption, fail, load, open_store, use_inference_threads
 
 app = typer.Typer(
     help="Model versions per task: import, activate, roll back.", no_args_is_help=True
@@ -124,6 +124,7 @@ def validate(
     held-out cases. Promoted (made active) only if no label's mean Dice is worse by more
     than models.gate_margin; otherwise rejected. Exit code 0 when promoted, 1 otherwise."""
     cfg = load(config)
+    use_inference_threads(cfg)
     from appliance.errors import GateError, NotFoundError, StoreError
     from appliance.site_models.gate import GateDecision, load_held_out, run_gate
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from appliance.cli.common import ConfigOption, fail, load
+from appliance.cli.common import ConfigOption, fail, load, use_inference_threads
 
 
 def segment(
@@ -43,6 +43,7 @@ def segment(
     label map, or for glioma_brats (overlapping regions) a 4-D uint8 NIfTI with one 0/1
     volume per label. Nothing is recorded as a series or job."""
     cfg = load(config)
+    use_inference_threads(cfg)
     from appliance.errors import ApplianceError
     from appliance.flow.offline import segment_path
     from appliance.flow.pipeline import label_voxels

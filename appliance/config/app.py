@@ -16,6 +16,7 @@ from appliance.config.sections import (
     DestinationConfig,
     DicomConfig,
     HttpConfig,
+    InferenceConfig,
     LimitsConfig,
     LoggingConfig,
     ModelsConfig,
@@ -37,6 +38,7 @@ class AppConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     routing: tuple[RoutingRule, ...] = DEFAULT_RULES
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     cases: CasesConfig = field(default_factory=CasesConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -54,6 +56,7 @@ class AppConfig:
             ("outbox", OutboxConfig),
             ("logging", LoggingConfig),
             ("models", ModelsConfig),
+            ("inference", InferenceConfig),
             ("output", OutputConfig),
             ("cases", CasesConfig),
             ("federation", FederationConfig),

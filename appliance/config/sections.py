@@ -19,6 +19,7 @@ from pathlib import Path
 from appliance.config.reader import ConfigReader
 from dicom_bridge.limits import MIB, SizeLimits
 from models.tasks import MAX_WORKING_VOXELS
+from models.threads import MAX_THREADS, usable_cores
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -326,6 +327,22 @@ class ModelsConfig:
 
     def registry_root(self, storage: StorageConfig) -> Path:
         return self.root if self.root is not None else storage.root / "models"
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceConfig:
+    """How inference uses the CPU, decided once per process. ``threads``: torch's
+    intra-op threads (1 to 1024), set when ``serve`` or a command that segments starts;
+    default: the cores this process may use (its CPU affinity). OpenMP waits passively
+    (``OMP_WAIT_POLICY=PASSIVE``, set by the ``appliance`` entry point unless the
+    environment sets it), so threads that wait for a busy core do not spin."""
+
+    threads: int = field(default_factory=usable_cores)
+
+    def __post_init__(self) -> None:
+        r = ConfigReader.of(self, "inference")
+        r.integer("threads", 1, MAX_THREADS)
+        r.raise_issues()
 
 
 @dataclass(frozen=True, slots=True)

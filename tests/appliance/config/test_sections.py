@@ -16,6 +16,7 @@ from appliance.config import (
     DestinationConfig,
     DicomConfig,
     HttpConfig,
+    InferenceConfig,
     LimitsConfig,
     LoggingConfig,
     ModelsConfig,
@@ -55,6 +56,8 @@ def issues(make: Any, *args: Any, **kwargs: Any) -> dict[str, str]:
         (HttpConfig, {"port": 70000}, "http.port", "1 to 65535"),
         (ModelsConfig, {"device": "tpu"}, "models.device", "auto, cpu, cuda"),
         (ModelsConfig, {"gate_margin": 2.0}, "models.gate_margin", "0 to 1"),
+        (InferenceConfig, {"threads": 0}, "inference.threads", "integer from 1 to 1024"),
+        (InferenceConfig, {"threads": 1.5}, "inference.threads", "integer from 1 to 1024"),
         (OutputConfig, {"seg_type": "RLE"}, "output.seg_type", "BINARY, LABELMAP"),
         (OutputConfig, {"destinations": "pacs"}, "output.destinations", "list of destination"),
         (CasesConfig, {"held_out_fraction": 0.95}, "cases.held_out_fraction", "0 to 0.9"),
@@ -193,3 +196,13 @@ def test_limits_reach_dicom_bridge_in_bytes() -> None:
     assert limits.limits.sizes.max_instance_bytes == 64 * 2**20
     assert limits.limits.sizes.max_frame_pixels == 1 << 20
     assert AppConfig().limits.sizes == SizeLimits()  # the defaults are dicom_bridge's
+
+
+def test_inference_threads_default_to_the_cores_this_process_may_use() -> None:
+    import os
+
+    assert InferenceConfig().threads == len(os.sched_getaffinity(0))
+    assert parse_config({"inference": {"threads": 1}}).inference.threads == 1
+    assert parse_config({}).inference == InferenceConfig()
+    with pytest.raises(ConfigError, match=r"inference\.thread"):
+        parse_config({"inference": {"thread": 2}})
