@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .errors import InferenceError
+from .postprocess import bounding_box
 
 #: Off-axis terms of the grid->input map below this fraction of the largest term are
 #: treated as zero (float round-off of the affines); above it the grids are rotated.
@@ -222,14 +223,8 @@ def labels_on_input(
 def box_above(image: np.ndarray, threshold: float) -> Box | None:
     """The box of the ``(C, slice, row, column)`` voxels above ``threshold`` in any
     channel, as ``(start, stop)`` per spatial axis; None when no voxel is."""
-    above = image[0] > threshold
-    for c in range(1, image.shape[0]):
-        above |= image[c] > threshold
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(above.any(axis=other))
-        if hits.size == 0:
-            return None
-        box.append((int(hits[0]), int(hits[-1]) + 1))
-    return (box[0], box[1], box[2])
+    above: np.ndarray = np.any(image > threshold, axis=0)
+    box = bounding_box(above)
+    if box is None:
+        return None
+    return ((box[0].start, box[0].stop), (box[1].start, box[1].stop), (box[2].start, box[2].stop))
