@@ -33,10 +33,12 @@ combined figures and 95 % bootstrap intervals (``--json PATH`` writes them all).
 4. registers the bundle with a model card that says it was trained on synthetic
    phantoms and is not for clinical use, and records the fresh-phantom metrics.
 
-``liver_ct`` 0.2.0 is 0.1.0 fine-tuned on the same patients drawn on the model's own grid
-(2 mm slices, 1.5 mm pixels, profile ``ct_fine``) instead of 2.5 mm voxels, where a 5 mm
-lesion spans two voxels. Being the highest version, it is the one a first start
-activates; 0.1.0 stays registered for rollback.
+``liver_ct`` 0.2.0 is 0.1.0 (no longer shipped) fine-tuned on the same patients drawn on
+the model's own grid (2 mm slices, 1.5 mm pixels, profile ``ct_fine``) instead of 2.5 mm
+voxels, where a 5 mm lesion spans two voxels. ``liver_ct`` 0.3.0 is the two-stage model
+(``--refine-from 0.2.0``: 0.2.0 unchanged as the locator, a full-resolution DynUNet refiner
+trained on ``ct_varied`` phantoms); being the highest version, it is the one a first start
+activates, and 0.2.0 stays registered for rollback.
 
 Long runs: ``--checkpoint PATH`` (every ``--checkpoint-every`` steps, default 200) makes
 a rerun of the same command resume an interrupted run; ``--log PATH`` appends timestamped

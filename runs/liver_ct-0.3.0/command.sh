@@ -2,7 +2,8 @@
 # liver_ct 0.3.0: the two-stage liver model (issue 16). Stage 1 = liver_ct 0.2.0 (unchanged);
 # stage 2, the refiner (DynUNet 8-16-32-64-128, stride-1 first level, 1 x 1 x 1.5 mm grid,
 # 64 x 64 x 48 patches), trained from scratch on ct_varied phantoms cut to their liver box.
-# Rerun this script to resume from the checkpoint after an interruption.
+# Rerun this script to resume from the checkpoint after an interruption. Shipped on
+# 2026-12-06 (models/bundles/liver_ct/0.3.0); its checkpoint was then deleted.
 cd "$(dirname "$0")/../.." || exit 1
 # The committed checkpoint is split into parts under 20 MB; join them once before resuming.
 if [ ! -f runs/liver_ct-0.3.0/train.ckpt ] && [ -f runs/liver_ct-0.3.0/train.ckpt.part-00 ]; then

@@ -30,6 +30,7 @@ from dicom_bridge.seg_reader import read_seg_labelmap
 from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
 from dicom_bridge.volume import load_series_volume
 from models.phantoms import BRATS_CHANNELS, CT_DEFAULT, MR_BRATS, PhantomKind, generate_phantom
+from models.registry import ModelRegistry
 
 #: A small abdominal CT phantom (the shipped liver model segments it in seconds on CPU).
 SMALL_CT = replace(CT_DEFAULT, name="segment_ct", spacing_mm=(3.0, 3.0, 3.0), matrix=(32, 96, 96))
@@ -48,6 +49,11 @@ ae_title = "PACS"
 host = "127.0.0.1"
 port = 1
 """
+
+#: the shipped liver_ct versions, oldest first; a first start activates the last
+SHIPPED_LIVER = ModelRegistry(Path(__file__).resolve().parents[3] / "models" / "bundles").versions(
+    "liver_ct"
+)
 
 
 def write_config(root: Path, extra: str = "") -> Path:
@@ -117,7 +123,7 @@ def test_dicom_folder_gives_the_jobs_mask_on_the_series_grid(site: Site, tmp_pat
     out = tmp_path / "mask.nii.gz"
     code, stdout, stderr = segment(site.config_file, str(site.series_dir), "--out", str(out))
     assert code == 0, stderr
-    assert "liver_ct: model" in stdout and "0.2.0" in stdout  # routed; the active model
+    assert "liver_ct: model" in stdout and f" {SHIPPED_LIVER[-1]} " in stdout  # the active one
     mask, affine = read_mask(out)
     volume = load_series_volume(site.files)
     np.testing.assert_array_equal(mask, site.job_mask)
@@ -145,13 +151,14 @@ def test_version_picks_a_registered_model_and_an_unknown_one_is_named(
 ) -> None:
     out = tmp_path / "mask.nii.gz"
     args = (str(site.series_dir), "--out", str(out), "--task", "liver_ct")
-    code, stdout, stderr = segment(site.config_file, *args, "--version", "0.1.0")
+    older = SHIPPED_LIVER[0]  # registered, not the active one
+    code, stdout, stderr = segment(site.config_file, *args, "--version", older)
     assert code == 0, stderr
-    assert "0.1.0" in stdout
+    assert f" {older} " in stdout
     assert read_mask(out)[0].shape == site.job_mask.shape
     out.unlink()
     code, _, stderr = segment(site.config_file, *args, "--version", "9.9.9")
-    assert code == 1 and "--version" in stderr and "0.1.0, 0.2.0" in stderr
+    assert code == 1 and "--version" in stderr and ", ".join(SHIPPED_LIVER) in stderr
     assert not out.exists()
 
 
