@@ -18,6 +18,7 @@ from pydicom import dcmread
 from dicom_bridge.spool import Spool, SpoolKey
 from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
 from tests.interop.test_roundtrip_seg import wait_for
+from tests.liver_series import write_liver_series
 from tests.peers import ApplianceProcess, storescp, storescu
 
 pytestmark = pytest.mark.interop
@@ -88,9 +89,7 @@ def test_reindex_restores_the_series_without_sending_again(
     tmp_path: Path, appliance_factory: Callable[..., ApplianceProcess]
 ) -> None:
     ct = SeriesIdentity()
-    files = write_series(
-        tmp_path / "ct", SeriesGeometry(slices=16, rows=64, columns=64), identity=ct
-    )
+    files = write_liver_series(tmp_path / "ct", ct)
     with storescp(tmp_path / "pacs") as (pacs_port, pacs_dir):
         app = appliance_factory(
             quiet=1.0,

@@ -16,6 +16,7 @@ import pytest
 
 from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
 from tests.interop.test_roundtrip_seg import wait_for
+from tests.liver_series import write_liver_series
 from tests.peers import ApplianceProcess, free_port, storescp, storescu
 
 pytestmark = pytest.mark.interop
@@ -32,7 +33,25 @@ MR = SeriesIdentity(
     series_description="AX T1 POST GAD",
     body_part="HEAD",
 )
-PHI = ("KOWALCZYK", "ZBIGNIEW", "MAREK", "PID-7788123", "OYELARAN", "ADEBISI", "PID-5566021")
+#: a CT series with no liver in it (a plain ellipsoid): the shipped liver model's first stage
+#: finds nothing, so its job fails as nothing_found and nothing is sent for it
+EMPTY_CT = SeriesIdentity(
+    patient_name="NAKAGAWA^HARUTO",
+    patient_id="PID-9911042",
+    series_description="Abdomen portal venous",
+)
+PHI = (
+    "KOWALCZYK",
+    "ZBIGNIEW",
+    "MAREK",
+    "PID-7788123",
+    "OYELARAN",
+    "ADEBISI",
+    "PID-5566021",
+    "NAKAGAWA",
+    "HARUTO",
+    "PID-9911042",
+)
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -58,8 +77,9 @@ def test_health_metrics_audit_and_no_patient_data_in_logs(
     tmp_path: Path, appliance_factory: Callable[..., ApplianceProcess]
 ) -> None:
     http_port = free_port()
-    ct_files = write_series(
-        tmp_path / "ct", SeriesGeometry(slices=16, rows=64, columns=64), identity=CT
+    ct_files = write_liver_series(tmp_path / "ct", CT)
+    empty_files = write_series(
+        tmp_path / "empty", SeriesGeometry(slices=16, rows=64, columns=64), identity=EMPTY_CT
     )
     mr_files = write_series(
         tmp_path / "mr",
@@ -90,25 +110,31 @@ def test_health_metrics_audit_and_no_patient_data_in_logs(
         assert checks["model liver_ct"]["ok"] and "loaded" in checks["model liver_ct"]["detail"]
         assert app.cli("healthcheck").returncode == 0
 
-        for files in (ct_files, mr_files):
+        for files in (ct_files, mr_files, empty_files):
             result = storescu(app.port, files)
             assert result.returncode == 0, result.stderr
 
         def sent() -> bool:
             status = app.status()
             jobs = [j for j in status["jobs"] if j["state"] in ("done", "failed")]
-            return len(jobs) == 2 and status["outbox"].get("sent", 0) == 4
+            return len(jobs) == 3 and status["outbox"].get("sent", 0) == 4
 
-        wait_for(sent, 180, "the two jobs' SEG and SR were not all sent")
+        wait_for(sent, 240, "the three jobs did not finish, or their SEG and SR were not sent")
+        by_series = {j["series_uid"]: j for j in app.status()["jobs"]}
+        assert by_series[CT.series_uid]["state"] == by_series[MR.series_uid]["state"] == "done"
+        empty = by_series[EMPTY_CT.series_uid]
+        assert (empty["state"], empty["reason"]) == ("failed", "nothing_found"), empty
+        assert "found no liver" in empty["detail"]
         code, body = _get(f"{base}/metrics")
         assert code == 200
         text = body.decode()
         received = _metric(text, "appliance_instances_received_total", kind="new")
-        assert received == len(ct_files) + len(mr_files)
+        assert received == len(ct_files) + len(mr_files) + len(empty_files)
         assert _metric(text, "appliance_jobs", state="done") == 2
+        assert _metric(text, "appliance_jobs", state="failed") == 1
         assert _metric(text, "appliance_outbox_items", state="sent") == 4
         assert _metric(text, "appliance_outbox_depth") == 0
-        assert _metric(text, "appliance_stage_seconds_count", stage="inference") == 2
+        assert _metric(text, "appliance_stage_seconds_count", stage="inference") >= 2
         assert _metric(text, "appliance_model_active", **_active(text, "liver_ct")) == 1
         assert "appliance_gate_decisions_total" in text
         assert "appliance_federation_rounds_total" in text
@@ -121,7 +147,8 @@ def test_health_metrics_audit_and_no_patient_data_in_logs(
     for event in ("association", "series_received", "job_finished", "object_sent"):
         assert event in events, event
     jobs = [e for e in audit if e["event"] == "job_finished"]
-    assert all(e["model_sha256"] and e["state"] == "done" for e in jobs)
+    assert all(e["model_sha256"] for e in jobs)
+    assert sorted(e["state"] for e in jobs) == ["done", "done", "failed"]
     assert app.cli("audit", "verify").returncode == 0
     exported = app.cli("audit", "export", "--since", "1h").stdout.splitlines()
     assert len(exported) >= len(audit)
@@ -140,7 +167,7 @@ def test_health_metrics_audit_and_no_patient_data_in_logs(
         content = path.read_text(errors="replace").upper()
         for value in PHI:
             assert value not in content, f"{value} found in {path}"
-    for uid in (CT.study_uid, MR.study_uid):
+    for uid in (CT.study_uid, MR.study_uid, EMPTY_CT.study_uid):
         assert uid not in (app.root / "audit" / "audit.jsonl").read_text()
 
 

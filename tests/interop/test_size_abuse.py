@@ -21,6 +21,7 @@ from dicom_bridge.listener import StoreStatus
 from dicom_bridge.sender import RemoteNode, send_files
 from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
 from tests.bombs import write_deflate_bomb, write_j2k_series
+from tests.liver_series import write_liver_series
 from tests.peers import ApplianceProcess, storescu
 
 pytestmark = pytest.mark.interop
@@ -126,9 +127,7 @@ def test_memory_bombs_are_refused_and_the_service_carries_on(
     assert "limits.max_working_voxels" in job["detail"]
 
     good = SeriesIdentity()
-    files = write_series(
-        tmp_path / "good", SeriesGeometry(slices=10, rows=32, columns=32), identity=good
-    )
+    files = write_liver_series(tmp_path / "good", good)
     result = storescu(app.port, files)
     assert result.returncode == 0, result.stdout + result.stderr
     report = app.wait_series(_settled(good.series_uid), timeout=120)

@@ -29,11 +29,9 @@ from dicom_bridge.phantom_series import write_phantom_series
 from dicom_bridge.seg_reader import read_seg_labelmap
 from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
 from dicom_bridge.volume import load_series_volume
-from models.phantoms import BRATS_CHANNELS, CT_DEFAULT, MR_BRATS, PhantomKind, generate_phantom
+from models.phantoms import BRATS_CHANNELS, MR_BRATS, PhantomKind, generate_phantom
 from models.registry import ModelRegistry
-
-#: A small abdominal CT phantom (the shipped liver model segments it in seconds on CPU).
-SMALL_CT = replace(CT_DEFAULT, name="segment_ct", spacing_mm=(3.0, 3.0, 3.0), matrix=(32, 96, 96))
+from tests.liver_series import liver_phantom
 
 CONFIG = """\
 [storage]
@@ -99,7 +97,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     root = tmp_path_factory.mktemp("site")
     config_file = write_config(root)
     config = load_config(config_file)
-    phantom = generate_phantom(PhantomKind.CT_ABDOMEN, SMALL_CT, case=4242)
+    phantom = liver_phantom(case=4242)
     series_dir = root / "ct"
     files = write_phantom_series(series_dir, phantom.image, phantom.affine_lps, modality="CT")
     store = Store(config.storage.database)
