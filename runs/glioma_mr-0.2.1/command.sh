@@ -1,7 +1,7 @@
 #!/bin/sh
 # glioma_mr 0.2.1: 0.2.0 trained on for 2500 more steps (validation was still rising at the
 # end of 0.2.0's run), on mr_varied phantoms of another seed, at a quarter of the initial
-# learning rate. Rerun this script to resume from the checkpoint after an interruption.
+# learning rate. Finished (not shipped: docs/training.md); its checkpoint is no longer kept.
 cd "$(dirname "$0")/../.." || exit 1
 exec env OMP_WAIT_POLICY=PASSIVE nice -n 5 .venv/bin/appliance train --task glioma_mr \
   --out models/bundles --seed 5 --steps 2500 --cases 32 --eval-cases 30 --batch-size 2 \
