@@ -248,16 +248,19 @@ def _finish_regions(
 
 
 def window_aligned(lo: int, hi: int, size: int, roi: int, overlap: float) -> tuple[int, int]:
-    """The smallest ``[start, stop)`` of an axis of ``size`` voxels holding ``[lo, hi)``
-    whose sliding windows (``roi`` long, MONAI's placement for ``overlap``: every
-    ``int(roi * (1 - overlap))`` from 0, the last one ending at the axis end) are windows
-    of the whole axis too, so the network sees the same patches as over the whole image."""
+    """The smallest ``[start, stop)`` of an axis of ``size`` voxels whose sliding windows
+    (``roi`` long, MONAI's placement for ``overlap``: every ``int(roi * (1 - overlap))``
+    from 0, the last one ending at the axis end) are exactly the whole axis's windows that
+    overlap ``[lo, hi)``: every voxel of ``[lo, hi)`` is then predicted from the same
+    patches, blended with the same weights, as over the whole image."""
     if size <= roi:
         return 0, size
     step = max(int(roi * (1 - overlap)), 1)
-    start = min(lo // step, (size - roi) // step) * step
-    stop = start + roi + max(0, -(-(hi - start - roi) // step)) * step
-    return start, (stop if stop < size else size)
+    last = size - roi  # where the axis's final window starts
+    # the first window that ends after lo, and the last one that starts before hi
+    start = min(max(0, (lo - roi) // step + 1) * step, last)
+    stop = size if hi > last else ((hi - 1) // step) * step + roi
+    return start, stop
 
 
 def body_grid_box(
