@@ -101,7 +101,10 @@ def test_health_metrics_audit_and_no_patient_data_in_logs(
         base = f"http://127.0.0.1:{http_port}"
 
         def healthy() -> dict[str, Any] | None:
-            code, body = _get(f"{base}/healthz")
+            try:
+                code, body = _get(f"{base}/healthz")
+            except urllib.error.URLError:  # the HTTP server is not listening yet
+                return None
             return json.loads(body) if code == 200 else None
 
         health = wait_for(healthy, 60, "the appliance never became healthy")
