@@ -81,7 +81,8 @@ def whole_volume() -> WholeVolume:
             marks=pytest.mark.xfail(
                 strict=True,
                 reason=(
-                    "known miss of issue 16: liver_ct 0.3.0 gives a 3-slice series 0.982 "
+                    "missing: a liver model that holds 3-slice series to the whole volume's "
+                    "mask (issue 16); liver_ct 0.3.0 gives a 3-slice series 0.982 "
                     "agreement (liver 0.985 plus ~130 false tumour voxels; 0.2.0: 0.958); "
                     "strict, so the test turns red when a model meets the 1 % target"
                 ),
