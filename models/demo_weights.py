@@ -198,6 +198,16 @@ PROFILES: dict[TaskName, tuple[SiteProfile, ...]] = {
 }
 
 
+def named_profiles(task: TaskName | str, names: str) -> Profiles:
+    """The task's profile called ``names``, or (comma-separated names) a mix of them."""
+    parts = [n.strip() for n in str(names).split(",")]
+    if len(parts) == 1:
+        return named_profile(task, parts[0])
+    if len(set(parts)) != len(parts) or "" in parts:
+        raise DemoWeightsError(f"--profile {names!r}: list distinct profile names")
+    return tuple(named_profile(task, n) for n in parts)
+
+
 def named_profile(task: TaskName | str, name: str | None) -> SiteProfile:
     """The task's phantom profile called ``name`` (``None``: the recipe's)."""
     task = TaskName(task)
@@ -212,18 +222,37 @@ def named_profile(task: TaskName | str, name: str | None) -> SiteProfile:
     )
 
 
+#: One phantom profile, or a mix of several (case ``k`` is drawn from profile ``k mod n``).
+Profiles = SiteProfile | tuple[SiteProfile, ...]
+
+
+def profile_mix(task: TaskName | str, profile: Profiles | None) -> tuple[SiteProfile, ...]:
+    """``profile`` as a tuple of profiles (``None``: the recipe's alone)."""
+    if profile is None:
+        return (RECIPES[TaskName(task)].profile,)
+    mix = (profile,) if isinstance(profile, SiteProfile) else tuple(profile)
+    if not mix or len({p.name for p in mix}) != len(mix):
+        raise DemoWeightsError("a profile mix needs one or more distinct profiles")
+    return mix
+
+
+def profile_name(task: TaskName | str, profile: Profiles | None) -> str:
+    """The name of ``profile`` as the card and the command give it (a mix: comma-joined)."""
+    return ",".join(p.name for p in profile_mix(task, profile))
+
+
 def phantom_cases(
-    task: TaskName | str, *, seed: int, cases: int, profile: SiteProfile | None = None
+    task: TaskName | str, *, seed: int, cases: int, profile: Profiles | None = None
 ) -> list[tuple[TrainingCase, np.ndarray]]:
-    """``cases`` phantoms for ``task`` from ``profile`` (default: the recipe's) reseeded
-    with ``seed``: ``(case, lesion_map)`` pairs."""
+    """``cases`` phantoms for ``task`` from ``profile`` (default: the recipe's; a mix of
+    profiles: case ``k`` from profile ``k mod n``) reseeded with ``seed``:
+    ``(case, lesion_map)`` pairs."""
     recipe = RECIPES[TaskName(task)]
-    base = profile if profile is not None else recipe.profile
-    site = replace(base, seed=seed)
+    sites = [replace(base, seed=seed) for base in profile_mix(task, profile)]
     out = []
     for k in range(cases):
         kind = recipe.kinds[k % len(recipe.kinds)]
-        p = generate_phantom(kind, site, k)
+        p = generate_phantom(kind, sites[k % len(sites)], k)
         out.append((TrainingCase(p.image, p.labels, p.affine_lps), p.lesion_map))
     return out
 
@@ -379,7 +408,7 @@ def train_demo_weights(
     batch_size: int = 2,
     version: str = DEMO_VERSION,
     network: NetworkConfig | None = None,
-    profile: SiteProfile | None = None,
+    profile: Profiles | None = None,
     init_from: str | None = None,
     lr: float | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
@@ -395,6 +424,7 @@ def train_demo_weights(
     refiner: RefinerSettings | None = None,
     eval_profile: SiteProfile | None = None,
     eval_seeds: Sequence[int] | None = None,
+    blob_loss_weight: float = 0.0,
 ) -> ModelBundle:
     """Generate phantoms, train, evaluate on fresh phantoms, register the bundle
     ``task/version`` under ``out_registry_root`` (see the module docstring).
@@ -425,7 +455,10 @@ def train_demo_weights(
     ``eval_profile``/``eval_seeds``: the final evaluation's phantom profile (default: the
     training profile) and evaluation sets (default: the training seed's set), each of
     ``eval_cases`` phantoms; the card records the figures of all sets together
-    (:func:`evaluate_sets`).
+    (:func:`evaluate_sets`). ``profile`` may be a mix of profiles (training and
+    validation phantoms alternate between them).
+
+    ``blob_loss_weight``: see :class:`models.training.TrainConfig` (0: off).
     """
     if validate_every < 0 or validate_cases < 0:
         raise DemoWeightsError("--validate-every and --validate-cases must be >= 0")
@@ -501,6 +534,7 @@ def train_demo_weights(
             balance_lesions=recipe.balance_lesions,
             precision=Precision(precision),
             thin_slab_probability=thin_slab_probability,
+            blob_loss_weight=blob_loss_weight,
         )
     except (ValueError, TrainingError) as exc:
         raise DemoWeightsError(str(exc)) from exc
@@ -585,7 +619,10 @@ def train_demo_weights(
         metrics["validation_best_step"] = float(validation.best_step)
         metrics["validation_best_score"] = validation.best_score
     kinds = ", ".join(str(k) for k in recipe.kinds)
-    site = profile if profile is not None else recipe.profile
+    mix = profile_mix(spec.name, profile)
+    site_text = "; ".join(
+        f"profile {p.name!r}, spacing {p.spacing_mm} mm, matrix {p.matrix}" for p in mix
+    )
     origin = (
         ""
         if parent is None
@@ -594,15 +631,17 @@ def train_demo_weights(
     if stage1 is not None:
         origin = stage1.describe() + origin
     training_data = (
-        f"{origin}Synthetic phantoms only ({kinds}; profile {site.name!r}, spacing "
-        f"{site.spacing_mm} mm, matrix {site.matrix}), {cases} cases, phantom seed "
+        f"{origin}Synthetic phantoms only ({kinds}; {site_text}"
+        f"{', cases alternating between the profiles' if len(mix) > 1 else ''}), "
+        f"{cases} cases, phantom seed "
         f"{train_seed}; no patient data. Metrics: {_sets_text(evaluation, sets_seeds)}, "
         "through the clinical inference path with post-processing. Trained with "
         f"models.training.train: {steps} steps x {batch_size} patches, seed {seed}, "
         f"initial learning rate {config.lr:g}, "
         f"class ratios {recipe.class_ratios}"
         f"{', lesion-balanced sampling' if recipe.balance_lesions else ''}"
-        f"{f', thin slabs p={thin_slab_probability:g}' if thin_slab_probability else ''}; "
+        f"{f', thin slabs p={thin_slab_probability:g}' if thin_slab_probability else ''}"
+        f"{f', blob loss weight {blob_loss_weight:g}' if blob_loss_weight else ''}; "
         f"precision {report.precision} ({report.precision_reason})."
     )
     if validation is not None:
@@ -612,7 +651,7 @@ def train_demo_weights(
             f"{validation_seed}; score = mean over labels of the per-case Dice, "
             f"{validation.best_score:.4f})."
         )
-    options = "" if profile is None else f" --profile {site.name}"
+    options = "" if profile is None else f" --profile {profile_name(spec.name, profile)}"
     if eval_profile is not None:
         options += f" --eval-profile {eval_profile.name}"
     if eval_seeds is not None:
@@ -627,6 +666,8 @@ def train_demo_weights(
         options += f" --precision {config.precision}"
     if thin_slab_probability:
         options += f" --thin-slab-probability {thin_slab_probability:g}"
+    if blob_loss_weight:
+        options += f" --blob-loss-weight {blob_loss_weight:g}"
     if validation is not None:
         options += f" --validate-every {validate_every} --validate-cases {validate_cases}"
     if network != (recipe.network if stage1 is None else stage1.network_default):
@@ -784,7 +825,7 @@ def evaluate_bundle(
     version: str | None = None,
     seeds: Sequence[int] = (0,),
     eval_cases: int = 10,
-    profile: SiteProfile | None = None,
+    profile: Profiles | None = None,
     log: Callable[[str], None] = print,
 ) -> SetsEvaluation:
     """Re-run the fresh-phantom evaluation of a registered bundle (the latest version by
@@ -824,7 +865,7 @@ def evaluate_sets(
     *,
     seeds: Sequence[int],
     eval_cases: int,
-    profile: SiteProfile | None = None,
+    profile: Profiles | None = None,
     log: Callable[[str], None] = print,
     refiner: RefinerSettings | None = None,
 ) -> SetsEvaluation:
@@ -836,7 +877,7 @@ def evaluate_sets(
         raise DemoWeightsError(f"--seed: need one or more distinct seeds, not {list(seeds)}")
     if eval_cases < 1:
         raise DemoWeightsError(f"--eval-cases must be >= 1, not {eval_cases}")
-    site = profile if profile is not None else RECIPES[spec.name].profile
+    site_name = profile_name(spec.name, profile)
     every: list[CaseMetrics] = []
     sets: dict[int, EvaluationSummary] = {}
     for seed in seeds:
@@ -854,7 +895,7 @@ def evaluate_sets(
         sets[seed] = summarize(scored)
         log(
             f"[{spec.name}] {what} on {eval_cases} fresh phantoms (profile "
-            f"{site.name!r}, set {seed}, phantom seed {eval_phantom_seed(seed)})"
+            f"{site_name!r}, set {seed}, phantom seed {eval_phantom_seed(seed)})"
         )
         log(sets[seed].format_table())
     combined = sets[seeds[0]] if len(seeds) == 1 else summarize(every)
@@ -864,7 +905,7 @@ def evaluate_sets(
             f"{len(seeds)} sets (seeds {', '.join(map(str, seeds))})"
         )
         log(combined.format_table())
-    return SetsEvaluation(what, site.name, eval_cases, MappingProxyType(sets), combined)
+    return SetsEvaluation(what, site_name, eval_cases, MappingProxyType(sets), combined)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -898,7 +939,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", default=DEMO_VERSION)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument(
-        "--profile", default=None, help="phantom profile (default: the task's demo profile)"
+        "--profile",
+        default=None,
+        help=(
+            "phantom profile (default: the task's demo profile); comma-separated names train "
+            "on a mix (cases alternate between them)"
+        ),
     )
     parser.add_argument(
         "--init-from",
@@ -960,6 +1006,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="P",
         help="share of patches cut to a thin slab of 3+ slices with replicated edges (0-1)",
+    )
+    parser.add_argument(
+        "--blob-loss-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help=(
+            "add a Dice term per lesion instance (blob loss, Kofler et al. 2023) with this "
+            "weight, so small lesions count as much as large ones (default 0: off)"
+        ),
     )
     parser.add_argument(
         "--validate-every",
@@ -1039,7 +1095,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     try:
-        profile = None if args.profile is None else named_profile(args.task, args.profile)
+        profile = None if args.profile is None else named_profiles(args.task, args.profile)
         eval_profile = (
             None if args.eval_profile is None else named_profile(args.task, args.eval_profile)
         )
@@ -1059,6 +1115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--thin-slab-probability must be in [0, 1], not {args.thin_slab_probability}")
     if args.checkpoint_every < 1:
         parser.error(f"--checkpoint-every must be >= 1, not {args.checkpoint_every}")
+    if not (math.isfinite(args.blob_loss_weight) and args.blob_loss_weight >= 0):
+        parser.error(
+            f"--blob-loss-weight must be a finite number >= 0, not {args.blob_loss_weight}"
+        )
     if args.validate_every < 0 or args.validate_cases < 0:
         parser.error("--validate-every and --validate-cases must be >= 0")
     if (args.validate_every > 0) != (args.validate_cases > 0):
@@ -1175,7 +1235,7 @@ def _network_from_args(
 
 def _train_from_args(
     args: argparse.Namespace,
-    profile: SiteProfile | None,
+    profile: Profiles | None,
     network: NetworkConfig,
     refiner: RefinerSettings | None = None,
     eval_profile: SiteProfile | None = None,
@@ -1214,6 +1274,7 @@ def _train_from_args(
             refiner=refiner,
             eval_profile=eval_profile,
             eval_seeds=eval_seeds,
+            blob_loss_weight=args.blob_loss_weight,
         )
 
 

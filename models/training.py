@@ -65,6 +65,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from .augmentation import augment_patch, build_patch_augmentation, step_seed
+from .blob_loss import blob_dice_loss
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, state_digest
 from .errors import InputError, ModelsError
 from .inference import resolve_device
@@ -145,6 +146,10 @@ class TrainConfig:
     to patch-depth slices (along the last axis, superior-inferior: the slice axis of an
     axial series) is kept and the rest of the patch is filled by replicating its edge
     slices, as inference pads a short stack (see :func:`thin_slab`).
+
+    ``blob_loss_weight``: weight of the blob loss (:mod:`models.blob_loss`: a Dice term
+    per lesion instance, Kofler et al. 2023) added to Dice + cross-entropy; 0 = off.
+    Softmax tasks only.
     """
 
     steps: int = 500
@@ -169,6 +174,7 @@ class TrainConfig:
     amp: bool = True
     precision: Precision = Precision.AUTO
     thin_slab_probability: float = 0.0
+    blob_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         try:
@@ -189,6 +195,10 @@ class TrainConfig:
         ):
             raise TrainingError(
                 f"thin_slab_probability must be in [0, 1], got {self.thin_slab_probability!r}"
+            )
+        if not (math.isfinite(self.blob_loss_weight) and self.blob_loss_weight >= 0.0):
+            raise TrainingError(
+                f"blob_loss_weight must be a finite number >= 0, got {self.blob_loss_weight!r}"
             )
         if self.steps < 0 or self.batch_size < 1:
             raise TrainingError("need steps >= 0 and batch_size >= 1")
@@ -671,6 +681,23 @@ def _loss_function(spec: TaskSpec) -> DiceCELoss:
     return DiceCELoss(to_onehot_y=True, softmax=True)
 
 
+def _blob_classes(spec: TaskSpec, config: TrainConfig) -> tuple[int, ...]:
+    """The classes whose instances the blob loss scores (none when it is off)."""
+    if config.blob_loss_weight == 0:
+        return ()
+    if spec.is_sigmoid:
+        raise TrainingError(
+            f"blob_loss_weight: task {spec.name} has overlapping (sigmoid) regions; the blob "
+            "loss is for softmax tasks"
+        )
+    classes = tuple(
+        label.index for label in spec.labels if label.category == MORPHOLOGICALLY_ABNORMAL_STRUCTURE
+    )
+    if not classes:
+        raise TrainingError(f"blob_loss_weight: task {spec.name} has no lesion label")
+    return classes
+
+
 @contextlib.contextmanager
 def _training_mode(model: nn.Module) -> Iterator[None]:
     model.train()
@@ -760,6 +787,7 @@ def train(
         _reference_parameters(model, reference_state, device) if config.prox_mu > 0 else None
     )
     loss_fn = _loss_function(spec)
+    blob_classes = _blob_classes(spec, config)
     optimiser = _build_optimiser(model, config)
     amp_dtype = precision.autocast_dtype
     scaler = torch.amp.GradScaler("cuda") if precision.needs_grad_scaler else None
@@ -796,6 +824,9 @@ def train(
                 logits = model(x)
             target = region_targets(spec, y) if spec.is_sigmoid else y
             loss = loss_fn(logits.float(), target)
+            if blob_classes:
+                blob = blob_dice_loss(torch.softmax(logits.float(), dim=1), y, blob_classes)
+                loss = loss + config.blob_loss_weight * blob
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at step {step + 1}")
             total = loss

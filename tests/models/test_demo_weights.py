@@ -21,6 +21,8 @@ from models.demo_weights import (
     evaluate_bundle,
     main,
     named_profile,
+    named_profiles,
+    phantom_cases,
     train_demo_weights,
 )
 from models.networks import DEFAULT_NETWORK, Architecture, NetworkConfig
@@ -41,12 +43,12 @@ def _train(
 ) -> None:
     options: dict[str, object] = {"cases": 1, "eval_cases": 1, "steps": 1, "batch_size": 1}
     options["log"] = lambda _line: None
+    options["profile"] = TINY_CT
     train_demo_weights(
         TaskName.LIVER_CT,
         root,
         version=version,
         network=network,
-        profile=TINY_CT,
         **(options | kwargs),  # type: ignore[arg-type]
     )
 
@@ -466,3 +468,36 @@ def test_training_evaluates_on_the_sets_and_profile_it_is_told(tmp_path: Path) -
     )
     with pytest.raises(DemoWeightsError, match="would be the training phantoms"):
         _train(tmp_path, "0.1.1", seed=1, eval_seeds=[0])
+
+
+def test_a_profile_mix_and_the_blob_loss_are_trained_and_recorded(tmp_path: Path) -> None:
+    other = replace(TINY_CT, name="tiny_b", noise_sigma=30.0)
+    _train(tmp_path, "0.1.0", cases=2, profile=(TINY_CT, other), blob_loss_weight=0.5)
+    card = ModelRegistry(tmp_path).get("liver_ct", "0.1.0").card
+    assert "profile 'tiny'" in card.training_data and "profile 'tiny_b'" in card.training_data
+    assert "cases alternating between the profiles" in card.training_data
+    assert "blob loss weight 0.5" in card.training_data
+    assert " --profile tiny,tiny_b " in card.source["command"]
+    assert " --blob-loss-weight 0.5 " in card.source["command"]
+    # the mix alternates: case 0 from the first profile, case 1 from the second
+    cases = phantom_cases("liver_ct", seed=5, cases=2, profile=(TINY_CT, other))
+    alone = phantom_cases("liver_ct", seed=5, cases=2, profile=other)
+    assert not (cases[0][0].image == alone[0][0].image).all()
+    assert (cases[1][0].image == alone[1][0].image).all()
+    assert named_profiles("liver_ct", "ct_fine,ct_varied") == (
+        named_profile("liver_ct", "ct_fine"),
+        named_profile("liver_ct", "ct_varied"),
+    )
+    for bad in ("ct_fine,ct_fine", "ct_fine,", "ct_fine,ct_coarse"):
+        with pytest.raises(DemoWeightsError, match="--profile"):
+            named_profiles("liver_ct", bad)
+
+
+def test_cli_refuses_a_negative_blob_loss_weight(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--task", "liver_ct", "--out", str(tmp_path), "--blob-loss-weight", "-1"])
+    assert exit_info.value.code == 2
+    assert "--blob-loss-weight" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
