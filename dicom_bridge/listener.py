@@ -31,7 +31,6 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -49,6 +48,7 @@ from dicom_bridge.errors import (
     InvalidUIDError,
     MalformedDatasetError,
 )
+from dicom_bridge.file_meta import encode_file_meta_group
 from dicom_bridge.instance import ReceivedInstance, describe
 from dicom_bridge.limits import KEYS, MIB, SizeLimitError, SizeLimits, check_image_header
 from dicom_bridge.netutil import quiet_identifiers, set_tcp_nodelay
@@ -422,7 +422,15 @@ class Listener:
         request = cast(C_STORE, event.request)
         transfer_syntax = UID(str(event.context.transfer_syntax))
         stream = cast(BytesIO, request.DataSet)
-        header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+        header = (
+            b"\x00" * 128
+            + b"DICM"
+            + encode_file_meta_group(
+                str(request.AffectedSOPClassUID),
+                str(request.AffectedSOPInstanceUID),
+                str(transfer_syntax),
+            )
+        )
         if transfer_syntax.is_deflated:
             # Rare: inflate (bounded) to check the encoding, parse through pydicom's file
             # reader, store the bytes as received.
