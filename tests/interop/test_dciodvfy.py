@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from dicom_bridge.seg import AlgorithmInfo, SegOptions, write_seg
+from dicom_bridge.rtstruct import write_rtstruct
+from dicom_bridge.seg import AlgorithmInfo, SegOptions, read_source_grid, write_seg
 from dicom_bridge.sr import write_sr
 from dicom_bridge.volume import load_series_volume
 from tests.dicom_bridge.test_seg import (
@@ -136,3 +137,14 @@ def test_the_validator_catches_a_broken_seg(tmp_path: Path) -> None:
     broken.save_as(tmp_path / "broken.dcm")
     _, errors = dciodvfy(tmp_path / "broken.dcm")
     assert any("SegmentSequence" in line for line in errors)
+
+
+@pytest.mark.parametrize(
+    ("name", "modality"), [("axial", "CT"), ("oblique", "CT"), ("coronal", "MR")]
+)
+def test_rtstruct_on_synthetic_series_is_valid(tmp_path: Path, name: str, modality: str) -> None:
+    require_program("dciodvfy")
+    paths, mask = make_series(tmp_path / "src", *GEOMETRIES[name], modality=modality)
+    rt = write_rtstruct(read_source_grid(paths), mask, SEGMENTS, ALGORITHM)
+    rt.save_as(tmp_path / "rt.dcm", enforce_file_format=True)
+    _assert_valid(tmp_path / "rt.dcm", "RTStructureSet")
