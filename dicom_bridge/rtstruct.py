@@ -38,7 +38,7 @@ import numpy as np
 from contourpy import LineType, contour_generator
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from dicom_bridge.codes import ANATOMICAL_STRUCTURE, CodeValue
 from dicom_bridge.patient import sanitized_sources
@@ -116,7 +116,7 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
         return []
     padded = np.pad(plane, 1).astype(np.float64)
     generator = contour_generator(z=padded, line_type=LineType.Separate)
-    out = []
+    out: list[np.ndarray] = []
     for line in generator.lines(0.5):
         points = np.asarray(line, dtype=np.float64)
         if len(points) > 1 and np.allclose(points[0], points[-1]):
@@ -144,8 +144,8 @@ def write_rtstruct(
     now = datetime.datetime.now()
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
-    sop_uid = options.sop_instance_uid or generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = UID(RT_STRUCTURE_SET_STORAGE)
+    sop_uid = UID(options.sop_instance_uid or generate_uid())
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     charset = first.get("SpecificCharacterSet")
@@ -280,7 +280,7 @@ def _roi_contours(segment: SegmentDescription, mask: np.ndarray, grid: SourceGri
     item.ReferencedROINumber = segment.label_index
     if segment.color_rgb is not None:
         item.ROIDisplayColor = [int(c) for c in segment.color_rgb]
-    contours = []
+    contours: list[Dataset] = []
     for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
         for points in slice_contours(mask[k]):
             index = np.column_stack([np.full(len(points), float(k)), points, np.ones(len(points))])

@@ -27,7 +27,7 @@ def rasterise(ds: Dataset, roi_number: int, grid: SourceGrid) -> np.ndarray:
         points = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
         assert contour.NumberOfContourPoints == len(points)
         index = (inverse @ np.column_stack([points, np.ones(len(points))]).T).T
-        k = int(round(float(index[0, 0])))
+        k = round(float(index[0, 0]))
         assert np.allclose(index[:, 0], k, atol=0.01)  # planar (points rounded to 0.01 mm)
         assert uids[contour.ContourImageSequence[0].ReferencedSOPInstanceUID] == k
         # PIL draws (x, y) = (column, row); scale by 8 and sample pixel centres
