@@ -294,6 +294,25 @@ class ConfigReader:
             return default
         return self._accept(name, member)
 
+    def enum_list(self, name: str, kind: type[E], default: tuple[E, ...]) -> tuple[E, ...]:
+        """A non-empty list of members of the string enum ``kind`` (repeats dropped, order
+        kept)."""
+        value = self.data.get(name)
+        if value is None:
+            return default
+        allowed = ", ".join(m.value for m in kind)
+        if not isinstance(value, list | tuple) or not value:
+            self.err(name, f"must be a non-empty list of: {allowed}; got {value!r}")
+            return default
+        members: list[E] = []
+        for item in value:
+            try:
+                members.append(kind(item))
+            except ValueError:
+                self.err(name, f"{item!r} is not one of: {allowed}")
+                return default
+        return self._accept(name, tuple(dict.fromkeys(members)))
+
     def ae_title(self, name: str, *, required: bool = True) -> str | None:
         """A DICOM AE title (kept stripped)."""
         value = self.data.get(name)

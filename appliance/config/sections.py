@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from appliance.config.reader import ConfigReader
@@ -25,6 +26,18 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 MODEL_DEVICES = ("auto", "cpu", "cuda")
 SEG_TYPES = ("BINARY", "LABELMAP")
+
+
+class OutputKind(StrEnum):
+    """What a destination receives of a job's results (``destinations[i].outputs``)."""
+
+    SEG = "seg"  # the DICOM Segmentation
+    SR = "sr"  # the TID 1500 measurement report
+    RTSTRUCT = "rtstruct"  # an RT Structure Set: the segments as planar contours
+
+
+#: What a destination receives when its ``outputs`` are not configured.
+DEFAULT_OUTPUTS = (OutputKind.SEG, OutputKind.SR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +193,9 @@ class StorageConfig:
 
 @dataclass(frozen=True, slots=True)
 class DestinationConfig:
-    """Where results can be sent (``[[destinations]]``)."""
+    """Where results can be sent (``[[destinations]]``). ``outputs``: what it receives of
+    each job, any of ``seg``, ``sr``, ``rtstruct`` (:class:`OutputKind`; default
+    ``["seg", "sr"]``)."""
 
     name: str
     ae_title: str
@@ -189,6 +204,7 @@ class DestinationConfig:
     calling_ae: str | None = None  # default: dicom.ae_title
     timeout_seconds: float = 30.0
     tls: TlsConfig | None = None
+    outputs: tuple[OutputKind, ...] = DEFAULT_OUTPUTS
 
     def __post_init__(self) -> None:
         r = ConfigReader.of(self)
@@ -199,6 +215,7 @@ class DestinationConfig:
         r.ae_title("calling_ae", required=False)
         r.number("timeout_seconds", 0.5, 3600.0)
         r.instance("tls", TlsConfig, optional=True)
+        r.enum_list("outputs", OutputKind, DEFAULT_OUTPUTS)
         r.raise_issues()
 
 

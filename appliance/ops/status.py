@@ -40,7 +40,15 @@ def job_entry(job: JobRecord) -> dict[str, Any]:
         "detail": job.detail,
         "outputs": {
             k: job.outputs[k]
-            for k in ("seg_sop_uid", "sr_sop_uid", "destinations", "voxels", "preprocessing")
+            for k in (
+                "seg_sop_uid",
+                "sr_sop_uid",
+                "rtstruct_sop_uid",
+                "destinations",
+                "outputs",
+                "voxels",
+                "preprocessing",
+            )
             if k in job.outputs
         },
         "started_at": _iso(job.started_at),

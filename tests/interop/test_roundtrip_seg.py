@@ -51,9 +51,11 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from dicom_bridge.seg import read_source_grid
 from dicom_bridge.seg_reader import read_seg_labelmap
 from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
 from tests.appliance.tiny_models import make_tiny_bundle
+from tests.dicom_bridge.test_rtstruct import rasterise
 from tests.peers import (
     REPO,
     SHARED_DATA,
@@ -107,7 +109,13 @@ def test_orthanc_ct_comes_back_as_valid_seg_and_sr(
             quiet=1.0,
             allowed_callers=(ORTHANC_AET,),
             destinations=(
-                dict(name="pacs", ae_title=ORTHANC_AET, host="127.0.0.1", port=pacs.dicom_port),
+                dict(
+                    name="pacs",
+                    ae_title=ORTHANC_AET,
+                    host="127.0.0.1",
+                    port=pacs.dicom_port,
+                    outputs=["seg", "sr", "rtstruct"],
+                ),
             ),
             extra=MODELS,
             start=False,
@@ -140,12 +148,17 @@ def test_orthanc_ct_comes_back_as_valid_seg_and_sr(
 
         segs = wait_for(lambda: pacs.find_instances({"Modality": "SEG"}), 30, "no SEG in Orthanc")
         srs = wait_for(lambda: pacs.find_instances({"Modality": "SR"}), 30, "no SR in Orthanc")
-        assert len(segs) == 1 and len(srs) == 1
+        rts = wait_for(
+            lambda: pacs.find_instances({"Modality": "RTSTRUCT"}), 30, "no RTSTRUCT in Orthanc"
+        )
+        assert len(segs) == 1 and len(srs) == 1 and len(rts) == 1
         seg_path = fetch(pacs, segs[0], tmp_path / "seg.dcm")
         sr_path = fetch(pacs, srs[0], tmp_path / "sr.dcm")
+        rt_path = fetch(pacs, rts[0], tmp_path / "rtstruct.dcm")
 
     assert dciodvfy_errors(seg_path) == []
     assert dciodvfy_errors(sr_path) == []
+    assert dciodvfy_errors(rt_path) == []
     seg = dcmread(seg_path)
     sr = dcmread(io.BytesIO(sr_path.read_bytes()))
     assert str(seg.SOPInstanceUID) == job["outputs"]["seg_sop_uid"]
@@ -159,6 +172,15 @@ def test_orthanc_ct_comes_back_as_valid_seg_and_sr(
     back = read_seg_labelmap(seg_path, files)
     np.testing.assert_array_equal(back.labelmap, produced)
     assert produced.any()
+    # the RTSTRUCT: same study, its contours filled back give the mask of each label
+    rt = dcmread(rt_path)
+    assert str(rt.SOPInstanceUID) == job["outputs"]["rtstruct_sop_uid"]
+    assert rt.StudyInstanceUID == identity.study_uid
+    grid = read_source_grid(files)
+    for label in (1, 2):
+        truth = produced == label
+        if truth.any():
+            assert dice(rasterise(rt, label, grid), truth) >= 0.95, label
 
 
 # --- phantom CT, phantom MR and the real J2K CT through one Orthanc and one appliance -------

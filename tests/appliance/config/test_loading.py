@@ -15,6 +15,7 @@ from appliance.config import (
     CallerConfig,
     DicomConfig,
     OutboxConfig,
+    OutputKind,
     StorageConfig,
     load_config,
     parse_config,
@@ -261,6 +262,21 @@ def test_destination_bad_fields() -> None:
     )
     for key in ("name", "ae_title", "port", "calling_ae", "timeout_seconds"):
         assert f"destinations[0].{key}" in found, key
+
+
+def test_destination_outputs() -> None:
+    config = parse_config({"destinations": [dest(), dest(name="rt", outputs=["rtstruct", "seg"])]})
+    assert config.destinations[0].outputs == (OutputKind.SEG, OutputKind.SR)  # the default
+    assert config.destinations[1].outputs == (OutputKind.RTSTRUCT, OutputKind.SEG)
+    assert parse_config({"destinations": [dest(outputs=["sr", "sr"])]}).destinations[0].outputs == (
+        OutputKind.SR,
+    )
+    for bad, says in (
+        (["seg", "pdf"], "'pdf' is not one of: seg, sr, rtstruct"),
+        ([], "must be a non-empty list of: seg, sr, rtstruct"),
+        ("seg", "must be a non-empty list of: seg, sr, rtstruct"),
+    ):
+        assert says in issues_of({"destinations": [dest(outputs=bad)]})["destinations[0].outputs"]
 
 
 def test_destination_not_a_table() -> None:

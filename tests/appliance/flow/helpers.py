@@ -27,14 +27,18 @@ GEOMETRY = SeriesGeometry(slices=24, rows=64, columns=64)
 SMALL = SeriesGeometry(slices=12, rows=32, columns=32)
 
 
-def make_config(root: Path, **output: object) -> AppConfig:
+def make_config(root: Path, other_outputs: list[str] | None = None, **output: object) -> AppConfig:
+    """Two destinations, ``pacs`` and ``other`` (receiving ``other_outputs`` when given)."""
+    other = {"name": "other", "ae_title": "OTHER", "host": "127.0.0.1", "port": 105}
+    if other_outputs is not None:
+        other["outputs"] = other_outputs
     return parse_config(
         {
             "storage": {"root": str(root / "data"), "fsync": False},
             "models": {"shipped": "", "device": "cpu"},
             "destinations": [
                 {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104},
-                {"name": "other", "ae_title": "OTHER", "host": "127.0.0.1", "port": 105},
+                other,
             ],
             "output": dict(output),
         }

@@ -123,6 +123,50 @@ def test_output_destinations_and_labelmap_come_from_config(tmp_path: Path) -> No
         store.close()
 
 
+def test_each_destination_gets_the_outputs_it_asks_for(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path, other_outputs=["rtstruct", "seg"], destinations=["pacs", "other"]
+    )
+    store = Store(config.storage.database)
+    try:
+        activate_tiny(store, config, tmp_path)
+        files = write_series(tmp_path / "ct", GEOMETRY)
+        ingest(store, files)
+        run_worker(store, config)
+        (job,) = store.list_jobs()
+        assert job.state is JobState.DONE, job
+        outputs = job.outputs
+        rt = dcmread(outputs["rtstruct_path"])
+        assert rt.Modality == "RTSTRUCT" and rt.SOPInstanceUID == outputs["rtstruct_sop_uid"]
+        assert rt.StudyInstanceUID == dcmread(files[0]).StudyInstanceUID
+        assert rt.SeriesDescription.startswith("RESEARCH USE ONLY")
+        assert job.model_sha256 in rt.StructureSetDescription
+        assert [r.ROIName for r in rt.StructureSetROISequence] == ["Liver", "Liver tumour"]
+        assert job.timings["rtstruct_s"] >= 0
+        assert outputs["outputs"] == {"pacs": ["seg", "sr"], "other": ["rtstruct", "seg"]}
+        queued = {(i.destination, i.sop_uid) for i in store.list_outbox()}
+        assert queued == {
+            ("pacs", outputs["seg_sop_uid"]),
+            ("pacs", outputs["sr_sop_uid"]),
+            ("other", outputs["rtstruct_sop_uid"]),
+            ("other", outputs["seg_sop_uid"]),
+        }
+    finally:
+        store.close()
+    # no destination asks for an RTSTRUCT: none is made
+    config = make_config(tmp_path / "plain", destinations=["pacs", "other"])
+    store = Store(config.storage.database)
+    try:
+        activate_tiny(store, config, tmp_path / "plain")
+        ingest(store, write_series(tmp_path / "plain" / "ct", GEOMETRY))
+        run_worker(store, config)
+        (job,) = store.list_jobs()
+        assert "rtstruct_path" not in job.outputs and "rtstruct_s" not in job.timings
+        assert not (Path(job.outputs["seg_path"]).parent / "rtstruct.dcm").exists()
+    finally:
+        store.close()
+
+
 def test_no_active_model_is_recorded_and_retry_runs_it_after_activation(
     tmp_path: Path, config: AppConfig, app_store: Store
 ) -> None:
