@@ -34,6 +34,7 @@ class OutputKind(StrEnum):
     SEG = "seg"  # the DICOM Segmentation
     SR = "sr"  # the TID 1500 measurement report
     RTSTRUCT = "rtstruct"  # an RT Structure Set: the segments as planar contours
+    SC_OVERLAY = "sc_overlay"  # a Secondary Capture series: outlines burned into the slices
 
 
 #: What a destination receives when its ``outputs`` are not configured.
@@ -194,8 +195,8 @@ class StorageConfig:
 @dataclass(frozen=True, slots=True)
 class DestinationConfig:
     """Where results can be sent (``[[destinations]]``). ``outputs``: what it receives of
-    each job, any of ``seg``, ``sr``, ``rtstruct`` (:class:`OutputKind`; default
-    ``["seg", "sr"]``)."""
+    each job, any of ``seg``, ``sr``, ``rtstruct``, ``sc_overlay`` (:class:`OutputKind`;
+    default ``["seg", "sr"]``)."""
 
     name: str
     ae_title: str

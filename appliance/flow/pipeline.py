@@ -35,6 +35,7 @@ from pydicom.dataset import Dataset
 from appliance.cases.from_seg import annotate_seg_series
 from appliance.config import AppConfig, OutputKind
 from appliance.flow import study
+from appliance.flow.extra_outputs import extra_outputs as _extra_outputs
 from appliance.flow.segmenting import (
     StageFailed,
     describe_exception,
@@ -47,15 +48,7 @@ from appliance.states import JobState, SeriesState
 from appliance.store import Claim, Enqueue, JobRecord, SeriesRecord, Store
 from dicom_bridge.codes import CodeValue
 from dicom_bridge.errors import VolumeError
-from dicom_bridge.rtstruct import RtStructOptions, write_rtstruct
-from dicom_bridge.seg import (
-    AlgorithmInfo,
-    SegmentDescription,
-    SegOptions,
-    read_source_grid,
-    source_grid_from_headers,
-    write_seg,
-)
+from dicom_bridge.seg import AlgorithmInfo, SegmentDescription, SegOptions, write_seg
 from dicom_bridge.seg_references import reference_other_series
 from dicom_bridge.sop_classes import SEGMENTATION_CLASSES, VOLUME_CLASSES
 from dicom_bridge.sr import SrOptions, write_sr
@@ -332,33 +325,16 @@ def _run_stages(
 
     destinations = config.output_destinations
     wanted = {kind for name in destinations for kind in config.destination(name).outputs}
-    rtstruct = None
-    if OutputKind.RTSTRUCT in wanted:
-        mark = time.perf_counter()
-        try:
-            rtstruct = write_rtstruct(
-                source_grid_from_headers(volume.source_headers)
-                if volume.source_headers
-                else read_source_grid(routed.image_paths),
-                mask,
-                segments,
-                algorithm,
-                RtStructOptions(research_only=research_only),
-            )
-        except Exception as exc:
-            raise StageFailed.from_exception("rtstruct_failed", exc) from exc
-        timings["rtstruct_s"] = _since(mark)
+    extra = _extra_outputs(wanted, routed, mask, segments, algorithm, research_only)
 
     mark = time.perf_counter()
     try:
         out_dir = result_dir_for(config, job.series_uid, job.generation)
         out_dir.mkdir(parents=True, exist_ok=True)
         seg_path, sr_path, mask_path = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "mask.npz"
-        rtstruct_path = out_dir / "rtstruct.dcm"
         _save_dataset(seg, seg_path)
         _save_dataset(sr, sr_path)
-        if rtstruct is not None:
-            _save_dataset(rtstruct, rtstruct_path)
+        extra_files = extra.save(out_dir, _save_dataset)
         tmp_mask = out_dir / ".mask.tmp.npz"
         np.savez_compressed(tmp_mask, mask=mask, affine_lps=affine_lps)
         os.replace(tmp_mask, mask_path)
@@ -367,13 +343,13 @@ def _run_stages(
     timings["save_s"] = _since(mark)
 
     seg_uid, sr_uid = str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)
-    files = {OutputKind.SEG: (seg_path, seg_uid), OutputKind.SR: (sr_path, sr_uid)}
-    if rtstruct is not None:
-        files[OutputKind.RTSTRUCT] = (rtstruct_path, str(rtstruct.SOPInstanceUID))
+    files = {OutputKind.SEG: [(seg_path, seg_uid)], OutputKind.SR: [(sr_path, sr_uid)]}
+    files.update(extra_files)
     enqueue = tuple(
-        Enqueue(dest, *files[kind])
+        Enqueue(dest, path, uid)
         for dest in destinations
         for kind in config.destination(dest).outputs
+        for path, uid in files[kind]
     )
     voxels = label_voxels(mask, spec)
     outputs = {
@@ -389,10 +365,8 @@ def _run_stages(
         "voxels": voxels,
         "preprocessing": preprocessing_summary(card.bundle_pipeline, spec),
     }
-    if rtstruct is not None:
-        outputs["rtstruct_sop_uid"] = files[OutputKind.RTSTRUCT][1]
-        outputs["rtstruct_series_uid"] = str(rtstruct.SeriesInstanceUID)
-        outputs["rtstruct_path"] = str(rtstruct_path)
+    outputs.update(extra.describe(extra_files))
+    timings.update(extra.timings)
     if routed.study_inputs is not None:
         outputs["inputs"] = routed.study_inputs.inputs
     routed.result["job_state"] = "done"

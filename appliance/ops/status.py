@@ -44,6 +44,8 @@ def job_entry(job: JobRecord) -> dict[str, Any]:
                 "seg_sop_uid",
                 "sr_sop_uid",
                 "rtstruct_sop_uid",
+                "sc_overlay_series_uid",
+                "sc_overlay_images",
                 "destinations",
                 "outputs",
                 "voxels",

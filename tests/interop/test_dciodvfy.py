@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from dicom_bridge.overlay import write_sc_overlays
 from dicom_bridge.rtstruct import write_rtstruct
 from dicom_bridge.seg import AlgorithmInfo, SegOptions, read_source_grid, write_seg
 from dicom_bridge.sr import write_sr
@@ -148,3 +149,16 @@ def test_rtstruct_on_synthetic_series_is_valid(tmp_path: Path, name: str, modali
     rt = write_rtstruct(read_source_grid(paths), mask, SEGMENTS, ALGORITHM)
     rt.save_as(tmp_path / "rt.dcm", enforce_file_format=True)
     _assert_valid(tmp_path / "rt.dcm", "RTStructureSet")
+
+
+def test_sc_overlays_are_valid(tmp_path: Path) -> None:
+    require_program("dciodvfy")
+    paths, mask = make_series(tmp_path / "src", *GEOMETRIES["oblique"], shape=(5, 48, 64))
+    volume = load_series_volume(paths)
+    images = write_sc_overlays(
+        read_source_grid(paths), volume.array, "CT", mask, SEGMENTS, ALGORITHM
+    )
+    assert images
+    for number, image in enumerate(images):
+        image.save_as(tmp_path / f"sc{number}.dcm", enforce_file_format=True)
+        _assert_valid(tmp_path / f"sc{number}.dcm", "SCImage")

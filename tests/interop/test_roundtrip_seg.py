@@ -114,7 +114,7 @@ def test_orthanc_ct_comes_back_as_valid_seg_and_sr(
                     ae_title=ORTHANC_AET,
                     host="127.0.0.1",
                     port=pacs.dicom_port,
-                    outputs=["seg", "sr", "rtstruct"],
+                    outputs=["seg", "sr", "rtstruct", "sc_overlay"],
                 ),
             ),
             extra=MODELS,
@@ -155,10 +155,29 @@ def test_orthanc_ct_comes_back_as_valid_seg_and_sr(
         seg_path = fetch(pacs, segs[0], tmp_path / "seg.dcm")
         sr_path = fetch(pacs, srs[0], tmp_path / "sr.dcm")
         rt_path = fetch(pacs, rts[0], tmp_path / "rtstruct.dcm")
+        overlay_uid = job["outputs"]["sc_overlay_series_uid"]
+        count = job["outputs"]["sc_overlay_images"]
+        scs = wait_for(
+            lambda: (
+                found
+                if len(found := pacs.find_instances({"SeriesInstanceUID": overlay_uid})) == count
+                else None
+            ),
+            30,
+            "the overlay series did not arrive whole",
+        )
+        sc_paths = [fetch(pacs, i, tmp_path / f"sc-{n}.dcm") for n, i in enumerate(scs)]
 
     assert dciodvfy_errors(seg_path) == []
     assert dciodvfy_errors(sr_path) == []
     assert dciodvfy_errors(rt_path) == []
+    for path in sc_paths:
+        assert dciodvfy_errors(path) == [], path
+        sc = dcmread(path)
+        assert sc.StudyInstanceUID == identity.study_uid and sc.BurnedInAnnotation == "NO"
+        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID in {
+            str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files
+        }
     seg = dcmread(seg_path)
     sr = dcmread(io.BytesIO(sr_path.read_bytes()))
     assert str(seg.SOPInstanceUID) == job["outputs"]["seg_sop_uid"]

@@ -125,7 +125,7 @@ def test_output_destinations_and_labelmap_come_from_config(tmp_path: Path) -> No
 
 def test_each_destination_gets_the_outputs_it_asks_for(tmp_path: Path) -> None:
     config = make_config(
-        tmp_path, other_outputs=["rtstruct", "seg"], destinations=["pacs", "other"]
+        tmp_path, other_outputs=["rtstruct", "sc_overlay", "seg"], destinations=["pacs", "other"]
     )
     store = Store(config.storage.database)
     try:
@@ -142,15 +142,25 @@ def test_each_destination_gets_the_outputs_it_asks_for(tmp_path: Path) -> None:
         assert rt.SeriesDescription.startswith("RESEARCH USE ONLY")
         assert job.model_sha256 in rt.StructureSetDescription
         assert [r.ROIName for r in rt.StructureSetROISequence] == ["Liver", "Liver tumour"]
-        assert job.timings["rtstruct_s"] >= 0
-        assert outputs["outputs"] == {"pacs": ["seg", "sr"], "other": ["rtstruct", "seg"]}
+        assert job.timings["rtstruct_s"] >= 0 and job.timings["sc_overlay_s"] >= 0
+        assert outputs["outputs"] == {
+            "pacs": ["seg", "sr"],
+            "other": ["rtstruct", "sc_overlay", "seg"],
+        }
+        produced = np.load(outputs["mask_path"])["mask"]
+        overlay_dir = Path(outputs["seg_path"]).parent / "overlay"
+        overlays = [dcmread(p) for p in sorted(overlay_dir.glob("*.dcm"))]
+        carrying = [k for k in range(produced.shape[0]) if produced[k].any()]
+        assert [int(o.InstanceNumber) for o in overlays] == [k + 1 for k in carrying]
+        assert outputs["sc_overlay_images"] == len(overlays) > 0
+        assert {o.SeriesInstanceUID for o in overlays} == {outputs["sc_overlay_series_uid"]}
         queued = {(i.destination, i.sop_uid) for i in store.list_outbox()}
         assert queued == {
             ("pacs", outputs["seg_sop_uid"]),
             ("pacs", outputs["sr_sop_uid"]),
             ("other", outputs["rtstruct_sop_uid"]),
             ("other", outputs["seg_sop_uid"]),
-        }
+        } | {("other", o.SOPInstanceUID) for o in overlays}
     finally:
         store.close()
     # no destination asks for an RTSTRUCT: none is made
@@ -162,7 +172,9 @@ def test_each_destination_gets_the_outputs_it_asks_for(tmp_path: Path) -> None:
         run_worker(store, config)
         (job,) = store.list_jobs()
         assert "rtstruct_path" not in job.outputs and "rtstruct_s" not in job.timings
+        assert "sc_overlay_images" not in job.outputs and "sc_overlay_s" not in job.timings
         assert not (Path(job.outputs["seg_path"]).parent / "rtstruct.dcm").exists()
+        assert not (Path(job.outputs["seg_path"]).parent / "overlay").exists()
     finally:
         store.close()
 
