@@ -35,6 +35,7 @@ class OutputKind(StrEnum):
     SR = "sr"  # the TID 1500 measurement report
     RTSTRUCT = "rtstruct"  # an RT Structure Set: the segments as planar contours
     SC_OVERLAY = "sc_overlay"  # a Secondary Capture series: outlines burned into the slices
+    NOTICE = "notice"  # a "not processed" notice when a routed series is rejected or fails
 
 
 #: What a destination receives when its ``outputs`` are not configured.
@@ -195,8 +196,8 @@ class StorageConfig:
 @dataclass(frozen=True, slots=True)
 class DestinationConfig:
     """Where results can be sent (``[[destinations]]``). ``outputs``: what it receives of
-    each job, any of ``seg``, ``sr``, ``rtstruct``, ``sc_overlay`` (:class:`OutputKind`;
-    default ``["seg", "sr"]``)."""
+    each job, any of ``seg``, ``sr``, ``rtstruct``, ``sc_overlay`` and ``notice``
+    (:class:`OutputKind`; default ``["seg", "sr"]``)."""
 
     name: str
     ae_title: str

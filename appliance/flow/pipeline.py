@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset
 
 from appliance.cases.from_seg import annotate_seg_series
 from appliance.config import AppConfig, OutputKind
 from appliance.flow import study
 from appliance.flow.extra_outputs import extra_outputs as _extra_outputs
+from appliance.flow.notices import notice_for
+from appliance.flow.saving import save_dataset
 from appliance.flow.segmenting import (
     StageFailed,
     describe_exception,
@@ -84,7 +85,7 @@ def run_claim(store: Store, claim: Claim, config: AppConfig, networks: NetworkCa
     # route -> volume -> start job
     started = _route_and_start_job(store, claim, config)
     if isinstance(started, NoJob):  # an annotation, skipped, rejected, or an error
-        return _finish_without_job(store, claim, started, start)
+        return _finish_without_job(store, claim, config, started, start)
     routed, job = started
     try:
         # active model -> model -> inference -> SEG -> SR -> saved
@@ -101,11 +102,11 @@ def run_claim(store: Store, claim: Claim, config: AppConfig, networks: NetworkCa
             enqueue=produced.enqueue,
         )
     except StageFailed as exc:  # no active model, or a stage failed: recorded, series DONE
-        return _fail_job(store, claim, job, routed, exc, SeriesState.DONE, start)
+        return _fail_job(store, claim, config, job, routed, exc, SeriesState.DONE, start)
     except Exception as exc:  # anything else: the job fails with it, and so does the series
         LOG.exception("series %s job %d failed", short_ref(claim.series_uid), job.id)
         failure = StageFailed.from_exception("internal_error", exc)
-        return _fail_job(store, claim, job, routed, failure, SeriesState.FAILED, start)
+        return _fail_job(store, claim, config, job, routed, failure, SeriesState.FAILED, start)
     if current:  # job done
         if routed.study_inputs is not None:  # the study's other series: inputs of this job
             study.mark_inputs(store, routed.study_inputs, routed.task, job.id, claim.series_uid)
@@ -125,6 +126,7 @@ class NoJob:
     reason: str | None = None
     detail: str | None = None
     result: dict[str, Any] | None = None
+    task: str | None = None  # the task the series was routed to, when it was
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +235,7 @@ def prepare_series(
     try:
         volume = load_series_volume(image_paths, config.limits.sizes)
     except VolumeError as exc:
-        return NoJob(SeriesState.REJECTED, exc.reason, exc.detail)
+        return NoJob(SeriesState.REJECTED, exc.reason, exc.detail, task=decision.task)
     inputs = None if roles is None else study.load_inputs(roles, volume, config)
     if isinstance(inputs, study.NotRun):
         return NoJob(inputs.state, inputs.reason, inputs.detail)
@@ -332,9 +334,9 @@ def _run_stages(
         out_dir = result_dir_for(config, job.series_uid, job.generation)
         out_dir.mkdir(parents=True, exist_ok=True)
         seg_path, sr_path, mask_path = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "mask.npz"
-        _save_dataset(seg, seg_path)
-        _save_dataset(sr, sr_path)
-        extra_files = extra.save(out_dir, _save_dataset)
+        save_dataset(seg, seg_path)
+        save_dataset(sr, sr_path)
+        extra_files = extra.save(out_dir, save_dataset)
         tmp_mask = out_dir / ".mask.tmp.npz"
         np.savez_compressed(tmp_mask, mask=mask, affine_lps=affine_lps)
         os.replace(tmp_mask, mask_path)
@@ -376,6 +378,7 @@ def _run_stages(
 def _fail_job(
     store: Store,
     claim: Claim,
+    config: AppConfig,
     job: JobRecord,
     routed: Routed,
     failure: StageFailed,
@@ -392,12 +395,14 @@ def _fail_job(
         LOG.error("series %s job %d failed at %s: %s", ref, job.id, failure.reason, failure.detail)
     store.fail_job(job.id, failure.reason, failure.detail, routed.timings)
     failed = series_state is SeriesState.FAILED
+    notices = notice_for(store, config, claim, routed.task, failure.reason, failure.detail)
     current = store.finish_series(
         claim,
         series_state,
         reason=failure.reason if failed else None,
         detail=failure.detail if failed else None,
         result=routed.result,
+        enqueue=notices,
     )
     return _report(claim, job, routed, series_state, current, failure.reason, start)
 
@@ -443,9 +448,19 @@ def _report(
     )
 
 
-def _finish_without_job(store: Store, claim: Claim, ended: NoJob, start: float) -> Finished:
+def _finish_without_job(
+    store: Store, claim: Claim, config: AppConfig, ended: NoJob, start: float
+) -> Finished:
+    notices: tuple[Enqueue, ...] = ()
+    if ended.task is not None and ended.state is SeriesState.REJECTED and ended.reason:
+        notices = notice_for(store, config, claim, ended.task, ended.reason, ended.detail)
     current = store.finish_series(
-        claim, ended.state, reason=ended.reason, detail=ended.detail, result=ended.result
+        claim,
+        ended.state,
+        reason=ended.reason,
+        detail=ended.detail,
+        result=ended.result,
+        enqueue=notices,
     )
     if not current:
         _log_reopened(claim)
@@ -525,14 +540,6 @@ def result_dir_for(config: AppConfig, series_uid: str, generation: int) -> Path:
         / validate_uid(series_uid, what="SeriesInstanceUID")
         / (f"gen-{int(generation)}")
     )
-
-
-def _save_dataset(ds: Dataset, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def discard_result(result_dir: Path | None) -> None:

@@ -228,7 +228,9 @@ class SeriesStore(Database):
 
         With ``job_outputs``, job ``job_id`` becomes DONE and the ``enqueue`` items enter
         the outbox in the same transaction, so a stale result is never sent: if the series
-        was re-opened, the job becomes FAILED with reason ``superseded`` instead.
+        was re-opened, the job becomes FAILED with reason ``superseded`` instead. Without
+        them, ``enqueue`` (a not-processed notice) enters the outbox only if the series is
+        still current.
         """
         if not SeriesState(state).finished:
             raise ValueError(f"a finished series cannot be {state}")
@@ -262,6 +264,11 @@ class SeriesStore(Database):
                         )
                 else:
                     supersede_job(db, job_id, job_timings, now)
+            elif current:  # a series without a job's outputs: its notices, if any
+                for item in enqueue:
+                    insert_outbox(
+                        db, item.destination, item.path, item.sop_uid, claim.series_uid, now
+                    )
         if job_id is not None and job_outputs is not None:
             audit_job(self, job_id, queued=len(enqueue) if current else 0)
         else:

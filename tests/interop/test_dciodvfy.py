@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from dicom_bridge.notice import write_notice
 from dicom_bridge.overlay import write_sc_overlays
 from dicom_bridge.rtstruct import write_rtstruct
 from dicom_bridge.seg import AlgorithmInfo, SegOptions, read_source_grid, write_seg
@@ -162,3 +163,13 @@ def test_sc_overlays_are_valid(tmp_path: Path) -> None:
     for number, image in enumerate(images):
         image.save_as(tmp_path / f"sc{number}.dcm", enforce_file_format=True)
         _assert_valid(tmp_path / f"sc{number}.dcm", "SCImage")
+
+
+def test_a_notice_is_valid(tmp_path: Path) -> None:
+    require_program("dciodvfy")
+    paths, _ = make_series(tmp_path / "src", *GEOMETRIES["axial"], modality="MR")
+    source = dcmread(paths[0], stop_before_pixels=True)
+    write_notice(source, "NOT PROCESSED", ["Slices are missing."]).save_as(
+        tmp_path / "notice.dcm", enforce_file_format=True
+    )
+    _assert_valid(tmp_path / "notice.dcm", "SCImage")

@@ -18,7 +18,7 @@ from appliance.states import JobState, OutboxState, SeriesState
 from appliance.store import SCHEMA_VERSION, ModelRecord, NewInstance, Store
 from dicom_bridge.instance import describe_spooled_file
 from dicom_bridge.seg_reader import read_seg_labelmap
-from dicom_bridge.synthetic import SeriesIdentity, write_series
+from dicom_bridge.synthetic import SeriesGeometry, SeriesIdentity, write_series
 from models.lifecycle import ModelState
 from models.registry import ModelRegistry
 from tests.appliance.flow.helpers import (
@@ -175,6 +175,73 @@ def test_each_destination_gets_the_outputs_it_asks_for(tmp_path: Path) -> None:
         assert "sc_overlay_images" not in job.outputs and "sc_overlay_s" not in job.timings
         assert not (Path(job.outputs["seg_path"]).parent / "rtstruct.dcm").exists()
         assert not (Path(job.outputs["seg_path"]).parent / "overlay").exists()
+    finally:
+        store.close()
+
+
+def test_a_rejected_or_failed_routed_series_sends_a_notice_to_who_asks(tmp_path: Path) -> None:
+    config = make_config(tmp_path, other_outputs=["seg", "notice"], destinations=["pacs", "other"])
+    store = Store(config.storage.database)
+    try:
+        # a failed job (no active model): the notice says why, to "other" only
+        identity = SeriesIdentity()
+        ingest(store, write_series(tmp_path / "ct", GEOMETRY, identity=identity))
+        run_worker(store, config)
+        (job,) = store.list_jobs()
+        assert job.state is JobState.FAILED and job.reason == "no_active_model"
+        (item,) = store.list_outbox()
+        assert item.destination == "other"
+        notice = dcmread(item.path)
+        assert notice.StudyInstanceUID == identity.study_uid
+        assert "no model is active for this task" in notice.ImageComments
+        assert "Liver" in notice.ImageComments  # the task's description
+        assert Path(item.path).parent == result_dir_for(config, identity.series_uid, 1)
+
+        # a series routed to liver_ct whose slices are tilted: rejected, with a notice
+        activate_tiny(store, config, tmp_path)
+        tilted = SeriesIdentity()
+        files = write_series(tmp_path / "tilted", GEOMETRY, identity=tilted)
+        for path in files:
+            ds = dcmread(path)
+            x, y, z = GEOMETRY.slice_position(int(ds.InstanceNumber) - 1)
+            ds.ImagePositionPatient = [x, y + 0.4 * (int(ds.InstanceNumber) - 1), z]
+            ds.save_as(path)
+        ingest(store, files)
+        run_worker(store, config)
+        series = store.get_series(tilted.series_uid)
+        assert series.state is SeriesState.REJECTED and series.reason == "gantry_tilt"
+        notices = [i for i in store.list_outbox() if i.series_uid == tilted.series_uid]
+        assert [i.destination for i in notices] == ["other"]
+        text = dcmread(notices[0].path).ImageComments
+        assert "acquired with gantry tilt" in text and "Detail:" in text
+    finally:
+        store.close()
+
+
+def test_no_notice_without_a_route_or_a_destination_asking(tmp_path: Path) -> None:
+    config = make_config(tmp_path, other_outputs=["notice"], destinations=["pacs", "other"])
+    store = Store(config.storage.database)
+    try:  # a CT of 5 slices: no rule routes it (skipped, not rejected)
+        short = SeriesIdentity()
+        ingest(
+            store,
+            write_series(
+                tmp_path / "short", SeriesGeometry(slices=5, rows=32, columns=32), identity=short
+            ),
+        )
+        run_worker(store, config)
+        assert store.get_series(short.series_uid).reason == "no_matching_rule"
+        assert store.list_outbox() == []
+    finally:
+        store.close()
+    config = make_config(tmp_path / "plain", destinations=["pacs", "other"])
+    store = Store(config.storage.database)
+    try:  # a failed job, but nobody asks for notices
+        ingest(store, write_series(tmp_path / "plain" / "ct", GEOMETRY))
+        run_worker(store, config)
+        (job,) = store.list_jobs()
+        assert job.state is JobState.FAILED and store.list_outbox() == []
+        assert not (result_dir_for(config, job.series_uid, 1) / "notice.dcm").exists()
     finally:
         store.close()
 
