@@ -70,9 +70,7 @@ def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     region = inner.copy()
     for _ in range(max(1, width)):
         padded = np.pad(inner, 1)
-        inner = (
-            inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-        )
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return region & ~inner
 
 
@@ -116,7 +114,7 @@ def draw_slice(
 ) -> np.ndarray:
     """The RGB image ``(rows, columns, 3)`` of one slice: ``grey`` with each segment's
     outline in its colour, and ``banner`` lines plus a legend of the segments drawn."""
-    rows, columns = grey.shape
+    columns = grey.shape[1]
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
     width = max(1, round(columns / 256))
     present = []
@@ -189,9 +187,7 @@ def write_sc_overlays(
     )
     series_uid = options.series_instance_uid or generate_uid()
     indices = [s.label_index for s in segments]
-    carrying = np.flatnonzero(
-        np.isin(labels, indices).reshape(labels.shape[0], -1).any(axis=1)
-    )
+    carrying = np.flatnonzero(np.isin(labels, indices).reshape(labels.shape[0], -1).any(axis=1))
     out: list[Dataset] = []
     for k in carrying:
         source = grid.datasets[0] if grid.frame_numbers is not None else grid.datasets[int(k)]

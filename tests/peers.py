@@ -6,6 +6,7 @@ Where a program is missing the test skips naming it, unless APPLIANCE_REQUIRE_IN
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -74,6 +75,22 @@ def require_program(name: str) -> str:
             pytest.fail(message + " and APPLIANCE_REQUIRE_INTEROP=1")
         pytest.skip(message)
     return path
+
+
+#: Where Debian's orthanc-dicomweb puts the DICOMweb plugin.
+ORTHANC_PLUGIN_DIRS = (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc"))
+
+
+def require_orthanc_dicomweb() -> Path:
+    """The Orthanc DICOMweb plugin; skip (or fail, when interop is required) if missing."""
+    for folder in ORTHANC_PLUGIN_DIRS:
+        found = sorted(folder.glob("libOrthancDicomWeb.so*"))
+        if found:
+            return found[0]
+    message = "orthanc-dicomweb is not installed (apt-get install orthanc-dicomweb)"
+    if interop_required():
+        pytest.fail(message + " and APPLIANCE_REQUIRE_INTEROP=1")
+    pytest.skip(message)
 
 
 def require_data(path: Path) -> Path:
@@ -376,6 +393,7 @@ class Orthanc:
     dicom_port: int
     aet: str
     process: Process
+    auth: tuple[str, str] | None = None  # its REST API's user, when it has users
 
     @property
     def url(self) -> str:
@@ -390,6 +408,9 @@ class Orthanc:
     ) -> Any:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         req = urllib.request.Request(self.url + path, data=data, method=method)
+        if self.auth is not None:
+            token = base64.b64encode(":".join(self.auth).encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 payload = resp.read()
@@ -398,6 +419,15 @@ class Orthanc:
                 f"Orthanc {method} {path}: HTTP {exc.code} {exc.read()[:500]!r}"
             ) from exc
         return json.loads(payload) if payload else None
+
+    def raw(self, path: str, timeout: float = 60) -> bytes:
+        """GET a non-JSON resource (a DICOM file) from the REST API."""
+        req = urllib.request.Request(self.url + path)
+        if self.auth is not None:
+            token = base64.b64encode(":".join(self.auth).encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return bytes(response.read())
 
     def upload(self, path: Path) -> dict[str, Any]:
         return dict(self.request("POST", "/instances", path.read_bytes()))
@@ -408,10 +438,22 @@ class Orthanc:
 
 @contextmanager
 def orthanc(
-    workdir: Path, *, modalities: Mapping[str, tuple[str, int]] | None = None, aet: str = "TESTPACS"
+    workdir: Path,
+    *,
+    modalities: Mapping[str, tuple[str, int]] | None = None,
+    aet: str = "TESTPACS",
+    dicomweb: bool = False,
+    users: Mapping[str, str] | None = None,
+    http_port: int | None = None,
+    dicom_port: int | None = None,
 ) -> Iterator[Orthanc]:
+    """An Orthanc on 127.0.0.1 (free ports unless given: a restart on the same ports and
+    ``workdir`` keeps its database). ``dicomweb``: with the DICOMweb plugin at
+    ``/dicom-web``; ``users``: HTTP basic authentication with these users."""
     exe = require_program("Orthanc")
-    http_port, dicom_port = free_port(), free_port()
+    plugin = require_orthanc_dicomweb() if dicomweb else None
+    http_port = http_port or free_port()
+    dicom_port = dicom_port or free_port()
     db = workdir / "orthanc-db"
     db.mkdir(parents=True, exist_ok=True)
     config = {
@@ -433,8 +475,13 @@ def orthanc(
         "DicomAlwaysAllowStore": True,
         "DicomCheckModalityHost": False,
         "StableAge": 2,
-        "Plugins": [],
+        "Plugins": [str(plugin)] if plugin is not None else [],
     }
+    if plugin is not None:
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+    if users:
+        config["AuthenticationEnabled"] = True
+        config["RegisteredUsers"] = dict(users)
     cfg_path = workdir / "orthanc.json"
     cfg_path.write_text(json.dumps(config))
     proc = Process(
@@ -442,7 +489,8 @@ def orthanc(
         workdir / "orthanc.stdout",
         env=nodelay_env(),
     )
-    handle = Orthanc(http_port, dicom_port, aet, proc)
+    first = next(iter(users.items())) if users else None
+    handle = Orthanc(http_port, dicom_port, aet, proc, first)
     try:
         deadline = time.monotonic() + 30
         while True:

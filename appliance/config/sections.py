@@ -16,6 +16,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from appliance.config.reader import ConfigReader
 from dicom_bridge.limits import MIB, SizeLimits
@@ -26,6 +27,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 MODEL_DEVICES = ("auto", "cpu", "cuda")
 SEG_TYPES = ("BINARY", "LABELMAP")
+WEB_AUTHS = ("none", "basic", "bearer")
 
 
 class OutputKind(StrEnum):
@@ -193,31 +195,85 @@ class StorageConfig:
         return self.root / "audit" / "audit.jsonl"
 
 
+class DestinationKind(StrEnum):
+    """How a destination is reached (``destinations[i].kind``)."""
+
+    DIMSE = "dimse"  # C-STORE to an AE title at host:port
+    DICOMWEB = "dicomweb"  # STOW-RS to a DICOMweb service's URL
+
+
+#: Keys of a DICOMweb destination only, and of a DIMSE destination only.
+_WEB_KEYS = ("url", "auth", "username", "password_file", "token_file", "ca_file")
+_DIMSE_KEYS = ("ae_title", "host", "port", "calling_ae", "tls")
+
+
 @dataclass(frozen=True, slots=True)
 class DestinationConfig:
     """Where results can be sent (``[[destinations]]``). ``outputs``: what it receives of
     each job, any of ``seg``, ``sr``, ``rtstruct``, ``sc_overlay`` and ``notice``
-    (:class:`OutputKind`; default ``["seg", "sr"]``)."""
+    (:class:`OutputKind`; default ``["seg", "sr"]``).
+
+    ``kind``: ``dimse`` (default: C-STORE to ``ae_title`` at ``host``:``port``, optionally
+    over ``tls``) or ``dicomweb`` (STOW-RS to ``url``; ``auth`` ``none``, ``basic`` with
+    ``username`` and ``password_file``, or ``bearer`` with ``token_file``; ``ca_file``
+    verifies an HTTPS server, default the system's CAs). Both go through the same outbox."""
 
     name: str
-    ae_title: str
-    host: str
-    port: int
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = None
     calling_ae: str | None = None  # default: dicom.ae_title
     timeout_seconds: float = 30.0
     tls: TlsConfig | None = None
     outputs: tuple[OutputKind, ...] = DEFAULT_OUTPUTS
+    kind: DestinationKind = DestinationKind.DIMSE
+    url: str | None = None
+    auth: str = "none"
+    username: str | None = None
+    password_file: Path | None = None
+    token_file: Path | None = None
+    ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         r = ConfigReader.of(self)
         r.name("name", required=True)
-        r.ae_title("ae_title")
-        r.host("host", required=True)
-        r.integer("port", 1, 65535)
-        r.ae_title("calling_ae", required=False)
+        kind = r.enum("kind", DestinationKind, DestinationKind.DIMSE)
         r.number("timeout_seconds", 0.5, 3600.0)
-        r.instance("tls", TlsConfig, optional=True)
         r.enum_list("outputs", OutputKind, DEFAULT_OUTPUTS)
+        if kind is DestinationKind.DIMSE:
+            for key in _WEB_KEYS:
+                r.check(r.data.get(key) in (None, "none"), key, 'is for kind = "dicomweb"')
+            r.ae_title("ae_title")
+            r.host("host", required=True)
+            r.integer("port", 1, 65535)
+            r.ae_title("calling_ae", required=False)
+            r.instance("tls", TlsConfig, optional=True)
+        else:
+            for key in _DIMSE_KEYS:
+                r.check(r.data.get(key) is None, key, 'is for kind = "dimse"')
+            url = r.string("url", required=True)
+            if url is not None:
+                parts = urlsplit(url)
+                r.check(
+                    parts.scheme in ("http", "https") and bool(parts.hostname),
+                    "url",
+                    f"must be http(s)://host[:port][/path]; got {url!r}",
+                )
+                r.check(
+                    not (parts.username or parts.password),
+                    "url",
+                    "must not hold credentials (use auth, username, password_file)",
+                )
+            auth = r.choice("auth", WEB_AUTHS, "none", case=str.lower)
+            username = r.string("username")
+            password = r.path("password_file", must_exist=True)
+            token = r.path("token_file", must_exist=True)
+            r.path("ca_file", must_exist=True)
+            if auth == "basic":
+                r.check(username is not None, "username", 'is required for auth = "basic"')
+                r.check(password is not None, "password_file", 'is required for auth = "basic"')
+            if auth == "bearer":
+                r.check(token is not None, "token_file", 'is required for auth = "bearer"')
         r.raise_issues()
 
 

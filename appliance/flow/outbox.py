@@ -8,17 +8,19 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from appliance.config import AppConfig, DestinationConfig, OutboxConfig
+from appliance.config import AppConfig, DestinationConfig, DestinationKind, OutboxConfig
 from appliance.errors import NotFoundError
 from appliance.states import OutboxState
 from appliance.store import OutboxItem, Store
 from dicom_bridge.errors import SendError
 from dicom_bridge.sender import RemoteNode, SendResult, TlsClientSettings, send_files
+from dicom_bridge.stow import WebAuth, WebEndpoint, stow_files
 from dicom_bridge.uids import short_ref
 
 LOG = logging.getLogger(__name__)
 
 SendFn = Callable[[RemoteNode, Sequence[Path]], list[SendResult]]
+StowFn = Callable[[WebEndpoint, Sequence[Path]], list[SendResult]]
 
 
 def backoff_seconds(attempts: int, settings: OutboxConfig) -> float:
@@ -32,6 +34,10 @@ def backoff_seconds(attempts: int, settings: OutboxConfig) -> float:
 
 
 def remote_node(dest: DestinationConfig, default_calling_ae: str) -> RemoteNode:
+    """The C-STORE peer of a ``dimse`` destination."""
+    if dest.kind is not DestinationKind.DIMSE:
+        raise SendError(f"destination {dest.name!r} is not a DIMSE destination")
+    assert dest.ae_title is not None and dest.host is not None and dest.port is not None
     tls = None
     if dest.tls is not None:
         tls = TlsClientSettings(
@@ -47,13 +53,43 @@ def remote_node(dest: DestinationConfig, default_calling_ae: str) -> RemoteNode:
     )
 
 
+def web_endpoint(dest: DestinationConfig) -> WebEndpoint:
+    """The STOW-RS service of a ``dicomweb`` destination."""
+    if dest.kind is not DestinationKind.DICOMWEB or dest.url is None:
+        raise SendError(f"destination {dest.name!r} is not a DICOMweb destination")
+    return WebEndpoint(
+        url=dest.url,
+        auth=WebAuth(dest.auth),
+        username=dest.username,
+        password_file=dest.password_file,
+        token_file=dest.token_file,
+        ca_file=dest.ca_file,
+        timeout_s=dest.timeout_seconds,
+    )
+
+
+def describe_destination(dest: DestinationConfig) -> str:
+    """Where a destination is, for messages: ``AE@host:port`` or the URL."""
+    if dest.kind is DestinationKind.DICOMWEB:
+        return str(dest.url)
+    return f"{dest.ae_title}@{dest.host}:{dest.port}"
+
+
 class OutboxSender:
     """Sends due outbox items, one association per destination per pass."""
 
-    def __init__(self, store: Store, config: AppConfig, *, send: SendFn = send_files) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: AppConfig,
+        *,
+        send: SendFn = send_files,
+        stow: StowFn = stow_files,
+    ) -> None:
         self.store = store
         self.config = config
         self._send = send
+        self._stow = stow
 
     def run_once(self) -> int:
         """Send everything due now; return how many items were attempted."""
@@ -72,7 +108,6 @@ class OutboxSender:
             for item in group:
                 self._failed(item, f"destination {name!r} is not configured", None)
             return
-        node = remote_node(dest, self.config.dicom.ae_title)
         present = [item for item in group if item.path.is_file()]
         for item in group:
             if not item.path.is_file():
@@ -80,7 +115,11 @@ class OutboxSender:
         if not present:
             return
         try:
-            results = self._send(node, [item.path for item in present])
+            paths = [item.path for item in present]
+            if dest.kind is DestinationKind.DICOMWEB:
+                results = self._stow(web_endpoint(dest), paths)
+            else:
+                results = self._send(remote_node(dest, self.config.dicom.ae_title), paths)
             if len(results) != len(present):
                 raise SendError(f"sender returned {len(results)} results for {len(present)} files")
         except SendError as exc:
@@ -94,9 +133,7 @@ class OutboxSender:
             return
         for item, result in zip(present, results, strict=True):
             if result.ok:
-                self.store.mark_sent(
-                    item.id, result.status, peer=f"{node.ae_title}@{node.host}:{node.port}"
-                )
+                self.store.mark_sent(item.id, result.status, peer=describe_destination(dest))
                 LOG.info(
                     "outbox %d: %s sent to %s (status 0x%04X)",
                     item.id,

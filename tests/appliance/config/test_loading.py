@@ -13,6 +13,7 @@ from appliance.config import (
     CONFIG_ENV,
     AppConfig,
     CallerConfig,
+    DestinationKind,
     DicomConfig,
     OutboxConfig,
     OutputKind,
@@ -277,6 +278,39 @@ def test_destination_outputs() -> None:
         ("seg", "must be a non-empty list of: seg, sr, rtstruct"),
     ):
         assert says in issues_of({"destinations": [dest(outputs=bad)]})["destinations[0].outputs"]
+
+
+def test_dicomweb_destination(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("pw")
+    web = {
+        "name": "web",
+        "kind": "dicomweb",
+        "url": "https://pacs.example.org/dicom-web",
+        "auth": "basic",
+        "username": "appliance",
+        "password_file": str(secret),
+    }
+    (parsed,) = parse_config({"destinations": [web]}).destinations
+    assert parsed.kind is DestinationKind.DICOMWEB and parsed.password_file == secret
+    assert parsed.ae_title is None and parsed.port is None
+    # a DIMSE destination is as before
+    assert parse_config({"destinations": [dest()]}).destinations[0].kind is DestinationKind.DIMSE
+    for change, key, says in (
+        ({"url": None}, "url", "is required"),
+        ({"url": "ftp://x/y"}, "url", "must be http(s)://host"),
+        ({"url": "https://u:p@pacs/dicom-web"}, "url", "must not hold credentials"),
+        ({"username": None}, "username", 'is required for auth = "basic"'),
+        ({"password_file": str(tmp_path / "missing")}, "password_file", ""),
+        ({"auth": "bearer"}, "token_file", 'is required for auth = "bearer"'),
+        ({"auth": "digest"}, "auth", "must be one of none, basic, bearer"),
+        ({"port": 104}, "port", 'is for kind = "dimse"'),
+        ({"kind": "dicomwebs"}, "kind", "must be one of dimse, dicomweb"),
+    ):
+        found = issues_of({"destinations": [{**web, **change}]})
+        assert says in found[f"destinations[0].{key}"], (change, found)
+    found = issues_of({"destinations": [dest(url="https://pacs/dicom-web")]})
+    assert found["destinations[0].url"] == 'is for kind = "dicomweb"'
 
 
 def test_destination_not_a_table() -> None:
