@@ -37,7 +37,7 @@ imports: $(STAMP)
 # OMP_WAIT_POLICY=PASSIVE: the tests start appliance and Flower processes beside pytest;
 # spinning OpenMP threads would burn the CPUs they wait for.
 test: lint typecheck imports
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q --durations=30
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

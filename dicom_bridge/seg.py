@@ -532,6 +532,16 @@ def _cs(text: str) -> str:
     return _CS_RE.sub("_", text.upper()).strip("_ ") or "X"
 
 
+def content_creator(manufacturer: str, algorithm: AlgorithmInfo) -> str:
+    """ContentCreatorName (PN) of an output: ``<manufacturer>^<model> <version>``, each
+    component within 64 characters, without the PN delimiters."""
+
+    def part(text: str) -> str:
+        return re.sub(r"[\\^=]", " ", text)[:64].strip()
+
+    return f"{part(manufacturer)}^{part(f'{algorithm.name} {algorithm.version}')}"
+
+
 def provenance_sentence(algorithm: AlgorithmInfo, research_only: bool) -> str:
     """The one-sentence provenance written to ImageComments and ContributionDescription."""
     prefix = f"{RESEARCH_MARKER}. " if research_only else ""
@@ -668,6 +678,9 @@ def write_seg(
                 series_description=series_description(algorithm, options.research_only),
                 contributing_equipment=[equipment],
                 institution_name=options.institution_name,
+                # viewers list a SEG by its creator: the appliance and the model, as a
+                # person name (family^given)
+                content_creator_name=content_creator(options.manufacturer, algorithm),
             )
     except (ValueError, TypeError) as exc:
         raise SegmentationWriteError(

@@ -341,6 +341,7 @@ def test_model_version_and_research_marker_are_visible(ct: tuple[list[Path], np.
     assert "1.2" in seg.ContentDescription and "round 7" in seg.ContentDescription
     assert seg.ImageComments.startswith(RESEARCH_MARKER)
     assert SHA in seg.ImageComments and "federated round 7" in seg.ImageComments
+    assert str(seg.ContentCreatorName) == "SegAppliance^liver 1.2"  # what viewers list
     assert list(seg.SoftwareVersions) == ["0.1.0", "liver 1.2"]
     processing = [
         item
