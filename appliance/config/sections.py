@@ -211,7 +211,9 @@ _DIMSE_KEYS = ("ae_title", "host", "port", "calling_ae", "tls")
 class DestinationConfig:
     """Where results can be sent (``[[destinations]]``). ``outputs``: what it receives of
     each job, any of ``seg``, ``sr``, ``rtstruct``, ``sc_overlay`` and ``notice``
-    (:class:`OutputKind`; default ``["seg", "sr"]``).
+    (:class:`OutputKind`; default ``["seg", "sr"]``). ``seg_all_frames``: its SEG keeps
+    the empty frames (some viewers misplace a SEG whose empty frames were omitted); it
+    then gets a SEG of its own, and an SR that references that SEG.
 
     ``kind``: ``dimse`` (default: C-STORE to ``ae_title`` at ``host``:``port``, optionally
     over ``tls``) or ``dicomweb`` (STOW-RS to ``url``; ``auth`` ``none``, ``basic`` with
@@ -226,6 +228,7 @@ class DestinationConfig:
     timeout_seconds: float = 30.0
     tls: TlsConfig | None = None
     outputs: tuple[OutputKind, ...] = DEFAULT_OUTPUTS
+    seg_all_frames: bool = False
     kind: DestinationKind = DestinationKind.DIMSE
     url: str | None = None
     auth: str = "none"
@@ -240,6 +243,7 @@ class DestinationConfig:
         kind = r.enum("kind", DestinationKind, DestinationKind.DIMSE)
         r.number("timeout_seconds", 0.5, 3600.0)
         r.enum_list("outputs", OutputKind, DEFAULT_OUTPUTS)
+        r.boolean("seg_all_frames")
         if kind is DestinationKind.DIMSE:
             for key in _WEB_KEYS:
                 r.check(r.data.get(key) in (None, "none"), key, 'is for kind = "dicomweb"')

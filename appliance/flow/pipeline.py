@@ -37,6 +37,7 @@ from appliance.flow import study
 from appliance.flow.extra_outputs import extra_outputs as _extra_outputs
 from appliance.flow.notices import notice_for
 from appliance.flow.saving import save_dataset
+from appliance.flow.seg_sr import seg_and_sr
 from appliance.flow.segmenting import (
     StageFailed,
     describe_exception,
@@ -49,10 +50,8 @@ from appliance.states import JobState, SeriesState
 from appliance.store import Claim, Enqueue, JobRecord, SeriesRecord, Store
 from dicom_bridge.codes import CodeValue
 from dicom_bridge.errors import VolumeError
-from dicom_bridge.seg import AlgorithmInfo, SegmentDescription, SegOptions, write_seg
-from dicom_bridge.seg_references import reference_other_series
+from dicom_bridge.seg import AlgorithmInfo, SegmentDescription
 from dicom_bridge.sop_classes import SEGMENTATION_CLASSES, VOLUME_CLASSES
-from dicom_bridge.sr import SrOptions, write_sr
 from dicom_bridge.uids import short_ref, validate_uid
 from dicom_bridge.volume import SeriesVolume, load_series_volume
 from models.bundle_pipeline import BundlePipeline, working_spacing
@@ -291,7 +290,6 @@ def _run_stages(
 
     segments = segment_descriptions(spec)
     research_only = config.output.research_only
-    mark = time.perf_counter()
     try:
         # The card's provenance must fit the SEG's algorithm identification (e.g. a name
         # of at most 64 printable characters): checked here, as the SEG is built.
@@ -301,33 +299,20 @@ def _run_stages(
             weights_sha256=card.weights_sha256,
             federated_round=card.federated_round,
         )
-        seg = write_seg(
-            routed.image_paths,
-            mask,
-            segments,
-            algorithm,
-            SegOptions(segmentation_type=config.output.seg_type, research_only=research_only),
-            slice_uids=volume.sop_instance_uids,
-            source_headers=volume.source_headers or None,  # the files are not read again
-        )
-        if routed.study_inputs is not None:  # it also references the study's other inputs
-            reference_other_series(seg, routed.study_inputs.other_paths)
     except Exception as exc:
         raise StageFailed.from_exception("seg_failed", exc) from exc
-    timings["seg_s"] = _since(mark)
-
-    mark = time.perf_counter()
-    try:
-        sr = write_sr(
-            seg, mask, affine_lps, segments, algorithm, SrOptions(research_only=research_only)
-        )
-    except Exception as exc:
-        raise StageFailed.from_exception("sr_failed", exc) from exc
-    timings["sr_s"] = _since(mark)
-
+    seg, sr = seg_and_sr(routed, mask, segments, algorithm, config, omit_empty=True)
     destinations = config.output_destinations
     wanted = {kind for name in destinations for kind in config.destination(name).outputs}
     extra = _extra_outputs(wanted, routed, mask, segments, algorithm, research_only)
+    # destinations whose viewers need every frame (e.g. OHIF misplaces a SEG whose empty
+    # frames were omitted) get their own SEG, and an SR that references it
+    all_frames = [d for d in destinations if config.destination(d).seg_all_frames]
+    full = (
+        seg_and_sr(routed, mask, segments, algorithm, config, omit_empty=False)
+        if all_frames
+        else None
+    )
 
     mark = time.perf_counter()
     try:
@@ -335,6 +320,9 @@ def _run_stages(
         out_dir.mkdir(parents=True, exist_ok=True)
         seg_path, sr_path, mask_path = out_dir / "seg.dcm", out_dir / "sr.dcm", out_dir / "mask.npz"
         save_dataset(seg, seg_path)
+        if full is not None:
+            save_dataset(full[0], out_dir / "seg_all_frames.dcm")
+            save_dataset(full[1], out_dir / "sr_all_frames.dcm")
         save_dataset(sr, sr_path)
         extra_files = extra.save(out_dir, save_dataset)
         tmp_mask = out_dir / ".mask.tmp.npz"
@@ -347,11 +335,15 @@ def _run_stages(
     seg_uid, sr_uid = str(seg.SOPInstanceUID), str(sr.SOPInstanceUID)
     files = {OutputKind.SEG: [(seg_path, seg_uid)], OutputKind.SR: [(sr_path, sr_uid)]}
     files.update(extra_files)
+    full_files = dict(files)
+    if full is not None:
+        full_files[OutputKind.SEG] = [(out_dir / "seg_all_frames.dcm", str(full[0].SOPInstanceUID))]
+        full_files[OutputKind.SR] = [(out_dir / "sr_all_frames.dcm", str(full[1].SOPInstanceUID))]
     enqueue = tuple(
         Enqueue(dest, path, uid)
         for dest in destinations
         for kind in config.destination(dest).outputs
-        for path, uid in files[kind]
+        for path, uid in (full_files if dest in all_frames else files)[kind]
     )
     voxels = label_voxels(mask, spec)
     outputs = {
@@ -368,6 +360,9 @@ def _run_stages(
         "preprocessing": preprocessing_summary(card.bundle_pipeline, spec),
     }
     outputs.update(extra.describe(extra_files))
+    if full is not None:
+        outputs["seg_all_frames_sop_uid"] = str(full[0].SOPInstanceUID)
+        outputs["sr_all_frames_sop_uid"] = str(full[1].SOPInstanceUID)
     timings.update(extra.timings)
     if routed.study_inputs is not None:
         outputs["inputs"] = routed.study_inputs.inputs

@@ -27,11 +27,21 @@ GEOMETRY = SeriesGeometry(slices=24, rows=64, columns=64)
 SMALL = SeriesGeometry(slices=12, rows=32, columns=32)
 
 
-def make_config(root: Path, other_outputs: list[str] | None = None, **output: object) -> AppConfig:
-    """Two destinations, ``pacs`` and ``other`` (receiving ``other_outputs`` when given)."""
-    other = {"name": "other", "ae_title": "OTHER", "host": "127.0.0.1", "port": 105}
+def make_config(
+    root: Path,
+    other_outputs: list[str] | None = None,
+    *,
+    other_all_frames: bool = False,
+    **output: object,
+) -> AppConfig:
+    """Two destinations, ``pacs`` and ``other`` (receiving ``other_outputs`` when given,
+    with every SEG frame when ``other_all_frames``)."""
+    other: dict[str, object] = {"name": "other", "ae_title": "OTHER", "host": "127.0.0.1"}
+    other["port"] = 105
     if other_outputs is not None:
         other["outputs"] = other_outputs
+    if other_all_frames:
+        other["seg_all_frames"] = True
     return parse_config(
         {
             "storage": {"root": str(root / "data"), "fsync": False},

@@ -179,6 +179,50 @@ def test_each_destination_gets_the_outputs_it_asks_for(tmp_path: Path) -> None:
         store.close()
 
 
+def test_a_destination_asking_for_every_frame_gets_its_own_seg_and_sr(tmp_path: Path) -> None:
+    config = make_config(tmp_path, other_all_frames=True, destinations=["pacs", "other"])
+    store = Store(config.storage.database)
+    try:
+        activate_tiny(store, config, tmp_path)
+        files = write_series(tmp_path / "ct", GEOMETRY)
+        ingest(store, files)
+        run_worker(store, config)
+        (job,) = store.list_jobs()
+        assert job.state is JobState.DONE, job
+        out = job.outputs
+        folder = Path(out["seg_path"]).parent
+        omitted, full = dcmread(out["seg_path"]), dcmread(folder / "seg_all_frames.dcm")
+        assert int(full.NumberOfFrames) == len(files) * len(full.SegmentSequence)
+        produced = np.load(out["mask_path"])["mask"]
+        present = sum(
+            int((produced[k] == label).any()) for k in range(len(files)) for label in (1, 2)
+        )
+        assert int(omitted.NumberOfFrames) == present  # the other SEG omits the empty ones
+        assert str(full.SOPInstanceUID) == out["seg_all_frames_sop_uid"]
+        sr = dcmread(folder / "sr_all_frames.dcm")
+        evidence = {
+            str(sop.ReferencedSOPInstanceUID)
+            for study in sr.CurrentRequestedProcedureEvidenceSequence
+            for item in study.ReferencedSeriesSequence
+            for sop in item.ReferencedSOPSequence
+        }
+        assert out["seg_all_frames_sop_uid"] in evidence  # its SR references its SEG
+        np.testing.assert_array_equal(
+            read_seg_labelmap(folder / "seg_all_frames.dcm", files).labelmap,
+            read_seg_labelmap(Path(out["seg_path"]), files).labelmap,
+        )
+        queued = {(i.destination, i.sop_uid) for i in store.list_outbox()}
+        assert queued == {
+            ("pacs", out["seg_sop_uid"]),
+            ("pacs", out["sr_sop_uid"]),
+            ("other", out["seg_all_frames_sop_uid"]),
+            ("other", out["sr_all_frames_sop_uid"]),
+        }
+        assert job.timings["seg_all_frames_s"] >= 0
+    finally:
+        store.close()
+
+
 def test_a_rejected_or_failed_routed_series_sends_a_notice_to_who_asks(tmp_path: Path) -> None:
     config = make_config(tmp_path, other_outputs=["seg", "notice"], destinations=["pacs", "other"])
     store = Store(config.storage.database)
