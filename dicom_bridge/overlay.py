@@ -41,6 +41,7 @@ from dicom_bridge.seg import (
     SegmentationWriteError,
     SegmentDescription,
     SourceGrid,
+    processing_equipment,
     provenance_sentence,
     series_description,
 )
@@ -178,13 +179,7 @@ def write_sc_overlays(
     banner = [f"{algorithm.name} {algorithm.version}"]
     if options.research_only:
         banner.insert(0, RESEARCH_MARKER)
-    equipment = hd.ContributingEquipment(
-        manufacturer=options.manufacturer,
-        purpose_of_reference=hd.sr.CodedConcept("109102", "DCM", "Processing Equipment"),
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        contribution_description=sentence,
-    )
+    equipment = processing_equipment(options.manufacturer, algorithm, sentence)
     series_uid = options.series_instance_uid or generate_uid()
     indices = [s.label_index for s in segments]
     carrying = np.flatnonzero(np.isin(labels, indices).reshape(labels.shape[0], -1).any(axis=1))

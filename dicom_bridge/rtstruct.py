@@ -47,6 +47,7 @@ from dicom_bridge.seg import (
     SegmentationWriteError,
     SegmentDescription,
     SourceGrid,
+    processing_equipment,
     provenance_sentence,
     series_description,
 )
@@ -179,7 +180,9 @@ def write_rtstruct(
     ds.StructureSetLabel = "AI CONTOURS"
     ds.StructureSetName = f"{algorithm.name} {algorithm.version}"[:64]
     ds.StructureSetDescription = sentence
-    ds.ContributingEquipmentSequence = DicomSequence([_equipment(algorithm, options, sentence)])
+    ds.ContributingEquipmentSequence = DicomSequence(
+        [processing_equipment(options.manufacturer, algorithm, sentence)]
+    )
     ds.ReferencedFrameOfReferenceSequence = DicomSequence([_frame_of_reference(grid)])
     ds.StructureSetROISequence = DicomSequence([_roi(s, grid, algorithm) for s in segments])
     ds.ROIContourSequence = DicomSequence(
@@ -225,17 +228,6 @@ def _code_item(code: CodeValue) -> Dataset:
     item.CodeValue = code.value
     item.CodingSchemeDesignator = code.scheme
     item.CodeMeaning = code.meaning
-    return item
-
-
-def _equipment(algorithm: AlgorithmInfo, options: RtStructOptions, sentence: str) -> Dataset:
-    item = Dataset()
-    item.Manufacturer = options.manufacturer
-    item.ManufacturerModelName = algorithm.name
-    item.SoftwareVersions = algorithm.version
-    item.ContributionDescription = sentence
-    purpose = _code_item(CodeValue("DCM", "109102", "Processing Equipment"))
-    item.PurposeOfReferenceCodeSequence = DicomSequence([purpose])
     return item
 
 

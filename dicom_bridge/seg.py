@@ -542,6 +542,20 @@ def content_creator(manufacturer: str, algorithm: AlgorithmInfo) -> str:
     return f"{part(manufacturer)}^{part(f'{algorithm.name} {algorithm.version}')}"
 
 
+def processing_equipment(
+    manufacturer: str, algorithm: AlgorithmInfo, sentence: str
+) -> hd.ContributingEquipment:
+    """The ContributingEquipmentSequence item of an output: "Processing Equipment" (DCM
+    109102), the model as its model name and version, ``sentence`` as the contribution."""
+    return hd.ContributingEquipment(
+        manufacturer=manufacturer,
+        purpose_of_reference=hd.sr.CodedConcept("109102", "DCM", "Processing Equipment"),
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        contribution_description=sentence,
+    )
+
+
 def provenance_sentence(algorithm: AlgorithmInfo, research_only: bool) -> str:
     """The one-sentence provenance written to ImageComments and ContributionDescription."""
     prefix = f"{RESEARCH_MARKER}. " if research_only else ""
@@ -642,13 +656,7 @@ def write_seg(
     )
     descriptions = [_segment_description(s, algorithm_id) for s in ordered]
     sentence = provenance_sentence(algorithm, options.research_only)
-    equipment = hd.ContributingEquipment(
-        manufacturer=options.manufacturer,
-        purpose_of_reference=hd.sr.CodedConcept("109102", "DCM", "Processing Equipment"),
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        contribution_description=sentence,
-    )
+    equipment = processing_equipment(options.manufacturer, algorithm, sentence)
     identifiers = identifying_values(grid.datasets[:1])
     try:
         with sanitized_warnings(identifiers):

@@ -73,6 +73,7 @@ from dicom_bridge.seg import (
     AlgorithmInfo,
     SegmentDescription,
     identifying_values,
+    processing_equipment,
     provenance_sentence,
     redact,
     sanitized_warnings,
@@ -310,12 +311,10 @@ def _report(
         institution_name=options.institution_name,
         series_description=series_description(algorithm, options.research_only, "SR"),
         contributing_equipment=[
-            hd.ContributingEquipment(
-                manufacturer=options.manufacturer,
-                purpose_of_reference=hd.sr.CodedConcept("109102", "DCM", "Processing Equipment"),
-                manufacturer_model_name=algorithm.name,
-                software_versions=algorithm.version,
-                contribution_description=provenance_sentence(algorithm, options.research_only),
+            processing_equipment(
+                options.manufacturer,
+                algorithm,
+                provenance_sentence(algorithm, options.research_only),
             )
         ],
     )
