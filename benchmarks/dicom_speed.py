@@ -24,6 +24,11 @@ What one run does:
    - ``write_seg_from_files``: the same without ``source_headers`` (the source headers are
      read from the files, as before the volume kept them).
 
+   - ``rtstruct``: :func:`dicom_bridge.rtstruct.write_rtstruct` of the same label map +
+     ``save_as`` (what ``outputs = ["rtstruct"]`` adds to a job);
+   - ``sc_overlay``: :func:`dicom_bridge.overlay.write_sc_overlays` (one image per slice
+     with a segment) + ``save_as`` of each (what ``outputs = ["sc_overlay"]`` adds).
+
    Both sides of each ratio run back to back in the same process, so a neighbour that
    takes the CPU slows both; the ratio of each round is kept and the median reported.
 3. Prints the medians [min - max] in seconds, the median per-round ratios
@@ -102,7 +107,9 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 def run(slices: int, repeats: int, workdir: Path) -> dict[str, Any]:
     from appliance.flow.pipeline import segment_descriptions
     from benchmarks.e2e import make_phantom, write_ct
-    from dicom_bridge.seg import AlgorithmInfo, SegOptions, write_seg
+    from dicom_bridge.overlay import write_sc_overlays
+    from dicom_bridge.rtstruct import write_rtstruct
+    from dicom_bridge.seg import AlgorithmInfo, SegOptions, source_grid_from_headers, write_seg
     from dicom_bridge.volume import load_series_volume
     from models.tasks import get_task
 
@@ -119,6 +126,7 @@ def run(slices: int, repeats: int, workdir: Path) -> dict[str, Any]:
         raise RuntimeError("the plain read and load_series_volume give different arrays")
     slice_uids = volume.sop_instance_uids
     headers = volume.source_headers
+    volume_array = volume.array
     del volume, reference
 
     seg_path, floor_path = workdir / "seg.dcm", workdir / "floor.bin"
@@ -137,13 +145,31 @@ def run(slices: int, repeats: int, workdir: Path) -> dict[str, Any]:
         ds.save_as(seg_path, enforce_file_format=True)
         return int(ds.NumberOfFrames)
 
+    def rtstruct_and_save() -> int:
+        grid = source_grid_from_headers(headers)
+        ds = write_rtstruct(grid, labels, segments, algorithm)
+        ds.save_as(workdir / "rtstruct.dcm", enforce_file_format=True)
+        return len(ds.ROIContourSequence)
+
+    def overlays_and_save() -> int:
+        grid = source_grid_from_headers(headers)
+        images = write_sc_overlays(grid, volume_array, "CT", labels, segments, algorithm)
+        for number, image in enumerate(images):
+            image.save_as(workdir / f"overlay-{number}.dcm", enforce_file_format=True)
+        return len(images)
+
     times: dict[str, list[float]] = {
         "plain_read": [],
         "load_series_volume": [],
         "packbits_floor": [],
         "write_seg": [],
         "write_seg_from_files": [],
+        "rtstruct": [],
+        "sc_overlay": [],
     }
+    rtstruct_ratios: list[float] = []
+    overlay_ratios: list[float] = []
+    overlay_images = 0
     volume_ratios: list[float] = []
     seg_ratios: list[float] = []
     seg_from_files_ratios: list[float] = []
@@ -154,8 +180,13 @@ def run(slices: int, repeats: int, workdir: Path) -> dict[str, Any]:
         floor_s, floor_frames = timed(lambda: packbits_floor(labels, label_indices, floor_path))
         seg_s, seg_frames = timed(seg_and_save)
         files_s, _ = timed(lambda: seg_and_save(from_files=True))
-        for key, value in zip(times, (plain_s, load_s, floor_s, seg_s, files_s), strict=True):
+        rt_s, _ = timed(rtstruct_and_save)
+        sc_s, overlay_images = timed(overlays_and_save)
+        values = (plain_s, load_s, floor_s, seg_s, files_s, rt_s, sc_s)
+        for key, value in zip(times, values, strict=True):
             times[key].append(value)
+        rtstruct_ratios.append(rt_s / seg_s)
+        overlay_ratios.append(sc_s / seg_s)
         volume_ratios.append(load_s / plain_s)
         seg_ratios.append(seg_s / floor_s)
         seg_from_files_ratios.append(files_s / floor_s)
@@ -169,6 +200,9 @@ def run(slices: int, repeats: int, workdir: Path) -> dict[str, Any]:
         "volume_ratio": summary(volume_ratios),
         "seg_ratio": summary(seg_ratios),
         "seg_from_files_ratio": summary(seg_from_files_ratios),
+        "rtstruct_to_seg_ratio": summary(rtstruct_ratios),
+        "sc_overlay_to_seg_ratio": summary(overlay_ratios),
+        "sc_overlay_images": overlay_images,
         "seg_frames": seg_frames,
         "floor_frames": floor_frames,
         "seg_bytes": seg_path.stat().st_size,
@@ -187,6 +221,8 @@ def print_result(result: dict[str, Any]) -> None:
         ("volume_ratio", "load_series_volume / plain read"),
         ("seg_ratio", "write_seg + save / packbits floor"),
         ("seg_from_files_ratio", "the same, source headers read from the files"),
+        ("rtstruct_to_seg_ratio", "RTSTRUCT + save / write_seg + save"),
+        ("sc_overlay_to_seg_ratio", "SC overlay series + save / write_seg + save"),
     ):
         value = result[key]
         print(

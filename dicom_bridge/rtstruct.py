@@ -11,7 +11,9 @@ Contours. Per slice, the iso-line at 0.5 of the segment's binary mask (marching 
 ``contourpy``, the contour generator matplotlib uses), padded by one empty pixel so every
 line closes: it passes half-way between each set pixel centre and its unset neighbours,
 so filling the polygons by their pixel centres gives the mask back (a test rasterises
-them and compares). Holes (a liver with a tumour cut out of it) are inner contours of the
+them and compares). Points on the straight line through their neighbours are dropped
+(the same polygon with a fraction of the points: ContourData stays small and quick to
+write). Holes (a liver with a tumour cut out of it) are inner contours of the
 same ROI; readers combine a slice's contours by the even-odd rule, as the standard's
 note on inner contours and most planning systems do. A segment with no voxel gets an ROI
 with no contour (the model found nothing, and says so). Contour points are rounded to
@@ -122,11 +124,24 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
         points = np.asarray(line, dtype=np.float64)
         if len(points) > 1 and np.allclose(points[0], points[-1]):
             points = points[:-1]
+        points = _without_collinear(points)
         if len(points) < 3:
             continue
         # contourpy gives (x, y) = (column, row) of the padded array
         out.append(np.stack([points[:, 1] - 1.0, points[:, 0] - 1.0], axis=1))
     return out
+
+
+def _without_collinear(points: np.ndarray) -> np.ndarray:
+    """A closed polygon without the points that lie on the straight line through their
+    neighbours (the same polygon, exactly: marching squares puts a point at every pixel
+    edge it crosses, so straight and 45-degree runs are mostly such points)."""
+    if len(points) < 4:
+        return points
+    before = points - np.roll(points, 1, axis=0)
+    after = np.roll(points, -1, axis=0) - points
+    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    return points[np.abs(cross) > 1e-9]
 
 
 def write_rtstruct(
