@@ -69,9 +69,10 @@ class WebEndpoint:
         return self.url.rstrip("/")
 
     def session(self) -> requests.Session:
-        """A requests session with the credentials and the CA bundle."""
-        session = requests.Session()
-        session.verify = str(self.ca_file) if self.ca_file is not None else True
+        """A requests session with the credentials and the CA bundle (``ca_file`` wins
+        over ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` in the environment; without it,
+        those or the system's CAs verify the server)."""
+        session = _Session(None if self.ca_file is None else str(self.ca_file))
         if self.auth is WebAuth.BASIC:
             assert self.username is not None and self.password_file is not None
             session.auth = (self.username, _secret(self.password_file, "password"))
@@ -85,6 +86,23 @@ class WebEndpoint:
         client = DICOMwebClient(url=self.peer, session=self.session(), timeout=timeout)
         client.set_http_retry_params(retry=False)  # the outbox retries, with its backoff
         return client
+
+
+class _Session(requests.Session):
+    """A session whose CA bundle, when given, is not replaced by the environment's
+    (requests lets ``REQUESTS_CA_BUNDLE`` override ``Session.verify``)."""
+
+    def __init__(self, ca_bundle: str | None) -> None:
+        super().__init__()
+        self._ca_bundle = ca_bundle
+
+    def merge_environment_settings(  # type: ignore[no-untyped-def]
+        self, url, proxies, stream, verify, cert
+    ):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if self._ca_bundle is not None:
+            settings["verify"] = self._ca_bundle
+        return settings
 
 
 def _secret(path: Path, what: str) -> str:

@@ -70,7 +70,10 @@ def require_program(name: str) -> str:
     """Path of ``name``; skip (or fail, when interop is required) if it is missing."""
     path = find_program(name)
     if path is None:
-        message = f"{name} is not installed (apt-get install dcmtk orthanc dicom3tools)"
+        message = (
+            f"{name} is not installed "
+            "(apt-get install dcmtk orthanc orthanc-dicomweb dicom3tools stunnel4)"
+        )
         if interop_required():
             pytest.fail(message + " and APPLIANCE_REQUIRE_INTEROP=1")
         pytest.skip(message)
@@ -508,6 +511,31 @@ def orthanc(
         yield handle
     finally:
         proc.stop(timeout=15)
+
+
+@contextmanager
+def tls_terminator(workdir: Path, pki: Path, backend_port: int) -> Iterator[int]:
+    """stunnel on a free loopback port: HTTPS with ``pki``'s server certificate (see
+    :func:`make_pki`), forwarded as plain HTTP to ``backend_port`` - how a site puts TLS
+    in front of a PACS' web server. Yields the HTTPS port; stopped by PID."""
+    exe = find_program("stunnel4") or require_program("stunnel")
+    port = free_port()
+    config = workdir / "stunnel.conf"
+    config.write_text(
+        "foreground = yes\n"
+        f"pid = {workdir / 'stunnel.pid'}\n"
+        "[https]\n"
+        f"accept = 127.0.0.1:{port}\n"
+        f"connect = 127.0.0.1:{backend_port}\n"
+        f"cert = {pki / 'server.pem'}\n"
+        f"key = {pki / 'server.key'}\n"
+    )
+    proc = Process([exe, str(config)], workdir / "stunnel.log")
+    try:
+        wait_port(port, timeout=15, proc=proc.proc, log=workdir / "stunnel.log")
+        yield port
+    finally:
+        proc.stop(timeout=10)
 
 
 # --- TLS certificates ----------------------------------------------------------------------

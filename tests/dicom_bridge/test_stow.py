@@ -62,3 +62,16 @@ def test_an_unreachable_server_fails_the_whole_request(tmp_path: Path) -> None:
     paths, _ = make_series(tmp_path / "src", *GEOMETRIES["axial"])
     with pytest.raises(SendError, match="unreachable"):
         stow_files(endpoint, paths[:2])
+
+
+def test_the_configured_ca_file_wins_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/elsewhere.pem")
+    ca = tmp_path / "ca.pem"
+    session = WebEndpoint(url="https://pacs/dicom-web", ca_file=ca).session()
+    settings = session.merge_environment_settings("https://pacs/dicom-web", {}, None, None, None)
+    assert settings["verify"] == str(ca)
+    plain = WebEndpoint(url="https://pacs/dicom-web").session()
+    settings = plain.merge_environment_settings("https://pacs/dicom-web", {}, None, None, None)
+    assert settings["verify"] == "/etc/ssl/elsewhere.pem"  # no ca_file: the site's default

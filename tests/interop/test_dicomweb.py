@@ -14,7 +14,14 @@ from pydicom import dcmread
 
 from dicom_bridge.synthetic import SeriesGeometry, write_series
 from tests.interop.test_orthanc import HIGHDICOM_SEG, all_in, outbox, wait_outbox
-from tests.peers import ApplianceProcess, free_port, orthanc, require_data
+from tests.peers import (
+    ApplianceProcess,
+    free_port,
+    make_pki,
+    orthanc,
+    require_data,
+    tls_terminator,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -95,5 +102,34 @@ def test_stow_rs_retries_goes_dead_and_is_retried_when_orthanc_is_back(
         assert "pending" in retried.stdout, retried.stdout
         (sent,) = wait_outbox(app, all_in("sent", 1))
         assert sent["last_error"] is None
+        uid = str(dcmread(seg, stop_before_pixels=True).SOPInstanceUID)
+        assert len(pacs.find_instances({"SOPInstanceUID": uid})) == 1
+
+
+def test_stow_rs_over_https_verifies_the_server(
+    tmp_path: Path, appliance_factory: Callable[..., ApplianceProcess]
+) -> None:
+    seg = require_data(HIGHDICOM_SEG)
+    pki, other = tmp_path / "pki", tmp_path / "other-pki"  # other: a CA that signed nothing
+    for folder in (pki, other):
+        folder.mkdir()
+        make_pki(folder)
+    password = tmp_path / "password"
+    password.write_text("s3cret-pass")
+    with (
+        orthanc(tmp_path / "orthanc", dicomweb=True, users=USERS) as pacs,
+        tls_terminator(tmp_path, pki, pacs.http_port) as https_port,
+    ):
+        trusted = web_destination(https_port, password)
+        trusted["url"] = f"https://127.0.0.1:{https_port}/dicom-web"
+        trusted["ca_file"] = str(pki / "ca.pem")
+        untrusted = {**trusted, "name": "untrusted", "ca_file": str(other / "ca.pem")}
+        app = appliance_factory(destinations=(trusted, untrusted))
+        assert "ok" in app.cli("echo", "web").stdout
+        refused = app.cli("echo", "untrusted", check=False)
+        assert refused.returncode != 0 and "SSLError" in refused.stderr + refused.stdout
+        app.cli("send", "web", str(seg))
+        (item,) = wait_outbox(app, all_in("sent", 1))
+        assert item["last_error"] is None
         uid = str(dcmread(seg, stop_before_pixels=True).SOPInstanceUID)
         assert len(pacs.find_instances({"SOPInstanceUID": uid})) == 1
