@@ -227,10 +227,15 @@ class JobStore(Database):
         return from_row(JobRecord, row)
 
     def is_own_output(self, sop_uid: str) -> bool:
-        """True when a job of this appliance wrote the SEG or SR with this SOP UID."""
-        rows = self._query(
-            """SELECT 1 FROM jobs WHERE json_extract(outputs_json, '$.seg_sop_uid') = ?
-                   OR json_extract(outputs_json, '$.sr_sop_uid') = ? LIMIT 1""",
-            (sop_uid, sop_uid),
+        """True when a job of this appliance wrote the SEG, SR or RTSTRUCT with this SOP
+        UID (either SEG and SR of a job that made an all-frames pair)."""
+        keys = (
+            "seg_sop_uid",
+            "sr_sop_uid",
+            "seg_all_frames_sop_uid",
+            "sr_all_frames_sop_uid",
+            "rtstruct_sop_uid",
         )
+        where = " OR ".join(f"json_extract(outputs_json, '$.{key}') = ?" for key in keys)
+        rows = self._query(f"SELECT 1 FROM jobs WHERE {where} LIMIT 1", (sop_uid,) * len(keys))
         return bool(rows)

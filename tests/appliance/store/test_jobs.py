@@ -62,7 +62,12 @@ def test_finish_with_a_job_result_enqueues_it(store: Store, clock: Clock) -> Non
         SeriesState.DONE,
         result={"shape": [1]},
         job_id=job.id,
-        job_outputs={"seg_sop_uid": "9.1", "sr_sop_uid": "9.2"},
+        job_outputs={
+            "seg_sop_uid": "9.1",
+            "sr_sop_uid": "9.2",
+            "seg_all_frames_sop_uid": "9.4",
+            "rtstruct_sop_uid": "9.5",
+        },
         job_timings={"total": 2.0},
         enqueue=sends,
     )
@@ -77,6 +82,7 @@ def test_finish_with_a_job_result_enqueues_it(store: Store, clock: Clock) -> Non
     items = store.list_outbox(states=[OutboxState.PENDING])
     assert sorted((i.sop_uid, i.series_uid) for i in items) == [("9.1", SERIES), ("9.2", SERIES)]
     assert store.is_own_output("9.2") and not store.is_own_output("9.3")
+    assert store.is_own_output("9.4") and store.is_own_output("9.5")
 
 
 def test_finish_of_a_reopened_series_supersedes_the_job(store: Store, clock: Clock) -> None:
