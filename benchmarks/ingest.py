@@ -17,7 +17,7 @@ Pushes are interleaved across targets; each is timed from ``storescu`` start to 
 ``--profile`` first runs the appliance's listener, spool and store in this process with
 timers around each stage of the current C-STORE handler (``_parse_dataset``,
 ``_check_native_pixel_length``, ``Spool.write`` system call by system call,
-``encode_file_meta``, ``describe``, the store callback with its SQLite transaction) and
+``encode_file_meta_group``, ``describe``, the store callback with its SQLite transaction) and
 prints milliseconds per image, then times the header-only parse against a full
 ``dcmread`` offline on the same bytes.
 """
@@ -459,13 +459,11 @@ def profile_once(
     """Listener + spool + store in this process, pushed by storescu, each stage timed.
 
     The stages are the current handler's: ``Listener._handle_store`` → ``_accept``
-    (``event.file_meta``, ``encode_file_meta``, ``_parse_dataset``) → ``_store``
+    (``encode_file_meta_group``, ``_parse_dataset``) → ``_store``
     (``validate_uid``, ``_check_native_pixel_length``, ``Spool.write``, ``describe``, the
     ``on_instance`` callback with its SQLite transaction).
     """
     import uuid
-
-    from pynetdicom import events
 
     import dicom_bridge.listener as listener_mod
     import dicom_bridge.spool as spool_mod
@@ -482,7 +480,10 @@ def profile_once(
     spool = Spool(root / "spool", fsync=fsync)
     ingest = Ingest(store)
     store.record_instance = timer.wrap("sqlite record_instance", store.record_instance)  # type: ignore[method-assign]
-    spool.write = timer.wrap("spool write (total)", spool.write)  # type: ignore[method-assign]
+    # the listener stages the file (write + fsync) and publishes it (rename + directory
+    # fsync) inside the store's transaction; both are the spool's write
+    spool.stage = timer.wrap("spool stage", spool.stage)  # type: ignore[method-assign]
+    spool._publish = timer.wrap("spool publish", spool._publish)  # type: ignore[method-assign]
     port = free_port()
     listener = Listener(
         ListenerSettings(ae_title=APPLIANCE_AE, bind="127.0.0.1", port=port),
@@ -507,21 +508,17 @@ def profile_once(
 
     listener._handle_store = handler  # type: ignore[method-assign]
     timed_validate_uid = timer.wrap("validate_uid", listener_mod.validate_uid)
-    file_meta = events.Event.file_meta
-    assert isinstance(file_meta, property) and file_meta.fget is not None
     patches = [
-        patched(events.Event, "file_meta", property(timer.wrap("event.file_meta", file_meta.fget))),
         patched(
             listener_mod,
-            "encode_file_meta",
-            timer.wrap("encode_file_meta", listener_mod.encode_file_meta),
+            "encode_file_meta_group",
+            timer.wrap("encode_file_meta_group", listener_mod.encode_file_meta_group),
         ),
         patched(
             listener_mod,
             "_parse_dataset",
             timer.wrap("_parse_dataset", listener_mod._parse_dataset),
         ),
-        patched(listener_mod, "_parse_file", timer.wrap("_parse_file", listener_mod._parse_file)),
         patched(
             listener_mod, "read_dataset", timer.wrap("read_dataset", listener_mod.read_dataset)
         ),
@@ -558,8 +555,6 @@ def profile_once(
             f"profile push: storescu rc {result.returncode}, "
             f"{result.acknowledged} of {len(files)} acknowledged\n" + result.output[-2000:]
         )
-    if timer.samples["_parse_file"]:
-        raise RuntimeError("profile push went through the deflated path; expected explicit LE")
     text = None
     if profiler is not None:
         buffer = io.StringIO()
@@ -598,8 +593,7 @@ def print_profile(runs: Sequence[ProfileRun], slices: int) -> None:
     row("wall clock per image (storescu start..exit)", wall)
     row("  outside the handler (network, PDUs, DIMSE)", minus(wall, handler))
     row("  handler (total)", handler)
-    meta = stage("    event.file_meta (pynetdicom)", "event.file_meta")
-    encode = stage("    encode_file_meta", "encode_file_meta")
+    encode = stage("    file meta group (packed)", "encode_file_meta_group")
     parse = [ms(r, "_parse_dataset") for r in runs]
     read = [ms(r, "read_dataset") for r in runs]
     row("    _parse_dataset (total)", parse)
@@ -607,29 +601,29 @@ def print_profile(runs: Sequence[ProfileRun], slices: int) -> None:
     row("      _touch (4 UIDs converted)", minus(parse, read))
     uids = stage("    validate_uid (x7: request ref, _store, key)", "validate_uid")
     pixel = stage("    _check_native_pixel_length", "pixel length check")
-    spool_total = [ms(r, "spool write (total)") for r in runs]
-    row("    Spool.write (total)", spool_total)
-    spool_parts = [
+    staged = [ms(r, "spool stage") for r in runs]
+    row("    Spool.stage (temporary file, durable)", staged)
+    stage_parts = [
         stage("      uuid4() temp name", "uuid4"),
         stage("      open(tmp, O_CREAT | O_EXCL)", "file open"),
         stage("      write (2 chunks)", "write"),
         stage("      fsync(file)", "file fsync"),
         stage("      close(file)", "file close"),
-        stage("      rename into place", "rename"),
-        stage("      open(directory)", "dir open"),
-        stage("      fsync(directory)", "dir fsync"),
-        stage("      close(directory)", "dir close"),
     ]
-    row("      rest (paths, mkdir once per series)", minus(spool_total, *spool_parts))
+    row("      rest (path)", minus(staged, *stage_parts))
     describe = stage("    describe()", "describe")
     callback = [ms(r, "store callback") for r in runs]
     sqlite = [ms(r, "sqlite record_instance") for r in runs]
+    published = [ms(r, "spool publish") for r in runs]
     row("    store callback (Ingest.on_instance)", callback)
     row("      SQLite record_instance (BEGIN..COMMIT)", sqlite)
+    row("        of it: Spool publish (rename + fsync(dir))", published)
+    stage("          rename into place", "rename")
+    stage("          fsync(directory)", "dir fsync")
     row("      rest (NewInstance)", minus(callback, sqlite))
     row(
         "    rest of the handler",
-        minus(handler, meta, encode, parse, uids, pixel, spool_total, describe, callback),
+        minus(handler, encode, parse, uids, pixel, staged, describe, callback),
     )
     row("images/s in this run", [per / r.seconds for r in runs])
 
@@ -666,7 +660,13 @@ def print_offline_parse(files: Sequence[Path]) -> None:
         return statistics.median(samples) * 1e3
 
     def header(i: int) -> bytes:
-        return b"\x00" * 128 + b"DICM" + listener_mod.encode_file_meta(metas[i])
+        meta = metas[i]
+        group = listener_mod.encode_file_meta_group(
+            str(meta.MediaStorageSOPClassUID),
+            str(meta.MediaStorageSOPInstanceUID),
+            str(meta.TransferSyntaxUID),
+        )
+        return b"\x00" * 128 + b"DICM" + group
 
     def parse(i: int) -> Any:
         return listener_mod._parse_dataset(streams[i], syntaxes[i])
@@ -690,7 +690,7 @@ def print_offline_parse(files: Sequence[Path]) -> None:
             pass
 
     rows = [
-        ("listener: preamble + encode_file_meta", median_ms(header)),
+        ("listener: preamble + encode_file_meta_group", median_ms(header)),
         ("listener: _parse_dataset(request.DataSet, ts)", median_ms(parse)),
         ("listener: _check_native_pixel_length", median_ms(check)),
         ("listener: all three (what _accept does before Spool.write)", median_ms(listener_total)),
