@@ -6,18 +6,21 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # torch is pinned (constraints.txt) and installed first: any other torch requirement makes
-# pip fetch the CUDA build with gigabytes of dependencies.
-PIP    := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
+# pip fetch the CUDA build with gigabytes of dependencies. uv installs (pip bootstraps it
+# into the venv): the same resolution as pip, about 15x faster on a fresh machine; it
+# reads pip's PIP_FIND_LINKS where a machine keeps local wheels (a CPU torch).
+UV     := $(BIN)/uv pip install --python $(BIN)/python -c constraints.txt \
+          $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 
-.PHONY: install demo test lint typecheck imports clean
+.PHONY: install demo test lint typecheck imports ohif clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
-	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev]'
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt uv
+	$(UV) torch==2.13.0
+	$(UV) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,10 +37,15 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
+# The OHIF viewer for the browser tests, from the npm registry (checked, unpacked once
+# under .cache/); Chromium itself comes from the system (apt-get install chromium).
+ohif: $(STAMP)
+	$(BIN)/python -m tests.fetch_ohif
+
 # OMP_WAIT_POLICY=PASSIVE: the tests start appliance and Flower processes beside pytest;
 # spinning OpenMP threads would burn the CPUs they wait for.
-test: lint typecheck imports
+test: lint typecheck imports ohif
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q --durations=30
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache .cache test-artefacts

@@ -32,6 +32,7 @@ from models.phantoms import (
     brain_mr_phantom,
     generate_phantom,
 )
+from tests.morphology import erode
 
 # Coarse grids that hold the whole patient (tests stay fast) ...
 CT = SiteProfile(name="ct_test", spacing_mm=(5.0, 4.0, 4.0), matrix=(56, 100, 100), seed=7)
@@ -340,14 +341,6 @@ def test_near_isodense_lesions_are_a_few_hu_from_the_liver() -> None:
         assert max(contrast) > 15.0
 
 
-def _eroded(mask: np.ndarray, steps: int = 2) -> np.ndarray:
-    out = mask.copy()
-    for _ in range(steps):
-        for axis in range(3):
-            out &= np.roll(out, 1, axis) & np.roll(out, -1, axis)
-    return out
-
-
 def test_textured_lesions_are_heterogeneous() -> None:
     lesions = LesionDistribution(20.0, 30.0, 2, 3)
     spread = {}
@@ -357,7 +350,7 @@ def test_textured_lesions_are_heterogeneous() -> None:
         for case in range(2):
             phantom = abdominal_ct_phantom(profile, profile.rng(case))
             for k in range(1, len(phantom.lesions) + 1):
-                inner = _eroded((phantom.lesion_map == k) & (phantom.tissues == Tissue.TUMOUR))
+                inner = erode((phantom.lesion_map == k) & (phantom.tissues == Tissue.TUMOUR), 2)
                 if inner.sum() > 20:  # the interior, clear of the rim
                     values.append(float(phantom.image[inner].std()))
         spread[detailed] = float(np.mean(values))

@@ -32,6 +32,7 @@ from dicom_bridge.errors import VolumeError
 from dicom_bridge.volume import load_series_volume
 from models.tasks import TaskName
 from tests.appliance.tiny_models import make_tiny_bundle
+from tests.morphology import dilate
 from tests.peers import SHARED_DATA, require_data
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -41,18 +42,6 @@ def _world(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """LPS centroid (mm) of a boolean mask."""
     centre = np.argwhere(mask).mean(axis=0)
     return np.asarray(centre @ affine[:3, :3].T + affine[:3, 3])
-
-
-def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
-    out = mask.copy()
-    for _ in range(steps):
-        padded = np.pad(out, 1)
-        grown = out.copy()
-        for axis in range(3):
-            for shift in (-1, 1):
-                grown |= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
-        out = grown
-    return out
 
 
 def _assert_abdomen_orientation(hu: np.ndarray, affine: np.ndarray, liver: np.ndarray) -> None:
@@ -67,7 +56,7 @@ def _assert_abdomen_orientation(hu: np.ndarray, affine: np.ndarray, liver: np.nd
 
 def _rim_contrast(image: np.ndarray, mask: np.ndarray) -> float:
     """Mean inside ``mask`` over the mean of a 3-voxel shell around it."""
-    shell = _dilate(mask, 3) & ~mask
+    shell = dilate(mask, 3) & ~mask
     return float(image[mask].mean() / image[shell].mean())
 
 
@@ -253,12 +242,12 @@ def test_brats_whole_tumour_is_hyperintense_on_flair_inside_the_brain() -> None:
     label = flair.labels == 1
     assert (brain > 0.5)[label].all()
     # z-scored FLAIR: the shell mean is near 0, so compare differences, not ratios
-    shell = _dilate(label, 3) & ~label
+    shell = dilate(label, 3) & ~label
     rise = flair.image[label].mean() - flair.image[shell].mean()
     assert rise > 1.5
     for axis in range(3):
         mirrored = np.flip(label, axis=axis)
-        mirrored_shell = _dilate(mirrored, 3) & ~mirrored
+        mirrored_shell = dilate(mirrored, 3) & ~mirrored
         assert flair.image[mirrored].mean() - flair.image[mirrored_shell].mean() < rise - 0.5
 
 
