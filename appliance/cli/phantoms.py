@@ -55,9 +55,13 @@ def generate(
     if kind not in _KINDS:
         raise typer.BadParameter(f"choose one of {', '.join(_KINDS)}", param_hint="--kind")
     from appliance.tools.phantom_studies import GeneratedCase, generate_cases, site_names
+    from models.site_distribution import is_generated
 
-    if site not in site_names():
-        raise typer.BadParameter(f"choose one of {', '.join(site_names())}", param_hint="--site")
+    if site not in site_names() and not is_generated(site):
+        raise typer.BadParameter(
+            f"choose one of {', '.join(site_names())} or a generated site gen<seed>_<001-999>",
+            param_hint="--site",
+        )
     grid = _parse_triple(matrix, "--matrix", integer=True)
     voxel = _parse_triple(spacing, "--spacing", integer=False)
 
@@ -89,19 +93,31 @@ def generate(
 
 
 @app.command("list-sites")
-def list_sites() -> None:
-    """Print the scanner profiles that --site accepts."""
+def list_sites(
+    generated: int = typer.Option(
+        0, "--generated", help="also describe the first N generated sites (gen<seed>_<NNN>)"
+    ),
+    seed: int = typer.Option(0, "--seed", help="the consortium seed of the generated sites"),
+) -> None:
+    """Print the scanner profiles that --site accepts: the presets, and generated
+    hospitals gen<seed>_001 ... gen<seed>_999 drawn from models.site_distribution."""
     from models.phantoms import CT_DEFAULT, MR_DEFAULT, SITE_PRESETS, SiteProfile
+    from models.site_distribution import generated_hospital, generated_names
+
+    try:
+        names = generated_names(generated, seed) if generated else ()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--generated/--seed") from exc
 
     def describe(p: SiteProfile) -> str:
         grid = "x".join(str(n) for n in p.matrix)
-        spacing = "x".join(f"{v:g}" for v in p.spacing_mm)
+        spacing = "x".join(f"{v:.3g}" for v in p.spacing_mm)
         lesions = p.lesions
         return (
-            f"{grid} @ {spacing} mm, noise {p.noise_sigma:g}, "
-            f"scale {p.intensity_scale:g} offset {p.intensity_offset:+g}, "
+            f"{grid} @ {spacing} mm, noise {p.noise_sigma:.3g}, "
+            f"scale {p.intensity_scale:.3g} offset {p.intensity_offset:+.3g}, "
             f"lesions {lesions.min_count}-{lesions.max_count} of "
-            f"{lesions.min_diameter_mm:g}-{lesions.max_diameter_mm:g} mm, seed {p.seed}"
+            f"{lesions.min_diameter_mm:.3g}-{lesions.max_diameter_mm:.3g} mm, seed {p.seed}"
         )
 
     typer.echo("default: demonstration protocols")
@@ -111,3 +127,10 @@ def list_sites() -> None:
         typer.echo(f"{name}: {hospital.description} ({hospital.cases} suggested cases)")
         typer.echo(f"  CT: {describe(hospital.ct)}, {hospital.ct.contrast_phase}")
         typer.echo(f"  MR: {describe(hospital.mr)}")
+    for name in names:
+        hospital = generated_hospital(name)
+        typer.echo(f"{name}: {hospital.description}")
+        typer.echo(f"  CT: {describe(hospital.ct)}, {hospital.ct.contrast_phase}")
+        typer.echo(f"  MR: {describe(hospital.mr)}")
+    if not names:
+        typer.echo("gen<seed>_<001-999>: generated hospitals (--generated N describes them)")

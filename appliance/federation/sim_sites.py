@@ -23,7 +23,7 @@ class SimSite:
 
 def parse_sim_sites(text: str) -> tuple[SimSite, ...]:
     """``"site_a:10:2,site_d:2:2"`` -> :class:`SimSite` s (errors name ``sim-sites``)."""
-    from models.phantoms import SITE_PRESETS
+    from models.site_distribution import site_hospital
 
     out: list[SimSite] = []
     for entry in (e for e in text.replace(" ", "").split(",") if e):
@@ -38,9 +38,10 @@ def parse_sim_sites(text: str) -> tuple[SimSite, ...]:
             raise FederationError(
                 f"sim-sites: {entry!r} needs >= 1 training and >= 1 held-out case"
             )
-        if preset not in SITE_PRESETS:
-            known = ", ".join(SITE_PRESETS)
-            raise FederationError(f"sim-sites: unknown preset {preset!r}; known: {known}")
+        try:
+            site_hospital(preset)
+        except KeyError as exc:
+            raise FederationError(f"sim-sites: {exc.args[0]}") from exc
         out.append(SimSite(preset, train, held_out))
     if not out:
         raise FederationError("sim-sites: no site given")

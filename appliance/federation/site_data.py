@@ -1,7 +1,8 @@
 """Where a site's training and evaluation cases come from (pluggable).
 
 ``phantom`` (tests, benchmarks, the simulation runtime): synthetic cases of one of
-:data:`models.phantoms.SITE_PRESETS` (its CT or MR protocol by the task's modality),
+:data:`models.phantoms.SITE_PRESETS` or a generated hospital of
+:mod:`models.site_distribution` (its CT or MR protocol by the task's modality),
 optionally on a smaller grid. Case ``k`` of a site is always the same patient, so a
 site's data are stable across rounds and runs (``phantom-seed`` draws other patients).
 The last ``phantom-held-out`` cases (default 1; none when the site has one case) are held
@@ -31,7 +32,8 @@ import numpy as np
 from appliance.errors import FederationError
 from appliance.federation.settings import CaseSource, RunSettings, SiteSettings
 from models.errors import InputError
-from models.phantoms import SITE_PRESETS, PhantomKind, generate_phantom
+from models.phantoms import PhantomKind, generate_phantom
+from models.site_distribution import site_hospital
 from models.tasks import Modality, TaskSpec
 from models.training import TrainingCase
 
@@ -136,10 +138,9 @@ def _phantoms(
     cache: Path | None = None,
 ) -> tuple[PhantomCase, ...]:
     try:
-        hospital = SITE_PRESETS[preset]
+        hospital = site_hospital(preset)
     except KeyError as exc:
-        known = ", ".join(SITE_PRESETS)
-        raise FederationError(f"phantom-preset: unknown preset {preset!r}; known: {known}") from exc
+        raise FederationError(f"phantom-preset: {exc.args[0]}") from exc
     if modality == Modality.CT:
         profile, kind = hospital.ct, PhantomKind.CT_ABDOMEN
     else:

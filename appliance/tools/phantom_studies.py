@@ -30,6 +30,7 @@ from models.phantoms import (
     SiteProfile,
     generate_phantom,
 )
+from models.site_distribution import site_hospital
 
 __all__ = [
     "DEFAULT_SITE",
@@ -90,11 +91,15 @@ def resolve_profile(
     is_ct = kind == PhantomKind.CT_ABDOMEN
     if site == DEFAULT_SITE:
         profile = CT_DEFAULT if is_ct else MR_DEFAULT
-    elif site in SITE_PRESETS:
-        hospital = SITE_PRESETS[site]
-        profile = hospital.ct if is_ct else hospital.mr
     else:
-        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(site_names())}")
+        try:
+            hospital = site_hospital(site)
+        except KeyError:
+            raise ValueError(
+                f"unknown site {site!r}; choose one of {', '.join(site_names())} "
+                "or a generated site gen<seed>_<001-999>"
+            ) from None
+        profile = hospital.ct if is_ct else hospital.mr
     changes: dict[str, Any] = {}
     if seed is not None:
         changes["seed"] = int(seed)

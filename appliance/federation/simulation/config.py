@@ -48,6 +48,16 @@ they must equal the card's). ``pretrained`` scores the initial weights untrained
     preset = "site_a"
     train = 8
     held_out = 2
+
+    n_sites = 32                # and/or generated hospitals (models.site_distribution):
+    [generated_sites]           # gen<seed>_001 ... gen<seed>_032, drawn, not listed
+    seed = 0                    # which consortium
+    held_out = 1                # held-out cases per generated site
+    max_train = 8               # training cases: the site's drawn case count minus
+                                # held_out, at most this (a fixed budget per site)
+
+With generated sites ``most_shifted_site`` may be left out: it is then the site whose
+protocol lies farthest from the reference (:func:`models.site_distribution.shift_score`).
 """
 
 from __future__ import annotations
@@ -306,8 +316,21 @@ def resolve_initial(task: str, value: str, base_dir: Path) -> InitialModel:
     )
 
 
-def _task_setup(t: ConfigReader, task: str, sites: Sequence[SimSite], base_dir: Path) -> TaskSetup:
-    shifted = t.typed("most_shifted_site", str)
+def _most_shifted(task: str, sites: Sequence[SimSite]) -> str:
+    from models.site_distribution import shift_score, site_hospital
+    from models.tasks import Modality, get_task
+
+    ct = get_task(task).modality == Modality.CT
+    return max(
+        sites,
+        key=lambda s: (shift_score(site_hospital(s.preset), ct=ct), s.preset),
+    ).preset
+
+
+def _task_setup(
+    t: ConfigReader, task: str, sites: Sequence[SimSite], base_dir: Path, generated: bool
+) -> TaskSetup:
+    shifted = t.typed("most_shifted_site", str, _most_shifted(task, sites) if generated else None)
     if shifted not in {s.preset for s in sites}:
         raise t.fail("most_shifted_site", f"{shifted!r} is not one of the sites")
     source = t.typed("initial", str, "")
@@ -340,6 +363,28 @@ def _task_setup(t: ConfigReader, task: str, sites: Sequence[SimSite], base_dir: 
                 "it to that",
             )
     return TaskSetup(card_patch, card_spacing, shifted, initial)
+
+
+def _generated_entries(r: ConfigReader, n_sites: int) -> list[str]:
+    """``preset:train:held_out`` of the ``n_sites`` generated hospitals."""
+    from models.site_distribution import generated_names, site_hospital
+
+    table = r.table("generated_sites")
+    if not n_sites:
+        if table.data:
+            raise r.fail("generated_sites", "applies only with n_sites > 0")
+        return []
+    seed = table.typed("seed", int, 0)
+    if not 0 <= seed <= 999_999:
+        raise table.fail("seed", f"must be 0 to 999999, got {seed}")
+    held_out = _positive_int(table, "held_out", 1)
+    max_train = _positive_int(table, "max_train", 8)
+    out = []
+    for name in generated_names(n_sites, seed):
+        cases = site_hospital(name).cases  # >= 2: one held out leaves one to train on
+        train = max(1, min(max_train, cases - held_out))
+        out.append(f"{name}:{train}:{held_out}")
+    return out
 
 
 def parse_config(
@@ -396,12 +441,16 @@ def parse_config(
         raise network.fail("res_units", "must be >= 0")
 
     entries = []
-    for number, table in enumerate(r.typed("site", list)):
+    n_sites = r.typed("n_sites", int, 0)
+    if not 0 <= n_sites <= 999:
+        raise r.fail("n_sites", f"must be 0 to 999 generated sites, got {n_sites}")
+    for number, table in enumerate(r.typed("site", list, [] if n_sites else None)):
         if not isinstance(table, dict):
             raise r.fail(f"site[{number}]", "must be a table with preset, train, held_out")
         site = r.child(table, f"site[{number}]")
         preset, train = site.typed("preset", str), site.typed("train", int)
         entries.append(f"{preset}:{train}:{site.typed('held_out', int)}")
+    entries += _generated_entries(r, n_sites)
     try:
         sites = parse_sim_sites(",".join(entries))
     except FederationError as exc:
@@ -420,7 +469,7 @@ def parse_config(
                 "and most_shifted_site)",
             )
         t = task_tables.child(table, task_tables.key(task))
-        setups[task] = _task_setup(t, task, sites, base_dir or Path.cwd())
+        setups[task] = _task_setup(t, task, sites, base_dir or Path.cwd(), n_sites > 0)
     if Method.PRETRAINED in methods:
         scratch = [t for t, s in setups.items() if s.initial is None]
         if scratch:

@@ -204,9 +204,9 @@ def _mb(value: float) -> str:
 
 
 def _site_description(preset: str) -> str:
-    from models.phantoms import SITE_PRESETS
+    from models.site_distribution import site_hospital
 
-    return SITE_PRESETS[preset].description
+    return site_hospital(preset).description
 
 
 def _network(config: SimConfig, task: str) -> str:

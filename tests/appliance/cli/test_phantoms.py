@@ -91,3 +91,19 @@ def test_list_sites() -> None:
     assert code == 0
     for name in ("default", "site_a", "site_b", "site_c", "site_d"):
         assert f"{name}:" in output
+
+
+def test_generated_sites_are_listed_and_generate_series(tmp_path: Path) -> None:
+    code, output = _run("phantoms", "list-sites", "--generated", "3", "--seed", "2")
+    assert code == 0
+    for name in ("gen2_001", "gen2_002", "gen2_003"):
+        assert f"{name}: generated (consortium 2" in output
+    assert "gen2_004" not in output
+    code, output = _run("phantoms", "list-sites", "--generated", "1000")
+    assert code == 2 and "1 to 999" in output
+    code, output = _run(
+        "phantoms", "generate", "--kind", "mr_t1c", "--site", "gen2_003", "--cases", "1",
+        "--matrix", "16,24,24", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, output
+    assert len(list(tmp_path.glob("*/dicom/*.dcm"))) == 16

@@ -100,7 +100,7 @@ def test_config_by_path_and_unknown_name(tmp_path: Path) -> None:
         ({"site": [{"preset": "site_a", "train": 2, "held_out": 1}]}, r"site: .*at least 2"),
         (
             {"site": [{"preset": "site_q", "train": 2, "held_out": 1}] * 2},
-            r"site: unknown preset 'site_q'",
+            r"site: unknown site 'site_q'",
         ),
         (
             {"site": [{"preset": "site_a", "train": 0, "held_out": 1}] * 2},
@@ -137,6 +137,42 @@ def test_most_shifted_site_must_be_a_site() -> None:
         parse_config(data)
 
 
+def test_n_sites_adds_generated_hospitals_without_listing_them() -> None:
+    from models.site_distribution import shift_score, site_hospital
+
+    data = _minimal(n_sites=32, generated_sites={"seed": 4, "held_out": 1, "max_train": 3})
+    del data["task"]["glioma_mr"]["most_shifted_site"]  # optional with generated sites
+    config = parse_config(data)
+    assert len(config.sites) == 34
+    generated = config.sites[2:]
+    assert [s.preset for s in generated] == [f"gen4_{i:03d}" for i in range(1, 33)]
+    for s in generated:
+        cases = site_hospital(s.preset).cases
+        assert s.held_out == 1 and s.train == min(3, cases - 1) >= 1
+    assert {s.train for s in generated} >= {1, 3}  # the long tail: some sites have 2 cases
+    shifted = config.task_setup["glioma_mr"].most_shifted_site
+    scores = {s.preset: shift_score(site_hospital(s.preset), ct=False) for s in config.sites}
+    assert scores[shifted] == max(scores.values())
+    # only generated sites: no [[site]] needed
+    only = _minimal(n_sites=2)
+    del only["site"], only["task"]["glioma_mr"]["most_shifted_site"]
+    assert [s.preset for s in parse_config(only).sites] == ["gen0_001", "gen0_002"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"n_sites": 1000}, r"n_sites: must be 0 to 999"),
+        ({"generated_sites": {"seed": 1}}, r"generated_sites: applies only with n_sites > 0"),
+        ({"n_sites": 4, "generated_sites": {"max_train": 0}}, r"generated_sites.max_train"),
+        ({"n_sites": 4, "generated_sites": {"seed": -1}}, r"generated_sites.seed: must be 0"),
+    ],
+)
+def test_generated_sites_errors_name_the_key(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(FederationError, match=message):
+        parse_config(_minimal(**changes), source="bench.toml")
+
+
 def test_sim_sites_map_virtual_supernodes_to_sites(tmp_path: Path) -> None:
     run = RunSettings(
         task="glioma_mr", seed=3, sim_sites="site_a:2:1,site_d:1:2", sim_state_root=str(tmp_path)
@@ -160,7 +196,8 @@ def test_sim_sites_map_virtual_supernodes_to_sites(tmp_path: Path) -> None:
         ("site_a:x:1", "entries are preset:train:held_out"),
         ("site_a:2:0", "needs >= 1 training and >= 1 held-out"),
         ("site_a:2:1,site_a:3:1", "listed twice"),
-        ("nowhere:2:1", "unknown preset"),
+        ("nowhere:2:1", "unknown site 'nowhere'"),
+        ("gen0_000:2:1", "not a generated site name"),
     ],
 )
 def test_sim_sites_errors(text: str, message: str) -> None:
