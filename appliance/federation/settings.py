@@ -117,6 +117,11 @@ class RunSettings:
     refiner_margin: float | None = None
     #: cwt/swt: site names in visiting order; "" = sorted site names
     site_order: tuple[str, ...] = ()
+    #: sampling per round for large consortia (:meth:`round_sample`): ``round-sites``
+    #: sites (> 0) or the fraction ``round-fraction`` of the connected ones train in a
+    #: round; 0 and 1.0 (the defaults): every site, every round
+    round_sites: int = 0
+    round_fraction: float = 1.0
     prox_mu: float = 0.01
     fedgs_threshold: float = 0.001
     fedgs_base: float = 1000.0
@@ -168,6 +173,8 @@ class RunSettings:
             target_spacing=r.floats("target-spacing", 3),
             refiner_margin=_margin(r.get("refiner-margin", float, -1.0)),
             site_order=tuple(s for s in order.replace(" ", "").split(",") if s),
+            round_sites=r.get("round-sites", int, d.round_sites),
+            round_fraction=r.get("round-fraction", float, d.round_fraction),
             prox_mu=r.get("prox-mu", float, d.prox_mu),
             fedgs_threshold=r.get("fedgs-threshold", float, d.fedgs_threshold),
             fedgs_base=r.get("fedgs-base", float, d.fedgs_base),
@@ -211,6 +218,8 @@ class RunSettings:
             (self.max_update_bytes >= 1, "max-update-bytes: must be >= 1"),
             (self.max_site_cases >= 1, "max-site-cases: must be >= 1"),
             (self.sim_threads >= 1, "sim-threads: must be >= 1"),
+            (self.round_sites >= 0, "round-sites: must be >= 0 (0: by round-fraction)"),
+            (0 < self.round_fraction <= 1, "round-fraction: must be in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -226,6 +235,10 @@ class RunSettings:
             parse_sim_sites(self.sim_sites)
         if self.strategy == StrategyName.GOSSIP and self.min_sites < 2:
             raise FederationError("min-sites: gossip needs at least 2 sites")
+        if self.strategy == StrategyName.GOSSIP and self.samples_rounds:
+            raise FederationError(
+                "round-sites/round-fraction: gossip pairs every site in every round"
+            )
         if self.dp_clipping_norm > 0 and self.strategy in (
             StrategyName.FEDBN,
             StrategyName.CWT,
@@ -237,6 +250,18 @@ class RunSettings:
                 f"dp-clipping-norm: client-side DP clipping works with fedavg, fedprox, "
                 f"fedmedian, fedtrimmedavg and krum, not with {self.strategy}"
             )
+
+    @property
+    def samples_rounds(self) -> bool:
+        """Whether rounds train a sample of the sites rather than all of them."""
+        return self.round_sites > 0 or self.round_fraction < 1
+
+    def round_sample(self, connected: int) -> int:
+        """How many of ``connected`` sites train in one round: ``round-sites`` (at most
+        all), else ``round-fraction`` of them rounded up, at least one."""
+        if self.round_sites > 0:
+            return min(self.round_sites, connected)
+        return min(connected, max(1, math.ceil(self.round_fraction * connected - 1e-9)))
 
     def _check_refiner(self) -> None:
         from models.errors import ModelsError
@@ -347,6 +372,8 @@ def run_config_map(settings: RunSettings) -> dict[str, Any]:
         "net-class": settings.net_class,
         "net-norm": settings.net_norm,
         "site-order": ",".join(settings.site_order),
+        "round-sites": settings.round_sites,
+        "round-fraction": settings.round_fraction,
         "prox-mu": settings.prox_mu,
         "fedgs-threshold": settings.fedgs_threshold,
         "fedgs-base": settings.fedgs_base,

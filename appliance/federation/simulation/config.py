@@ -23,6 +23,9 @@ Layout::
     timeout_s = 1800            # per federated run
     evaluate_rounds = true      # score every round (the Dice-against-budget plot); false:
                                 # only the final scoring (the ServerApp's ``evaluate``)
+    round_sites = 0             # > 0: that many sites train in each federated round (a
+    round_fraction = 1.0        # seeded draw), else this fraction of them; cwt/swt visit
+                                # such a draw (docs/federation.md)
 
     [network]                   # tasks without ``initial``: trained from scratch
     filters = [8, 16, 32]
@@ -179,6 +182,9 @@ class SimConfig:
     norm: str
     task_setup: Mapping[str, TaskSetup]
     sites: tuple[SimSite, ...]
+    #: per-round sampling of the federated strategies (RunSettings.round_sample)
+    round_sites: int = 0
+    round_fraction: float = 1.0
 
     @property
     def steps_per_site(self) -> int:
@@ -207,6 +213,8 @@ class SimConfig:
             "workers": self.workers,
             "threads_per_site": self.threads_per_site,
             "evaluate_rounds": self.evaluate_rounds,
+            "round_sites": self.round_sites,
+            "round_fraction": self.round_fraction,
             "network": {
                 "filters": list(self.filters),
                 "res_units": self.res_units,
@@ -479,6 +487,17 @@ def parse_config(
                 "initial (set [task.<name>] initial or drop pretrained)",
             )
 
+    round_sites = r.typed("round_sites", int, 0)
+    if round_sites < 0:
+        raise r.fail("round_sites", f"must be >= 0 (0: by round_fraction), got {round_sites}")
+    round_fraction = r.typed("round_fraction", float, 1.0)
+    if not 0 < round_fraction <= 1:
+        raise r.fail("round_fraction", f"must be in (0, 1], got {round_fraction}")
+    if (round_sites or round_fraction < 1) and Method.GOSSIP in methods:
+        raise r.fail(
+            "round_sites" if round_sites else "round_fraction",
+            "gossip pairs every site in every round: drop gossip from methods or sample none",
+        )
     return SimConfig(
         name=r.typed("name", str),
         description=r.typed("description", str, ""),
@@ -500,4 +519,6 @@ def parse_config(
         norm=norm,
         task_setup=setups,
         sites=sites,
+        round_sites=round_sites,
+        round_fraction=round_fraction,
     )

@@ -159,6 +159,8 @@ def base_settings(
         sim_threads=config.threads_per_site,
         sim_phantom_cache=str(phantom_cache) if phantom_cache is not None else "",
         evaluate=config.evaluate_rounds,
+        round_sites=config.round_sites,
+        round_fraction=config.round_fraction,
     )
     if setup.initial is not None:
         card = RunSettings.from_config({"task": task, **setup.initial.run_config})

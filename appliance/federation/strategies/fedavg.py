@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO
 from typing import Any
 
@@ -59,6 +59,8 @@ class Recording(FedAvg):
     The strategy's node sampling draws from ``rng``, seeded with the run's seed (see
     :class:`SeededFedAvg`)."""
 
+    train_sample: Callable[[int], int] | None
+
     def __init__(
         self,
         run: RunSettings,
@@ -71,6 +73,8 @@ class Recording(FedAvg):
         super().__init__(**fedavg_kwargs(run, weighted_by), **options)
         self.book, self.progress = book, progress
         self.rng = random.Random(run.seed)
+        sample: Callable[[int], int] | None = run.round_sample if run.samples_rounds else None
+        self.train_sample = sample
         self.max_update_bytes = run.max_update_bytes
         #: a strategy weighting by ``steps`` (FedGS) bounds them by the run's local steps
         self.max_steps = run.local_steps if weighted_by == "steps" else None
@@ -169,16 +173,29 @@ class SeededFedAvg(FedAvg):
     strategy's own generator, so a run's sample depends on its seed alone and global
     ``random`` is never touched. With ``fraction_train`` 1.0 the sample is every
     connected node and the draw only decides their order (replies are aggregated in site
-    order regardless).
+    order regardless). A run that samples rounds (``round-sites``/``round-fraction``)
+    trains a fresh draw of that many connected sites each round; every site evaluates.
 
     Being last in the bases, a Flower subclass's own ``configure_train`` (``FedProx``
     adds ``proximal-mu`` to the config) still runs before this one."""
 
     rng: random.Random
+    #: the run's per-round sample size of ``n`` connected sites (``round-sites`` /
+    #: ``round-fraction``); ``None``: every site trains in every round
+    train_sample: Callable[[int], int] | None = None
 
-    def _sample(self, grid: Grid, fraction: float, min_nodes: int, what: str) -> list[int]:
+    def _sample(
+        self,
+        grid: Grid,
+        fraction: float,
+        min_nodes: int,
+        what: str,
+        sized: Callable[[int], int] | None = None,
+    ) -> list[int]:
         num_nodes = int(len(list(grid.get_node_ids())) * fraction)
         sample_size = max(num_nodes, min_nodes)
+        if sized is not None:  # the run samples: of those connected once min-sites are
+            sample_size = self.min_available_nodes
         min_available = max(self.min_available_nodes, sample_size)
         while len(all_nodes := list(grid.get_node_ids())) < min_available:
             log(
@@ -188,6 +205,8 @@ class SeededFedAvg(FedAvg):
                 min_available,
             )
             time.sleep(1)
+        if sized is not None:
+            sample_size = sized(len(all_nodes))
         sampled = self.rng.sample(all_nodes, sample_size)
         log(INFO, "%s: Sampled %s nodes (out of %s)", what, len(sampled), len(all_nodes))
         return sampled
@@ -197,7 +216,9 @@ class SeededFedAvg(FedAvg):
     ) -> Iterable[Message]:
         if self.fraction_train == 0.0:
             return []
-        nodes = self._sample(grid, self.fraction_train, self.min_train_nodes, "configure_train")
+        nodes = self._sample(
+            grid, self.fraction_train, self.min_train_nodes, "configure_train", self.train_sample
+        )
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, nodes, MessageType.TRAIN)

@@ -3,6 +3,7 @@ order; nothing is averaged."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,7 +24,11 @@ class WeightTransfer(Strategy):
     trains at a time and hands the model to the next in ``order``; nothing is averaged.
     cwt: each round is one cycle through all sites (``rounds`` = cycles, each site met
     ``rounds`` times). swt: the model meets each site once and spends ``rounds`` local
-    rounds there before moving on."""
+    rounds there before moving on.
+
+    A run that samples rounds (``round-sites``/``round-fraction``) visits a seeded draw
+    of that many sites instead of all: cwt a fresh draw each cycle, swt one draw; in the
+    configured ``site-order`` when there is one, else in the draw's (random) order."""
 
     def __init__(
         self,
@@ -40,12 +45,25 @@ class WeightTransfer(Strategy):
         if len(set(order)) != len(order):
             raise FederationError("site-order: a site is listed twice")
         self.order = order
+        self.rng = random.Random(run.seed)
         self.visits: list[str] = []
         #: the layout of the model sent to the site being visited
         self.layout: Layout | None = None
 
     def summary(self) -> None:
         return None
+
+    def _draw(self) -> list[str]:
+        picked = self.rng.sample(self.order, self.run.round_sample(len(self.order)))
+        return sorted(picked, key=self.order.index) if self.run.site_order else picked
+
+    def schedule(self, num_rounds: int) -> list[list[str]]:
+        """The sites visited in each round (module and class docs)."""
+        if not self.run.samples_rounds:
+            return transfer_schedule(self.order, num_rounds, single=self.single)
+        if self.single:
+            return transfer_schedule(self._draw(), num_rounds, single=True)
+        return [self._draw() for _ in range(num_rounds)]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -105,7 +123,7 @@ class WeightTransfer(Strategy):
     ) -> Result:
         result = Result()
         arrays = initial_arrays
-        schedule = transfer_schedule(self.order, num_rounds, single=self.single)
+        schedule = self.schedule(num_rounds)
         if self.progress is not None and len(schedule) != num_rounds:
             self.progress.data["rounds"] = len(schedule)  # swt: rounds at each site
             self.progress.save()

@@ -157,6 +157,8 @@ def test_n_sites_adds_generated_hospitals_without_listing_them() -> None:
     only = _minimal(n_sites=2)
     del only["site"], only["task"]["glioma_mr"]["most_shifted_site"]
     assert [s.preset for s in parse_config(only).sites] == ["gen0_001", "gen0_002"]
+    sampled = parse_config(_minimal(round_fraction=0.5))
+    assert sampled.round_fraction == 0.5 and sampled.to_dict()["round_fraction"] == 0.5
 
 
 @pytest.mark.parametrize(
@@ -166,6 +168,9 @@ def test_n_sites_adds_generated_hospitals_without_listing_them() -> None:
         ({"generated_sites": {"seed": 1}}, r"generated_sites: applies only with n_sites > 0"),
         ({"n_sites": 4, "generated_sites": {"max_train": 0}}, r"generated_sites.max_train"),
         ({"n_sites": 4, "generated_sites": {"seed": -1}}, r"generated_sites.seed: must be 0"),
+        ({"round_sites": -2}, r"round_sites: must be >= 0"),
+        ({"round_fraction": 0}, r"round_fraction: must be in \(0, 1\]"),
+        ({"round_sites": 2, "methods": ["gossip"]}, r"round_sites: gossip pairs every site"),
     ],
 )
 def test_generated_sites_errors_name_the_key(changes: dict[str, Any], message: str) -> None:
