@@ -46,7 +46,7 @@ def _print_round(entry: dict[str, Any]) -> None:
     sites = entry.get("sites", {})
     parts = []
     for site, metrics in sorted(sites.items()):
-        keys = ("loss", "dice", "steps", "step-scale-max", "refused")
+        keys = ("loss", "dice", "steps", "step-scale-max", "refused", "dropped")
         shown = {k: metrics[k] for k in keys if k in metrics}
         parts.append(f"{site} {json.dumps(shown)}")
     aggregate = entry.get("aggregate")

@@ -58,19 +58,14 @@ from appliance.federation.aggregation import State, gossip_average, state_delta,
 from appliance.federation.outputs import write_result
 from appliance.federation.params import from_record, load_into, model_state, to_record
 from appliance.federation.scoring import mean_dice
-from appliance.federation.settings import (
-    CaseSource,
-    RunSettings,
-    SiteSettings,
-    round_seed,
-    simulated_node_config,
-)
+from appliance.federation.settings import CaseSource, RunSettings, round_seed, simulated_node_config
 from appliance.federation.site_data import (
     SiteCases,
     load_site_cases,
     run_held_out_cases,
     run_training_cases,
 )
+from appliance.federation.site_settings import SiteSettings
 from appliance.federation.site_state import (
     load_site_norm,
     load_state,

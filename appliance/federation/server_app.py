@@ -150,7 +150,7 @@ def run_federation(grid: Grid, context: Context) -> None:
             grid=grid,
             initial_arrays=to_record(state),
             num_rounds=rounds,
-            timeout=run.timeout_s,
+            timeout=run.round_timeout,
             train_config=train_config,
             evaluate_config=evaluate_config,
         )
@@ -170,6 +170,8 @@ def run_federation(grid: Grid, context: Context) -> None:
         visits = getattr(strategy, "visits", None)
         if visits:
             extra["visits"] = list(visits)
+        if getattr(strategy, "skipped", None):
+            extra["skipped"] = list(strategy.skipped)  # type: ignore[attr-defined]
         if is_gossip:
             extra["consensus_distance"] = getattr(strategy, "consensus", None)
             extra["pairings"] = getattr(strategy, "pairings", [])

@@ -30,14 +30,14 @@ class CaseSource(StrEnum):
 
 
 ConfigMap = Mapping[str, Any]
-_SITE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SITE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def _error(issue: ConfigIssue) -> FederationError:
     return FederationError(str(issue))  # "<key>: <what is wrong>"
 
 
-class _Reader(ConfigReader):
+class SettingsReader(ConfigReader):
     """The config reader over a flat Flower user-config map: the first problem raises
     :class:`FederationError`; an integral float is an int (Flower's numbers)."""
 
@@ -122,6 +122,14 @@ class RunSettings:
     #: round; 0 and 1.0 (the defaults): every site, every round
     round_sites: int = 0
     round_fraction: float = 1.0
+    #: faults: each round waits at most ``round-deadline-s`` (0: ``timeout-s``) for its
+    #: replies; a site that misses it is left out of the round (recorded as dropped). By
+    #: default a site's error fails the round; with ``round-min-sites`` (> 0) or
+    #: ``round-min-fraction`` (< 1) a failed site is left out too, and the round goes on
+    #: when at least that many of the sites asked replied
+    round_deadline_s: float = 0.0
+    round_min_sites: int = 0
+    round_min_fraction: float = 1.0
     prox_mu: float = 0.01
     fedgs_threshold: float = 0.001
     fedgs_base: float = 1000.0
@@ -153,7 +161,7 @@ class RunSettings:
     @classmethod
     def from_config(cls, config: ConfigMap) -> RunSettings:
         d = cls()
-        r = _Reader(config)
+        r = SettingsReader(config)
         order = r.get("site-order", str, "")
         settings = cls(
             strategy=r.enum("strategy", StrategyName, d.strategy),
@@ -175,6 +183,9 @@ class RunSettings:
             site_order=tuple(s for s in order.replace(" ", "").split(",") if s),
             round_sites=r.get("round-sites", int, d.round_sites),
             round_fraction=r.get("round-fraction", float, d.round_fraction),
+            round_deadline_s=r.get("round-deadline-s", float, d.round_deadline_s),
+            round_min_sites=r.get("round-min-sites", int, d.round_min_sites),
+            round_min_fraction=r.get("round-min-fraction", float, d.round_min_fraction),
             prox_mu=r.get("prox-mu", float, d.prox_mu),
             fedgs_threshold=r.get("fedgs-threshold", float, d.fedgs_threshold),
             fedgs_base=r.get("fedgs-base", float, d.fedgs_base),
@@ -220,6 +231,9 @@ class RunSettings:
             (self.sim_threads >= 1, "sim-threads: must be >= 1"),
             (self.round_sites >= 0, "round-sites: must be >= 0 (0: by round-fraction)"),
             (0 < self.round_fraction <= 1, "round-fraction: must be in (0, 1]"),
+            (self.round_deadline_s >= 0, "round-deadline-s: must be >= 0 (0: timeout-s)"),
+            (self.round_min_sites >= 0, "round-min-sites: must be >= 0 (0: by fraction)"),
+            (0 < self.round_min_fraction <= 1, "round-min-fraction: must be in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -262,6 +276,23 @@ class RunSettings:
         if self.round_sites > 0:
             return min(self.round_sites, connected)
         return min(connected, max(1, math.ceil(self.round_fraction * connected - 1e-9)))
+
+    @property
+    def round_timeout(self) -> float:
+        """Seconds a round waits for its replies."""
+        return self.round_deadline_s or self.timeout_s
+
+    @property
+    def tolerates_dropouts(self) -> bool:
+        """Whether a round may go on without some of the sites it asked."""
+        return self.round_min_sites > 0 or self.round_min_fraction < 1
+
+    def round_minimum(self, asked: int) -> int:
+        """Replies a round that tolerates dropouts needs of the ``asked`` sites:
+        ``round-min-sites`` (at most all) or ``round-min-fraction`` of them rounded up."""
+        if self.round_min_sites > 0:
+            return min(self.round_min_sites, asked)
+        return min(asked, max(1, math.ceil(self.round_min_fraction * asked - 1e-9)))
 
     def _check_refiner(self) -> None:
         from models.errors import ModelsError
@@ -374,6 +405,9 @@ def run_config_map(settings: RunSettings) -> dict[str, Any]:
         "site-order": ",".join(settings.site_order),
         "round-sites": settings.round_sites,
         "round-fraction": settings.round_fraction,
+        "round-deadline-s": settings.round_deadline_s,
+        "round-min-sites": settings.round_min_sites,
+        "round-min-fraction": settings.round_min_fraction,
         "prox-mu": settings.prox_mu,
         "fedgs-threshold": settings.fedgs_threshold,
         "fedgs-base": settings.fedgs_base,
@@ -433,172 +467,3 @@ def simulated_node_config(run: RunSettings, partition_id: int) -> dict[str, Any]
     if run.sim_phantom_cache:
         config["phantom-cache"] = run.sim_phantom_cache
     return config
-
-
-def _default_preset(config: ConfigMap) -> str:
-    """``site_a``, or on the simulation runtime the presets in turn by partition id."""
-    if "partition-id" not in config:
-        return "site_a"
-    from models.phantoms import SITE_PRESETS
-
-    names = sorted(SITE_PRESETS)
-    return names[int(config["partition-id"]) % len(names)]
-
-
-@dataclass(frozen=True, slots=True)
-class RunLimits:
-    """The run settings a site accepts from the coordinator (its own ``[federation]``
-    ``max_local_steps``, ..., passed to its SuperNode as ``node_config`` ``max-local-steps``,
-    ...). The defaults take the shipped benchmark configs with room to spare."""
-
-    max_local_steps: int = 10_000
-    max_batch_size: int = 64
-    #: voxels of one training/inference patch (the product of ``patch-size``)
-    max_patch_voxels: int = 256**3
-    min_lr: float = 1e-7
-    max_lr: float = 1.0
-    max_rounds: int = 1000
-
-    def __post_init__(self) -> None:
-        for key, value in (
-            ("max-local-steps", self.max_local_steps),
-            ("max-batch-size", self.max_batch_size),
-            ("max-patch-voxels", self.max_patch_voxels),
-            ("max-rounds", self.max_rounds),
-        ):
-            if value < 1:
-                raise FederationError(f"{key}: must be >= 1")
-        if not (0 < self.min_lr <= self.max_lr and math.isfinite(self.max_lr)):
-            raise FederationError("min-lr, max-lr: need 0 < min-lr <= max-lr (finite)")
-
-    @classmethod
-    def from_config(cls, config: ConfigMap) -> RunLimits:
-        d, r = cls(), _Reader(config)
-        return cls(
-            max_local_steps=r.get("max-local-steps", int, d.max_local_steps),
-            max_batch_size=r.get("max-batch-size", int, d.max_batch_size),
-            max_patch_voxels=r.get("max-patch-voxels", int, d.max_patch_voxels),
-            min_lr=r.get("min-lr", float, d.min_lr),
-            max_lr=r.get("max-lr", float, d.max_lr),
-            max_rounds=r.get("max-rounds", int, d.max_rounds),
-        )
-
-    def to_config(self) -> dict[str, int | float]:
-        """The ``node_config`` entries (the inverse of :meth:`from_config`)."""
-        return {
-            "max-local-steps": self.max_local_steps,
-            "max-batch-size": self.max_batch_size,
-            "max-patch-voxels": self.max_patch_voxels,
-            "min-lr": self.min_lr,
-            "max-lr": self.max_lr,
-            "max-rounds": self.max_rounds,
-        }
-
-    def refuse(self, run: RunSettings, patch_size: tuple[int, ...]) -> None:
-        """Raise :class:`FederationError` naming the first run setting over its limit
-        (``patch_size``: the patch the run's task trains and infers with)."""
-        voxels = math.prod(patch_size)
-        problems = [
-            (
-                run.local_steps <= self.max_local_steps,
-                "local-steps",
-                run.local_steps,
-                f"at most max-local-steps={self.max_local_steps}",
-            ),
-            (
-                run.batch_size <= self.max_batch_size,
-                "batch-size",
-                run.batch_size,
-                f"at most max-batch-size={self.max_batch_size}",
-            ),
-            (
-                voxels <= self.max_patch_voxels,
-                "patch-size",
-                "x".join(str(v) for v in patch_size),
-                f"{voxels} voxels, at most max-patch-voxels={self.max_patch_voxels}",
-            ),
-            (
-                self.min_lr <= run.lr <= self.max_lr,
-                "lr",
-                run.lr,
-                f"from min-lr={self.min_lr:g} to max-lr={self.max_lr:g}",
-            ),
-            (
-                run.rounds <= self.max_rounds,
-                "num-rounds",
-                run.rounds,
-                f"at most max-rounds={self.max_rounds}",
-            ),
-        ]
-        for ok, key, value, allowed in problems:
-            if not ok:
-                raise FederationError(
-                    f"this site refuses the run: {key}={value} is outside its limits ({allowed})"
-                )
-
-
-@dataclass(frozen=True, slots=True)
-class SiteSettings:
-    """One SuperNode's own settings (Flower ``node_config``)."""
-
-    site: str
-    state_dir: Path
-    source: CaseSource = CaseSource.PHANTOM
-    phantom_preset: str = "site_a"
-    phantom_cases: int = 3
-    phantom_matrix: tuple[int, ...] | None = None
-    phantom_spacing: tuple[float, ...] | None = None
-    #: phantom source: how many of the site's cases (the last ones) are held out, and
-    #: the seed that varies the site's patients (0: the preset's own)
-    phantom_held_out: int = 1
-    phantom_seed: int = 0
-    #: a directory to keep generated phantoms in (and read them back from)
-    phantom_cache: Path | None = None
-    threads: int = 1
-    #: ``store`` source: the appliance's SQLite store
-    database: Path | None = None
-    #: the run settings this site accepts
-    limits: RunLimits = RunLimits()
-
-    @classmethod
-    def from_config(cls, config: ConfigMap, *, fallback_site: str = "site") -> SiteSettings:
-        r = _Reader(config)
-        site = r.get("site-name", str, "")
-        if not site and "partition-id" in config:  # simulation runtime
-            site = f"site_{int(config['partition-id'])}"
-        site = site or fallback_site
-        if not _SITE_RE.match(site) or site in (".", ".."):
-            raise FederationError(f"site-name: 1-64 letters, digits, '.', '_' or '-', got {site!r}")
-        state = r.get("state-dir", str, "")
-        if not state:
-            import tempfile
-
-            state = str(Path(tempfile.gettempdir()) / "appliance-federation" / site)
-        cache = r.get("phantom-cache", str, "")
-        database = r.get("database", str, "")
-        settings = cls(
-            site=site,
-            state_dir=Path(state),
-            source=r.enum("case-source", CaseSource, CaseSource.PHANTOM),
-            phantom_preset=r.get("phantom-preset", str, _default_preset(config)),
-            phantom_cases=r.get("phantom-cases", int, 3),
-            phantom_matrix=r.ints("phantom-matrix", 3),
-            phantom_spacing=r.floats("phantom-spacing", 3),
-            phantom_held_out=r.get("phantom-held-out", int, 1),
-            phantom_seed=r.get("phantom-seed", int, 0),
-            phantom_cache=Path(cache) if cache else None,
-            threads=r.get("threads", int, 1),
-            database=Path(database) if database else None,
-            limits=RunLimits.from_config(config),
-        )
-        if settings.phantom_cases < 1:
-            raise FederationError("phantom-cases: must be >= 1")
-        if not 0 <= settings.phantom_held_out < max(settings.phantom_cases, 2):
-            raise FederationError(
-                "phantom-held-out: must be >= 0 and leave at least one training case"
-            )
-        if settings.phantom_seed < 0:
-            raise FederationError("phantom-seed: must be >= 0")
-        if settings.threads < 1:
-            raise FederationError("threads: must be >= 1")
-        return settings

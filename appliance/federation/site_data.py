@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from appliance.errors import FederationError
-from appliance.federation.settings import CaseSource, RunSettings, SiteSettings
+from appliance.federation.settings import CaseSource, RunSettings
+from appliance.federation.site_settings import SiteSettings
 from models.errors import InputError
 from models.phantoms import PhantomKind, generate_phantom
 from models.site_distribution import site_hospital

@@ -23,7 +23,7 @@ from appliance.config import AppConfig
 from appliance.errors import FederationError
 from appliance.federation.outputs import RESULT_FILE
 from appliance.federation.runner import Tls, free_port, start_supernode
-from appliance.federation.settings import RunLimits
+from appliance.federation.site_settings import RunLimits
 
 LOG = logging.getLogger(__name__)
 

@@ -49,11 +49,7 @@ from appliance.federation import runner
 from appliance.federation.outputs import site_weights
 from appliance.federation.params import load_into
 from appliance.federation.scoring import Segmenter, network_segmenter, score_site
-from appliance.federation.settings import (
-    RunSettings,
-    SiteSettings,
-    simulated_node_config,
-)
+from appliance.federation.settings import RunSettings, simulated_node_config
 from appliance.federation.simulation.baselines import (
     BaselineResult,
     SiteData,
@@ -62,6 +58,7 @@ from appliance.federation.simulation.baselines import (
 )
 from appliance.federation.simulation.config import InitialModel, Method, SimConfig
 from appliance.federation.site_data import held_out_count, phantom_site_cases
+from appliance.federation.site_settings import SiteSettings
 from appliance.federation.site_state import load_state, save_state
 
 Log = Callable[[str], None]

@@ -32,8 +32,9 @@ class SiteBook:
 
 
 def site_of(msg: Message, book: SiteBook) -> str:
-    """The site a reply comes from: the name it gives, else the book's name of its node."""
-    if "site" in msg.content.config_records:
+    """The site a reply comes from: the name it gives, else (also for an error reply,
+    which has no content) the book's name of its node."""
+    if msg.has_content() and "site" in msg.content.config_records:
         return str(msg.content.config_records["site"].get("site", ""))
     return book.name(msg.metadata.src_node_id)
 

@@ -25,6 +25,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
+from appliance.errors import FederationError
 from appliance.federation.progress import ProgressLog
 from appliance.federation.settings import RunSettings
 from appliance.federation.strategies.common import (
@@ -51,7 +52,8 @@ def fedavg_kwargs(run: RunSettings, weighted_by: str = "num-examples") -> dict[s
 
 class Recording(FedAvg):
     """First base of a FedAvg-family strategy: built from the run settings, it aggregates
-    replies in site order (:func:`in_site_order`), fails the round on a site's error,
+    replies in site order (:func:`in_site_order`), fails the round on a site's error (or,
+    when the run tolerates dropouts, leaves failed and late sites out of it),
     refuses replies that fail the :class:`~.screening.Screen` (against the model it sent
     that round) and records each site's metrics and the aggregate to ``progress``.
 
@@ -75,6 +77,9 @@ class Recording(FedAvg):
         self.rng = random.Random(run.seed)
         sample: Callable[[int], int] | None = run.round_sample if run.samples_rounds else None
         self.train_sample = sample
+        self.run = run
+        #: the nodes asked to train in the current round
+        self.asked: tuple[int, ...] = ()
         self.max_update_bytes = run.max_update_bytes
         #: a strategy weighting by ``steps`` (FedGS) bounds them by the run's local steps
         self.max_steps = run.local_steps if weighted_by == "steps" else None
@@ -85,7 +90,8 @@ class Recording(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.layout = self._layout_of(arrays)
-        messages: Iterable[Message] = super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.asked = tuple(m.metadata.dst_node_id for m in messages)
         return messages
 
     def _layout_of(self, arrays: ArrayRecord) -> Layout | None:
@@ -98,12 +104,17 @@ class Recording(FedAvg):
 
     def screen(self, server_round: int, replies: list[Message]) -> list[Message]:
         """The round's replies that are not refused (:class:`~.screening.Screen`)."""
+        tolerant = self.run.tolerates_dropouts
         check = Screen(
             self.book,
             self.max_update_bytes,
             layout=self.layout,
             max_steps=self.max_steps,
             extra=self._refusal,
+            asked=self.asked or None,
+            minimum=self.run.round_minimum(len(self.asked)) if tolerant else 1,
+            deadline_s=self.run.round_timeout,
+            tolerant=tolerant,
         )
         return check(
             replies,
@@ -180,6 +191,7 @@ class SeededFedAvg(FedAvg):
     adds ``proximal-mu`` to the config) still runs before this one."""
 
     rng: random.Random
+    run: RunSettings
     #: the run's per-round sample size of ``n`` connected sites (``round-sites`` /
     #: ``round-fraction``); ``None``: every site trains in every round
     train_sample: Callable[[int], int] | None = None
@@ -197,7 +209,13 @@ class SeededFedAvg(FedAvg):
         if sized is not None:  # the run samples: of those connected once min-sites are
             sample_size = self.min_available_nodes
         min_available = max(self.min_available_nodes, sample_size)
+        deadline = time.monotonic() + self.run.timeout_s
         while len(all_nodes := list(grid.get_node_ids())) < min_available:
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"{what}: only {len(all_nodes)} of the {min_available} sites needed are "
+                    f"connected after {self.run.timeout_s:g} s (timeout-s)"
+                )
             log(
                 INFO,
                 "Waiting for nodes to connect: %d connected (minimum required: %d).",

@@ -18,6 +18,13 @@ A site is a peer, not a trusted party: its training reply is read only after it 
 round, logged with its site and reason, and recorded in the progress log (phase
 ``refused``, ``{"refused": reason}`` per site); when every reply is refused the round
 fails with :class:`~appliance.errors.FederationError` instead of aggregating nothing.
+
+A site asked that does not reply within the round's deadline is left out of the round,
+logged and recorded (phase ``dropped``, ``{"dropped": reason}`` per site). A site that
+fails (an error reply: its ClientApp raised, its SuperNode went away) fails the round,
+unless the run tolerates dropouts (``round-min-sites`` / ``round-min-fraction``): then
+it is dropped the same way, and the round fails only when fewer of the sites asked than
+that minimum replied.
 """
 
 from __future__ import annotations
@@ -137,6 +144,13 @@ class Screen:
     layout: Layout | None = None
     max_steps: int | None = None
     extra: Callable[[Message], str | None] | None = None
+    #: the nodes asked this round (``None``: unknown), the accepted replies the round
+    #: needs, its deadline (for the record), and whether sites that fail or miss the
+    #: deadline are left out (``tolerant``) instead of failing the round
+    asked: tuple[int, ...] | None = None
+    minimum: int = 1
+    deadline_s: float = 0.0
+    tolerant: bool = False
 
     def refusal(self, msg: Message) -> str | None:
         """Why this (non-error) training reply is refused, or ``None`` to accept it."""
@@ -183,9 +197,24 @@ class Screen:
         server_round: int = 0,
     ) -> list[Message]:
         """The replies to aggregate (order kept). A reply that is an error fails the round
-        (:func:`~.common.check_replies`); a refused one is dropped, logged and recorded.
-        Raises :class:`FederationError` when there were replies and all were refused."""
-        check_replies(replies, self.book, what)
+        (:func:`~.common.check_replies`) unless dropouts are tolerated (module doc); a
+        refused one is dropped, logged and recorded. Raises :class:`FederationError` when
+        fewer than ``minimum`` of the sites asked replied, or all replies were refused."""
+        dropped: dict[str, str] = {}
+        if not self.tolerant:
+            check_replies(replies, self.book, what)
+        if self.asked is not None:
+            replies, dropped = self._dropouts(replies, what)
+            if dropped and progress is not None:
+                progress.add(
+                    server_round, "dropped", {s: {"dropped": r} for s, r in dropped.items()}, None
+                )
+            if len(replies) < self.minimum:
+                raise FederationError(
+                    f"{what}: {len(replies)} of the {len(self.asked)} sites asked replied, the "
+                    f"round needs {self.minimum}: "
+                    + "; ".join(f"{s}: {r}" for s, r in dropped.items())
+                )
         accepted: list[Message] = []
         refused: dict[str, str] = {}
         for msg in replies:
@@ -206,3 +235,24 @@ class Screen:
                 + "; ".join(f"{s}: {r}" for s, r in refused.items())
             )
         return accepted
+
+    def _dropouts(self, replies: list[Message], what: str) -> tuple[list[Message], dict[str, str]]:
+        """The replies that are not errors, and the sites dropped from the round (errors,
+        and sites asked that did not reply by the deadline) with why."""
+        assert self.asked is not None
+        dropped: dict[str, str] = {}
+        kept: list[Message] = []
+        for msg in replies:
+            if msg.has_error():
+                dropped[self.book.name(msg.metadata.src_node_id)] = f"failed: {msg.error.reason}"
+            else:
+                kept.append(msg)
+        answered = {m.metadata.src_node_id for m in replies}
+        for node in self.asked:
+            if node not in answered:
+                dropped[self.book.name(node)] = (
+                    f"no reply within the round's deadline ({self.deadline_s:g} s)"
+                )
+        for site, reason in dropped.items():
+            log(WARNING, "%s: site %s left out: %s", what, site, reason)
+        return kept, dropped

@@ -28,7 +28,11 @@ class WeightTransfer(Strategy):
 
     A run that samples rounds (``round-sites``/``round-fraction``) visits a seeded draw
     of that many sites instead of all: cwt a fresh draw each cycle, swt one draw; in the
-    configured ``site-order`` when there is one, else in the draw's (random) order."""
+    configured ``site-order`` when there is one, else in the draw's (random) order.
+
+    A run that tolerates dropouts (``round-min-sites`` / ``round-min-fraction``) skips a
+    site that fails, does not reply within ``round-deadline-s`` or is refused, and takes
+    the model on to the next site (recorded; ``skipped``)."""
 
     def __init__(
         self,
@@ -47,6 +51,9 @@ class WeightTransfer(Strategy):
         self.order = order
         self.rng = random.Random(run.seed)
         self.visits: list[str] = []
+        #: sites left out of a visit (a run tolerating dropouts goes on to the next)
+        self.skipped: list[str] = []
+        self._next_site: str | None = None
         #: the layout of the model sent to the site being visited
         self.layout: Layout | None = None
 
@@ -69,6 +76,8 @@ class WeightTransfer(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         site = self._next_site
+        if site is None:
+            raise FederationError("weight transfer: no site to visit (start() sets it)")
         config["server-round"] = server_round
         self.layout = Layout.of(arrays)
         record = RecordDict({"arrays": arrays, "config": config})
@@ -77,7 +86,15 @@ class WeightTransfer(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        check = Screen(self.book, self.run.max_update_bytes, layout=self.layout)
+        tolerant = self.run.tolerates_dropouts
+        check = Screen(
+            self.book,
+            self.run.max_update_bytes,
+            layout=self.layout,
+            asked=(self.book.node_of(self._next_site),) if self._next_site else None,
+            deadline_s=self.run.round_timeout,
+            tolerant=tolerant,
+        )
         replies = check(
             list(replies),
             f"round {server_round} training",
@@ -136,7 +153,13 @@ class WeightTransfer(Strategy):
                         self.configure_train(server_round, arrays, config, grid), timeout=timeout
                     )
                 )
-                new, metrics = self.aggregate_train(server_round, replies)
+                try:
+                    new, metrics = self.aggregate_train(server_round, replies)
+                except FederationError:
+                    if not self.run.tolerates_dropouts:
+                        raise
+                    self.skipped.append(site)  # recorded as dropped (or refused)
+                    continue
                 if new is None:
                     raise FederationError(f"site {site} returned no weights")
                 arrays = new

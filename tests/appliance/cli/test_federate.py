@@ -49,10 +49,12 @@ def test_status_shows_rounds_sites_and_metrics(tmp_path: Path) -> None:
     progress = ProgressLog(out, "123", "fedavg", 2)
     progress.set_sites([{"node_id": 1, "site": "site_a", "cases": 4}])
     progress.add(1, "train", {"site_a": {"loss": 0.5, "steps": 3}}, {"loss": 0.5})
+    progress.add(1, "dropped", {"site_b": {"dropped": "failed: node unavailable"}}, None)
     result = runner.invoke(app, ["federate", "status", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "run 123: fedavg running, round 1/2" in result.output
     assert "site_a (4 cases)" in result.output and '"loss": 0.5' in result.output
+    assert 'round 1 dropped: site_b {"dropped": "failed: node unavailable"}' in result.output
     as_json = runner.invoke(app, ["federate", "status", "--json", "--config", str(config)])
     assert json.loads(as_json.output)["history"][0]["round"] == 1
     missing = runner.invoke(app, ["federate", "status", "--run-id", "9", "--config", str(config)])

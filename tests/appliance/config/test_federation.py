@@ -127,8 +127,8 @@ def test_federation_site_limits_default_generous_and_are_checked() -> None:
 
 
 def test_the_site_limits_reach_the_supernode_and_take_the_benchmark_runs(tmp_path: Path) -> None:
-    from appliance.federation.settings import RunLimits
     from appliance.federation.site_join import node_config
+    from appliance.federation.site_settings import RunLimits
 
     config = parse_config(
         {

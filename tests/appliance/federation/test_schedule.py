@@ -198,7 +198,8 @@ def test_training_at_an_appliance_site_pauses_while_inference_has_work(
     store: Store, clock: Clock, tmp_path: Path
 ) -> None:
     from appliance.federation.client_app import _inference_pause
-    from appliance.federation.settings import CaseSource, SiteSettings
+    from appliance.federation.settings import CaseSource
+    from appliance.federation.site_settings import SiteSettings
 
     phantom_site = SiteSettings(site="site_a", state_dir=tmp_path)
     with _inference_pause(phantom_site) as should_pause:

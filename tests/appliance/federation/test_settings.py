@@ -6,11 +6,8 @@ import pytest
 
 from appliance.config import StrategyName
 from appliance.errors import FederationError
-from appliance.federation.settings import (
-    RunSettings,
-    SiteSettings,
-    run_config_map,
-)
+from appliance.federation.settings import RunSettings, run_config_map
+from appliance.federation.site_settings import SiteSettings
 
 
 def test_run_settings_round_trip_and_errors_name_the_key() -> None:

@@ -11,8 +11,8 @@ import pytest
 from appliance.cases.from_seg import case_from_seg
 from appliance.config import AppConfig, CasesConfig, StorageConfig
 from appliance.errors import FederationError
-from appliance.federation.settings import SiteSettings
 from appliance.federation.site_data import load_site_cases
+from appliance.federation.site_settings import SiteSettings
 from appliance.flow.ingest import ingest_files
 from appliance.states import CaseOrigin
 from appliance.store import Store

@@ -17,7 +17,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 from appliance.errors import FederationError
 from appliance.federation import client_app
 from appliance.federation.params import model_state, to_record
-from appliance.federation.settings import RunLimits, RunSettings, SiteSettings, run_config_map
+from appliance.federation.settings import RunSettings, run_config_map
+from appliance.federation.site_settings import RunLimits, SiteSettings
 from models.networks import build_network
 
 RUN = RunSettings(

@@ -13,12 +13,7 @@ import pytest
 
 from appliance.errors import FederationError
 from appliance.federation.params import from_record, to_record
-from appliance.federation.settings import (
-    RunSettings,
-    SiteSettings,
-    run_config_map,
-    simulated_node_config,
-)
+from appliance.federation.settings import RunSettings, run_config_map, simulated_node_config
 from appliance.federation.sim_sites import parse_sim_sites
 from appliance.federation.simulation.config import (
     REPO_CONFIG_DIR,
@@ -28,6 +23,7 @@ from appliance.federation.simulation.config import (
     resolve_config_path,
 )
 from appliance.federation.site_data import load_site_cases, phantom_site_cases
+from appliance.federation.site_settings import SiteSettings
 from models.tasks import Modality, get_task
 
 REPO = Path(__file__).resolve().parents[4]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 from appliance.federation.params import to_record
 from appliance.federation.strategies import SiteBook
@@ -39,6 +39,13 @@ def reply(
         message_type=message_type,
     )
     return Message(content=content, metadata=metadata)
+
+
+def failure(node: int, reason: str, message_type: str = MessageType.TRAIN) -> Message:
+    """An error reply from node ``node`` (its ClientApp raised, or Flower says the node is
+    gone)."""
+    ok = reply(node, {}, {}, message_type)
+    return Message(metadata=ok.metadata, error=Error(code=0, reason=reason))
 
 
 def book(n: int = 2, cases: Sequence[int] | None = None) -> SiteBook:

@@ -1,0 +1,162 @@
+"""Sites that fail or miss a round's deadline: left out and recorded; a round that
+tolerates dropouts (``round-min-sites`` / ``round-min-fraction``) goes on while enough
+of the sites asked replied, and fails naming who dropped out and why when too few did;
+cwt/swt skip such a site and take the model on to the next."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from appliance.config import StrategyName
+from appliance.errors import FederationError
+from appliance.federation.params import from_record, to_record
+from appliance.federation.progress import ProgressLog, read_progress
+from appliance.federation.settings import RunSettings, run_config_map
+from appliance.federation.strategies import WeightTransfer, build_strategy
+from tests.appliance.federation.strategies.replies import FakeGrid, book, failure, reply
+
+W = {"w": np.zeros(2, np.float32)}
+
+
+@pytest.mark.parametrize(
+    ("sites", "fraction", "asked", "expected"),
+    [(3, 1.0, 4, 3), (9, 1.0, 4, 4), (0, 0.75, 4, 3), (0, 0.5, 3, 2), (0, 0.01, 5, 1)],
+)
+def test_round_minimum(sites: int, fraction: float, asked: int, expected: int) -> None:
+    run = RunSettings(round_min_sites=sites, round_min_fraction=fraction, round_deadline_s=30)
+    assert run.tolerates_dropouts and run.round_minimum(asked) == expected
+    assert run.round_timeout == 30 and RunSettings(timeout_s=99).round_timeout == 99
+    assert RunSettings.from_config(run_config_map(run)) == run
+    assert not RunSettings().tolerates_dropouts
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"round-deadline-s": -1}, "round-deadline-s: must be >= 0"),
+        ({"round-min-sites": -1}, "round-min-sites: must be >= 0"),
+        ({"round-min-fraction": 0}, r"round-min-fraction: must be in \(0, 1\]"),
+    ],
+)
+def test_bad_fault_settings_name_the_key(config: dict[str, object], message: str) -> None:
+    with pytest.raises(FederationError, match=message):
+        RunSettings.from_config(config)
+
+
+def _round(run: RunSettings, progress: ProgressLog, replies: list[Message]) -> ArrayRecord | None:
+    strategy = build_strategy(run, book(4, [2, 2, 2, 2]), progress, frozenset())
+    grid = cast(Grid, FakeGrid([1, 2, 3, 4]))
+    asked = list(strategy.configure_train(1, to_record(W), ConfigRecord(), grid))
+    assert len(asked) == 4
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return arrays
+
+
+def _trained(value: float, node: int) -> Message:
+    return reply(node, {"w": np.full(2, value, np.float32)}, {"num-examples": 2})
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_a_tolerant_round_goes_on_without_failed_and_late_sites(tmp_path: Path) -> None:
+    progress = ProgressLog(tmp_path, "1", "fedavg", 1)
+    run = RunSettings(min_sites=4, round_min_sites=2, round_deadline_s=45)
+    # site_3's SuperNode went away (Flower's error reply); site_4 never answered
+    replies = [_trained(1.0, 1), _trained(3.0, 2), failure(3, "node unavailable")]
+    arrays = _round(run, progress, replies)
+    assert arrays is not None and np.allclose(from_record(arrays)["w"], 2.0)
+    saved = read_progress(tmp_path)
+    assert saved is not None
+    dropped = next(e for e in saved["history"] if e["phase"] == "dropped")["sites"]
+    assert dropped == {
+        "site_3": {"dropped": "failed: node unavailable"},
+        "site_4": {"dropped": "no reply within the round's deadline (45 s)"},
+    }
+    trained = next(e for e in saved["history"] if e["phase"] == "train")["sites"]
+    assert set(trained) == {"site_1", "site_2"}
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_too_few_replies_fail_the_round_naming_each_dropout(tmp_path: Path) -> None:
+    progress = ProgressLog(tmp_path, "1", "fedavg", 1)
+    run = RunSettings(min_sites=4, round_min_fraction=0.75)
+    with pytest.raises(FederationError) as info:
+        _round(run, progress, [_trained(1.0, 1), _trained(1.0, 2), failure(3, "boom")])
+    text = str(info.value)
+    assert "2 of the 4 sites asked replied, the round needs 3" in text
+    assert "site_3: failed: boom" in text and "site_4: no reply" in text
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_by_default_an_error_fails_the_round_and_a_late_site_is_left_out(
+    tmp_path: Path,
+) -> None:
+    progress = ProgressLog(tmp_path, "1", "fedavg", 1)
+    with pytest.raises(FederationError, match="site_3: boom"):
+        _round(RunSettings(min_sites=4), progress, [_trained(1.0, 1), failure(3, "boom")])
+    arrays = _round(RunSettings(min_sites=4), progress, [_trained(1.0, 1), _trained(3.0, 2)])
+    assert arrays is not None and np.allclose(from_record(arrays)["w"], 2.0)
+    saved = read_progress(tmp_path)
+    assert saved is not None
+    dropped = [e for e in saved["history"] if e["phase"] == "dropped"][-1]["sites"]
+    assert set(dropped) == {"site_3", "site_4"}
+
+
+class _Sites:
+    """Answers each training visit: +1 to the weights, except the sites that are down."""
+
+    def __init__(self, down: set[int], late: set[int]) -> None:
+        self.down, self.late = down, late
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float) -> list[Message]:
+        out = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            if node in self.late:
+                continue
+            if node in self.down:
+                out.append(failure(node, "node unavailable"))
+                continue
+            w = from_record(m.content.array_records["arrays"])["w"] + 1
+            content = RecordDict(
+                {
+                    "arrays": to_record({"w": w}),
+                    "metrics": MetricRecord({"num-examples": 1}),
+                }
+            )
+            out.append(Message(content, reply_to=m))
+        return out
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2, 3]
+
+
+@pytest.mark.usefixtures("flower_task")
+@pytest.mark.parametrize("single", [False, True])
+def test_weight_transfer_skips_a_site_that_is_down(tmp_path: Path, single: bool) -> None:
+    run = RunSettings(
+        strategy=StrategyName.SWT if single else StrategyName.CWT,
+        min_sites=3,
+        round_min_sites=1,
+        evaluate=False,
+    )
+    strategy = WeightTransfer(
+        run, book(3, [1, 1, 1]), ProgressLog(tmp_path, "1", "cwt", 2), single=single
+    )
+    grid = cast(Grid, _Sites(down={2}, late={3} if single else set()))
+    result = strategy.start(grid, to_record(W), num_rounds=2, timeout=5)
+    if single:  # site_1 twice, site_2 down and site_3 late at each of their rounds
+        assert strategy.visits == ["site_1", "site_1"]
+        assert strategy.skipped == ["site_2", "site_2", "site_3", "site_3"]
+    else:
+        assert strategy.visits == ["site_1", "site_3", "site_1", "site_3"]
+        assert strategy.skipped == ["site_2", "site_2"]
+    assert np.allclose(from_record(result.arrays)["w"], len(strategy.visits))
+    strict = WeightTransfer(RunSettings(min_sites=3, evaluate=False), book(3), None, single=single)
+    with pytest.raises(FederationError, match="site_2: node unavailable"):
+        strict.start(cast(Grid, _Sites(down={2}, late=set())), to_record(W), num_rounds=1)
