@@ -157,6 +157,9 @@ class RunSettings:
     #: a directory where simulated sites keep their generated phantoms (each run's
     #: workers start empty; generating is slower than reading)
     sim_phantom_cache: str = ""
+    #: > 0 (mm): simulated sites make their phantoms on this coarse isotropic grid
+    #: (``phantom-grid-mm``), the same field of view; 0: each protocol's own grid
+    sim_phantom_mm: float = 0.0
 
     @classmethod
     def from_config(cls, config: ConfigMap) -> RunSettings:
@@ -204,6 +207,7 @@ class RunSettings:
             sim_state_root=r.get("sim-state-root", str, ""),
             sim_threads=r.get("sim-threads", int, d.sim_threads),
             sim_phantom_cache=r.get("sim-phantom-cache", str, ""),
+            sim_phantom_mm=r.get("sim-phantom-mm", float, 0.0),
         )
         settings.validate()
         return settings
@@ -229,6 +233,7 @@ class RunSettings:
             (self.max_update_bytes >= 1, "max-update-bytes: must be >= 1"),
             (self.max_site_cases >= 1, "max-site-cases: must be >= 1"),
             (self.sim_threads >= 1, "sim-threads: must be >= 1"),
+            (0 <= self.sim_phantom_mm <= 50, "sim-phantom-mm: must be 0 to 50 mm"),
             (self.round_sites >= 0, "round-sites: must be >= 0 (0: by round-fraction)"),
             (0 < self.round_fraction <= 1, "round-fraction: must be in (0, 1]"),
             (self.round_deadline_s >= 0, "round-deadline-s: must be >= 0 (0: timeout-s)"),
@@ -431,6 +436,7 @@ def run_config_map(settings: RunSettings) -> dict[str, Any]:
         "sim-state-root": settings.sim_state_root,
         "sim-threads": settings.sim_threads,
         "sim-phantom-cache": settings.sim_phantom_cache,
+        "sim-phantom-mm": settings.sim_phantom_mm,
     }
     return out
 
@@ -466,4 +472,6 @@ def simulated_node_config(run: RunSettings, partition_id: int) -> dict[str, Any]
         config["state-dir"] = str(Path(run.sim_state_root) / site.preset)
     if run.sim_phantom_cache:
         config["phantom-cache"] = run.sim_phantom_cache
+    if run.sim_phantom_mm:
+        config["phantom-grid-mm"] = run.sim_phantom_mm
     return config

@@ -92,6 +92,7 @@ def phantom_site_cases(site: SiteSettings, modality: Modality) -> tuple[PhantomC
         site.phantom_seed,
         modality,
         site.phantom_cache,
+        site.phantom_grid_mm,
     )
 
 
@@ -137,6 +138,7 @@ def _phantoms(
     seed: int,
     modality: Modality,
     cache: Path | None = None,
+    grid_mm: float = 0.0,
 ) -> tuple[PhantomCase, ...]:
     try:
         hospital = site_hospital(preset)
@@ -146,6 +148,12 @@ def _phantoms(
         profile, kind = hospital.ct, PhantomKind.CT_ABDOMEN
     else:
         profile, kind = hospital.mr, PhantomKind.MR_T1C
+    if grid_mm > 0 and matrix is None and spacing is None:  # the same field of view, coarser
+        extent = np.asarray(profile.matrix) * np.asarray(profile.spacing_mm)
+        coarse = tuple(max(8, round(float(e) / grid_mm)) for e in extent)
+        profile = replace(
+            profile, matrix=(coarse[0], coarse[1], coarse[2]), spacing_mm=(grid_mm,) * 3
+        )
     if matrix is not None:
         profile = replace(profile, matrix=(matrix[0], matrix[1], matrix[2]))
     if spacing is not None:

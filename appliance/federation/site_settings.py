@@ -132,6 +132,9 @@ class SiteSettings:
     phantom_cases: int = 3
     phantom_matrix: tuple[int, ...] | None = None
     phantom_spacing: tuple[float, ...] | None = None
+    #: > 0 (mm): the phantoms on an isotropic grid this coarse covering the protocol's
+    #: field of view (cheap simulated sites); ``phantom-matrix``/``-spacing`` win
+    phantom_grid_mm: float = 0.0
     #: phantom source: how many of the site's cases (the last ones) are held out, and
     #: the seed that varies the site's patients (0: the preset's own)
     phantom_held_out: int = 1
@@ -168,6 +171,7 @@ class SiteSettings:
             phantom_cases=r.get("phantom-cases", int, 3),
             phantom_matrix=r.ints("phantom-matrix", 3),
             phantom_spacing=r.floats("phantom-spacing", 3),
+            phantom_grid_mm=r.get("phantom-grid-mm", float, 0.0),
             phantom_held_out=r.get("phantom-held-out", int, 1),
             phantom_seed=r.get("phantom-seed", int, 0),
             phantom_cache=Path(cache) if cache else None,
@@ -181,6 +185,8 @@ class SiteSettings:
             raise FederationError(
                 "phantom-held-out: must be >= 0 and leave at least one training case"
             )
+        if not 0 <= settings.phantom_grid_mm <= 50:
+            raise FederationError("phantom-grid-mm: must be 0 (the protocol's grid) to 50 mm")
         if settings.phantom_seed < 0:
             raise FederationError("phantom-seed: must be >= 0")
         if settings.threads < 1:

@@ -23,6 +23,8 @@ Layout::
     timeout_s = 1800            # per federated run
     evaluate_rounds = true      # score every round (the Dice-against-budget plot); false:
                                 # only the final scoring (the ServerApp's ``evaluate``)
+    phantom_grid_mm = 0         # > 0: every site's phantoms on this coarse isotropic grid
+                                # (same field of view): a cheap budget for many sites
     round_sites = 0             # > 0: that many sites train in each federated round (a
     round_fraction = 1.0        # seeded draw), else this fraction of them; cwt/swt visit
                                 # such a draw (docs/federation.md)
@@ -185,6 +187,8 @@ class SimConfig:
     #: per-round sampling of the federated strategies (RunSettings.round_sample)
     round_sites: int = 0
     round_fraction: float = 1.0
+    #: > 0: every site's phantoms on this coarse isotropic grid (mm), same field of view
+    phantom_grid_mm: float = 0.0
 
     @property
     def steps_per_site(self) -> int:
@@ -215,6 +219,7 @@ class SimConfig:
             "evaluate_rounds": self.evaluate_rounds,
             "round_sites": self.round_sites,
             "round_fraction": self.round_fraction,
+            "phantom_grid_mm": self.phantom_grid_mm,
             "network": {
                 "filters": list(self.filters),
                 "res_units": self.res_units,
@@ -498,6 +503,9 @@ def parse_config(
             "round_sites" if round_sites else "round_fraction",
             "gossip pairs every site in every round: drop gossip from methods or sample none",
         )
+    phantom_grid_mm = r.typed("phantom_grid_mm", float, 0.0)
+    if not 0 <= phantom_grid_mm <= 50:
+        raise r.fail("phantom_grid_mm", f"must be 0 to 50 mm, got {phantom_grid_mm}")
     return SimConfig(
         name=r.typed("name", str),
         description=r.typed("description", str, ""),
@@ -521,4 +529,5 @@ def parse_config(
         sites=sites,
         round_sites=round_sites,
         round_fraction=round_fraction,
+        phantom_grid_mm=phantom_grid_mm,
     )

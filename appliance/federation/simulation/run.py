@@ -158,6 +158,7 @@ def base_settings(
         evaluate=config.evaluate_rounds,
         round_sites=config.round_sites,
         round_fraction=config.round_fraction,
+        sim_phantom_mm=config.phantom_grid_mm,
     )
     if setup.initial is not None:
         card = RunSettings.from_config({"task": task, **setup.initial.run_config})

@@ -286,3 +286,25 @@ def test_gpu_config_refuses_a_machine_without_cuda(
     with pytest.raises(FederationError, match="device: config 'full' needs a CUDA GPU"):
         simulate(load_config("full"), tmp_path / "work")
     assert not (tmp_path / "work").exists()
+
+
+def test_a_coarse_phantom_grid_keeps_the_field_of_view() -> None:
+    from models.site_distribution import site_hospital
+
+    spec = get_task("glioma_mr")
+    base = {"phantom-preset": "gen0_005", "phantom-cases": 2}
+    coarse = SiteSettings.from_config({**base, "phantom-grid-mm": 8})
+    (case, _) = phantom_site_cases(coarse, Modality.MR)
+    profile = site_hospital("gen0_005").mr
+    extent = np.asarray(profile.matrix) * np.asarray(profile.spacing_mm)
+    assert case.case.image.shape == tuple(max(8, round(float(e) / 8)) for e in extent)
+    assert np.allclose(np.linalg.norm(case.case.affine[:3, :3], axis=0), 8.0)
+    assert (case.case.labels > 0).any()
+    assert len(load_site_cases(coarse, spec).train) == 1
+    with pytest.raises(FederationError, match="phantom-grid-mm"):
+        SiteSettings.from_config({**base, "phantom-grid-mm": 80})
+    run = RunSettings(task="glioma_mr", sim_sites="gen0_005:1:1", sim_phantom_mm=8.0)
+    assert simulated_node_config(run, 0)["phantom-grid-mm"] == 8.0
+    assert parse_config(_minimal(phantom_grid_mm=6)).phantom_grid_mm == 6.0
+    with pytest.raises(FederationError, match="phantom_grid_mm: must be 0 to 50"):
+        parse_config(_minimal(phantom_grid_mm=-1))
