@@ -29,7 +29,12 @@ class Gossip(Strategy):
     site trains, then is paired with a random peer and averages its model with the
     peer's, weighted by case counts. The coordinator only relays the peer's model with
     the next message; it never forms a global model. After the last round the sites'
-    consensus distance is reported."""
+    consensus distance is reported.
+
+    Pairs are drawn among the sites whose model of the round was accepted: a site that
+    was refused, failed or missed the round's deadline (left out when the run tolerates
+    dropouts) is paired with nobody, and the others are re-paired among themselves. It
+    is asked again the next round and trains on from its own model."""
 
     def __init__(self, run: RunSettings, book: SiteBook, progress: ProgressLog | None) -> None:
         if len(book.names) < 2:
@@ -77,6 +82,18 @@ class Gossip(Strategy):
             )
         return None
 
+    def _screen(self, initial: ArrayRecord, asked: list[int]) -> Screen:
+        tolerant = self.run.tolerates_dropouts
+        return Screen(
+            self.book,
+            self.run.max_update_bytes,
+            layout=Layout.of(initial),
+            asked=tuple(asked),
+            minimum=self.run.round_minimum(len(asked)) if tolerant and asked else 1,
+            deadline_s=self.run.round_timeout,
+            tolerant=tolerant,
+        )
+
     def _send(
         self,
         grid: Grid,
@@ -107,16 +124,16 @@ class Gossip(Strategy):
         evaluate_fn: Any = None,
     ) -> Result:
         result = Result()
-        screen = Screen(self.book, self.run.max_update_bytes, layout=Layout.of(initial_arrays))
+        screen = self._screen(initial_arrays, self.nodes)
         models: dict[int, ArrayRecord] = {}
-        peers: list[int] | None = None
+        peer_of: dict[int, int] = {}
         for server_round in range(1, num_rounds + 1):
             messages = []
-            for i, node in enumerate(self.nodes):
+            for node in self.nodes:
                 config = ConfigRecord(dict(train_config or {}))
                 config["server-round"] = server_round
-                peer = self.nodes[peers[i]] if peers is not None else None
-                if peer is None or peer not in models:  # first round, or peer refused
+                peer = peer_of.get(node)
+                if peer is None or peer not in models:  # first round, or no peer this time
                     arrays, config["has-peer"] = initial_arrays, False
                 else:
                     arrays, config["has-peer"] = models[peer], True
@@ -130,13 +147,12 @@ class Gossip(Strategy):
             replies = self._send(
                 grid, messages, timeout, what, screen=screen, server_round=server_round
             )
-            # a refused site's model is relayed to nobody (its peer keeps its own model)
+            # a site left out of the round is paired with nobody; the others re-pair
             models = {n: replies[n].content.array_records["arrays"] for n in replies}
-            peers = gossip_peers(len(self.nodes), self.rng)
-            pairing = {
-                self.book.name(node): self.book.name(self.nodes[peers[i]])
-                for i, node in enumerate(self.nodes)
-            }
+            present = [n for n in self.nodes if n in models]
+            peers = gossip_peers(len(present), self.rng) if len(present) >= 2 else []
+            peer_of = {node: present[peers[i]] for i, node in enumerate(present) if peers}
+            pairing = {self.book.name(n): self.book.name(p) for n, p in peer_of.items()}
             self.pairings.append(pairing)
             if self.progress is not None:
                 self.progress.add(
@@ -162,12 +178,8 @@ class Gossip(Strategy):
                 )
                 self.aggregate_evaluate(server_round, list(evaluated.values()))
         # the last pairing's averaging, then the consensus distance of the sites' models
-        assert peers is not None
         messages = []
-        for i, node in enumerate(self.nodes):
-            peer = self.nodes[peers[i]]
-            if peer not in models:  # its peer's model was refused: nothing to average with
-                continue
+        for node, peer in peer_of.items():
             config = ConfigRecord(dict(train_config or {}))
             config["server-round"] = num_rounds
             config["peer-cases"] = self.book.cases.get(peer, 1)
@@ -179,7 +191,12 @@ class Gossip(Strategy):
                 )
             )
         replies = self._send(
-            grid, messages, timeout, "gossip averaging", screen=screen, server_round=num_rounds
+            grid,
+            messages,
+            timeout,
+            "gossip averaging",
+            screen=self._screen(initial_arrays, list(peer_of)),
+            server_round=num_rounds,
         )
         # each site's final model: averaged, or (its peer refused) its last accepted one
         finals = {n: models[n] for n in models}

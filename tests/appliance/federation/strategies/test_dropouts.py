@@ -160,3 +160,60 @@ def test_weight_transfer_skips_a_site_that_is_down(tmp_path: Path, single: bool)
     strict = WeightTransfer(RunSettings(min_sites=3, evaluate=False), book(3), None, single=single)
     with pytest.raises(FederationError, match="site_2: node unavailable"):
         strict.start(cast(Grid, _Sites(down={2}, late=set())), to_record(W), num_rounds=1)
+
+
+class _GossipSites:
+    """Each site replies with a model naming its node; ``down[r]`` fail in round r."""
+
+    def __init__(self, down: dict[int, set[int]]) -> None:
+        self.down = down
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2, 3, 4]
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float) -> list[Message]:
+        out = []
+        for m in messages:
+            self.sent.append(m)
+            node = m.metadata.dst_node_id
+            server_round = int(m.content.config_records["config"]["server-round"])
+            if node in self.down.get(server_round, set()):
+                out.append(failure(node, "node unavailable"))
+            else:
+                out.append(reply(node, {"w": np.asarray([float(node)])}, {"num-examples": 1}))
+        return out
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_gossip_re_pairs_the_sites_that_took_part(tmp_path: Path) -> None:
+    from appliance.federation.strategies import Gossip
+
+    run = RunSettings(
+        strategy=StrategyName.GOSSIP, min_sites=4, round_min_sites=2, evaluate=False, seed=4
+    )
+    strategy = Gossip(run, book(4), ProgressLog(tmp_path, "1", "gossip", 3))
+    grid = _GossipSites(down={1: {3}, 2: {3}})
+    strategy.start(cast(Grid, grid), to_record({"w": np.zeros(1)}), num_rounds=3)
+    # site_3 was down in rounds 1 and 2: paired with nobody, nobody paired with it
+    for pairing in strategy.pairings[:2]:
+        assert set(pairing) == {"site_1", "site_2", "site_4"}
+        assert "site_3" not in pairing.values()
+    assert set(strategy.pairings[2]) == {"site_1", "site_2", "site_3", "site_4"}
+    # back in round 3 it trained on from its own model: no peer's model was relayed to it
+    third = [
+        m for m in grid.sent if m.metadata.dst_node_id == 3 and m.metadata.message_type == "train"
+    ]
+    assert [bool(m.content.config_records["config"]["has-peer"]) for m in third] == [False] * 3
+    saved = read_progress(tmp_path)
+    assert saved is not None
+    dropped = [e for e in saved["history"] if e["phase"] == "dropped"]
+    assert [e["round"] for e in dropped] == [1, 2]
+    assert all(e["sites"] == {"site_3": {"dropped": "failed: node unavailable"}} for e in dropped)
+    strict = Gossip(
+        RunSettings(strategy=StrategyName.GOSSIP, min_sites=4, evaluate=False), book(4), None
+    )
+    with pytest.raises(FederationError, match="site_3: node unavailable"):
+        strict.start(
+            cast(Grid, _GossipSites(down={1: {3}})), to_record({"w": np.zeros(1)}), num_rounds=1
+        )
