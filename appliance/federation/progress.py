@@ -6,9 +6,12 @@ federate status`` reads it. Layout (one file per run, ``progress-<run id>.json``
 
     {"run_id": "...", "strategy": "fedavg", "status": "running|finished|failed",
      "rounds": 2, "started": iso, "updated": iso,
-     "sites": [{"node_id": 1, "site": "site_a", "cases": 3}],
+     "sites": [{"node_id": 1, "site": "site_a", "cases": 3}], "sites_at": iso,
      "history": [{"round": 1, "phase": "train", "sites": {"site_a": {metrics}},
-                  "aggregate": {metrics} | null, "visits": ["site_a", ...]}],
+                  "aggregate": {metrics} | null, "visits": ["site_a", ...], "at": iso}],
+
+(``sites_at``: when discovery ended; ``at``: when an entry was added, to the
+millisecond.)
      "result": {...} | null, "error": "..." | null}
 """
 
@@ -35,6 +38,10 @@ class RunStatus(StrEnum):
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _atomic_write(path: Path, data: Mapping[str, Any]) -> None:
@@ -85,6 +92,7 @@ class ProgressLog:
 
     def set_sites(self, sites: list[dict[str, Any]]) -> None:
         self.data["sites"] = sites
+        self.data["sites_at"] = _stamp()
         self.save()
 
     def add(
@@ -102,6 +110,7 @@ class ProgressLog:
             "aggregate": dict(aggregate) if aggregate is not None else None,
         }
         entry.update(extra)
+        entry["at"] = _stamp()
         self.data["history"].append(entry)
         self.save()
 
