@@ -186,6 +186,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     right.set(xlabel="sites", ylabel="peak MB (process tree)", xscale="log", title="memory")
     right.set_ylim(bottom=0)
     for axis in (left, right):
+        axis.minorticks_off()
         axis.set_xticks(sites, [str(s) for s in sites])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
