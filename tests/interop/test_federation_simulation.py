@@ -26,6 +26,7 @@ rounds = 2
 local_steps = 3
 workers = 2
 timeout_s = 600
+phantom_grid_mm = 6.0  # coarse phantoms: cheap to make, nothing to resample
 
 [network]
 filters = [4, 8]
@@ -107,9 +108,10 @@ def test_simulate_runs_baselines_and_strategies_on_the_simulation_runtime(
         assert all(v > 0 for v in record["bytes_received"].values())
     # fedbn keeps normalisation at the sites: it sends less than fedavg
     assert records["fedbn"]["bytes_sent"]["site_a"] < records["fedavg"]["bytes_sent"]["site_a"]
-    # local training shares nothing; centralised hands over the images
+    # local training shares nothing; centralised hands over the images (more than models)
     assert set(records["local"]["bytes_sent"].values()) == {0}
-    assert records["centralised"]["bytes_sent"]["site_a"] > 1_000_000
+    sent = records["centralised"]["bytes_sent"]["site_a"]
+    assert sent > 100_000 and sent > 5 * records["fedavg"]["bytes_sent"]["site_a"]
     # fedbn's sites end with their own normalisation: two different models
     assert records["fedbn"]["sites"]["site_a"] != records["fedbn"]["sites"]["site_b"]
 
@@ -144,7 +146,7 @@ def test_simulate_fine_tunes_from_initial_weights_without_round_scoring(tmp_path
         'name = "ft"\nseeds = [0]\ntasks = ["liver_ct"]\n'
         'methods = ["pretrained", "local", "fedavg"]\n'
         "rounds = 2\nlocal_steps = 2\nbatch_size = 1\nlr = 0.001\nworkers = 2\n"
-        "timeout_s = 600\nevaluate_rounds = false\n"
+        "timeout_s = 600\nevaluate_rounds = false\nphantom_grid_mm = 6.0\n"
         f'[task.liver_ct]\ninitial = "{bundle.path}"\nmost_shifted_site = "site_b"\n'
         '[[site]]\npreset = "site_a"\ntrain = 1\nheld_out = 1\n'
         '[[site]]\npreset = "site_b"\ntrain = 1\nheld_out = 1\n'
