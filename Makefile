@@ -8,8 +8,10 @@ STAMP  := $(VENV)/.installed-stamp
 # torch is pinned (constraints.txt) and installed first: any other torch requirement makes
 # pip fetch the CUDA build with gigabytes of dependencies. uv installs (pip bootstraps it
 # into the venv): the same resolution as pip, about 15x faster on a fresh machine; it
-# reads pip's PIP_FIND_LINKS where a machine keeps local wheels (a CPU torch).
-UV     := $(BIN)/uv pip install --python $(BIN)/python -c constraints.txt \
+# reads pip's PIP_FIND_LINKS where a machine keeps local wheels (a CPU torch). Bytecode is
+# compiled at install time, as pip does: with PYTHONDONTWRITEBYTECODE set (as on CI), every
+# process would otherwise recompile torch and MONAI from source on import.
+UV     := $(BIN)/uv pip install --compile-bytecode --python $(BIN)/python -c constraints.txt \
           $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 
 .PHONY: install demo test lint typecheck imports ohif clean
