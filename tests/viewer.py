@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import logging
 import os
 import shutil
 import threading
@@ -22,6 +23,8 @@ import pytest
 
 from tests.fetch_ohif import TARGET, VERSION
 from tests.peers import free_port, require_program
+
+LOG = logging.getLogger(__name__)
 
 
 def ohif_dist() -> Path:
@@ -92,7 +95,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     backend: str = ""
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass
+        LOG.debug("viewer server: " + format, *args)  # not stderr: OHIF loads hundreds
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

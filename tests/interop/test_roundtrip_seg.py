@@ -269,8 +269,17 @@ def real_ct_case() -> Case:
     )
 
 
-def start_appliance(workdir: Path, pacs: Orthanc) -> ApplianceProcess:
+def start_appliance(
+    workdir: Path, pacs: Orthanc, outputs: Sequence[str] | None = None
+) -> ApplianceProcess:
+    """``appliance serve`` with the shipped models, sending to ``pacs`` (its default
+    outputs, or ``outputs``)."""
     port = free_port()
+    destination: dict[str, Any] = dict(
+        name="pacs", ae_title=ORTHANC_AET, host="127.0.0.1", port=pacs.dicom_port
+    )
+    if outputs is not None:
+        destination["outputs"] = list(outputs)
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(
         workdir / "appliance.toml",
@@ -278,9 +287,7 @@ def start_appliance(workdir: Path, pacs: Orthanc) -> ApplianceProcess:
         root=workdir / "data",
         quiet=1.0,
         allowed_callers=(ORTHANC_AET,),
-        destinations=(
-            dict(name="pacs", ae_title=ORTHANC_AET, host="127.0.0.1", port=pacs.dicom_port),
-        ),
+        destinations=(destination,),
         extra=SHIPPED_MODELS,
     )
     app = ApplianceProcess(config, port, workdir / "data", workdir / "appliance.log")

@@ -26,16 +26,15 @@ import pytest
 from dicom_bridge.seg import SourceGrid, read_source_grid
 from dicom_bridge.seg_reader import read_seg_labelmap
 from tests.interop.test_roundtrip_seg import (
-    ORTHANC_AET,
-    SHIPPED_MODELS,
     fetch,
     jobs_done,
     phantom_case,
     push_series,
+    start_appliance,
     wait_for,
 )
 from tests.morphology import dilate, erode
-from tests.peers import REPO, ApplianceProcess, free_port, orthanc, write_config
+from tests.peers import REPO, orthanc
 from tests.viewer import chromium, ohif_dist, ohif_server
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -66,29 +65,12 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
     tmp = tmp_path_factory.mktemp("viewer")
     case = phantom_case("abdomen", "ct_abdomen", "site_a", (40, 128, 128), tmp / "phantoms")
     with orthanc(tmp / "orthanc", dicomweb=True) as pacs:
-        port = free_port()
-        (tmp / "app").mkdir()
-        config = write_config(
-            tmp / "app" / "appliance.toml",
-            port=port,
-            root=tmp / "app" / "data",
-            allowed_callers=(ORTHANC_AET,),
-            destinations=(
-                dict(
-                    name="pacs",
-                    ae_title=ORTHANC_AET,
-                    host="127.0.0.1",
-                    port=pacs.dicom_port,
-                    outputs=["seg", "rtstruct"],
-                ),
-            ),
-            extra=SHIPPED_MODELS,
-        )
-        app = ApplianceProcess(config, port, tmp / "app" / "data", tmp / "app" / "app.log")
-        app.start()
+        app = start_appliance(tmp / "app", pacs, outputs=["seg", "rtstruct"])
         try:
             pacs.request(
-                "PUT", "/modalities/seg", {"AET": "SEGAPPLIANCE", "Host": "127.0.0.1", "Port": port}
+                "PUT",
+                "/modalities/seg",
+                {"AET": "SEGAPPLIANCE", "Host": "127.0.0.1", "Port": app.port},
             )
             push_series(pacs, case)
             wait_for(lambda: jobs_done(app, [case.series_uid]), 600, "no job", poll=2.0)
@@ -201,6 +183,14 @@ def _sample(
     return float(coloured[y, x].mean())
 
 
+def _wait_coloured(
+    tab: Any, shown: dict[str, Any], region: np.ndarray, share: float, what: str, radius: int = 0
+) -> None:
+    """Wait (30 s) until more than ``share`` of ``region`` is coloured on screen (within
+    ``radius`` pixels): the viewer draws once it has rendered the slice."""
+    wait_for(lambda: _sample(_coloured(tab), shown, region, radius) > share, 30, what, poll=1.0)
+
+
 def _voxel_on_screen(shown: dict[str, Any], shape: tuple[int, ...]) -> float:
     """Screen pixels between neighbouring voxel centres (the larger of the two axes)."""
     points = np.asarray(shown["points"], dtype=float).reshape((*shape, 2))
@@ -230,15 +220,9 @@ def test_ohif_shows_the_seg_over_the_liver(page: Any, study: Study) -> None:
     shown = _show_slice(page, study.grid, index)
     assert shown["shown"]
     # the overlay is drawn once the labelmap has been rendered for this slice
-    covered = wait_for(
-        lambda: value if (value := _sample(_coloured(page), shown, interior)) > 0.95 else None,
-        30,
-        "the SEG overlay did not appear over the liver",
-        poll=1.0,
-    )
+    _wait_coloured(page, shown, interior, 0.95, "the SEG overlay did not appear over the liver")
     page.screenshot(path=artefact_dir() / "ohif_seg.png")
     coloured = _coloured(page)
-    assert covered > 0.95
     assert _sample(coloured, shown, away) < 0.01  # nothing drawn away from the liver
 
 
@@ -251,11 +235,8 @@ def test_ohif_loads_the_rtstruct_contours(page: Any, study: Study) -> None:
     # the contour is an outline: along the liver's edge, not over its interior
     # the contour runs between voxel centres: within one voxel's width on screen of them
     reach = int(np.ceil(_voxel_on_screen(shown, edge.shape)))
-    wait_for(
-        lambda: value if (value := _sample(_coloured(page), shown, edge, reach)) > 0.9 else None,
-        30,
-        "the RTSTRUCT contour did not appear along the liver's edge",
-        poll=1.0,
+    _wait_coloured(
+        page, shown, edge, 0.9, "the RTSTRUCT contour did not appear along the liver's edge", reach
     )
     page.screenshot(path=artefact_dir() / "ohif_rtstruct.png")
     coloured = _coloured(page)
