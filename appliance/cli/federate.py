@@ -267,6 +267,11 @@ def status(
     typer.echo(f"sites: {sites or 'none yet'}")
     for entry in progress["history"]:
         _print_round(entry)
+    result = progress.get("result") or {}
+    if result.get("contributors"):
+        typer.echo(f"last round's updates from: {', '.join(result['contributors'])}")
+    for site, why in sorted((result.get("not_handed_out") or {}).items()):
+        typer.echo(f"final model not handed to {site}: {why}")
     if progress.get("error"):
         typer.echo(f"error: {progress['error']}")
 

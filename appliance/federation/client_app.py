@@ -357,6 +357,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     return _reply(msg, None, metrics, s.site.site)
 
 
+def _names(value: object) -> list[str]:
+    """A list of site names from the coordinator's config (anything else: none)."""
+    if not isinstance(value, list):
+        return []
+    return [str(v) for v in value if isinstance(v, str)]
+
+
 @app.query("final")
 def final(msg: Message, context: Context) -> Message:
     """The run is over: keep this site's record and weights of it."""
@@ -377,11 +384,12 @@ def final(msg: Message, context: Context) -> Message:
         task=s.run.task,
         network=s.network.to_dict(),
         task_overrides=s.run.task_overrides(),
-        sites=[],
+        sites=_names(config.get("sites")),
         state=state,
         global_model=mode != "gossip",
         norm_local=mode == "fedbn",
-        extra={"site": s.site.site},
+        extra={"site": s.site.site}
+        | ({"contributors": _names(config.get("contributors"))} if mode != "gossip" else {}),
         stage=s.run.stage,
     )
     return (

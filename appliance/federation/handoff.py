@@ -12,8 +12,11 @@ and registers the weights with :func:`appliance.site_models.registry.register_ca
   only from parent and run, above the parent and below the parent's next release in the
   registry's order; a hand-off repeated for the same run finds the run's candidate by
   its ``fed.<run id>`` tag and registers nothing;
-- card ``source`` = ``{"kind": "federated", "strategy", "run_id", "rounds", "site"}``,
-  ``federated_round`` = rounds, ``parent_version`` = the active model's version.
+- card ``source`` = ``{"kind": "federated", "strategy", "run_id", "rounds", "site",
+  "sites", "last_round_sites"}`` (``last_round_sites``: the sites whose updates went into
+  the final model's last round, fewer than ``sites`` when a run lost sites; the
+  training-data text then says so), ``federated_round`` = rounds, ``parent_version`` =
+  the active model's version.
 
 A two-stage (cascade) parent federates only its refiner (a run with ``stage`` =
 ``"refiner"``): the run's network must be the parent's refiner architecture, and the
@@ -271,6 +274,8 @@ def hand_off(
             "run_id": result.run_id,
             "rounds": result.rounds,
             "site": site,
+            "sites": list(result.sites),
+            "last_round_sites": list(result.contributors),
         }
         what = "the refiner (stage 2) of " if result.stage else ""
         training_data = (
@@ -279,6 +284,11 @@ def hand_off(
             "and the other sites of the run, each on its own annotated cases (training split; "
             "the held-out split was never trained on)."
         )
+        if result.contributors and set(result.contributors) != set(result.sites):
+            training_data += (
+                f" Its last round had updates from {', '.join(result.contributors)} only "
+                f"(of {', '.join(result.sites)})."
+            )
         try:
             record = register_candidate(
                 store,

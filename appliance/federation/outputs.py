@@ -65,6 +65,15 @@ class FederatedResult:
     stage: str = ""
 
     @property
+    def contributors(self) -> tuple[str, ...]:
+        """The sites whose updates went into the final model's last round (a run that
+        lost sites: fewer than :attr:`sites`); empty when not recorded."""
+        value = self.extra.get("contributors")
+        if not isinstance(value, list):
+            return ()
+        return tuple(str(v) for v in value)
+
+    @property
     def weights_path(self) -> Path | None:
         return self.directory / WEIGHTS_FILE if self.weights_sha256 else None
 

@@ -38,6 +38,7 @@ from appliance.federation.progress import ProgressLog
 from appliance.federation.settings import RunSettings
 from appliance.federation.site_state import load_state
 from appliance.federation.strategies import SiteBook, build_strategy, train_mode
+from appliance.federation.strategies.common import attribute
 
 app = ServerApp()
 
@@ -53,11 +54,22 @@ def _case_count(value: Any, most: int) -> tuple[int, str | None]:
 
 
 def discover_sites(
-    grid: Grid, min_sites: int, timeout: float, max_site_cases: int = 1_000_000
-) -> SiteBook:
+    grid: Grid,
+    min_sites: int,
+    timeout: float,
+    max_site_cases: int = 1_000_000,
+    *,
+    reply_deadline: float | None = None,
+) -> tuple[SiteBook, dict[str, str]]:
     """Wait for ``min_sites`` nodes, then ask every connected node who it is. A site
     whose case count is not a whole number from 0 to ``max_site_cases`` is kept in the
-    book as refused (logged): the strategies refuse every reply of it."""
+    book as refused (logged): the strategies refuse every reply of it.
+
+    ``reply_deadline`` (a run that tolerates dropouts): a connected node that fails, or
+    does not describe itself within that many seconds (a SuperNode that died moments
+    ago is still listed as connected until its heartbeats are missed), is left out of
+    the run, which goes on when at least ``min_sites`` described themselves. Returns
+    the book and the nodes left out (``"node <id>"`` -> why)."""
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < min_sites:
         if time.monotonic() > deadline:
@@ -70,10 +82,16 @@ def discover_sites(
         for node in nodes
     ]
     book = SiteBook()
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    left_out: dict[str, str] = {}
+    wait = timeout if reply_deadline is None else reply_deadline
+    replies = attribute(grid.send_and_receive(messages, timeout=wait), messages)
+    for reply in replies:
         node = reply.metadata.src_node_id
         if reply.has_error():
-            raise FederationError(f"node {node} did not describe itself: {reply.error.reason}")
+            if reply_deadline is None:
+                raise FederationError(f"node {node} did not describe itself: {reply.error.reason}")
+            left_out[f"node {node}"] = f"failed: {reply.error.reason}"
+            continue
         book.names[node] = str(reply.content.config_records["site"]["site"])
         cases, refused = _case_count(
             reply.content.metric_records["metrics"].get("cases"), max_site_cases
@@ -82,11 +100,20 @@ def discover_sites(
         if refused is not None:
             book.refused[node] = refused
             log(WARNING, "site %s is refused: %s", book.names[node], refused)
+    answered = {r.metadata.src_node_id for r in replies}
+    left_out |= {f"node {n}": f"no reply within {wait:g} s" for n in nodes if n not in answered}
+    for who, why in left_out.items():
+        log(WARNING, "discovery: %s left out of the run: %s", who, why)
     names = list(book.names.values())
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise FederationError(f"two SuperNodes call themselves {', '.join(duplicates)}")
-    return book
+    if reply_deadline is not None and len(book.names) < min_sites:
+        raise FederationError(
+            f"only {len(book.names)} of the {min_sites} sites needed described themselves: "
+            + "; ".join(f"{n}: {why}" for n, why in left_out.items())
+        )
+    return book, left_out
 
 
 def _initial_state(run: RunSettings) -> tuple[dict[str, Any], frozenset[str], dict[str, Any]]:
@@ -109,21 +136,43 @@ def _initial_state(run: RunSettings) -> tuple[dict[str, Any], frozenset[str], di
 
 
 def _hand_out(
-    grid: Grid, book: SiteBook, arrays: ArrayRecord, config: ConfigRecord, timeout: float
-) -> None:
+    grid: Grid,
+    book: SiteBook,
+    arrays: ArrayRecord,
+    config: ConfigRecord,
+    timeout: float,
+    *,
+    tolerant: bool = False,
+) -> dict[str, str]:
+    """Send the final model to every site of the run. Returns the sites that did not get
+    it, with why (a site that is down or fails); that fails the run unless it tolerates
+    dropouts and at least one site got the model."""
     messages = [
         Message(
             RecordDict({"arrays": arrays, "config": config}), node, f"{MessageType.QUERY}.final"
         )
         for node in book.names
     ]
-    failed = [
-        f"{book.name(r.metadata.src_node_id)}: {r.error.reason}"
-        for r in grid.send_and_receive(messages, timeout=timeout)
+    replies = attribute(grid.send_and_receive(messages, timeout=timeout), messages)
+    failed = {
+        book.name(r.metadata.src_node_id): f"failed: {r.error.reason}"
+        for r in replies
         if r.has_error()
-    ]
-    if failed:
-        raise FederationError("handing out the final model failed at " + "; ".join(failed))
+    }
+    answered = {r.metadata.src_node_id for r in replies}
+    failed |= {
+        book.name(node): f"no reply within {timeout:g} s"
+        for node in book.names
+        if node not in answered
+    }
+    if failed and (not tolerant or len(failed) == len(book.names)):
+        raise FederationError(
+            "handing out the final model failed at "
+            + "; ".join(f"{site}: {why}" for site, why in sorted(failed.items()))
+        )
+    for site, why in sorted(failed.items()):
+        log(WARNING, "site %s did not get the final model: %s", site, why)
+    return failed
 
 
 def run_federation(grid: Grid, context: Context) -> None:
@@ -134,7 +183,13 @@ def run_federation(grid: Grid, context: Context) -> None:
     progress = ProgressLog(out, run_id, run.strategy.value, rounds)
     try:
         state, norm_keys, network = _initial_state(run)
-        book = discover_sites(grid, run.min_sites, run.timeout_s, run.max_site_cases)
+        book, left_out = discover_sites(
+            grid,
+            run.min_sites,
+            run.timeout_s,
+            run.max_site_cases,
+            reply_deadline=run.round_timeout if run.tolerates_dropouts else None,
+        )
         progress.set_sites(
             [
                 {"node_id": node, "site": book.names[node], "cases": book.cases[node]}
@@ -142,6 +197,8 @@ def run_federation(grid: Grid, context: Context) -> None:
                 for node in sorted(book.names, key=book.name)
             ]
         )
+        if left_out:  # round 0: discovery
+            progress.add(0, "dropped", {n: {"dropped": why} for n, why in left_out.items()}, None)
         strategy = build_strategy(run, book, progress, norm_keys)
         mode = train_mode(run.strategy)
         train_config = ConfigRecord({"mode": mode, "strategy": run.strategy.value})
@@ -156,17 +213,30 @@ def run_federation(grid: Grid, context: Context) -> None:
         )
         is_gossip = run.strategy == StrategyName.GOSSIP
         final = None if is_gossip else from_record(result.arrays)
+        sites = [book.names[n] for n in sorted(book.names, key=book.name)]
+        contributors = list(getattr(strategy, "contributors", ()))
         final_config = ConfigRecord(
-            {"mode": mode, "strategy": run.strategy.value, "rounds": rounds}
+            {
+                "mode": mode,
+                "strategy": run.strategy.value,
+                "rounds": rounds,
+                "sites": sites,
+                "contributors": contributors,
+            }
         )
-        _hand_out(
+        missed = _hand_out(
             grid,
             book,
             result.arrays if not is_gossip else ArrayRecord(),
             final_config,
-            run.timeout_s,
+            run.round_timeout if run.tolerates_dropouts else run.timeout_s,
+            tolerant=run.tolerates_dropouts,
         )
         extra: dict[str, Any] = {}
+        if not is_gossip:
+            extra["contributors"] = contributors
+        if missed:
+            extra["not_handed_out"] = missed
         visits = getattr(strategy, "visits", None)
         if visits:
             extra["visits"] = list(visits)
@@ -183,7 +253,7 @@ def run_federation(grid: Grid, context: Context) -> None:
             task=run.task,
             network=network,
             task_overrides=run.task_overrides(),
-            sites=[book.names[n] for n in sorted(book.names, key=book.name)],
+            sites=sites,
             state=final,
             global_model=not is_gossip,
             norm_local=run.strategy == StrategyName.FEDBN,

@@ -4,7 +4,9 @@ serves runs, and every run that ends here is handed off (:mod:`appliance.federat
 One code path for ``appliance federate join`` and for ``appliance serve``'s scheduled
 joins (:mod:`appliance.federation.schedule`). The SuperNode is a real
 ``flower-supernode`` process (:func:`appliance.federation.runner.start_supernode`),
-stopped by PID when the join ends, fails or is stopped (``stop`` event: SIGTERM).
+stopped by PID when the join ends, fails or is stopped (``stop`` event: SIGTERM), and
+started again when it exits (:mod:`appliance.federation.node_keeper`: after a crash the
+coordinator refuses the site until it has missed its heartbeats).
 No Flower import.
 """
 
@@ -21,8 +23,9 @@ from typing import Any
 
 from appliance.config import AppConfig
 from appliance.errors import FederationError
+from appliance.federation.node_keeper import KeptNode
 from appliance.federation.outputs import RESULT_FILE
-from appliance.federation.runner import Tls, free_port, start_supernode
+from appliance.federation.runner import Process, Tls, free_port, start_supernode
 from appliance.federation.site_settings import RunLimits
 
 LOG = logging.getLogger(__name__)
@@ -97,21 +100,25 @@ def join(
 ) -> JoinOutcome:
     """Run the SuperNode until a run has ended here (``stay``: until ``stop`` or
     ``timeout``), ``stop`` is set, or ``timeout`` seconds pass without a run ending
-    (:class:`FederationError`, as when the SuperNode exits). Each ended run is handed
+    (:class:`FederationError`, as when the SuperNode keeps exiting). Each ended run is handed
     off (candidate + gate) when ``hand_off``; a failed hand-off is reported and does not
     end the join."""
     fed = config.federation
     directory = site_dir(config)
     name = site_name(config)
     before = _ended_runs(directory)
-    node = start_supernode(
-        directory,
-        superlink=fed.coordinator,
-        runtime_port=free_port(),
-        node_config=node_config(config),
-        tls=site_tls(config),
-        auth_private_key=fed.auth_private_key,
-    )
+
+    def start() -> Process:
+        return start_supernode(
+            directory,
+            superlink=fed.coordinator,
+            runtime_port=free_port(),
+            node_config=node_config(config),
+            tls=site_tls(config),
+            auth_private_key=fed.auth_private_key,
+        )
+
+    node = KeptNode(start, say=say)
     say(f"site {name}: SuperNode (pid {node.pid}) connecting to {fed.coordinator}")
     runs: list[str] = []
     handed: list[str] = []
@@ -119,8 +126,7 @@ def join(
     deadline = time.monotonic() + timeout
     try:
         while not stop.is_set():
-            if not node.alive():
-                raise FederationError(f"the SuperNode stopped:\n{node.tail()}")
+            node.check()  # started again after an exit (the coordinator may refuse it a while)
             for run_id in sorted(_ended_runs(directory) - before - set(runs)):
                 runs.append(run_id)
                 say(f"run {run_id} ended; site record in {directory / 'runs' / run_id}")

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import Message
+from flwr.app import DEFAULT_TTL, Error, Message
 
 from appliance.errors import FederationError
 
@@ -53,6 +53,34 @@ def in_site_order(replies: Iterable[Message], book: SiteBook) -> list[Message]:
     in arrival order would make two runs with the same seed differ in the last bits, and
     over rounds in the Dice."""
     return sorted(replies, key=lambda m: (site_of(m, book), m.metadata.src_node_id))
+
+
+def message_ttl(timeout_s: float) -> float:
+    """The time to live of a message a round sends: its deadline (within Flower's
+    default). The SuperLink never delivers an expired message, so a site that comes
+    back late (a SuperNode restarted, a machine that froze) does not train for a round
+    that has already ended but picks up the current one."""
+    return float(min(timeout_s, DEFAULT_TTL))
+
+
+def attribute(replies: Iterable[Message], sent: Iterable[Message]) -> list[Message]:
+    """``replies`` with each error the SuperLink made on a node's behalf (node
+    unavailable: its heartbeats stopped; message unavailable: it expired unanswered)
+    re-addressed as if from the node the message was sent to, so it is charged to that
+    site. Such errors come from the SuperLink's own node id and name the message they
+    answer (``sent``: the messages of this exchange, after the grid pushed them)."""
+    by_id = {m.metadata.message_id: m for m in sent if m.metadata.message_id}
+    out = []
+    for msg in replies:
+        original = by_id.get(msg.metadata.reply_to_message_id)
+        if (
+            msg.has_error()
+            and original is not None
+            and original.metadata.dst_node_id != msg.metadata.src_node_id
+        ):
+            msg = Message(Error(code=msg.error.code, reason=msg.error.reason), reply_to=original)
+        out.append(msg)
+    return out
 
 
 def check_replies(replies: list[Message], book: SiteBook, what: str) -> None:

@@ -30,7 +30,9 @@ from appliance.federation.progress import ProgressLog
 from appliance.federation.settings import RunSettings
 from appliance.federation.strategies.common import (
     SiteBook,
+    attribute,
     in_site_order,
+    message_ttl,
     metrics_of,
     site_of,
 )
@@ -85,6 +87,10 @@ class Recording(FedAvg):
         self.max_steps = run.local_steps if weighted_by == "steps" else None
         #: the layout of the model sent in the current round (see :meth:`configure_train`)
         self.layout: Layout | None = None
+        #: the sites whose updates went into the latest aggregate (site order)
+        self.contributors: tuple[str, ...] = ()
+        #: the training messages of the current round
+        self.sent: list[Message] = []
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -92,6 +98,7 @@ class Recording(FedAvg):
         self.layout = self._layout_of(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self.asked = tuple(m.metadata.dst_node_id for m in messages)
+        self.sent = messages  # Flower sets their message ids when it pushes them
         return messages
 
     def _layout_of(self, arrays: ArrayRecord) -> Layout | None:
@@ -116,12 +123,14 @@ class Recording(FedAvg):
             deadline_s=self.run.round_timeout,
             tolerant=tolerant,
         )
-        return check(
-            replies,
+        accepted = check(
+            attribute(replies, self.sent),
             f"round {server_round} training",
             progress=self.progress,
             server_round=server_round,
         )
+        self.contributors = tuple(self.book.name(m.metadata.src_node_id) for m in accepted)
+        return accepted
 
     def _record(
         self,
@@ -239,7 +248,7 @@ class SeededFedAvg(FedAvg):
         )
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, nodes, MessageType.TRAIN)
+        return self._with_ttl(record, nodes, MessageType.TRAIN)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -251,7 +260,13 @@ class SeededFedAvg(FedAvg):
         )
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, nodes, MessageType.EVALUATE)
+        return self._with_ttl(record, nodes, MessageType.EVALUATE)
+
+    def _with_ttl(self, record: RecordDict, nodes: list[int], message_type: str) -> list[Message]:
+        """One message per node, living as long as the round's deadline
+        (:func:`~.common.message_ttl`)."""
+        ttl = message_ttl(self.run.round_timeout)
+        return [Message(record, node, message_type, ttl=ttl) for node in nodes]
 
 
 class SiteFedAvg(Recording, SeededFedAvg):

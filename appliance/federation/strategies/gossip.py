@@ -17,7 +17,9 @@ from appliance.federation.progress import ProgressLog
 from appliance.federation.settings import RunSettings
 from appliance.federation.strategies.common import (
     SiteBook,
+    attribute,
     check_replies,
+    message_ttl,
     metrics_of,
     site_of,
 )
@@ -106,7 +108,7 @@ class Gossip(Strategy):
     ) -> dict[int, Message]:
         """The replies by node: all of them, or with ``screen`` those it accepts (it
         fails the round when it accepts none)."""
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        replies = attribute(grid.send_and_receive(messages, timeout=timeout), messages)
         if screen is None:
             check_replies(replies, self.book, what)
         else:
@@ -140,7 +142,10 @@ class Gossip(Strategy):
                     config["peer-cases"] = self.book.cases.get(peer, 1)
                 messages.append(
                     Message(
-                        RecordDict({"arrays": arrays, "config": config}), node, MessageType.TRAIN
+                        RecordDict({"arrays": arrays, "config": config}),
+                        node,
+                        MessageType.TRAIN,
+                        ttl=message_ttl(timeout),
                     )
                 )
             what = f"gossip round {server_round}"

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message
 from flwr.common import log
+from flwr.common.constant import ErrorCode
 
 from appliance.errors import FederationError
 from appliance.federation.progress import ProgressLog
@@ -242,17 +243,18 @@ class Screen:
         assert self.asked is not None
         dropped: dict[str, str] = {}
         kept: list[Message] = []
+        late = f"no reply within the round's deadline ({self.deadline_s:g} s)"
         for msg in replies:
-            if msg.has_error():
-                dropped[self.book.name(msg.metadata.src_node_id)] = f"failed: {msg.error.reason}"
-            else:
+            if not msg.has_error():
                 kept.append(msg)
+            elif msg.error.code == ErrorCode.MESSAGE_UNAVAILABLE:  # expired unanswered
+                dropped[self.book.name(msg.metadata.src_node_id)] = late
+            else:
+                dropped[self.book.name(msg.metadata.src_node_id)] = f"failed: {msg.error.reason}"
         answered = {m.metadata.src_node_id for m in replies}
         for node in self.asked:
             if node not in answered:
-                dropped[self.book.name(node)] = (
-                    f"no reply within the round's deadline ({self.deadline_s:g} s)"
-                )
+                dropped[self.book.name(node)] = late
         for site, reason in dropped.items():
             log(WARNING, "%s: site %s left out: %s", what, site, reason)
         return kept, dropped

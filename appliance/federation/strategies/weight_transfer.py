@@ -15,7 +15,13 @@ from appliance.errors import FederationError
 from appliance.federation.aggregation import transfer_schedule
 from appliance.federation.progress import ProgressLog
 from appliance.federation.settings import RunSettings
-from appliance.federation.strategies.common import SiteBook, metrics_of, site_of
+from appliance.federation.strategies.common import (
+    SiteBook,
+    attribute,
+    message_ttl,
+    metrics_of,
+    site_of,
+)
 from appliance.federation.strategies.screening import Layout, Screen
 
 
@@ -51,8 +57,11 @@ class WeightTransfer(Strategy):
         self.order = order
         self.rng = random.Random(run.seed)
         self.visits: list[str] = []
-        #: sites left out of a visit (a run tolerating dropouts goes on to the next)
+        #: sites left out of a visit (a run tolerating dropouts goes on to the next;
+        #: swt does not come back to a site it skipped for the rest of its visit)
         self.skipped: list[str] = []
+        #: the sites that trained the model in the latest round (visit order)
+        self.contributors: tuple[str, ...] = ()
         self._next_site: str | None = None
         #: the layout of the model sent to the site being visited
         self.layout: Layout | None = None
@@ -81,7 +90,8 @@ class WeightTransfer(Strategy):
         config["server-round"] = server_round
         self.layout = Layout.of(arrays)
         record = RecordDict({"arrays": arrays, "config": config})
-        return [Message(record, self.book.node_of(site), MessageType.TRAIN)]
+        ttl = message_ttl(self.run.round_timeout)
+        return [Message(record, self.book.node_of(site), MessageType.TRAIN, ttl=ttl)]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -111,7 +121,8 @@ class WeightTransfer(Strategy):
     ) -> Iterable[Message]:
         config["server-round"] = server_round
         record = RecordDict({"arrays": arrays, "config": config})
-        return [Message(record, node, MessageType.EVALUATE) for node in self.book.names]
+        ttl = message_ttl(self.run.round_timeout)
+        return [Message(record, node, MessageType.EVALUATE, ttl=ttl) for node in self.book.names]
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -145,14 +156,14 @@ class WeightTransfer(Strategy):
             self.progress.data["rounds"] = len(schedule)  # swt: rounds at each site
             self.progress.save()
         for server_round, sites in enumerate(schedule, start=1):
+            trained: list[str] = []
             for site in sites:
+                if self.single and site in self.skipped:
+                    continue  # swt: the rest of a visit that failed
                 self._next_site = site
                 config = ConfigRecord(dict(train_config or {}))
-                replies = list(
-                    grid.send_and_receive(
-                        self.configure_train(server_round, arrays, config, grid), timeout=timeout
-                    )
-                )
+                sent = list(self.configure_train(server_round, arrays, config, grid))
+                replies = attribute(grid.send_and_receive(sent, timeout=timeout), sent)
                 try:
                     new, metrics = self.aggregate_train(server_round, replies)
                 except FederationError:
@@ -164,6 +175,7 @@ class WeightTransfer(Strategy):
                     raise FederationError(f"site {site} returned no weights")
                 arrays = new
                 self.visits.append(site)
+                trained.append(site)
                 if self.progress is not None:
                     self.progress.add(
                         server_round,
@@ -175,6 +187,8 @@ class WeightTransfer(Strategy):
                 if metrics is not None:
                     result.train_metrics_clientapp[len(self.visits)] = metrics
             result.arrays = arrays
+            if trained:
+                self.contributors = tuple(trained)
             if self.run.evaluate:
                 config = ConfigRecord(dict(evaluate_config or {}))
                 replies = list(

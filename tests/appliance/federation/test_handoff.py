@@ -65,11 +65,17 @@ def _parent_state(config: AppConfig) -> dict[str, np.ndarray]:
     return {k: v.numpy().copy() for k, v in state.items()}
 
 
+SITES = ["site_a", "site_b", "site_c"]
+
+
 def _site_record(
-    site_dir: Path, state: dict[str, np.ndarray], network: NetworkConfig = TINY_NETWORK
+    site_dir: Path,
+    state: dict[str, np.ndarray],
+    network: NetworkConfig = TINY_NETWORK,
+    contributors: list[str] = SITES,
 ) -> None:
-    """The site's record of a finished fedbn run, as the ClientApp's ``query.final``
-    writes it."""
+    """The site's record of a finished fedbn run of three sites, as the ClientApp's
+    ``query.final`` writes it; ``contributors``: the sites in its last round."""
     write_result(
         site_dir,
         run_id=RUN_ID,
@@ -78,11 +84,11 @@ def _site_record(
         task=TASK,
         network=network.to_dict(),
         task_overrides={"patch_size": [32, 32, 32], "target_spacing_mm": [3.0, 3.0, 3.0]},
-        sites=[],
+        sites=SITES,
         state=state,
         global_model=True,
         norm_local=True,
-        extra={"site": "site_b"},
+        extra={"site": "site_b", "contributors": contributors},
     )
 
 
@@ -93,6 +99,21 @@ def _held_out() -> list[GateCase]:
         p = generate_phantom("mr_t1c", profile, k)
         cases.append(GateCase(f"case-{k}", p.image, p.labels, p.affine_lps))
     return cases
+
+
+def test_a_run_that_lost_a_site_is_stamped_with_the_sites_of_its_last_round(
+    site: tuple[AppConfig, Store, ModelRecord], tmp_path: Path
+) -> None:
+    config, store, _ = site
+    site_dir = tmp_path / "site"
+    _site_record(site_dir, _parent_state(config), contributors=["site_a", "site_b"])
+    done = hand_off(store, config, site_dir, RUN_ID, cases=_held_out())
+    card = json.loads((done.candidate.path / CARD_FILE).read_text())
+    assert card["source"]["sites"] == SITES
+    assert card["source"]["last_round_sites"] == ["site_a", "site_b"]
+    assert "last round had updates from site_a, site_b only" in card["training_data"]
+    # the gate judges it like any other candidate
+    assert done.gate is not None and done.gate.decision is GateDecision.PROMOTED
 
 
 def test_candidate_version_is_valid_and_sorts_between_parent_and_next_release() -> None:
@@ -123,7 +144,10 @@ def test_a_finished_run_becomes_a_candidate_and_the_gate_decides(
         "run_id": RUN_ID,
         "rounds": 3,
         "site": "site_b",
+        "sites": SITES,
+        "last_round_sites": SITES,
     }
+    assert "only" not in card["training_data"]
     assert card["federated_round"] == 3 and card["parent_version"] == "0.1.0"
     assert card["architecture"] == json.loads((parent.path / CARD_FILE).read_text())["architecture"]
     # the same weights as the active model: no label is worse, so it is promoted
