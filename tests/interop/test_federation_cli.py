@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.flower_sites import phantom_node_config
 from tests.peers import free_port, require_program
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -47,14 +48,7 @@ def test_coordinator_cli_runs_a_federation_and_reports_it(tmp_path: Path) -> Non
             tmp_path / site,
             superlink=f"127.0.0.1:{port}",
             runtime_port=free_port(),
-            node_config={
-                "site-name": site,
-                "state-dir": str(tmp_path / site),
-                "phantom-preset": site,
-                "phantom-cases": 2,
-                "phantom-matrix": "28,36,36",
-                "phantom-spacing": "6,6,6",
-            },
+            node_config=phantom_node_config(site, tmp_path / site),
             tls=None,
         )
         for site in ("site_a", "site_b")

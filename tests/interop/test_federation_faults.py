@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.flower_pki import write_pki
+from tests.flower_sites import phantom_node_config, tiny_run, write_pki
 from tests.peers import free_port, require_program
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -55,26 +55,13 @@ class Consortium:
     down: set[str] = field(default_factory=set)
 
     def submit(self, strategy: str, rounds: int, deadline: float, **overrides: Any) -> str:
-        from appliance.config import StrategyName
         from appliance.federation import runner
-        from appliance.federation.settings import RunSettings
 
-        settings = RunSettings(
-            strategy=StrategyName(strategy),
+        settings = tiny_run(
+            strategy,
+            self.output,
             rounds=rounds,
             min_sites=4,
-            task="glioma_mr",
-            local_steps=2,
-            batch_size=2,
-            lr=1e-2,
-            seed=5,
-            evaluate=False,
-            net_filters=(4, 8),
-            net_res_units=0,
-            patch_size=(16, 16, 16),
-            target_spacing=(5.0, 5.0, 5.0),
-            output_dir=str(self.output),
-            timeout_s=600.0,
             round_deadline_s=deadline,
             round_min_sites=3,
             **overrides,
@@ -154,14 +141,7 @@ def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]
                 root / site,
                 superlink=f"127.0.0.1:{port}",
                 runtime_port=free_port(),
-                node_config={
-                    "site-name": site,
-                    "state-dir": str(root / site),
-                    "phantom-preset": site,
-                    "phantom-cases": 2,
-                    "phantom-matrix": "28,36,36",
-                    "phantom-spacing": "6,6,6",
-                },
+                node_config=phantom_node_config(site, root / site),
                 tls=client_tls,
                 auth_private_key=pki[f"{site}.key"],
             )

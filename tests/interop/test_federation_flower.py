@@ -1,7 +1,8 @@
 """Federation on Flower's deployment engine with real processes: one SuperLink and three
 SuperNodes on loopback, TLS with certificates made here and SuperNode authentication,
-a tiny network on tiny phantom cases, two rounds each of fedavg, fedbn, cwt,
-gossip and fedgs (swt: test_federation_faults) (several runs on one SuperLink, one after the other)."""
+a tiny network on tiny phantom cases, two rounds each of fedavg, fedbn, cwt, gossip and
+fedgs (several runs on one SuperLink, one after the other; swt, with sites that fail on
+the way: test_federation_faults)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.flower_pki import write_pki
+from tests.flower_sites import phantom_node_config, tiny_run, write_pki
 from tests.peers import free_port, require_program
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
@@ -35,28 +36,9 @@ class Federation:
         return self.root / site
 
     def run(self, strategy: str, **overrides: Any) -> dict[str, Any]:
-        from appliance.config import StrategyName
         from appliance.federation import runner
-        from appliance.federation.settings import RunSettings
 
-        settings = RunSettings(
-            strategy=StrategyName(strategy),
-            rounds=2,
-            min_sites=3,
-            task="glioma_mr",
-            local_steps=2,
-            batch_size=2,
-            lr=1e-2,
-            seed=5,
-            evaluate=False,
-            net_filters=(4, 8),
-            net_res_units=0,
-            patch_size=(16, 16, 16),
-            target_spacing=(5.0, 5.0, 5.0),
-            output_dir=str(self.output),
-            timeout_s=600.0,
-            **overrides,
-        )
+        settings = tiny_run(strategy, self.output, **overrides)
         run_id = runner.submit_run(self.flwr_home, self.app_dir, settings)
         progress = runner.wait_run(
             self.output, run_id, timeout=900, flwr_home=self.flwr_home, watch=self.processes
@@ -89,14 +71,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         for site in SITES:
             runner.register_supernode(flwr_home, pki[f"{site}.pub"])
         for site in SITES:
-            node_config = {
-                "site-name": site,
-                "state-dir": str(root / site),
-                "phantom-preset": site,
-                "phantom-cases": 2,
-                "phantom-matrix": "28,36,36",
-                "phantom-spacing": "6,6,6",
-            }
+            node_config = phantom_node_config(site, root / site)
             nodes.append(
                 runner.start_supernode(
                     root / site,

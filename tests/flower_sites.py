@@ -1,5 +1,5 @@
-"""Certificates and SuperNode keys for the Flower interop tests (made here, never
-downloaded)."""
+"""What the Flower interop tests share: certificates and SuperNode keys (made here,
+never downloaded), the phantom sites' node config, and the tiny run they all start."""
 
 from __future__ import annotations
 
@@ -7,6 +7,48 @@ import datetime
 import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from appliance.federation.settings import RunSettings
+
+
+def phantom_node_config(site: str, state_dir: Path) -> dict[str, Any]:
+    """A SuperNode's ``node_config`` for preset ``site`` with two tiny phantom cases."""
+    return {
+        "site-name": site,
+        "state-dir": str(state_dir),
+        "phantom-preset": site,
+        "phantom-cases": 2,
+        "phantom-matrix": "28,36,36",
+        "phantom-spacing": "6,6,6",
+    }
+
+
+def tiny_run(strategy: str, output: Path, **overrides: Any) -> RunSettings:
+    """A run of a tiny glioma network on the phantom sites: 2 rounds, 2 local steps,
+    no evaluation (``overrides`` replace any of these)."""
+    from appliance.config import StrategyName
+    from appliance.federation.settings import RunSettings
+
+    values: dict[str, Any] = {
+        "strategy": StrategyName(strategy),
+        "rounds": 2,
+        "min_sites": 3,
+        "task": "glioma_mr",
+        "local_steps": 2,
+        "batch_size": 2,
+        "lr": 1e-2,
+        "seed": 5,
+        "evaluate": False,
+        "net_filters": (4, 8),
+        "net_res_units": 0,
+        "patch_size": (16, 16, 16),
+        "target_spacing": (5.0, 5.0, 5.0),
+        "output_dir": str(output),
+        "timeout_s": 600.0,
+    }
+    return RunSettings(**(values | overrides))
 
 
 def write_pki(directory: Path, sites: Sequence[str]) -> dict[str, Path]:
