@@ -12,6 +12,10 @@ blobs is added to the usual loss with a weight; a patch without lesions adds not
 
 Components are found on the CPU (26-connectivity, as the lesion metrics of
 :mod:`models.evaluation` count them) from the integer target, which carries no gradient.
+
+:func:`false_blob_loss` is its counterpart for false positives (not in the paper): the
+mean probability over each predicted lesion component that touches no lesion, every
+such component counting the same.
 """
 
 from __future__ import annotations
@@ -84,6 +88,65 @@ def blob_dice_loss(
                 inter = (seen * blob_f).sum()
                 denominator = seen.sum() + blob_f.sum()
                 terms.append(1.0 - (2.0 * inter + BLOB_SMOOTH) / (denominator + BLOB_SMOOTH))
+    if not terms:
+        return probabilities.sum() * 0.0
+    return torch.stack(terms).mean()
+
+
+def false_blob_loss(
+    probabilities: torch.Tensor,
+    target: torch.Tensor,
+    lesion_classes: Sequence[int],
+    *,
+    max_blobs: int = MAX_BLOBS,
+) -> torch.Tensor:
+    """Mean over the *false* blobs of the prediction of the class's mean probability over
+    each: the counterpart of :func:`blob_dice_loss` for false positives.
+
+    A false blob is a connected component of the arg-max prediction of a lesion class
+    that touches no voxel of that class in ``target``. Each counts the same whatever its
+    size, as each lesion does in the blob loss: a 0.05 mL false "lesion" in the liver
+    parenchyma costs as much as a 2 mL one, where Dice and cross-entropy over the patch
+    barely notice a small one (and a patch without lesions adds nothing to the blob
+    loss). Shapes as :func:`blob_dice_loss`; returns 0 (attached to the graph) when
+    there is no false blob. The components are found on the CPU from the detached
+    prediction; the gradient flows through the probabilities only."""
+    if probabilities.dim() != 5 or target.dim() != 5 or target.shape[1] != 1:
+        raise InputError(
+            "false-blob loss needs (B, C, X, Y, Z) probabilities and a (B, 1, X, Y, Z) "
+            f"target, got {tuple(probabilities.shape)} and {tuple(target.shape)}"
+        )
+    if probabilities.shape[0] != target.shape[0] or probabilities.shape[2:] != target.shape[2:]:
+        raise InputError(
+            f"false-blob loss: probabilities {tuple(probabilities.shape)} and target "
+            f"{tuple(target.shape)} differ in batch or grid"
+        )
+    channels = int(probabilities.shape[1])
+    for cls in lesion_classes:
+        if not 0 < int(cls) < channels:
+            raise InputError(f"false-blob loss: lesion class {cls} is not in 1..{channels - 1}")
+    if max_blobs < 1:
+        raise InputError("false-blob loss: max_blobs must be >= 1")
+    predicted = probabilities.detach().argmax(dim=1).cpu().numpy()
+    labels = target[:, 0].detach().cpu().numpy()
+    terms: list[torch.Tensor] = []
+    for b in range(predicted.shape[0]):
+        for cls in lesion_classes:
+            found = predicted[b] == int(cls)
+            if not found.any():
+                continue
+            components, count = label_components(found, 26)
+            touched = np.unique(components[(labels[b] == int(cls)) & found])
+            false = np.setdiff1d(np.arange(1, count + 1), touched)
+            if false.size == 0:
+                continue
+            sizes = np.bincount(components.reshape(-1), minlength=count + 1)
+            false = false[np.argsort(-sizes[false], kind="stable")][:max_blobs]
+            comp = torch.as_tensor(components, device=probabilities.device)
+            prob = probabilities[b, int(cls)].float()
+            for k in false:
+                blob = comp == int(k)
+                terms.append(prob[blob].mean())
     if not terms:
         return probabilities.sum() * 0.0
     return torch.stack(terms).mean()

@@ -425,6 +425,7 @@ def train_demo_weights(
     eval_profile: SiteProfile | None = None,
     eval_seeds: Sequence[int] | None = None,
     blob_loss_weight: float = 0.0,
+    false_blob_weight: float = 0.0,
 ) -> ModelBundle:
     """Generate phantoms, train, evaluate on fresh phantoms, register the bundle
     ``task/version`` under ``out_registry_root`` (see the module docstring).
@@ -458,7 +459,8 @@ def train_demo_weights(
     (:func:`evaluate_sets`). ``profile`` may be a mix of profiles (training and
     validation phantoms alternate between them).
 
-    ``blob_loss_weight``: see :class:`models.training.TrainConfig` (0: off).
+    ``blob_loss_weight``, ``false_blob_weight``: see :class:`models.training.TrainConfig`
+    (0: off).
     """
     if validate_every < 0 or validate_cases < 0:
         raise DemoWeightsError("--validate-every and --validate-cases must be >= 0")
@@ -535,6 +537,7 @@ def train_demo_weights(
             precision=Precision(precision),
             thin_slab_probability=thin_slab_probability,
             blob_loss_weight=blob_loss_weight,
+            false_blob_weight=false_blob_weight,
         )
     except (ValueError, TrainingError) as exc:
         raise DemoWeightsError(str(exc)) from exc
@@ -641,7 +644,8 @@ def train_demo_weights(
         f"class ratios {recipe.class_ratios}"
         f"{', lesion-balanced sampling' if recipe.balance_lesions else ''}"
         f"{f', thin slabs p={thin_slab_probability:g}' if thin_slab_probability else ''}"
-        f"{f', blob loss weight {blob_loss_weight:g}' if blob_loss_weight else ''}; "
+        f"{f', blob loss weight {blob_loss_weight:g}' if blob_loss_weight else ''}"
+        f"{f', false-blob weight {false_blob_weight:g}' if false_blob_weight else ''}; "
         f"precision {report.precision} ({report.precision_reason})."
     )
     if validation is not None:
@@ -668,6 +672,8 @@ def train_demo_weights(
         options += f" --thin-slab-probability {thin_slab_probability:g}"
     if blob_loss_weight:
         options += f" --blob-loss-weight {blob_loss_weight:g}"
+    if false_blob_weight:
+        options += f" --false-blob-weight {false_blob_weight:g}"
     if validation is not None:
         options += f" --validate-every {validate_every} --validate-cases {validate_cases}"
     if network != (recipe.network if stage1 is None else stage1.network_default):
@@ -1018,6 +1024,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--false-blob-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help=(
+            "add the mean probability over each predicted lesion component that touches no "
+            "lesion, every false component counting the same, with this weight (default 0: off)"
+        ),
+    )
+    parser.add_argument(
         "--validate-every",
         type=int,
         default=0,
@@ -1115,10 +1131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--thin-slab-probability must be in [0, 1], not {args.thin_slab_probability}")
     if args.checkpoint_every < 1:
         parser.error(f"--checkpoint-every must be >= 1, not {args.checkpoint_every}")
-    if not (math.isfinite(args.blob_loss_weight) and args.blob_loss_weight >= 0):
-        parser.error(
-            f"--blob-loss-weight must be a finite number >= 0, not {args.blob_loss_weight}"
-        )
+    for option, value in (
+        ("--blob-loss-weight", args.blob_loss_weight),
+        ("--false-blob-weight", args.false_blob_weight),
+    ):
+        if not (math.isfinite(value) and value >= 0):
+            parser.error(f"{option} must be a finite number >= 0, not {value}")
     if args.validate_every < 0 or args.validate_cases < 0:
         parser.error("--validate-every and --validate-cases must be >= 0")
     if (args.validate_every > 0) != (args.validate_cases > 0):
@@ -1275,6 +1293,7 @@ def _train_from_args(
             eval_profile=eval_profile,
             eval_seeds=eval_seeds,
             blob_loss_weight=args.blob_loss_weight,
+            false_blob_weight=args.false_blob_weight,
         )
 
 

@@ -65,7 +65,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from .augmentation import augment_patch, build_patch_augmentation, step_seed
-from .blob_loss import blob_dice_loss
+from .blob_loss import blob_dice_loss, false_blob_loss
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, state_digest
 from .errors import InputError, ModelsError
 from .inference import resolve_device
@@ -149,7 +149,9 @@ class TrainConfig:
 
     ``blob_loss_weight``: weight of the blob loss (:mod:`models.blob_loss`: a Dice term
     per lesion instance, Kofler et al. 2023) added to Dice + cross-entropy; 0 = off.
-    Softmax tasks only.
+    ``false_blob_weight``: weight of the false-blob term (:func:`models.blob_loss.false_blob_loss`:
+    the mean probability over each predicted lesion component that touches no lesion);
+    0 = off. Softmax tasks only, both.
     """
 
     steps: int = 500
@@ -175,6 +177,7 @@ class TrainConfig:
     precision: Precision = Precision.AUTO
     thin_slab_probability: float = 0.0
     blob_loss_weight: float = 0.0
+    false_blob_weight: float = 0.0
 
     def __post_init__(self) -> None:
         try:
@@ -196,10 +199,10 @@ class TrainConfig:
             raise TrainingError(
                 f"thin_slab_probability must be in [0, 1], got {self.thin_slab_probability!r}"
             )
-        if not (math.isfinite(self.blob_loss_weight) and self.blob_loss_weight >= 0.0):
-            raise TrainingError(
-                f"blob_loss_weight must be a finite number >= 0, got {self.blob_loss_weight!r}"
-            )
+        for key in ("blob_loss_weight", "false_blob_weight"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise TrainingError(f"{key} must be a finite number >= 0, got {value!r}")
         if self.steps < 0 or self.batch_size < 1:
             raise TrainingError("need steps >= 0 and batch_size >= 1")
         try:
@@ -682,19 +685,20 @@ def _loss_function(spec: TaskSpec) -> DiceCELoss:
 
 
 def _blob_classes(spec: TaskSpec, config: TrainConfig) -> tuple[int, ...]:
-    """The classes whose instances the blob loss scores (none when it is off)."""
-    if config.blob_loss_weight == 0:
+    """The classes whose instances the blob losses score (none when both are off)."""
+    if config.blob_loss_weight == 0 and config.false_blob_weight == 0:
         return ()
+    key = "blob_loss_weight" if config.blob_loss_weight else "false_blob_weight"
     if spec.is_sigmoid:
         raise TrainingError(
-            f"blob_loss_weight: task {spec.name} has overlapping (sigmoid) regions; the blob "
-            "loss is for softmax tasks"
+            f"{key}: task {spec.name} has overlapping (sigmoid) regions; the blob "
+            "losses are for softmax tasks"
         )
     classes = tuple(
         label.index for label in spec.labels if label.category == MORPHOLOGICALLY_ABNORMAL_STRUCTURE
     )
     if not classes:
-        raise TrainingError(f"blob_loss_weight: task {spec.name} has no lesion label")
+        raise TrainingError(f"{key}: task {spec.name} has no lesion label")
     return classes
 
 
@@ -825,8 +829,13 @@ def train(
             target = region_targets(spec, y) if spec.is_sigmoid else y
             loss = loss_fn(logits.float(), target)
             if blob_classes:
-                blob = blob_dice_loss(torch.softmax(logits.float(), dim=1), y, blob_classes)
-                loss = loss + config.blob_loss_weight * blob
+                probabilities = torch.softmax(logits.float(), dim=1)
+                if config.blob_loss_weight:
+                    blob = blob_dice_loss(probabilities, y, blob_classes)
+                    loss = loss + config.blob_loss_weight * blob
+                if config.false_blob_weight:
+                    false = false_blob_loss(probabilities, y, blob_classes)
+                    loss = loss + config.false_blob_weight * false
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at step {step + 1}")
             total = loss

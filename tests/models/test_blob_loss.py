@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.losses import DiceLoss
 
-from models.blob_loss import blob_dice_loss
+from models.blob_loss import blob_dice_loss, false_blob_loss
 from models.errors import InputError
 from models.tasks import get_task
 from models.training import TrainConfig, TrainingError, _blob_classes
@@ -90,3 +90,41 @@ def test_the_config_checks_the_weight_and_the_task() -> None:
     with pytest.raises(TrainingError, match="softmax"):
         _blob_classes(get_task("glioma_brats"), TrainConfig(blob_loss_weight=1.0))
     assert _blob_classes(get_task("glioma_mr"), TrainConfig(blob_loss_weight=1.0)) == (1,)
+
+
+def test_each_false_blob_costs_its_mean_probability_whatever_its_size() -> None:
+    y = _target()
+    # the two lesions found (no false blob: nothing to pay)
+    tumour = (y[0, 0] == 2).float() * 0.9
+    assert float(false_blob_loss(_probabilities(tumour), y, (2,))) == pytest.approx(0.0, abs=1e-7)
+    # plus a 1-voxel false blob at 0.6 and a 4x4x4 one at 0.8 in the parenchyma, and one
+    # that touches the large lesion (a lesion found too large: not a false blob)
+    tumour[14, 4, 4] = 0.6
+    tumour[4:8, 14:18, 4:8] = 0.8
+    tumour[12, 4:12, 4:12] = 0.9
+    p = _probabilities(tumour)
+    p.requires_grad_(True)
+    loss = false_blob_loss(p, y, (2,))
+    assert float(loss) == pytest.approx((0.6 + 0.8) / 2)
+    loss.backward()
+    assert p.grad is not None
+    grad = p.grad[0, 2]
+    # each false blob's voxels share its half of the loss: the lone voxel gets 64 times
+    # the gradient of a voxel of the 64-voxel blob; the lesions get none
+    assert float(grad[14, 4, 4]) == pytest.approx(0.5)
+    assert float(grad[5, 15, 5]) == pytest.approx(0.5 / 64)
+    assert float(grad[y[0, 0] == 2].abs().sum()) == 0.0
+    # nothing predicted: zero, still attached to the graph
+    empty = _probabilities(torch.zeros(24, 24, 24)).requires_grad_(True)
+    zero = false_blob_loss(empty, y, (2,))
+    assert float(zero) == 0.0 and zero.requires_grad
+
+
+def test_the_false_blob_weight_is_checked_and_needs_a_softmax_lesion_task() -> None:
+    with pytest.raises(TrainingError, match="false_blob_weight must be a finite number >= 0"):
+        TrainConfig(false_blob_weight=-0.5)
+    assert _blob_classes(get_task("liver_ct"), TrainConfig(false_blob_weight=1.0)) == (2,)
+    with pytest.raises(TrainingError, match=r"false_blob_weight: .* softmax"):
+        _blob_classes(get_task("glioma_brats"), TrainConfig(false_blob_weight=1.0))
+    with pytest.raises(InputError, match="false-blob loss: lesion class 3"):
+        false_blob_loss(_probabilities(torch.zeros(24, 24, 24)), _target(), (3,))
