@@ -5,8 +5,8 @@ that comes back has its node id again), each kept running by the site's
 
 - fedavg, three rounds, ``min-sites`` 4 and ``round-min-sites`` 3: site_d's SuperNode is
   SIGKILLed (with its ClientApp) while it trains in round 2, which completes with the
-  other three (at the round's deadline, or earlier when the SuperLink reports the node
-  gone); the keeper starts site_d again, the coordinator lets it in once its old
+  other three when the SuperLink reports the node gone (it missed two heartbeats); the
+  keeper starts site_d again, the coordinator lets it in once its old
   session has missed its heartbeats (Flower: <= 60 s), and round 3, which starts when
   ``min-sites`` are connected, trains all four from the current global model.
 - swt over the four sites (20 s deadline): site_b's SuperNode is killed after discovery
@@ -38,8 +38,12 @@ pytestmark = [pytest.mark.interop, pytest.mark.slow]
 SITES = ("site_a", "site_b", "site_c", "site_d")
 #: a healthy visit (one ClientApp process: start, a tiny training) takes ~10 s here
 SWT_DEADLINE_S = 20.0
-#: four ClientApps at once on two cores: ~25 s a round here
-FEDAVG_DEADLINE_S = 45.0
+#: longer than Flower's heartbeat patience (60 s) on purpose: round 2 then ends when the
+#: SuperLink reports the killed node gone, and round 3 waits for it to come back. A round
+#: that ended at a shorter deadline while the SuperLink still listed the dead node would
+#: ask that node again in round 3 and lose it there (seen in CI with 45 s). Healthy
+#: rounds end when all four replied (~25 s here), so this costs nothing.
+FEDAVG_DEADLINE_S = 90.0
 
 
 @dataclass
