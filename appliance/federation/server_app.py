@@ -53,6 +53,19 @@ def _case_count(value: Any, most: int) -> tuple[int, str | None]:
     return int(value), None
 
 
+#: the least a tolerant run's discovery waits for the sites to describe themselves: longer
+#: than Flower's heartbeat patience (60 s), by which a node that died is reported gone, so
+#: sites whose ClientApps all start at once on a busy machine are not mistaken for dead
+DISCOVERY_MIN_WAIT_S = 90.0
+
+
+def discovery_wait(run: RunSettings) -> float:
+    """How long a tolerant run's discovery waits: the round deadline, at least
+    :data:`DISCOVERY_MIN_WAIT_S`, at most ``timeout-s``. It ends as soon as every
+    connected node answered (or Flower reported it gone)."""
+    return min(max(run.round_timeout, DISCOVERY_MIN_WAIT_S), run.timeout_s)
+
+
 def discover_sites(
     grid: Grid,
     min_sites: int,
@@ -188,7 +201,7 @@ def run_federation(grid: Grid, context: Context) -> None:
             run.min_sites,
             run.timeout_s,
             run.max_site_cases,
-            reply_deadline=run.round_timeout if run.tolerates_dropouts else None,
+            reply_deadline=discovery_wait(run) if run.tolerates_dropouts else None,
         )
         progress.set_sites(
             [

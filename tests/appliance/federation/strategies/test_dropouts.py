@@ -331,3 +331,12 @@ def test_errors_the_superlink_makes_for_a_node_are_charged_to_that_node(tmp_path
         "site_7": {"dropped": "no reply within the round's deadline (30 s)"}
     }
     assert message_ttl(30) == 30 and message_ttl(10**9) == 43200  # Flower's default at most
+
+
+def test_a_tolerant_discovery_waits_past_flowers_heartbeat_patience() -> None:
+    from appliance.federation.server_app import DISCOVERY_MIN_WAIT_S, discovery_wait
+
+    assert DISCOVERY_MIN_WAIT_S > 60  # Flower 1.42 reports a dead node gone within 60 s
+    assert discovery_wait(RunSettings(round_deadline_s=20, round_min_sites=3)) == 90
+    assert discovery_wait(RunSettings(round_deadline_s=300, round_min_sites=3)) == 300
+    assert discovery_wait(RunSettings(timeout_s=45, round_min_sites=3)) == 45
