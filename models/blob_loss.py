@@ -36,6 +36,33 @@ BLOB_SMOOTH = 1e-5
 MAX_BLOBS = 64
 
 
+def _check_inputs(
+    what: str,
+    probabilities: torch.Tensor,
+    target: torch.Tensor,
+    lesion_classes: Sequence[int],
+    max_blobs: int,
+) -> None:
+    """Raise :class:`InputError` (naming ``what``) unless the shapes, lesion classes and
+    ``max_blobs`` are what the blob losses take."""
+    if probabilities.dim() != 5 or target.dim() != 5 or target.shape[1] != 1:
+        raise InputError(
+            f"{what} needs (B, C, X, Y, Z) probabilities and a (B, 1, X, Y, Z) target, "
+            f"got {tuple(probabilities.shape)} and {tuple(target.shape)}"
+        )
+    if probabilities.shape[0] != target.shape[0] or probabilities.shape[2:] != target.shape[2:]:
+        raise InputError(
+            f"{what}: probabilities {tuple(probabilities.shape)} and target "
+            f"{tuple(target.shape)} differ in batch or grid"
+        )
+    channels = int(probabilities.shape[1])
+    for cls in lesion_classes:
+        if not 0 < int(cls) < channels:
+            raise InputError(f"{what}: lesion class {cls} is not in 1..{channels - 1}")
+    if max_blobs < 1:
+        raise InputError(f"{what}: max_blobs must be >= 1")
+
+
 def blob_dice_loss(
     probabilities: torch.Tensor,
     target: torch.Tensor,
@@ -49,22 +76,7 @@ def blob_dice_loss(
     ``target``: ``(B, 1, X, Y, Z)`` integer class map; ``lesion_classes``: the classes
     whose connected components are blobs. Returns a scalar (0, still attached to the
     graph, when the batch has no blob)."""
-    if probabilities.dim() != 5 or target.dim() != 5 or target.shape[1] != 1:
-        raise InputError(
-            "blob loss needs (B, C, X, Y, Z) probabilities and a (B, 1, X, Y, Z) target, "
-            f"got {tuple(probabilities.shape)} and {tuple(target.shape)}"
-        )
-    if probabilities.shape[0] != target.shape[0] or probabilities.shape[2:] != target.shape[2:]:
-        raise InputError(
-            f"blob loss: probabilities {tuple(probabilities.shape)} and target "
-            f"{tuple(target.shape)} differ in batch or grid"
-        )
-    channels = int(probabilities.shape[1])
-    for cls in lesion_classes:
-        if not 0 < int(cls) < channels:
-            raise InputError(f"blob loss: lesion class {cls} is not in 1..{channels - 1}")
-    if max_blobs < 1:
-        raise InputError("blob loss: max_blobs must be >= 1")
+    _check_inputs("blob loss", probabilities, target, lesion_classes, max_blobs)
     labels = target[:, 0].detach().cpu().numpy()
     terms: list[torch.Tensor] = []
     for b in range(labels.shape[0]):
@@ -111,22 +123,7 @@ def false_blob_loss(
     loss). Shapes as :func:`blob_dice_loss`; returns 0 (attached to the graph) when
     there is no false blob. The components are found on the CPU from the detached
     prediction; the gradient flows through the probabilities only."""
-    if probabilities.dim() != 5 or target.dim() != 5 or target.shape[1] != 1:
-        raise InputError(
-            "false-blob loss needs (B, C, X, Y, Z) probabilities and a (B, 1, X, Y, Z) "
-            f"target, got {tuple(probabilities.shape)} and {tuple(target.shape)}"
-        )
-    if probabilities.shape[0] != target.shape[0] or probabilities.shape[2:] != target.shape[2:]:
-        raise InputError(
-            f"false-blob loss: probabilities {tuple(probabilities.shape)} and target "
-            f"{tuple(target.shape)} differ in batch or grid"
-        )
-    channels = int(probabilities.shape[1])
-    for cls in lesion_classes:
-        if not 0 < int(cls) < channels:
-            raise InputError(f"false-blob loss: lesion class {cls} is not in 1..{channels - 1}")
-    if max_blobs < 1:
-        raise InputError("false-blob loss: max_blobs must be >= 1")
+    _check_inputs("false-blob loss", probabilities, target, lesion_classes, max_blobs)
     predicted = probabilities.detach().argmax(dim=1).cpu().numpy()
     labels = target[:, 0].detach().cpu().numpy()
     terms: list[torch.Tensor] = []
