@@ -46,8 +46,17 @@ ohif: $(STAMP)
 
 # OMP_WAIT_POLICY=PASSIVE: the tests start appliance and Flower processes beside pytest;
 # spinning OpenMP threads would burn the CPUs they wait for.
+# Two passes: the quick tests on TEST_WORKERS processes (pytest-xdist, a file per worker at
+# a time), then the interop and slow ones one at a time: they start real services, time
+# their stops and deadlines, and each keeps the CPUs busy on its own. Both passes always
+# run; the target fails if either failed.
+TEST_WORKERS ?= auto
 test: lint typecheck imports ohif
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q --durations=30
+	@status=0; \
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile \
+	  -m "not interop and not slow" --durations=10 || status=1; \
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q -m "interop or slow" --durations=30 || status=1; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache .cache test-artefacts

@@ -1,11 +1,16 @@
-"""Federation on Flower's deployment engine with real processes: one SuperLink and three
+"""Federation on Flower's deployment engine with real processes: one SuperLink and two
 SuperNodes on loopback, TLS with certificates made here and SuperNode authentication,
-a tiny network on tiny phantom cases, two rounds each of fedavg, fedbn, cwt, gossip and
-fedgs (several runs on one SuperLink, one after the other; swt, with sites that fail on
-the way: test_federation_faults)."""
+a tiny network on tiny phantom cases, two rounds each of fedbn, cwt, gossip and fedgs
+(several runs on one SuperLink, one after the other). fedavg over four SuperNodes and swt,
+with sites that fail on the way: test_federation_faults; the coordinator and site CLIs:
+test_federation_cli and test_federation_store_site.
+
+Two sites, not three: every message starts a ClientApp process that imports torch and
+MONAI (~8 CPU-seconds), so each site costs about a third of a run on CI's two cores."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +25,8 @@ from tests.peers import free_port, require_program
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
-SITES = ("site_a", "site_b", "site_c")
-ORDER = ("site_c", "site_a", "site_b")  # deliberately not alphabetical
+SITES = ("site_a", "site_b")
+ORDER = ("site_b", "site_a")  # deliberately not alphabetical
 
 
 @dataclass
@@ -38,7 +43,7 @@ class Federation:
     def run(self, strategy: str, **overrides: Any) -> dict[str, Any]:
         from appliance.federation import runner
 
-        settings = tiny_run(strategy, self.output, **overrides)
+        settings = tiny_run(strategy, self.output, **({"min_sites": len(SITES)} | overrides))
         run_id = runner.submit_run(self.flwr_home, self.app_dir, settings)
         progress = runner.wait_run(
             self.output, run_id, timeout=900, flwr_home=self.flwr_home, watch=self.processes
@@ -136,23 +141,6 @@ def _changed(a: dict[str, np.ndarray], b: dict[str, np.ndarray], keys: set[str])
     return any(not np.allclose(a[k], b[k]) for k in keys)
 
 
-def test_fedavg_changes_the_global_weights(federation: Federation) -> None:
-    progress = federation.run("fedavg")
-    assert sorted(s["site"] for s in progress["sites"]) == list(SITES)
-    rounds = _train_entries(progress)
-    assert [e["round"] for e in rounds] == [1, 2]
-    assert all(set(e["sites"]) == set(SITES) for e in rounds)
-    initial, final = _initial(), _weights(Path(progress["result"]["directory"]))
-    assert set(final) == set(initial)
-    assert _changed(initial, final, set(initial) - _norm_keys())
-    # every site kept its own record of the run with the same final weights
-    from appliance.federation.outputs import site_weights
-
-    for site in SITES:
-        mine = site_weights(federation.site_dir(site), progress["run_id"])
-        assert all(np.allclose(mine[k], final[k]) for k in final)
-
-
 def test_fedbn_keeps_normalisation_local(federation: Federation) -> None:
     from appliance.federation.outputs import site_weights
     from appliance.federation.site_state import load_site_norm
@@ -169,7 +157,7 @@ def test_fedbn_keeps_normalisation_local(federation: Federation) -> None:
     assert all(np.array_equal(initial[k], final[k]) for k in norm)
     local = {site: load_site_norm(federation.site_dir(site), "glioma_mr") for site in SITES}
     assert all(v is not None and set(v) == norm for v in local.values())
-    for a, b in [("site_a", "site_b"), ("site_a", "site_c"), ("site_b", "site_c")]:
+    for a, b in itertools.combinations(SITES, 2):
         assert _changed(local[a], local[b], norm)  # type: ignore[arg-type]
     for site in SITES:
         assert _changed(local[site], initial, norm)  # type: ignore[arg-type]

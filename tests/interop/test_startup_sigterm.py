@@ -13,6 +13,9 @@ import pytest
 
 from tests.peers import ApplianceProcess, wait_port
 
+# timed against a real serve process: with the other serial tests, not beside them (Makefile)
+pytestmark = pytest.mark.slow
+
 STOP_WITHIN_S = 15.0
 
 

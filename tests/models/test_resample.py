@@ -232,8 +232,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("profile", "seed"),
-    [(CT_DEFAULT, 0), (CT_DEFAULT, 1), (CT_DEFAULT, 2), (CT_FINE, 0), (CT_FINE, 1)],
-    ids=["ct_default-0", "ct_default-1", "ct_default-2", "ct_fine-0", "ct_fine-1"],
+    [(CT_DEFAULT, 0), (CT_FINE, 0)],  # a 512x512 CT: benchmarks/engine.py
+    ids=["ct_default-0", "ct_fine-0"],
 )
 def test_the_engine_keeps_the_shipped_liver_models_masks(
     liver_model: nn.Module, profile: SiteProfile, seed: int
