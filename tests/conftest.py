@@ -9,6 +9,20 @@ import pytest
 from tests.peers import ApplianceProcess, free_port, write_config
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every interop test runs alone (``serial``, make test's second pass) unless it is
+    marked ``unhurried``: real services beside other tests miss start-up waits, stop
+    deadlines and Flower's heartbeats. Files with slow tests are collected first."""
+    for item in items:
+        if item.get_closest_marker("interop") and not item.get_closest_marker("unhurried"):
+            item.add_marker(pytest.mark.serial)
+    # Files with slow tests first, each file's tests kept together and in order: the
+    # parallel pass hands out whole files, and the long ones started last would run only
+    # beside each other at the end instead of beside the quick ones.
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture
 def appliance_factory(tmp_path: Path) -> Iterator[Callable[..., ApplianceProcess]]:
     """Start real ``appliance serve`` processes; all are stopped by PID at teardown."""

@@ -23,7 +23,8 @@ import pytest
 from tests.flower_sites import phantom_node_config, tiny_run, write_pki
 from tests.peers import free_port, require_program
 
-pytestmark = [pytest.mark.interop, pytest.mark.slow]
+# no deadlines or timed stops: runs in make test's parallel pass
+pytestmark = [pytest.mark.interop, pytest.mark.slow, pytest.mark.unhurried]
 
 SITES = ("site_a", "site_b")
 ORDER = ("site_b", "site_a")  # deliberately not alphabetical

@@ -13,8 +13,8 @@ import pytest
 
 from tests.peers import ApplianceProcess, wait_port
 
-# timed against a real serve process: with the other serial tests, not beside them (Makefile)
-pytestmark = pytest.mark.slow
+# timed against a real serve process: alone, in make test's second pass
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 STOP_WITHIN_S = 15.0
 
