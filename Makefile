@@ -47,14 +47,15 @@ ohif: $(STAMP)
 # OMP_WAIT_POLICY=PASSIVE: the tests start appliance and Flower processes beside pytest;
 # spinning OpenMP threads would burn the CPUs they wait for.
 # Two passes: most tests on TEST_WORKERS processes (pytest-xdist, a file per worker at a
-# time), then the ``serial`` ones one at a time: the interop tests (real services, timed
+# time, in collection order: tests/conftest.py puts the files with slow tests first; xdist
+# would otherwise order files by their number of tests), then the ``serial`` ones one at a time: the interop tests (real services, timed
 # stops, deadlines, Flower heartbeats) except those marked ``unhurried``, and the timed
 # start-ups (tests/conftest.py). Both passes always run; the target fails if either did.
 TEST_WORKERS ?= auto
 test: lint typecheck imports ohif
 	@status=0; \
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile \
-	  -m "not serial" --durations=15 || status=1; \
+	  --no-loadscope-reorder -m "not serial" --durations=15 || status=1; \
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q -m serial --durations=30 || status=1; \
 	exit $$status
 
