@@ -46,17 +46,22 @@ ohif: $(STAMP)
 
 # OMP_WAIT_POLICY=PASSIVE: the tests start appliance and Flower processes beside pytest;
 # spinning OpenMP threads would burn the CPUs they wait for.
-# Two passes: most tests on TEST_WORKERS processes (pytest-xdist, a file per worker at a
-# time, in collection order: tests/conftest.py puts the files with slow tests first; xdist
-# would otherwise order files by their number of tests), then the ``serial`` ones one at a time: the interop tests (real services, timed
-# stops, deadlines, Flower heartbeats) except those marked ``unhurried``, and the timed
-# start-ups (tests/conftest.py). Both passes always run; the target fails if either did.
+# Three passes: (1) most tests on TEST_WORKERS processes (pytest-xdist, a file per worker
+# at a time, in collection order: tests/conftest.py puts the files with slow tests first;
+# xdist would otherwise order files by their number of tests); (2) the ``serial`` ones,
+# the interop tests with real services (except those marked ``unhurried``), apart from the
+# unit tests and two at a time: they mostly wait on their peers (associations, polling,
+# Flower's heartbeats); (3) the tests marked ``alone``, which time themselves (bounds on
+# elapsed time, short deadlines, timed start-ups and stops), one at a time. Every pass
+# always runs; the target fails if any did.
 TEST_WORKERS ?= auto
 test: lint typecheck imports ohif
 	@status=0; \
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile \
 	  --no-loadscope-reorder -m "not serial" --durations=15 || status=1; \
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q -m serial --durations=30 || status=1; \
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder \
+	  -m "serial and not alone" --durations=30 || status=1; \
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -q -m alone --durations=10 || status=1; \
 	exit $$status
 
 clean:

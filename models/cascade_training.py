@@ -22,7 +22,7 @@ import torch
 from .cascade import crop_affine, region_of_interest
 from .cascade_spec import LOCATOR, REFINER, RefinerSettings
 from .errors import InputError
-from .training import TrainingCase
+from .training_case import TrainingCase
 
 #: each side's margin of a refiner training box is drawn from ``margin_mm`` +- this (mm)
 REFINER_JITTER_MM = 5.0

@@ -74,6 +74,7 @@ from .postprocess import label_components
 from .precision import Precision, PrecisionChoice, PrecisionError, training_precision
 from .regions import region_targets
 from .tasks import MORPHOLOGICALLY_ABNORMAL_STRUCTURE, TaskSpec
+from .training_case import TrainingCase
 from .transforms import IMAGE_KEY, LABEL_KEY, build_preprocess, make_sample
 
 #: Background voxel indices kept per case for sampling negative patches.
@@ -107,18 +108,6 @@ __all__ = [
     "thin_slab",
     "train",
 ]
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class TrainingCase:
-    """One labelled case in the boundary format: ``image`` ``(slice, row, column)`` or
-    ``(C, slice, row, column)``, ``labels`` uint8 ``(slice, row, column)`` with the
-    task's label indices (a sigmoid task: its tissue classes, see
-    :attr:`models.tasks.TaskSpec.tissue_classes`), ``affine`` index -> LPS mm."""
-
-    image: np.ndarray
-    labels: np.ndarray
-    affine: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)

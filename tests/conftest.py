@@ -10,11 +10,16 @@ from tests.peers import ApplianceProcess, free_port, write_config
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every interop test runs alone (``serial``, make test's second pass) unless it is
-    marked ``unhurried``: real services beside other tests miss start-up waits, stop
-    deadlines and Flower's heartbeats. Files with slow tests are collected first."""
+    """Every interop test runs apart from the unit tests (``serial``: make test's second
+    pass, two at a time) unless it is marked ``unhurried``: real services beside the unit
+    tests miss start-up waits, stop deadlines and Flower's heartbeats. Tests marked
+    ``alone`` (they time themselves) run one at a time, in the third pass. Files with slow
+    tests are collected first."""
     for item in items:
-        if item.get_closest_marker("interop") and not item.get_closest_marker("unhurried"):
+        interop = item.get_closest_marker("interop")
+        if item.get_closest_marker("alone") or (
+            interop and not item.get_closest_marker("unhurried")
+        ):
             item.add_marker(pytest.mark.serial)
     # Files with slow tests first, each file's tests kept together and in order: the
     # parallel pass hands out whole files, and the long ones started last would run only

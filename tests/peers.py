@@ -251,7 +251,9 @@ class ApplianceProcess:
     def start(self) -> ApplianceProcess:
         self.start_process()
         assert self.process is not None
-        wait_port(self.port, proc=self.process.proc, log=self.log)
+        # 60 s: a start-up beside another test's services (make test's second pass); a
+        # start that fails is seen at once (the process exits)
+        wait_port(self.port, timeout=60.0, proc=self.process.proc, log=self.log)
         return self
 
     def stop(self) -> None:

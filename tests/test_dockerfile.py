@@ -139,7 +139,7 @@ def _local(command: list[str], config: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.serial  # a real serve process and its health check, timed
+@pytest.mark.alone  # a real serve process and its health check, timed
 def test_entrypoint_serves_and_healthcheck_reports(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(
@@ -190,7 +190,7 @@ def test_entrypoint_serves_and_healthcheck_reports(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.serial  # a real serve process and its health check, timed
+@pytest.mark.alone  # a real serve process and its health check, timed
 def test_healthcheck_uses_an_allowed_caller(tmp_path: Path) -> None:
     """With allowed_callers set, the check calls as a caller allowed from loopback."""
     port = free_port()

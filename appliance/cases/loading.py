@@ -21,7 +21,7 @@ from appliance.store import CaseRecord, Store
 from dicom_bridge.errors import VolumeError
 from dicom_bridge.sop_classes import VOLUME_CLASSES
 from dicom_bridge.volume import load_series_volume
-from models.training import TrainingCase
+from models.training_case import TrainingCase
 
 
 @dataclass(frozen=True, slots=True, eq=False)

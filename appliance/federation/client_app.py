@@ -36,19 +36,17 @@ local training pauses between steps while the appliance's inference queue has wo
 
 from __future__ import annotations
 
-# first: imports the model stack under one module lock (see its docstring)
-import appliance.federation.model_stack  # noqa: F401
-
-# isort: split
-
+import hashlib
+import json
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
@@ -57,7 +55,6 @@ from appliance.errors import FederationError
 from appliance.federation.aggregation import State, gossip_average, state_delta, weights_problem
 from appliance.federation.outputs import write_result
 from appliance.federation.params import from_record, load_into, model_state, to_record
-from appliance.federation.scoring import mean_dice
 from appliance.federation.settings import CaseSource, RunSettings, round_seed, simulated_node_config
 from appliance.federation.site_data import (
     SiteCases,
@@ -86,13 +83,20 @@ _PREPARED: dict[tuple[Any, ...], list[Any]] = {}
 _PREPARED_SITES = 8
 
 
+#: what a site keeps of its network in a run's dir (:meth:`_Site.expected_shapes`)
+NETWORK_FILE = "network.json"
+
+
 class _Site:
     """Everything one message needs: settings, network, cases (loaded per message: each
-    message runs in a fresh ClientApp process under subprocess isolation)."""
+    message runs in a fresh ClientApp process under subprocess isolation).
+
+    The model stack (torch, MONAI, :mod:`models`) is imported only when a message needs
+    the network: ``query.info`` counts cases without it, and ``query.final`` checks the
+    final weights against the shapes this site recorded when it built the run's network
+    (:data:`NETWORK_FILE`), so neither pays the seconds of that import on every site."""
 
     def __init__(self, context: Context) -> None:
-        from models.networks import build_network, norm_parameter_names
-
         self.run = RunSettings.from_config(dict(context.run_config))
         node = dict(context.node_config)
         if PARTITION_ID in node:  # a virtual SuperNode of the simulation runtime
@@ -100,22 +104,80 @@ class _Site:
         self.site = SiteSettings.from_config(node, fallback_site=f"node_{context.node_id}")
         if self.site.source is CaseSource.STORE:
             _lower_priority()  # an appliance's inference comes first (docs/training.md)
-        torch.set_num_threads(self.site.threads)
         self.run_id = str(context.run_id)
+        #: the run's settings as sent: a recorded network counts for this run only
+        self.run_digest = hashlib.sha256(
+            json.dumps(dict(context.run_config), sort_keys=True, default=str).encode()
+        ).hexdigest()
         self.spec = self.run.task_spec()
         # before any network is built or case loaded: run settings over this site's limits
         self.site.limits.refuse(self.run, tuple(self.spec.patch_size))
-        self.network = self.run.network_config()
-        self.model = build_network(self.spec, self.network)
-        self.norm_keys = frozenset(norm_parameter_names(self.model))
         self._cases: SiteCases | None = None
+
+    @cached_property
+    def network(self) -> Any:
+        return self.run.network_config()
+
+    @cached_property
+    def model(self) -> Any:
+        """The run's network, built once per message; its configuration and shapes are
+        recorded in the run's dir for a later ``query.final``."""
+        _model_stack()
+        import torch
+
+        from models.networks import build_network
+
+        torch.set_num_threads(self.site.threads)
+        model = build_network(self.spec, self.network)
+        shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+        record = {"run": self.run_digest, "network": self.network.to_dict(), "shapes": shapes}
+        path = self.run_dir / NETWORK_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{NETWORK_FILE}.tmp")
+        tmp.write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+        return model
+
+    @cached_property
+    def norm_keys(self) -> frozenset[str]:
+        from models.networks import norm_parameter_names
+
+        return frozenset(norm_parameter_names(self.model))
+
+    def _recorded(self) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]] | None:
+        """The network configuration and entry shapes this site recorded when it built the
+        run's network, if it did in this run (same run id and settings) and the record
+        is intact; otherwise none."""
+        try:
+            record = json.loads((self.run_dir / NETWORK_FILE).read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or record.get("run") != self.run_digest:
+                return None
+            network, raw = record["network"], record["shapes"]
+            if not isinstance(network, dict) or not isinstance(raw, dict):
+                return None
+            shapes = {str(k): tuple(int(n) for n in v) for k, v in raw.items()}
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        return network, shapes
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The run's network's entries and shapes: recorded, or from the network."""
+        record = None if "model" in self.__dict__ else self._recorded()
+        if record is not None:
+            return record[1]
+        return {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+
+    def network_dict(self) -> dict[str, Any]:
+        record = self._recorded()
+        if record is not None:
+            return dict(record[0])
+        return dict(self.network.to_dict())
 
     def received(self, msg: Message) -> State:
         """The weights the coordinator sent, refused (:class:`FederationError`) unless
         they are this run's network's entries with its shapes, all finite."""
         state = from_record(msg.content.array_records["arrays"])
-        shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        problem = weights_problem(state, shapes)
+        problem = weights_problem(state, self.expected_shapes())
         if problem is not None:
             raise FederationError(f"this site refuses the weights it was sent: {problem}")
         return state
@@ -127,10 +189,10 @@ class _Site:
         return self._cases
 
     @property
-    def run_dir(self) -> Any:
+    def run_dir(self) -> Path:
         return run_dir(self.site.state_dir, self.run_id)
 
-    def own_model_path(self) -> Any:
+    def own_model_path(self) -> Path:
         return self.run_dir / "model.pt"
 
     def training_cases(self, server_round: int) -> tuple[Any, ...]:
@@ -164,6 +226,12 @@ class _Site:
 
     def seed(self, server_round: int) -> int:
         return round_seed(self.run.seed, server_round, self.site.site)
+
+
+def _model_stack() -> None:
+    """Import the model stack under one module lock (see its docstring): first thing in
+    every handler that trains or scores, before anything imports torch or MONAI."""
+    import appliance.federation.model_stack  # noqa: F401
 
 
 def _lower_priority() -> None:
@@ -226,6 +294,8 @@ def _reply(
 def _train_locally(
     s: _Site, start: State, config: dict[str, Any], *, fedgs: bool
 ) -> tuple[State, Any]:
+    import torch
+
     from models.training import SmallLesionScaling, TrainConfig, fine_tune
 
     server_round = int(config.get("server-round", 0))
@@ -292,6 +362,7 @@ def info(msg: Message, context: Context) -> Message:
 
 @app.train(mods=[_dp_clip_when_asked])
 def train(msg: Message, context: Context) -> Message:
+    _model_stack()
     s = _Site(context)
     config = _config(msg)
     mode = str(config.get("mode", "full"))
@@ -332,6 +403,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.train("average")
 def average(msg: Message, context: Context) -> Message:
     """Gossip, after the final round: average with the peer's model and keep it."""
+    _model_stack()
     s = _Site(context)
     config = _config(msg)
     own = load_state(s.own_model_path())
@@ -342,6 +414,7 @@ def average(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    _model_stack()
     s = _Site(context)
     config = _config(msg)
     mode = str(config.get("mode", "full"))
@@ -353,6 +426,8 @@ def evaluate(msg: Message, context: Context) -> Message:
             state = s.with_local_norm(state)
     load_into(s.model, state)
     held_out = s.held_out_cases()
+    from appliance.federation.scoring import mean_dice
+
     metrics = {"num-examples": len(held_out), "dice": mean_dice(s.model, s.spec, held_out)}
     return _reply(msg, None, metrics, s.site.site)
 
@@ -382,7 +457,7 @@ def final(msg: Message, context: Context) -> Message:
         strategy=str(config.get("strategy", s.run.strategy.value)),
         rounds=int(config.get("rounds", s.run.rounds)),
         task=s.run.task,
-        network=s.network.to_dict(),
+        network=s.network_dict(),
         task_overrides=s.run.task_overrides(),
         sites=_names(config.get("sites")),
         state=state,

@@ -3,9 +3,10 @@
 Flower's simulation runtime loads the ServerApp in a thread while its main thread loads
 the ClientApp. Two threads importing MONAI at the same time can deadlock on its circular
 imports (``_DeadlockError: deadlock detected by _ModuleLock('monai.networks.layers')``).
-:mod:`appliance.federation.server_app` and :mod:`appliance.federation.client_app` import
-this module before anything else heavy: Python's lock on *this* module makes the second
-thread wait until the first has imported the whole stack.
+:mod:`appliance.federation.server_app` imports this module before anything else heavy,
+and :mod:`appliance.federation.client_app` does in every handler that trains or scores
+(its module and its ``query`` handlers import neither torch nor MONAI): Python's lock on
+*this* module makes a second thread wait until the first has imported the whole stack.
 """
 
 from __future__ import annotations

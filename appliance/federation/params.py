@@ -8,13 +8,16 @@ entries (affine parameters and running statistics, see
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord
-from torch import nn
 
 from appliance.federation.aggregation import State
+
+if TYPE_CHECKING:  # torch is imported where a model is: records alone need numpy only
+    import torch
+    from torch import nn
 
 
 def state_to_numpy(state: Mapping[str, torch.Tensor]) -> State:
@@ -41,6 +44,8 @@ def model_state(model: nn.Module) -> State:
 
 def load_into(model: nn.Module, arrays: Mapping[str, np.ndarray], *, strict: bool = True) -> None:
     """Load numpy ``arrays`` into ``model`` (dtype of the model's own tensors kept)."""
+    import torch
+
     current = model.state_dict()
     state = {}
     for key, value in arrays.items():

@@ -13,12 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 
 from models.tasks import TaskSpec
-from models.training import TrainingCase
+from models.training_case import TrainingCase
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def mean_dice(model: nn.Module, spec: TaskSpec, cases: Sequence[TrainingCase]) -> float:

@@ -36,7 +36,7 @@ from models.errors import InputError
 from models.phantoms import PhantomKind, generate_phantom
 from models.site_distribution import site_hospital
 from models.tasks import Modality, TaskSpec
-from models.training import TrainingCase
+from models.training_case import TrainingCase
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,10 @@
   (FedBN). Written after every local round, read before the next, never sent.
 - ``runs/<run id>/model.pt``: the site's current model in a gossip run (there is no
   global model; each site's own model travels only to its peers, via the relay).
+- ``runs/<run id>/network.json``: the run's network configuration and its entries'
+  shapes, written by the ClientApp when it builds the network, so that ``query.final``
+  checks the final weights without importing the model stack
+  (:data:`appliance.federation.client_app.NETWORK_FILE`).
 - ``runs/<run id>/final.pt``: the model this site ends a run with (gossip: its own
   model; fedbn: the final global weights with this site's normalisation entries).
 """
@@ -17,7 +21,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from appliance.errors import FederationError
 from appliance.federation.aggregation import State
@@ -33,6 +36,8 @@ def _safe(name: str, what: str) -> str:
 
 def save_state(path: Path, state: Mapping[str, np.ndarray]) -> None:
     """Atomic write of a numpy state as a torch state dict."""
+    import torch  # here: a site that only answers a query does not load torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save({k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}, tmp)
@@ -40,6 +45,8 @@ def save_state(path: Path, state: Mapping[str, np.ndarray]) -> None:
 
 
 def load_state(path: Path) -> State:
+    import torch
+
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError) as exc:

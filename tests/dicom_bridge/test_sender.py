@@ -294,6 +294,7 @@ def test_implicit_only_peer_gets_reencoded_files(
 
 
 @pytest.mark.interop
+@pytest.mark.alone  # an abort is seen at once, timed
 def test_abort_mid_association_marks_the_rest(
     start_storescp: StartStorescp, tmp_path: Path
 ) -> None:

@@ -35,7 +35,8 @@ from tests.peers import (
     storescu,
 )
 
-pytestmark = pytest.mark.interop
+# alone: a legitimate caller must get through within 35 s, timed
+pytestmark = [pytest.mark.interop, pytest.mark.alone]
 
 HALF_RQ = bytes([0x01, 0x00, 0x00, 0x00, 0x00, 0xCD, 0x00, 0x01, 0x00, 0x00])
 GUARD = "first_pdu_timeout_seconds = 5\nmax_connections_per_peer = 12\n"

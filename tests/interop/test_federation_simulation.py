@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-# serial: Ray's workers beside other tests took 460 s instead of 130 s
+# serial: Ray's workers beside the unit tests took 460 s, not 130 s
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
 TINY = """

@@ -305,6 +305,7 @@ def test_dead_letter_then_retry_reaches_a_late_receiver(
     assert app.status()["queues"]["outbox_dead"] == 0
 
 
+@pytest.mark.alone  # the restart sends within 10 s, timed
 def test_restart_after_sigkill_resumes_pending_sends(
     tmp_path: Path, appliance_factory: Callable[..., ApplianceProcess]
 ) -> None:

@@ -14,7 +14,7 @@ import pytest
 from tests.peers import ApplianceProcess, wait_port
 
 # timed against a real serve process: alone, in make test's second pass
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 STOP_WITHIN_S = 15.0
 

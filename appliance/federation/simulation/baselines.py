@@ -32,7 +32,7 @@ from appliance.federation.params import load_into, model_state
 from appliance.federation.scoring import mean_dice
 from appliance.federation.settings import RunSettings, round_seed
 from appliance.federation.site_data import run_held_out_cases, run_training_cases
-from models.training import TrainingCase
+from models.training_case import TrainingCase
 
 #: the centralised model's "site" name in seeds and records
 POOLED = "pooled"
