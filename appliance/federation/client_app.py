@@ -144,10 +144,11 @@ class _Site:
 
         return frozenset(norm_parameter_names(self.model))
 
+    @cached_property
     def _recorded(self) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]] | None:
         """The network configuration and entry shapes this site recorded when it built the
         run's network, if it did in this run (same run id and settings) and the record
-        is intact; otherwise none."""
+        is intact; otherwise none. Read once per message."""
         try:
             record = json.loads((self.run_dir / NETWORK_FILE).read_text(encoding="utf-8"))
             if not isinstance(record, dict) or record.get("run") != self.run_digest:
@@ -162,13 +163,13 @@ class _Site:
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """The run's network's entries and shapes: recorded, or from the network."""
-        record = None if "model" in self.__dict__ else self._recorded()
+        record = None if "model" in self.__dict__ else self._recorded
         if record is not None:
             return record[1]
         return {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
 
     def network_dict(self) -> dict[str, Any]:
-        record = self._recorded()
+        record = self._recorded
         if record is not None:
             return dict(record[0])
         return dict(self.network.to_dict())
