@@ -187,11 +187,12 @@ def measure_segments(
             "(segment, slice, row, column)"
         )
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    counts = (
-        np.bincount(np.asarray(mask).ravel().astype(np.int64, copy=False))
-        if stack is None
-        else np.zeros(0, dtype=np.int64)
-    )
+    counts = np.zeros(0, dtype=np.int64)
+    if stack is None:
+        # Measured inside the box of the labelled voxels (a few percent of a CT): counts,
+        # components and diameters do not depend on where the box sits.
+        mask = _labelled_box(np.asarray(mask))
+        counts = np.bincount(mask.ravel().astype(np.int64, copy=False))
     out = []
     for segment in sorted(segments, key=lambda s: s.label_index):
         if stack is None:
@@ -215,6 +216,19 @@ def measure_segments(
             )
         )
     return tuple(out)
+
+
+def _labelled_box(mask: np.ndarray) -> np.ndarray:
+    """``mask`` cut to the bounding box of its non-zero voxels (one empty voxel when there
+    are none)."""
+    labelled = mask != 0
+    slices = np.flatnonzero(labelled.any(axis=(1, 2)))
+    if slices.size == 0:
+        return np.zeros((1, 1, 1), dtype=mask.dtype)
+    labelled = labelled[slices[0] : slices[-1] + 1]
+    rows = np.flatnonzero(labelled.any(axis=(0, 2)))
+    columns = np.flatnonzero(labelled.any(axis=(0, 1)))
+    return mask[slices[0] : slices[-1] + 1, rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
 
 
 def write_sr(

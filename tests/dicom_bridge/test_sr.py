@@ -161,6 +161,26 @@ def test_measure_segments_volumes_in_ml() -> None:
     assert tumour.lesions.largest_diameter_mm == pytest.approx(np.hypot(0.5, 0.5))
 
 
+def test_measure_segments_where_the_labels_sit_changes_nothing() -> None:
+    """Measured inside the labels' box: the same figures wherever in a large, mostly empty
+    grid the same labels lie, and zeros for an empty mask."""
+    rng = np.random.default_rng(7)
+    labels = np.zeros((6, 12, 11), dtype=np.uint8)
+    labels[rng.random(labels.shape) < 0.4] = 1
+    labels[rng.random(labels.shape) < 0.15] = 2
+    affine = _affine((2.5, 0.7, 0.9), rotate=True)
+    alone = measure_segments(labels, affine, SEGMENTS)
+    for offset in ((0, 0, 0), (3, 20, 31), (14, 49, 49)):
+        grid = np.zeros((20, 61, 60), dtype=np.uint8)
+        grid[offset[0] : offset[0] + 6, offset[1] : offset[1] + 12, offset[2] : offset[2] + 11] = (
+            labels
+        )
+        assert measure_segments(grid, affine, SEGMENTS) == alone
+    empty = measure_segments(np.zeros((5, 9, 9), dtype=np.uint8), affine, SEGMENTS)
+    assert [(m.voxel_count, m.volume_ml) for m in empty] == [(0, 0.0), (0, 0.0)]
+    assert empty[1].lesions is not None and empty[1].lesions.count == 0
+
+
 # --- the report -------------------------------------------------------------------------------
 
 
