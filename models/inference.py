@@ -1,6 +1,7 @@
 """Inference: one image (numpy + LPS affine) in, a segmentation on the same grid out.
 
-:func:`segment` pre-processes (:mod:`models.transforms`), runs MONAI
+:func:`segment` pre-processes (:mod:`models.grid_preprocess`: separably, straight onto the
+part of the grid it predicts; :mod:`models.transforms` for rotated grids), runs MONAI
 ``sliding_window_inference`` with Gaussian blending, ``DEFAULT_SW_BATCH_SIZE`` windows
 per call (under ``torch.autocast`` on CUDA, plain fp32 on CPU; the same code on both),
 over the body's box when the task has a ``body_crop``, turns logits into probabilities,
@@ -26,16 +27,19 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
+from monai.transforms import Compose
 from torch import nn
 
 from .errors import InferenceError, InputError, InputTooLargeError, ModelsError
 from .geometry import voxel_volume_ml
+from .grid_preprocess import preprocess_box, preprocessed_grid
 from .postprocess import postprocess as apply_postprocess
 from .postprocess import remove_small_components
 from .regions import enforce_nesting
@@ -291,6 +295,19 @@ def body_grid_box(
     return (aligned[0], aligned[1], aligned[2])
 
 
+def _run_preprocess(transform: Compose, sample: dict[Hashable, Any]) -> dict[Hashable, Any]:
+    """``transform(sample)``, a failure reported as the models package's error."""
+    try:
+        return dict(transform(sample))
+    except ModelsError:
+        raise
+    except RuntimeError as exc:  # MONAI wraps a failing transform in RuntimeError
+        cause = exc.__cause__
+        if isinstance(cause, ModelsError):
+            raise cause from exc
+        raise InferenceError(f"pre-processing failed: {exc}") from exc
+
+
 def segment(
     model: nn.Module,
     spec: TaskSpec,
@@ -324,12 +341,15 @@ def segment(
 
     The engine (default): when the pre-processed grid is the input grid permuted,
     flipped, rescaled and cropped (not rotated against it: :func:`models.resample.
-    separable_map`), a task with ``body_crop`` runs its windows only over the body's box
-    (:func:`body_grid_box`), and the prediction comes back by separable interpolation of
-    the values that decide the labels, near the foreground only
-    (:func:`models.resample.labels_on_input`). Otherwise, or with ``reference=True``
-    (the previous path, kept to check the engine against), the whole grid is predicted
-    and MONAI ``Invertd`` resamples every channel.
+    separable_map`), the input is resampled onto the grid one axis at a time
+    (:mod:`models.grid_preprocess`), a task with ``body_crop`` runs its windows (and that
+    resampling) only over the body's box (:func:`body_grid_box`), and the prediction comes
+    back by separable interpolation of the values that decide the labels, near the
+    foreground only (:func:`models.resample.labels_on_input`). Otherwise, or with
+    ``reference=True`` (the previous path, kept to check the engine against), MONAI's
+    chain (:func:`models.transforms.build_preprocess`) resamples the whole image, the
+    whole grid is predicted and MONAI ``Invertd`` resamples every channel back;
+    ``crop_foreground`` also takes MONAI's pre-processing.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -338,23 +358,28 @@ def segment(
     if max_working_voxels is not None:
         check_working_grid(image.shape[-3:], affine_lps, spec, max_working_voxels)
     sample = make_sample(image, affine_lps, spec)
-    spatial_shape = tuple(sample[IMAGE_KEY].shape[1:])
-    transform = build_preprocess(spec, crop_foreground=crop_foreground)
-    try:
-        data = transform(sample)
-    except ModelsError:
-        raise
-    except RuntimeError as exc:  # MONAI wraps a failing transform in RuntimeError
-        cause = exc.__cause__
-        if isinstance(cause, ModelsError):
-            raise cause from exc
-        raise InferenceError(f"pre-processing failed: {exc}") from exc
-    pre = data[IMAGE_KEY]
-    grid_shape = (int(pre.shape[1]), int(pre.shape[2]), int(pre.shape[3]))
-    maps = None if reference else separable_map(sample[IMAGE_KEY].affine, pre.affine)
-    box: Box = ((0, grid_shape[0]), (0, grid_shape[1]), (0, grid_shape[2]))
+    source = sample[IMAGE_KEY]
+    spatial_shape = tuple(source.shape[1:])
+    maps: AxisMaps | None = None
+    data: dict[Hashable, Any] = {}
+    transform = None
+    if not (reference or crop_foreground):
+        # the engine: straight onto the grid's box, one axis at a time (models.grid_preprocess)
+        grid_shape, grid_affine = preprocessed_grid(source, spec)
+        maps = separable_map(source.affine, grid_affine)
     if maps is not None:
-        box = body_grid_box(sample[IMAGE_KEY].as_tensor().numpy(), spec, maps, grid_shape, overlap)
+        box = body_grid_box(source.as_tensor().numpy(), spec, maps, grid_shape, overlap)
+        pre_box = preprocess_box(source.as_tensor(), spec, maps, grid_shape, box)
+    else:  # rotated grids, crop_foreground, reference: MONAI over the whole grid
+        transform = build_preprocess(spec, crop_foreground=crop_foreground)
+        data = _run_preprocess(transform, sample)
+        pre = data[IMAGE_KEY]
+        grid_shape = (int(pre.shape[1]), int(pre.shape[2]), int(pre.shape[3]))
+        maps = None if reference else separable_map(source.affine, pre.affine)
+        box = ((0, grid_shape[0]), (0, grid_shape[1]), (0, grid_shape[2]))
+        if maps is not None:
+            box = body_grid_box(source.as_tensor().numpy(), spec, maps, grid_shape, overlap)
+        pre_box = pre.as_tensor()[(slice(None), *(slice(lo, hi) for lo, hi in box))]
     timings["preprocess"] = time.perf_counter() - start
 
     mark = time.perf_counter()
@@ -365,7 +390,7 @@ def segment(
     probabilities = predict_probabilities(
         model,
         spec,
-        pre.as_tensor()[(slice(None), *(slice(lo, hi) for lo, hi in box))],
+        pre_box,
         device=dev,
         sw_batch_size=sw_batch_size,
         overlap=overlap,
@@ -387,6 +412,7 @@ def segment(
             sigmoid=sigmoid,
         )
     else:
+        assert transform is not None  # maps is None only on MONAI's path
         try:
             on_input_grid = invert_to_input_grid(probabilities, data, transform, nearest=False)
         except RuntimeError as exc:

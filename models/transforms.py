@@ -54,7 +54,7 @@ PRED_KEY = "pred"
 CROP_MARGIN_MM = 10.0
 
 
-def _reorient_matrix(
+def reorient_matrix(
     perm: Sequence[int], flips: Sequence[bool], in_shape: Sequence[int]
 ) -> np.ndarray:
     """4x4 matrix mapping an output voxel index to the input voxel index."""
@@ -95,7 +95,7 @@ class OrientToRASd(MapTransform, InvertibleTransform):
             out = torch.flip(out, dims)
         out = out.contiguous()  # later steps (and argmax over channels) are much faster
         assert isinstance(out, MetaTensor)
-        out.affine = torch.as_tensor(affine @ _reorient_matrix(perm, flips, in_shape))
+        out.affine = torch.as_tensor(affine @ reorient_matrix(perm, flips, in_shape))
         self.push_transform(
             out, orig_size=in_shape, extra_info={"perm": list(perm), "flips": list(flips)}
         )
@@ -115,7 +115,7 @@ class OrientToRASd(MapTransform, InvertibleTransform):
             # voxels costs seconds; callers reduce over channels first (see inference)
             out = out.permute(0, *(int(a) + 1 for a in np.argsort(perm)))
             assert isinstance(out, MetaTensor)
-            undo = np.linalg.inv(_reorient_matrix(perm, flips, in_shape))
+            undo = np.linalg.inv(reorient_matrix(perm, flips, in_shape))
             out.affine = torch.as_tensor(validate_affine(img.affine) @ undo)
             d[key] = out
         return d
