@@ -91,6 +91,10 @@ def test_complete_ct_series_becomes_seg_and_sr_queued_to_the_destination(
     assert produced.shape == (24, 64, 64)
     back = read_seg_labelmap(seg_path, files)
     np.testing.assert_array_equal(back.labelmap, produced)
+    assert job.outputs["voxels"] == {
+        "Liver": int(np.count_nonzero(produced == 1)),
+        "Liver tumour": int(np.count_nonzero(produced == 2)),
+    }
 
     report = build_status(app_store)
     (entry,) = report["jobs"]
