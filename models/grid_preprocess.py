@@ -30,13 +30,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import ScaleIntensityRange, Spacing
+from monai.transforms import Spacing
 
 from .errors import InferenceError
 from .geometry import ras_orientation, validate_affine
 from .resample import AxisMaps, Box
 from .tasks import CTWindow, TaskSpec
-from .transforms import IMAGE_KEY, ForegroundZScored, reorient_matrix
+from .transforms import IMAGE_KEY, intensity_transform, reorient_matrix
 
 
 def preprocessed_grid(image: MetaTensor, spec: TaskSpec) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -114,16 +114,10 @@ def preprocess_box(
     box: Box,
 ) -> torch.Tensor:
     """The pre-processed values (resampled, intensity-normalised) of grid box ``box``."""
-    intensity = spec.intensity
-    if isinstance(intensity, CTWindow):
-        window = ScaleIntensityRange(
-            a_min=intensity.lower_hu, a_max=intensity.upper_hu, b_min=0.0, b_max=1.0, clip=True
-        )
-        return torch.as_tensor(window(resample_box(image, maps, box)))
+    normalise = intensity_transform(spec)
+    if isinstance(spec.intensity, CTWindow):  # voxel by voxel: the box alone
+        return torch.as_tensor(normalise({IMAGE_KEY: resample_box(image, maps, box)})[IMAGE_KEY])
     whole: Box = ((0, grid_shape[0]), (0, grid_shape[1]), (0, grid_shape[2]))
-    values = resample_box(image, maps, whole)
-    normalised = ForegroundZScored(
-        keys=IMAGE_KEY, foreground_threshold=intensity.foreground_threshold
-    )({IMAGE_KEY: values})[IMAGE_KEY]
+    normalised = normalise({IMAGE_KEY: resample_box(image, maps, whole)})[IMAGE_KEY]
     cut = normalised[(slice(None), *(slice(lo, hi) for lo, hi in box))]
     return torch.as_tensor(cut).contiguous()

@@ -174,7 +174,8 @@ class ForegroundZScored(MapTransform):
         return d
 
 
-def _intensity_transform(spec: TaskSpec) -> MapTransform:
+def intensity_transform(spec: TaskSpec) -> MapTransform:
+    """The task's intensity step on ``IMAGE_KEY`` (CT window and scale, or MR z-score)."""
     intensity = spec.intensity
     if isinstance(intensity, CTWindow):
         return ScaleIntensityRanged(
@@ -222,7 +223,7 @@ def build_preprocess(
                 end_coord_key=None,
             )
         )
-    steps.append(_intensity_transform(spec))
+    steps.append(intensity_transform(spec))
     return Compose(steps)
 
 
